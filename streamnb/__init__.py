@@ -1,0 +1,44 @@
+"""streamnb: streaming queries in Jupyter, with exact event-time semantics at polars speed.
+
+Build a query from a source, transform it with polars expressions, window and aggregate it,
+then ``collect()`` it (bounded sources) or ``start()`` it in the background::
+
+    import polars as pl
+    import streamnb as sn
+
+    top = (
+        sn.nexmark(events=1_000_000)
+        .window(sn.Tumbling("10s"), by="auction")
+        .agg(pl.len().alias("bids"), pl.col("price").max().alias("top_price"))
+        .collect()
+    )
+"""
+
+from __future__ import annotations
+
+from streamnb.api import from_files, from_records, nexmark
+from streamnb.engine.query import Query, queries
+from streamnb.exceptions import ConfigError, DecodeError, QueryFailed, SourceError, StreamnbError
+from streamnb.stream import GroupedStream, Stream, WindowedStream
+from streamnb.windows import Hopping, Session, Tumbling
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DecodeError",
+    "GroupedStream",
+    "Hopping",
+    "Query",
+    "QueryFailed",
+    "Session",
+    "SourceError",
+    "Stream",
+    "StreamnbError",
+    "Tumbling",
+    "WindowedStream",
+    "from_files",
+    "from_records",
+    "nexmark",
+    "queries",
+]

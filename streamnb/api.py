@@ -1,0 +1,76 @@
+"""The source constructors of the public API (``sn.from_records`` and friends)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from streamnb.plan import SourceNode
+from streamnb.sources.base import Source
+from streamnb.sources.memory import RecordsSource
+from streamnb.stream import Stream, _Meta
+
+
+def _stream(source: Source) -> Stream:
+    return Stream(SourceNode((), source), _Meta(source.schema, source.event_time, source.bounded))
+
+
+def from_records(
+    data: Any,
+    *,
+    timestamp: str | None = None,
+    batch_size: int = 10_000,
+    schema: Mapping[str, pl.DataType] | None = None,
+) -> Stream:
+    """A bounded stream that replays ``data`` in order.
+
+    Parameters
+    ----------
+    data
+        A list of dicts, a ``pl.DataFrame``, or an iterable of dicts or DataFrames.
+    timestamp
+        The event-time column (``pl.Datetime`` or integer epoch ms); watermark delay 0.
+    batch_size
+        Records per micro-batch; results never depend on it.
+    schema
+        Column types for dict records (default: inferred from the first 100 records). A
+        record that does not fit goes to the error side output.
+    """
+    return _stream(RecordsSource(data, timestamp=timestamp, batch_size=batch_size, schema=schema))
+
+
+def nexmark(
+    events: int | None = None,
+    *,
+    kind: str = "bid",
+    rate: float | None = None,
+    event_rate: int = 100_000,
+    seed: int = 0,
+    base_time: datetime | int | None = None,
+) -> Stream:
+    """The built-in Nexmark generator (persons, auctions, bids), event time ``dateTime``.
+
+    ``events=None`` runs forever; ``rate`` paces it to that many events per wall-clock
+    second; ``event_rate`` is events per second of event time.
+    """
+    from streamnb.sources.nexmark import NexmarkSource
+
+    return _stream(NexmarkSource(events, kind=kind, rate=rate, event_rate=event_rate, seed=seed,
+                                 base_time=base_time))
+
+
+def from_files(
+    path: str | Path,
+    *,
+    format: str = "json",
+    timestamp: str | None = None,
+    batch_size: int = 50_000,
+) -> Stream:
+    """JSON-lines, CSV or Parquet files (a path or a glob), replayed in file-name order."""
+    from streamnb.sources.files import FilesSource
+
+    return _stream(FilesSource(path, format=format, timestamp=timestamp, batch_size=batch_size))

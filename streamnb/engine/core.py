@@ -1,0 +1,140 @@
+"""What flows between operators, and what operators report to their query."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+ERROR_SCHEMA = pl.Schema(
+    {
+        "source": pl.String,
+        "position": pl.Int64,
+        "reason": pl.String,
+        "record": pl.String,
+    }
+)
+"""Columns of ``Query.errors()``: where the record came from, why it failed, the record."""
+
+NEG_INF = -(2**62)
+"""Stands for a watermark of −∞ in Int64 arithmetic (no event seen yet)."""
+POS_INF = 2**62
+"""Stands for a watermark of +∞ (end of a bounded source)."""
+
+
+@dataclass
+class Delta:
+    """A change to an operator's output.
+
+    ``rows`` are appended records (plain streams, final windows) or upserts (tables, update
+    windows); ``deletes`` holds the key columns of table rows that no longer exist (a session
+    merged into another, a row that stopped passing a filter).
+    """
+
+    rows: pl.DataFrame
+    deletes: pl.DataFrame | None = None
+
+    def __bool__(self) -> bool:
+        return self.rows.height > 0 or (self.deletes is not None and self.deletes.height > 0)
+
+
+def error_rows(
+    df: pl.DataFrame, reason: pl.Expr | str, *, source: str, positions: pl.Series | None = None
+) -> pl.DataFrame:
+    """Error side-output rows for the records of ``df``: the row as JSON and the reason."""
+    records = df.select(pl.struct(pl.all()).struct.json_encode()).to_series() if df.width else None
+    out = pl.DataFrame(
+        {
+            "source": pl.Series([source] * df.height, dtype=pl.String),
+            "position": positions if positions is not None else pl.Series([None] * df.height, dtype=pl.Int64),
+            "record": records if records is not None else pl.Series(["{}"] * df.height),
+        }
+    )
+    reason_expr = pl.lit(reason) if isinstance(reason, str) else reason
+    reasons = df.select(reason_expr.alias("reason")).to_series() if df.width else pl.Series([reason] * df.height)
+    return out.with_columns(reasons.cast(pl.String).alias("reason")).select(ERROR_SCHEMA.names()).cast(
+        dict(ERROR_SCHEMA)
+    )
+
+
+def error_from_python(source: str, position: int | None, reason: str, record: Any) -> pl.DataFrame:
+    """One error row for a record that never became a polars row (undecodable, wrong type)."""
+    if isinstance(record, bytes):
+        text = record.decode("utf-8", errors="backslashreplace")
+    else:
+        try:
+            text = json.dumps(record, default=str)
+        except (TypeError, ValueError):
+            text = repr(record)
+    return pl.DataFrame(
+        [[source], [position], [reason], [text]], schema=ERROR_SCHEMA, orient="col"
+    )
+
+
+class SideOutput:
+    """A bounded, thread-safe list of frames: the newest ``keep`` rows, and the total count."""
+
+    def __init__(self, keep: int | None) -> None:
+        self._keep = keep
+        self._frames: deque[pl.DataFrame] = deque()
+        self._rows = 0
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, df: pl.DataFrame) -> None:
+        if df.height == 0:
+            return
+        with self._lock:
+            self.count += df.height
+            self._frames.append(df)
+            self._rows += df.height
+            while self._keep is not None and self._rows - self._frames[0].height >= self._keep:
+                self._rows -= self._frames.popleft().height
+
+    def frame(self, schema: pl.Schema | None = None) -> pl.DataFrame:
+        with self._lock:
+            frames = list(self._frames)
+        if not frames:
+            return pl.DataFrame(schema=schema)
+        df = pl.concat(frames, how="diagonal_relaxed")
+        return df.tail(self._keep) if self._keep is not None else df
+
+
+@dataclass
+class Context:
+    """Per-query services that operators report to (side outputs, counters, watermark)."""
+
+    late: SideOutput = field(default_factory=lambda: SideOutput(10_000))
+    errors: SideOutput = field(default_factory=lambda: SideOutput(10_000))
+    fail_on_error: bool = False
+    watermarks: dict[int, int] = field(default_factory=dict)
+
+    def error(self, rows: pl.DataFrame) -> None:
+        """Record error rows; with ``errors="fail"`` raise the first one's reason."""
+        if rows.height == 0:
+            return
+        self.errors.add(rows)
+        if self.fail_on_error:
+            from streamnb.exceptions import DecodeError
+
+            first = rows.row(0, named=True)
+            raise DecodeError(
+                f"{first['reason']} (source {first['source']}, position {first['position']}, "
+                f"record {first['record']})"
+            )
+
+
+class Operator:
+    """A runtime operator: consumes deltas, produces deltas."""
+
+    def process(self, delta: Delta) -> Delta:
+        raise NotImplementedError
+
+    def finish(self) -> Delta | None:
+        """The input ended (watermark +∞): emit what is left."""
+        return None
+

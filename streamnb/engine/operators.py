@@ -1,0 +1,80 @@
+"""Stateless operators and the running (un-windowed) aggregate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import polars as pl
+
+from streamnb.aggregates import SEQ, Aggregation
+from streamnb.engine.core import Context, Delta, Operator
+from streamnb.engine.eventtime import split_valid
+
+Frame = pl.DataFrame | pl.LazyFrame
+Transform = Callable[[pl.DataFrame], pl.DataFrame]
+
+
+class MapOperator(Operator):
+    """Applies a per-record transformation to each batch.
+
+    On a table (an upsert changelog) the delete keys pass through ``on_keys`` (identity, or
+    the rename that the rows received); a filter on a table turns rows that no longer pass
+    into deletes of their keys, as a Kafka Streams ``KTable.filter`` does.
+    """
+
+    def __init__(
+        self,
+        fn: Transform,
+        *,
+        on_keys: Transform | None = None,
+        table_keys: Sequence[str] | None = None,
+        predicate: pl.Expr | None = None,
+    ) -> None:
+        self.fn = fn
+        self.on_keys = on_keys
+        self.table_keys = list(table_keys) if table_keys else None
+        self.predicate = predicate
+
+    def process(self, delta: Delta) -> Delta:
+        deletes = delta.deletes
+        if deletes is not None and self.on_keys is not None:
+            deletes = self.on_keys(deletes)
+        if self.predicate is not None and self.table_keys:
+            keep = delta.rows.select(self.predicate.fill_null(False)).to_series()
+            dropped = delta.rows.filter(~keep).select(self.table_keys)
+            deletes = dropped if deletes is None else pl.concat([deletes, dropped])
+            return Delta(delta.rows.filter(keep), deletes)
+        return Delta(self.fn(delta.rows), deletes)
+
+
+class EventTimeOperator(Operator):
+    """``with_watermark``: records without an event time go to the error side output."""
+
+    def __init__(self, column: str, ctx: Context) -> None:
+        self.column = column
+        self.ctx = ctx
+
+    def process(self, delta: Delta) -> Delta:
+        rows, errors = split_valid(delta.rows, self.column, source="with_watermark")
+        if errors is not None:
+            self.ctx.error(errors)
+        return Delta(rows, delta.deletes)
+
+
+class GroupByOperator(Operator):
+    """A running aggregate: one live row per key, emitted as an upsert when it changes."""
+
+    def __init__(self, keys: Sequence[str], agg: Aggregation) -> None:
+        self.keys = list(keys)
+        self.agg = agg
+        self.state: pl.DataFrame | None = None
+        self.seq = 0
+
+    def process(self, delta: Delta) -> Delta:
+        rows = delta.rows.with_columns(pl.int_range(self.seq, self.seq + delta.rows.height).alias(SEQ))
+        self.seq += rows.height
+        partial = self.agg.partial(self.agg.prepare(rows, self.keys), self.keys)
+        merged = partial if self.state is None else pl.concat([self.state, partial])
+        self.state = self.agg.combine(merged, self.keys) if self.state is not None else partial
+        changed = self.state.join(partial.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
+        return Delta(changed.select(*self.keys, *self.agg.final_exprs()).sort(self.keys))

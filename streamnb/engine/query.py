@@ -1,0 +1,186 @@
+"""``Query``: a stream running in a background thread, and the registry behind ``sn.queries()``."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal
+
+import polars as pl
+
+from streamnb.engine.core import ERROR_SCHEMA, NEG_INF, Context
+from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, Runner
+from streamnb.exceptions import ConfigError, QueryFailed
+from streamnb.sinks.memory import ResultTable
+
+if TYPE_CHECKING:
+    from streamnb.stream import Stream
+
+State = Literal["running", "paused", "finished", "stopped", "failed"]
+ErrorPolicy = Literal["keep", "fail"]
+
+_registry: dict[str, Query] = {}
+_registry_lock = threading.Lock()
+_names = itertools.count(1)
+
+
+def queries() -> list[Query]:
+    """The queries that are running or paused, oldest first."""
+    with _registry_lock:
+        return [q for q in _registry.values() if q.status()["state"] in ("running", "paused")]
+
+
+def _check_errors(errors: str) -> bool:
+    if errors not in ("keep", "fail"):
+        raise ConfigError(f"errors={errors!r} must be 'keep' (side output) or 'fail'")
+    return errors == "fail"
+
+
+class Execution:
+    """One run of a stream: pipeline, runner, result table and side outputs."""
+
+    def __init__(self, stream: Stream, *, errors: str, keep: int | None, max_batch: int) -> None:
+        self.ctx = Context(fail_on_error=_check_errors(errors))
+        self.table = ResultTable(stream.schema, stream.keys, keep)
+        self.pipeline = Pipeline(stream._node, self.ctx, self.table.add)
+        self.runner = Runner(self.pipeline, self.ctx, max_batch=max_batch)
+        self.event_time = stream._result_time
+
+
+class Query:
+    """A stream running in the background. Create it with ``stream.start()``."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        name: str | None = None,
+        *,
+        errors: ErrorPolicy = "keep",
+        keep: int | None = 100_000,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        self.name = name if name is not None else f"query-{next(_names)}"
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"name={name!r} must be a non-empty string")
+        self.stream = stream
+        self.exception: BaseException | None = None
+        self._exec = Execution(stream, errors=errors, keep=keep if not stream.bounded else None,
+                               max_batch=max_batch)
+        self._state: State = "running"
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"streamnb:{self.name}", daemon=True)
+
+    def _launch(self) -> Query:
+        with _registry_lock:
+            old = _registry.get(self.name)
+            _registry[self.name] = self
+        if old is not None and old is not self:
+            old.stop()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        runner = self._exec.runner
+        try:
+            runner.open()
+            finished = runner.run()
+            self._state = "finished" if finished else "stopped"
+        except BaseException as exc:  # the thread must report, never die silently
+            self.exception = exc
+            self._state = "failed"
+        finally:
+            try:
+                runner.close()
+            finally:
+                self._done.set()
+
+    # -- control ---------------------------------------------------------------------------
+    def pause(self) -> None:
+        """Stop reading input until :meth:`resume`; state is kept."""
+        if self._state == "running":
+            self._exec.runner.resume_event.clear()
+            self._state = "paused"
+
+    def resume(self) -> None:
+        if self._state == "paused":
+            self._state = "running"
+            self._exec.runner.resume_event.set()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop after the current batch and wait for the thread to end."""
+        self._exec.runner.stop_event.set()
+        self._exec.runner.resume_event.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the query ends; True if it did within ``timeout``.
+
+        Raises :class:`QueryFailed` if the query failed.
+        """
+        ended = self._done.wait(timeout)
+        if self._state == "failed":
+            raise QueryFailed(f"query {self.name!r} failed: {self.exception}") from self.exception
+        return ended
+
+    # -- observation -----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        runner, ctx = self._exec.runner, self._exec.ctx
+        return {
+            "name": self.name,
+            "state": self._state,
+            "records_in": runner.records_in,
+            "records_out": self._exec.table.rows_out,
+            "late": ctx.late.count,
+            "errors": ctx.errors.count,
+            "watermark": self._watermark(),
+            "lag": runner.lag(),
+            "rate": round(runner.rate(), 1),
+        }
+
+    def _watermark(self) -> datetime | int | None:
+        values = [w for w in self._exec.ctx.watermarks.values() if w > NEG_INF]
+        et = self._exec.event_time
+        if not values or et is None:
+            return None
+        w = min(values)
+        if isinstance(et.dtype, pl.Datetime):
+            return datetime.fromtimestamp(w / et.per_ms / 1000, tz=timezone.utc)
+        return w
+
+    def result(self) -> pl.DataFrame:
+        """The current result table."""
+        return self._exec.table.frame()
+
+    def late(self) -> pl.DataFrame:
+        """The most recent late records (dropped from the results)."""
+        return self._exec.ctx.late.frame()
+
+    def errors(self) -> pl.DataFrame:
+        """The most recent records that could not be processed, with the reason."""
+        return self._exec.ctx.errors.frame(ERROR_SCHEMA)
+
+    @property
+    def version(self) -> int:
+        """Increases whenever the result table changes (for cheap polling)."""
+        return self._exec.table.version
+
+    def __repr__(self) -> str:
+        s = self.status()
+        return (f"<Query {self.name!r} {s['state']}: {s['records_in']:,} in, "
+                f"{s['records_out']:,} out, {s['late']} late, {s['errors']} errors>")
+
+
+def run_to_end(stream: Stream, *, timeout: float | None, errors: str, max_batch: int) -> Execution:
+    """Run a bounded stream in the calling thread (``Stream.collect``)."""
+    execution = Execution(stream, errors=errors, keep=None, max_batch=max_batch)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    execution.runner.open()
+    try:
+        if not execution.runner.run(deadline):
+            raise TimeoutError(f"collect(timeout={timeout}) expired before the source ended")
+    finally:
+        execution.runner.close()
+    return execution

@@ -1,0 +1,126 @@
+"""The logical plan: an immutable tree of nodes that a ``Stream`` builds and an executor runs.
+
+Every node knows how to build its runtime operator; the tree itself never changes once made,
+so one ``Stream`` can be started any number of times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from streamnb.aggregates import Aggregation
+from streamnb.engine.core import Context, Operator
+from streamnb.engine.eventtime import EventTime
+from streamnb.engine.operators import EventTimeOperator, GroupByOperator, MapOperator, Transform
+from streamnb.engine.sessions import SessionOperator
+from streamnb.engine.windowing import WindowOperator
+from streamnb.sources.base import Source
+from streamnb.windows import Hopping, Session, Tumbling, WindowSpec
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """A plan node; ``inputs`` are the nodes feeding it."""
+
+    inputs: tuple[Node, ...]
+
+    def build(self, ctx: Context) -> Operator | None:
+        """The runtime operator (``None`` for nodes that only route data)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__.removesuffix("Node").lower()
+
+
+@dataclass(frozen=True, eq=False)
+class SourceNode(Node):
+    source: Source
+
+    def build(self, ctx: Context) -> Operator | None:
+        return None
+
+    def describe(self) -> str:
+        return f"source[{self.source.name}]"
+
+
+@dataclass(frozen=True, eq=False)
+class MapNode(Node):
+    """A per-record transformation (filter, with_columns, select, ..., map_batches)."""
+
+    label: str
+    fn: Transform
+    on_keys: Transform | None = None
+    table_keys: tuple[str, ...] | None = None
+    predicate: pl.Expr | None = None
+
+    def build(self, ctx: Context) -> Operator:
+        return MapOperator(self.fn, on_keys=self.on_keys, table_keys=self.table_keys,
+                           predicate=self.predicate)
+
+    def describe(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True, eq=False)
+class EventTimeNode(Node):
+    column: str
+
+    def build(self, ctx: Context) -> Operator:
+        return EventTimeOperator(self.column, ctx)
+
+
+@dataclass(frozen=True, eq=False)
+class WindowNode(Node):
+    spec: WindowSpec
+    event_time: EventTime
+    by: tuple[str, ...]
+    grace_ms: int
+    emit: str
+    aggregation: Aggregation
+    schema: pl.Schema = field(repr=False)
+
+    def build(self, ctx: Context) -> Operator:
+        common = dict(event_time=self.event_time, by=self.by, grace_ms=self.grace_ms,
+                      emit=self.emit, agg=self.aggregation, schema=self.schema, ctx=ctx)
+        if isinstance(self.spec, Tumbling):
+            return WindowOperator(size_ms=self.spec.size_ms, every_ms=self.spec.size_ms, **common)
+        if isinstance(self.spec, Hopping):
+            return WindowOperator(size_ms=self.spec.size_ms, every_ms=self.spec.every_ms, **common)
+        if isinstance(self.spec, Session):
+            return SessionOperator(gap_ms=self.spec.gap_ms, **common)
+        raise TypeError(f"unknown window {self.spec!r}")
+
+    def describe(self) -> str:
+        return f"window[{self.spec!r}, by={list(self.by)}, emit={self.emit}]"
+
+
+@dataclass(frozen=True, eq=False)
+class GroupByNode(Node):
+    keys: tuple[str, ...]
+    aggregation: Aggregation
+
+    def build(self, ctx: Context) -> Operator:
+        return GroupByOperator(self.keys, self.aggregation)
+
+
+@dataclass(frozen=True, eq=False)
+class UnionNode(Node):
+    def build(self, ctx: Context) -> Operator | None:
+        return None
+
+
+def sources(node: Node) -> list[SourceNode]:
+    """The source leaves under ``node``, left to right."""
+    if isinstance(node, SourceNode):
+        return [node]
+    return [s for child in node.inputs for s in sources(child)]
+
+
+def explain(node: Node, depth: int = 0) -> str:
+    """A readable outline of the plan, the sink at the top."""
+    lines = ["  " * depth + node.describe()]
+    lines += [explain(child, depth + 1) for child in node.inputs]
+    return "\n".join(lines)
+

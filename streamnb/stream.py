@@ -1,0 +1,358 @@
+"""The fluent API: ``Stream`` (lazy, immutable) and the builders it returns.
+
+Every method returns a new object wrapping a larger plan; nothing runs until ``collect()`` or
+``start()``. Definitions are checked against the schema at once, so a misspelt column or a
+bad duration fails where it is written, not minutes later in a background thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import polars as pl
+
+from streamnb._duration import Duration, to_ms
+from streamnb.aggregates import Aggregation, column_error
+from streamnb.engine.eventtime import EventTime, units_per_ms
+from streamnb.engine.executor import DEFAULT_MAX_BATCH
+from streamnb.engine.query import ErrorPolicy, Query, run_to_end
+from streamnb.exceptions import ConfigError
+from streamnb.plan import (
+    EventTimeNode,
+    GroupByNode,
+    MapNode,
+    Node,
+    UnionNode,
+    WindowNode,
+    explain,
+)
+from streamnb.windows import Session, WindowSpec
+
+__all__ = ["GroupedStream", "Stream", "WindowedStream"]
+
+Emit = Literal["final", "update"]
+_Op = Callable[[Any], Any]  # works on both pl.DataFrame and pl.LazyFrame
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What is known about a stream when it is defined."""
+
+    schema: pl.Schema | None
+    event_time: EventTime | None
+    bounded: bool
+    keys: tuple[str, ...] | None = None  # set for tables (upsert changelogs)
+    result_time: EventTime | None = None  # event time of window results, for status()
+
+
+class Stream:
+    """A lazy, immutable streaming query.
+
+    Build one from a source (``sn.from_records``, ``sn.nexmark``, ``sn.from_files``), chain
+    transformations, then ``collect()`` it (bounded sources) or ``start()`` it.
+    """
+
+    def __init__(self, node: Node, meta: _Meta) -> None:
+        self._node = node
+        self._meta = meta
+
+    # -- what is known --------------------------------------------------------------------
+    @property
+    def schema(self) -> pl.Schema | None:
+        """The columns of the records, when known at definition time."""
+        return self._meta.schema
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._meta.schema.names()) if self._meta.schema is not None else []
+
+    @property
+    def event_time(self) -> str | None:
+        """The event-time column, if one is set."""
+        return self._meta.event_time.column if self._meta.event_time else None
+
+    @property
+    def bounded(self) -> bool:
+        """True when every source ends by itself."""
+        return self._meta.bounded
+
+    @property
+    def keys(self) -> tuple[str, ...] | None:
+        """For tables (running aggregates, ``emit="update"`` windows): the key columns."""
+        return self._meta.keys
+
+    @property
+    def _result_time(self) -> EventTime | None:
+        return self._meta.result_time or self._meta.event_time
+
+    def explain(self) -> str:
+        """An outline of the plan, the output at the top."""
+        return explain(self._node)
+
+    def __repr__(self) -> str:
+        kind = "table" if self.keys else "stream"
+        return f"<streamnb {kind} {self.columns}>\n{self.explain()}"
+
+    # -- per-record transformations ---------------------------------------------------------
+    def _map(self, label: str, op: _Op, *, rename: Mapping[str, str] | None = None,
+             predicate: pl.Expr | None = None) -> Stream:
+        meta = self._meta
+        schema = None
+        if meta.schema is not None:
+            try:
+                schema = op(pl.LazyFrame(schema=meta.schema)).collect_schema()
+            except pl.exceptions.PolarsError as exc:
+                raise column_error(exc, f"{label}()") from None
+        keys = meta.keys
+        if keys is not None and rename:
+            keys = tuple(rename.get(k, k) for k in keys)
+        if keys is not None and schema is not None and not set(keys) <= set(schema.names()):
+            raise ConfigError(f"{label}() on a table must keep its key columns {list(keys)}")
+        on_keys = (lambda df: df.rename(dict(rename), strict=False)) if rename else None
+        node = MapNode((self._node,), label, op, on_keys=on_keys, table_keys=meta.keys,
+                       predicate=predicate)
+        return Stream(node, _Meta(schema, _follow_time(meta.event_time, schema, rename),
+                                  meta.bounded, keys, meta.result_time))
+
+    def filter(self, *predicates: pl.Expr | str, **constraints: Any) -> Stream:
+        """Keep the records for which all predicates hold (as ``pl.DataFrame.filter``)."""
+        if not predicates and not constraints:
+            raise ConfigError("filter() needs at least one predicate")
+        combined = pl.all_horizontal(
+            *[pl.col(p) if isinstance(p, str) else p for p in predicates],
+            *[pl.col(k) == v for k, v in constraints.items()],
+        )
+        return self._map("filter", lambda f: f.filter(combined), predicate=combined)
+
+    def with_columns(self, *exprs: Any, **named: Any) -> Stream:
+        """Add or replace columns (as ``pl.DataFrame.with_columns``)."""
+        return self._map("with_columns", lambda f: f.with_columns(*exprs, **named))
+
+    def select(self, *exprs: Any, **named: Any) -> Stream:
+        """Choose and compute columns (as ``pl.DataFrame.select``), record by record."""
+        return self._map("select", lambda f: f.select(*exprs, **named))
+
+    def drop(self, *columns: str) -> Stream:
+        missing = [c for c in columns if self.schema is not None and c not in self.schema]
+        if missing:
+            raise ConfigError(f"drop(): no column {missing[0]!r}; columns are {self.columns}")
+        return self._map("drop", lambda f: f.drop(*columns))
+
+    def rename(self, mapping: Mapping[str, str]) -> Stream:
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(f"rename() takes a mapping old -> new, got {mapping!r}")
+        missing = [c for c in mapping if self.schema is not None and c not in self.schema]
+        if missing:
+            raise ConfigError(f"rename(): no column {missing[0]!r}; columns are {self.columns}")
+        return self._map("rename", lambda f: f.rename(dict(mapping)), rename=mapping)
+
+    def explode(self, column: str) -> Stream:
+        """One record per element of list column ``column``."""
+        return self._map("explode", lambda f: f.explode(column))
+
+    def map_batches(self, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> Stream:
+        """Apply ``fn`` to each micro-batch.
+
+        For results that do not depend on batch boundaries, ``fn`` must treat records
+        independently (transform, filter or expand them one by one).
+        """
+        if not callable(fn):
+            raise ConfigError(f"map_batches() needs a function DataFrame -> DataFrame, got {fn!r}")
+
+        def run(frame: Any) -> Any:
+            if isinstance(frame, pl.LazyFrame):  # learn the output schema from an empty batch
+                try:
+                    return fn(frame.collect()).lazy()
+                except Exception:
+                    return frame.select([])  # unknown until data flows
+            out = fn(frame)
+            if not isinstance(out, pl.DataFrame):
+                raise TypeError(f"map_batches function returned {type(out).__name__}, not a DataFrame")
+            return out
+
+        stream = self._map("map_batches", run)
+        if stream.schema is not None and stream.schema.len() == 0:
+            meta = stream._meta
+            return Stream(stream._node, _Meta(None, self._meta.event_time, meta.bounded, meta.keys))
+        return stream
+
+    # -- event time -------------------------------------------------------------------------
+    def with_watermark(self, column: str, delay: Duration = "0s") -> Stream:
+        """Use ``column`` as event time, tolerating records up to ``delay`` out of order.
+
+        Records whose event time is null go to the error side output.
+        """
+        delay_ms = to_ms(delay, name="delay")
+        dtype: pl.DataType = pl.Int64
+        if self.schema is not None:
+            if column not in self.schema:
+                raise ConfigError(
+                    f"with_watermark(): no column {column!r}; columns are {self.columns}"
+                )
+            dtype = self.schema[column]
+            units_per_ms(column, dtype)
+        meta = self._meta
+        node = EventTimeNode((self._node,), column)
+        return Stream(node, _Meta(meta.schema, EventTime(column, delay_ms, dtype), meta.bounded,
+                                  meta.keys, meta.result_time))
+
+    # -- stateful ---------------------------------------------------------------------------
+    def window(self, spec: WindowSpec, *, by: str | Sequence[str] | None = None,
+               grace: Duration = "0s", emit: Emit = "final") -> WindowedStream:
+        """Group records into event-time windows; finish with ``.agg(...)``."""
+        if not isinstance(spec, WindowSpec):
+            raise ConfigError(
+                f"window() takes sn.Tumbling(size), sn.Hopping(size, every) or sn.Session(gap); "
+                f"got {spec!r}"
+            )
+        if emit not in ("final", "update"):
+            raise ConfigError(f"emit={emit!r} must be 'final' or 'update'")
+        if self._meta.event_time is None:
+            raise ConfigError(
+                "window() needs an event-time column: pass timestamp= to the source or call "
+                ".with_watermark(column, delay) first"
+            )
+        if self.keys is not None:
+            raise ConfigError("window() works on streams, not on tables")
+        keys = _key_list(by, "by")
+        self._check_columns(keys, "window(by=...)")
+        return WindowedStream(self, spec, tuple(keys), to_ms(grace, name="grace"), emit)
+
+    def group_by(self, *keys: str | Sequence[str]) -> GroupedStream:
+        """A running aggregate per key (a table: one live row per key)."""
+        flat = [k for key in keys for k in _key_list(key, "group_by")]
+        if not flat:
+            raise ConfigError("group_by() needs at least one key column")
+        self._check_columns(flat, "group_by()")
+        return GroupedStream(self, tuple(flat))
+
+    def union(self, *others: Stream) -> Stream:
+        """Merge streams with the same schema, in arrival order."""
+        streams = [self, *others]
+        for other in others:
+            if not isinstance(other, Stream):
+                raise ConfigError(f"union() takes streams, got {other!r}")
+            if other.keys is not None or self.keys is not None:
+                raise ConfigError("union() merges streams, not tables")
+            if self.schema is not None and other.schema is not None and other.schema != self.schema:
+                raise ConfigError(
+                    f"union(): schemas differ: {dict(self.schema)} vs {dict(other.schema)}"
+                )
+        times = {s._meta.event_time for s in streams}
+        meta = _Meta(self.schema, self._meta.event_time if len(times) == 1 else None,
+                     all(s.bounded for s in streams))
+        return Stream(UnionNode(tuple(s._node for s in streams)), meta)
+
+    def _check_columns(self, columns: Sequence[str], where: str) -> None:
+        if self.schema is None:
+            return
+        for c in columns:
+            if c not in self.schema:
+                raise ConfigError(f"{where}: no column {c!r}; columns are {self.columns}")
+
+    # -- running ----------------------------------------------------------------------------
+    def collect(self, timeout: float | None = None, *, errors: ErrorPolicy = "keep",
+                max_batch: int = DEFAULT_MAX_BATCH) -> pl.DataFrame:
+        """Run a bounded stream to its end and return the result table.
+
+        For ``emit="update"`` windows and running aggregates this is the last row per key.
+        """
+        if not self.bounded:
+            raise ConfigError(
+                "collect() needs a bounded source (e.g. sn.nexmark(events=1_000_000)); "
+                "use start() for an unbounded stream"
+            )
+        return run_to_end(self, timeout=timeout, errors=errors, max_batch=max_batch).table.frame()
+
+    def start(self, name: str | None = None, *, errors: ErrorPolicy = "keep",
+              keep: int | None = 100_000, max_batch: int = DEFAULT_MAX_BATCH) -> Query:
+        """Run in a background thread and return the :class:`Query` at once.
+
+        ``keep`` bounds the rows an unbounded append stream keeps in ``result()``.
+        A running query with the same ``name`` is stopped and replaced.
+        """
+        return Query(self, name, errors=errors, keep=keep, max_batch=max_batch)._launch()
+
+
+class WindowedStream:
+    """``stream.window(...)``: finish it with ``.agg(*exprs)``."""
+
+    def __init__(self, stream: Stream, spec: WindowSpec, by: tuple[str, ...], grace_ms: int,
+                 emit: Emit) -> None:
+        self._stream, self._spec, self._by, self._grace_ms, self._emit = (
+            stream, spec, by, grace_ms, emit)
+
+    def agg(self, *exprs: pl.Expr | Sequence[pl.Expr]) -> Stream:
+        """Aggregate each window; columns: window_start, window_end, the keys, the aggregates."""
+        stream = self._stream
+        et = stream._meta.event_time
+        assert et is not None
+        flat = _flatten(exprs)
+        schema = stream.schema if stream.schema is not None else pl.Schema({et.column: et.dtype})
+        aggregation = Aggregation(flat, schema, self._by)
+        key_types = {k: schema[k] for k in self._by} if stream.schema is not None else {}
+        out = pl.Schema({"window_start": et.dtype, "window_end": et.dtype, **key_types,
+                         **aggregation.output_schema})
+        node = WindowNode((stream._node,), self._spec, et, self._by, self._grace_ms, self._emit,
+                          aggregation, out)
+        keys = ("window_start", "window_end", *self._by) if self._emit == "update" else None
+        if isinstance(self._spec, Session) and self._emit == "final":
+            keys = None
+        return Stream(node, _Meta(out if stream.schema is not None else None, None,
+                                  stream.bounded, keys, et))
+
+
+class GroupedStream:
+    """``stream.group_by(...)``: finish it with ``.agg(*exprs)``."""
+
+    def __init__(self, stream: Stream, keys: tuple[str, ...]) -> None:
+        self._stream, self._keys = stream, keys
+
+    def agg(self, *exprs: pl.Expr | Sequence[pl.Expr]) -> Stream:
+        """The running aggregates per key, updated after every micro-batch."""
+        stream = self._stream
+        schema = stream.schema
+        aggregation = Aggregation(_flatten(exprs), schema or pl.Schema(), self._keys)
+        out = None
+        if schema is not None:
+            out = pl.Schema({**{k: schema[k] for k in self._keys}, **aggregation.output_schema})
+        node = GroupByNode((stream._node,), self._keys, aggregation)
+        return Stream(node, _Meta(out, None, stream.bounded, self._keys,
+                                  stream._meta.event_time))
+
+
+def _flatten(exprs: Sequence[Any]) -> list[pl.Expr]:
+    flat: list[pl.Expr] = []
+    for e in exprs:
+        flat.extend(e if isinstance(e, (list, tuple)) else [e])
+    return flat
+
+
+def _key_list(keys: str | Sequence[str] | None, name: str) -> list[str]:
+    if keys is None:
+        return []
+    if isinstance(keys, str):
+        return [keys]
+    if not all(isinstance(k, str) for k in keys):
+        raise ConfigError(f"{name}={keys!r}: keys must be column names")
+    return list(keys)
+
+
+def _follow_time(et: EventTime | None, schema: pl.Schema | None,
+                 rename: Mapping[str, str] | None) -> EventTime | None:
+    """The event time after a transformation: renamed, retyped, or gone."""
+    if et is None:
+        return None
+    column = rename.get(et.column, et.column) if rename else et.column
+    if schema is None:
+        return EventTime(column, et.delay_ms, et.dtype)
+    if column not in schema:
+        return None
+    dtype = schema[column]
+    try:
+        units_per_ms(column, dtype)
+    except ConfigError:
+        return None
+    return EventTime(column, et.delay_ms, dtype)
