@@ -105,7 +105,7 @@ def _moments_combine(p: str) -> list[pl.Expr]:
     # Chan et al.: M2 = Σ M2_i + Σ n_i (mean_i − mean)², numerically stable.
     n, m, q = _c(p, "n"), _c(p, "m"), _c(p, "q")
     total = n.sum()
-    mean = (n * m.fill_null(0.0)).sum() / total
+    mean = pl.when(total > 0).then((n * m.fill_null(0.0)).sum() / total).otherwise(0.0)
     return [
         total.alias(f"{p}_n"),
         pl.when(total > 0).then(mean).alias(f"{p}_m"),

@@ -80,8 +80,11 @@ class WindowNode(Node):
     emit: str
     aggregation: Aggregation
     schema: pl.Schema = field(repr=False)
+    input_schema: pl.Schema | None = field(repr=False, default=None)
 
     def build(self, ctx: Context) -> Operator:
+        if self.input_schema is not None and ctx.late.schema is None:
+            ctx.late.schema = self.input_schema
         common = dict(event_time=self.event_time, by=self.by, grace_ms=self.grace_ms,
                       emit=self.emit, agg=self.aggregation, schema=self.schema, ctx=ctx)
         if isinstance(self.spec, Tumbling):

@@ -296,7 +296,7 @@ class WindowedStream:
         out = pl.Schema({"window_start": et.dtype, "window_end": et.dtype, **key_types,
                          **aggregation.output_schema})
         node = WindowNode((stream._node,), self._spec, et, self._by, self._grace_ms, self._emit,
-                          aggregation, out)
+                          aggregation, out, stream.schema)
         keys = ("window_start", "window_end", *self._by) if self._emit == "update" else None
         if isinstance(self._spec, Session) and self._emit == "final":
             keys = None

@@ -78,8 +78,9 @@ def error_from_python(source: str, position: int | None, reason: str, record: An
 class SideOutput:
     """A bounded, thread-safe list of frames: the newest ``keep`` rows, and the total count."""
 
-    def __init__(self, keep: int | None) -> None:
+    def __init__(self, keep: int | None, schema: pl.Schema | None = None) -> None:
         self._keep = keep
+        self.schema = schema  # of an empty side output
         self._frames: deque[pl.DataFrame] = deque()
         self._rows = 0
         self.count = 0
@@ -95,11 +96,11 @@ class SideOutput:
             while self._keep is not None and self._rows - self._frames[0].height >= self._keep:
                 self._rows -= self._frames.popleft().height
 
-    def frame(self, schema: pl.Schema | None = None) -> pl.DataFrame:
+    def frame(self) -> pl.DataFrame:
         with self._lock:
             frames = list(self._frames)
         if not frames:
-            return pl.DataFrame(schema=schema)
+            return pl.DataFrame(schema=self.schema)
         df = pl.concat(frames, how="diagonal_relaxed")
         return df.tail(self._keep) if self._keep is not None else df
 
@@ -109,7 +110,7 @@ class Context:
     """Per-query services that operators report to (side outputs, counters, watermark)."""
 
     late: SideOutput = field(default_factory=lambda: SideOutput(10_000))
-    errors: SideOutput = field(default_factory=lambda: SideOutput(10_000))
+    errors: SideOutput = field(default_factory=lambda: SideOutput(10_000, ERROR_SCHEMA))
     fail_on_error: bool = False
     watermarks: dict[int, int] = field(default_factory=dict)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
-from streamnb.engine.core import ERROR_SCHEMA, NEG_INF, Context
+from streamnb.engine.core import NEG_INF, Context
 from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, Runner
 from streamnb.exceptions import ConfigError, QueryFailed
 from streamnb.sinks.memory import ResultTable
@@ -160,7 +160,7 @@ class Query:
 
     def errors(self) -> pl.DataFrame:
         """The most recent records that could not be processed, with the reason."""
-        return self._exec.ctx.errors.frame(ERROR_SCHEMA)
+        return self._exec.ctx.errors.frame()
 
     @property
     def version(self) -> int:

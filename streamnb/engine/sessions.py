@@ -41,17 +41,15 @@ class SessionOperator(WindowOperatorBase):
         suspect = (pl.col(TIME) + self.grace < pl.col(WM)).alias("__sn_suspect")
         flags = stamped.select(suspect).to_series()
         if not flags.any():
-            self._merge(stamped, watermark=None)
+            self._merge(stamped, suspect=False)
         else:
             # Runs of ordinary records, each suspect a run of its own, in arrival order.
             run = (flags | flags.shift(1, fill_value=False)).cum_sum()
             for part in stamped.with_columns(run.alias("__sn_run")).partition_by(
                 "__sn_run", maintain_order=True, include_key=False
             ):
-                if part.height == 1 and part.get_column(TIME)[0] + self.grace < part.get_column(WM)[0]:
-                    self._merge(part, watermark=part.get_column(WM)[0])
-                else:
-                    self._merge(part, watermark=None)
+                lone = part.height == 1 and part[TIME][0] + self.grace < part[WM][0]
+                self._merge(part, suspect=lone)
         out: list[pl.DataFrame] = []
         deletes = None
         if self.emit == "update" and self.state is not None:
@@ -68,9 +66,15 @@ class SessionOperator(WindowOperatorBase):
         closed = self._close(POS_INF)
         return Delta(pl.concat(closed) if closed else self.schema.to_frame())
 
-    def _merge(self, records: pl.DataFrame, watermark: int | None) -> None:
-        """Add a run of records; ``watermark`` is set for a lone suspect record."""
+    def _merge(self, records: pl.DataFrame, *, suspect: bool) -> None:
+        """Add a run of records (or one suspect) to the sessions open before its first record.
+
+        Sessions that closed before the run are set aside: nothing in the run can link to
+        them, but they may lie within ``gap`` of sessions opened since (closing is deferred
+        to the end of the batch), and must not be chained to those.
+        """
         groups = self.by
+        watermark = records[WM][0]
         keys = records.select(groups).unique() if groups else None
         state = self.state
         if state is None:
@@ -80,8 +84,7 @@ class SessionOperator(WindowOperatorBase):
             rest = state.join(keys, on=groups, how="anti", nulls_equal=True)
         else:
             affected, rest = state, None
-        if watermark is not None and affected is not None:
-            # Only sessions still open at the suspect's moment may absorb it.
+        if affected is not None:
             is_open = pl.col(M) + self.gap + self.grace > watermark
             closed = affected.filter(~is_open)
             affected = affected.filter(is_open)
@@ -101,7 +104,7 @@ class SessionOperator(WindowOperatorBase):
             pl.col("__sn_row").alias(SEQ), COMP
         )
         records = records.join(record_comp, on=SEQ, how="left")
-        if watermark is not None:
+        if suspect:
             lone = links.group_by(COMP).agg(pl.col("__sn_row").is_null().any().not_().alias("lone"))
             starts_new = lone.join(record_comp, on=COMP).get_column("lone")[0]
             if starts_new and records.get_column(TIME)[0] + self.gap + self.grace <= watermark:

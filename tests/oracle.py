@@ -1,0 +1,113 @@
+"""A record-at-a-time reference of API.md §3, written to be obviously correct, not fast.
+
+Each record is processed alone, in arrival order, with plain Python: the watermark before
+it, the windows it joins, lateness, closing. Aggregates are then computed by polars over
+each window's member rows, so the reference and the engine agree on what ``mean`` or
+``n_unique`` mean and differ only in how membership is decided.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import polars as pl
+
+
+@dataclass
+class Result:
+    emitted: pl.DataFrame  # final rows in emission order
+    late: list[int]  # arrival indices of late records
+
+
+@dataclass
+class _Session:
+    start: int
+    last: int
+    members: list[int] = field(default_factory=list)
+
+
+def _windows_of(t: int, size: int, every: int) -> list[int]:
+    """Starts of the windows [k·every, k·every + size) that contain t."""
+    first = (t - size) // every + 1
+    return [k * every for k in range(first, t // every + 1) if k * every <= t < k * every + size]
+
+
+def reference(
+    df: pl.DataFrame,
+    *,
+    time: str,
+    kind: str,
+    size: int = 0,
+    every: int = 0,
+    gap: int = 0,
+    delay: int = 0,
+    grace: int = 0,
+    by: list[str],
+    aggs: list[pl.Expr],
+) -> Result:
+    """Windows of ``df`` (rows in arrival order); ``time`` holds integer times."""
+    times = df.get_column(time).to_list()
+    keys = df.select(by).rows() if by else [()] * df.height
+    watermark = -math.inf
+    seen = -math.inf
+    late: list[int] = []
+    closed: list[tuple[int, int, tuple, list[int]]] = []  # (start, end, key, members)
+    windows: dict[tuple[int, tuple], list[int]] = {}
+    sessions: dict[tuple, list[_Session]] = {}
+
+    def close_windows(w: float) -> None:
+        batch = []
+        if kind == "session":
+            for key, open_sessions in sessions.items():
+                for s in [s for s in open_sessions if s.last + gap + grace <= w]:
+                    open_sessions.remove(s)
+                    batch.append((s.start, s.last + gap, key, s.members))
+        else:
+            for (start, key) in [wk for wk in windows if wk[0] + size + grace <= w]:
+                batch.append((start, start + size, key, windows.pop((start, key))))
+        closed.extend(sorted(batch, key=lambda r: (r[1], r[0], *(_order(k) for k in r[2]))))
+
+    for i, (t, key) in enumerate(zip(times, keys, strict=True)):
+        if kind == "session":
+            open_sessions = sessions.setdefault(key, [])
+            linked = [s for s in open_sessions if s.start - gap < t < s.last + gap]
+            if linked:
+                merged = _Session(min(s.start for s in linked + [_Session(t, t)]),
+                                  max(s.last for s in linked + [_Session(t, t)]),
+                                  sorted([m for s in linked for m in s.members] + [i]))
+                for s in linked:
+                    open_sessions.remove(s)
+                open_sessions.append(merged)
+            elif t + gap + grace <= watermark:
+                late.append(i)
+            else:
+                open_sessions.append(_Session(t, t, [i]))
+        else:
+            starts = [s for s in _windows_of(t, size, every) if s + size + grace > watermark]
+            if not starts:
+                late.append(i)
+            for s in starts:
+                windows.setdefault((s, key), []).append(i)
+        seen = max(seen, t)
+        watermark = seen - delay
+        close_windows(watermark)
+    close_windows(math.inf)
+    return Result(_aggregate(df, closed, by, aggs), late)
+
+
+def _order(value: object) -> tuple[bool, object]:
+    """Sort key putting nulls first, as polars does by default."""
+    return (value is not None, value)
+
+
+def _aggregate(df: pl.DataFrame, closed: list, by: list[str], aggs: list[pl.Expr]) -> pl.DataFrame:
+    rows = []
+    for start, end, key, members in closed:
+        values = df[members].select(aggs).row(0, named=True)
+        rows.append({"window_start": start, "window_end": end, **dict(zip(by, key, strict=True)),
+                     **values})
+    schema = {"window_start": pl.Int64, "window_end": pl.Int64,
+              **{b: df.schema[b] for b in by},
+              **df.select(aggs).schema}
+    return pl.DataFrame(rows, schema=schema, orient="row")
