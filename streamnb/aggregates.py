@@ -124,13 +124,13 @@ def _variance(ddof: int, root: bool) -> _Kind:
 
 _CANDIDATES: list[tuple[str, Callable[[pl.Expr], pl.Expr], _Kind]] = [
     ("len", lambda x: x.len(), _LEN),
-    *((a, lambda x, a=a: getattr(x, a)(), _sum_kind(a)) for a in ("count", "sum", "min", "max")),  # type: ignore[misc]
+    *((a, lambda x, a=a: getattr(x, a)(), _sum_kind(a)) for a in ("count", "sum", "min", "max")),
     ("mean", lambda x: x.mean(), _MEAN),
     ("first", lambda x: x.first(), _FIRST),
     ("last", lambda x: x.last(), _LAST),
     ("n_unique", lambda x: x.n_unique(), _N_UNIQUE),
     *(
-        (f"{f}(ddof={d})", lambda x, f=f, d=d: getattr(x, f)(ddof=d), _variance(d, f == "std"))  # type: ignore[misc]
+        (f"{f}(ddof={d})", lambda x, f=f, d=d: getattr(x, f)(ddof=d), _variance(d, f == "std"))
         for f in ("std", "var")
         for d in range(3)
     ),

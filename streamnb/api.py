@@ -59,8 +59,11 @@ def nexmark(
     """
     from streamnb.sources.nexmark import NexmarkSource
 
-    return _stream(NexmarkSource(events, kind=kind, rate=rate, event_rate=event_rate, seed=seed,
-                                 base_time=base_time))
+    return _stream(
+        NexmarkSource(
+            events, kind=kind, rate=rate, event_rate=event_rate, seed=seed, base_time=base_time
+        )
+    )
 
 
 def from_files(

@@ -56,8 +56,9 @@ class MapNode(Node):
     predicate: pl.Expr | None = None
 
     def build(self, ctx: Context) -> Operator:
-        return MapOperator(self.fn, on_keys=self.on_keys, table_keys=self.table_keys,
-                           predicate=self.predicate)
+        return MapOperator(
+            self.fn, on_keys=self.on_keys, table_keys=self.table_keys, predicate=self.predicate
+        )
 
     def describe(self) -> str:
         return self.label
@@ -85,8 +86,15 @@ class WindowNode(Node):
     def build(self, ctx: Context) -> Operator:
         if self.input_schema is not None and ctx.late.schema is None:
             ctx.late.schema = self.input_schema
-        common = dict(event_time=self.event_time, by=self.by, grace_ms=self.grace_ms,
-                      emit=self.emit, agg=self.aggregation, schema=self.schema, ctx=ctx)
+        common = dict(
+            event_time=self.event_time,
+            by=self.by,
+            grace_ms=self.grace_ms,
+            emit=self.emit,
+            agg=self.aggregation,
+            schema=self.schema,
+            ctx=ctx,
+        )
         if isinstance(self.spec, Tumbling):
             return WindowOperator(size_ms=self.spec.size_ms, every_ms=self.spec.size_ms, **common)
         if isinstance(self.spec, Hopping):
@@ -126,4 +134,3 @@ def explain(node: Node, depth: int = 0) -> str:
     lines = ["  " * depth + node.describe()]
     lines += [explain(child, depth + 1) for child in node.inputs]
     return "\n".join(lines)
-

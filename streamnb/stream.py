@@ -96,8 +96,14 @@ class Stream:
         return f"<streamnb {kind} {self.columns}>\n{self.explain()}"
 
     # -- per-record transformations ---------------------------------------------------------
-    def _map(self, label: str, op: _Op, *, rename: Mapping[str, str] | None = None,
-             predicate: pl.Expr | None = None) -> Stream:
+    def _map(
+        self,
+        label: str,
+        op: _Op,
+        *,
+        rename: Mapping[str, str] | None = None,
+        predicate: pl.Expr | None = None,
+    ) -> Stream:
         meta = self._meta
         schema = None
         if meta.schema is not None:
@@ -111,10 +117,19 @@ class Stream:
         if keys is not None and schema is not None and not set(keys) <= set(schema.names()):
             raise ConfigError(f"{label}() on a table must keep its key columns {list(keys)}")
         on_keys = (lambda df: df.rename(dict(rename), strict=False)) if rename else None
-        node = MapNode((self._node,), label, op, on_keys=on_keys, table_keys=meta.keys,
-                       predicate=predicate)
-        return Stream(node, _Meta(schema, _follow_time(meta.event_time, schema, rename),
-                                  meta.bounded, keys, meta.result_time))
+        node = MapNode(
+            (self._node,), label, op, on_keys=on_keys, table_keys=meta.keys, predicate=predicate
+        )
+        return Stream(
+            node,
+            _Meta(
+                schema,
+                _follow_time(meta.event_time, schema, rename),
+                meta.bounded,
+                keys,
+                meta.result_time,
+            ),
+        )
 
     def filter(self, *predicates: pl.Expr | str, **constraints: Any) -> Stream:
         """Keep the records for which all predicates hold (as ``pl.DataFrame.filter``)."""
@@ -169,7 +184,9 @@ class Stream:
                     return frame.select([])  # unknown until data flows
             out = fn(frame)
             if not isinstance(out, pl.DataFrame):
-                raise TypeError(f"map_batches function returned {type(out).__name__}, not a DataFrame")
+                raise TypeError(
+                    f"map_batches function returned {type(out).__name__}, not a DataFrame"
+                )
             return out
 
         stream = self._map("map_batches", run)
@@ -185,7 +202,7 @@ class Stream:
         Records whose event time is null go to the error side output.
         """
         delay_ms = to_ms(delay, name="delay")
-        dtype: pl.DataType = pl.Int64
+        dtype: pl.DataType = pl.Int64()
         if self.schema is not None:
             if column not in self.schema:
                 raise ConfigError(
@@ -195,12 +212,26 @@ class Stream:
             units_per_ms(column, dtype)
         meta = self._meta
         node = EventTimeNode((self._node,), column)
-        return Stream(node, _Meta(meta.schema, EventTime(column, delay_ms, dtype), meta.bounded,
-                                  meta.keys, meta.result_time))
+        return Stream(
+            node,
+            _Meta(
+                meta.schema,
+                EventTime(column, delay_ms, dtype),
+                meta.bounded,
+                meta.keys,
+                meta.result_time,
+            ),
+        )
 
     # -- stateful ---------------------------------------------------------------------------
-    def window(self, spec: WindowSpec, *, by: str | Sequence[str] | None = None,
-               grace: Duration = "0s", emit: Emit = "final") -> WindowedStream:
+    def window(
+        self,
+        spec: WindowSpec,
+        *,
+        by: str | Sequence[str] | None = None,
+        grace: Duration = "0s",
+        emit: Emit = "final",
+    ) -> WindowedStream:
         """Group records into event-time windows; finish with ``.agg(...)``."""
         if not isinstance(spec, WindowSpec):
             raise ConfigError(
@@ -241,8 +272,11 @@ class Stream:
                     f"union(): schemas differ: {dict(self.schema)} vs {dict(other.schema)}"
                 )
         times = {s._meta.event_time for s in streams}
-        meta = _Meta(self.schema, self._meta.event_time if len(times) == 1 else None,
-                     all(s.bounded for s in streams))
+        meta = _Meta(
+            self.schema,
+            self._meta.event_time if len(times) == 1 else None,
+            all(s.bounded for s in streams),
+        )
         return Stream(UnionNode(tuple(s._node for s in streams)), meta)
 
     def _check_columns(self, columns: Sequence[str], where: str) -> None:
@@ -253,8 +287,13 @@ class Stream:
                 raise ConfigError(f"{where}: no column {c!r}; columns are {self.columns}")
 
     # -- running ----------------------------------------------------------------------------
-    def collect(self, timeout: float | None = None, *, errors: ErrorPolicy = "keep",
-                max_batch: int = DEFAULT_MAX_BATCH) -> pl.DataFrame:
+    def collect(
+        self,
+        timeout: float | None = None,
+        *,
+        errors: ErrorPolicy = "keep",
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> pl.DataFrame:
         """Run a bounded stream to its end and return the result table.
 
         For ``emit="update"`` windows and running aggregates this is the last row per key.
@@ -266,8 +305,14 @@ class Stream:
             )
         return run_to_end(self, timeout=timeout, errors=errors, max_batch=max_batch).table.frame()
 
-    def start(self, name: str | None = None, *, errors: ErrorPolicy = "keep",
-              keep: int | None = 100_000, max_batch: int = DEFAULT_MAX_BATCH) -> Query:
+    def start(
+        self,
+        name: str | None = None,
+        *,
+        errors: ErrorPolicy = "keep",
+        keep: int | None = 100_000,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> Query:
         """Run in a background thread and return the :class:`Query` at once.
 
         ``keep`` bounds the rows an unbounded append stream keeps in ``result()``.
@@ -279,10 +324,16 @@ class Stream:
 class WindowedStream:
     """``stream.window(...)``: finish it with ``.agg(*exprs)``."""
 
-    def __init__(self, stream: Stream, spec: WindowSpec, by: tuple[str, ...], grace_ms: int,
-                 emit: Emit) -> None:
+    def __init__(
+        self, stream: Stream, spec: WindowSpec, by: tuple[str, ...], grace_ms: int, emit: Emit
+    ) -> None:
         self._stream, self._spec, self._by, self._grace_ms, self._emit = (
-            stream, spec, by, grace_ms, emit)
+            stream,
+            spec,
+            by,
+            grace_ms,
+            emit,
+        )
 
     def agg(self, *exprs: pl.Expr | Sequence[pl.Expr]) -> Stream:
         """Aggregate each window; columns: window_start, window_end, the keys, the aggregates."""
@@ -293,15 +344,31 @@ class WindowedStream:
         schema = stream.schema if stream.schema is not None else pl.Schema({et.column: et.dtype})
         aggregation = Aggregation(flat, schema, self._by)
         key_types = {k: schema[k] for k in self._by} if stream.schema is not None else {}
-        out = pl.Schema({"window_start": et.dtype, "window_end": et.dtype, **key_types,
-                         **aggregation.output_schema})
-        node = WindowNode((stream._node,), self._spec, et, self._by, self._grace_ms, self._emit,
-                          aggregation, out, stream.schema)
+        out = pl.Schema(
+            {
+                "window_start": et.dtype,
+                "window_end": et.dtype,
+                **key_types,
+                **aggregation.output_schema,
+            }
+        )
+        node = WindowNode(
+            (stream._node,),
+            self._spec,
+            et,
+            self._by,
+            self._grace_ms,
+            self._emit,
+            aggregation,
+            out,
+            stream.schema,
+        )
         keys = ("window_start", "window_end", *self._by) if self._emit == "update" else None
         if isinstance(self._spec, Session) and self._emit == "final":
             keys = None
-        return Stream(node, _Meta(out if stream.schema is not None else None, None,
-                                  stream.bounded, keys, et))
+        return Stream(
+            node, _Meta(out if stream.schema is not None else None, None, stream.bounded, keys, et)
+        )
 
 
 class GroupedStream:
@@ -319,8 +386,7 @@ class GroupedStream:
         if schema is not None:
             out = pl.Schema({**{k: schema[k] for k in self._keys}, **aggregation.output_schema})
         node = GroupByNode((stream._node,), self._keys, aggregation)
-        return Stream(node, _Meta(out, None, stream.bounded, self._keys,
-                                  stream._meta.event_time))
+        return Stream(node, _Meta(out, None, stream.bounded, self._keys, stream._meta.event_time))
 
 
 def _flatten(exprs: Sequence[Any]) -> list[pl.Expr]:
@@ -340,8 +406,9 @@ def _key_list(keys: str | Sequence[str] | None, name: str) -> list[str]:
     return list(keys)
 
 
-def _follow_time(et: EventTime | None, schema: pl.Schema | None,
-                 rename: Mapping[str, str] | None) -> EventTime | None:
+def _follow_time(
+    et: EventTime | None, schema: pl.Schema | None, rename: Mapping[str, str] | None
+) -> EventTime | None:
     """The event time after a transformation: renamed, retyped, or gone."""
     if et is None:
         return None

@@ -64,7 +64,7 @@ def reference(
                     open_sessions.remove(s)
                     batch.append((s.start, s.last + gap, key, s.members))
         else:
-            for (start, key) in [wk for wk in windows if wk[0] + size + grace <= w]:
+            for start, key in [wk for wk in windows if wk[0] + size + grace <= w]:
                 batch.append((start, start + size, key, windows.pop((start, key))))
         closed.extend(sorted(batch, key=lambda r: (r[1], r[0], *(_order(k) for k in r[2]))))
 
@@ -73,9 +73,11 @@ def reference(
             open_sessions = sessions.setdefault(key, [])
             linked = [s for s in open_sessions if s.start - gap < t < s.last + gap]
             if linked:
-                merged = _Session(min(s.start for s in linked + [_Session(t, t)]),
-                                  max(s.last for s in linked + [_Session(t, t)]),
-                                  sorted([m for s in linked for m in s.members] + [i]))
+                merged = _Session(
+                    min(t, *(s.start for s in linked)),
+                    max(t, *(s.last for s in linked)),
+                    sorted([i, *(m for s in linked for m in s.members)]),
+                )
                 for s in linked:
                     open_sessions.remove(s)
                 open_sessions.append(merged)
@@ -105,9 +107,13 @@ def _aggregate(df: pl.DataFrame, closed: list, by: list[str], aggs: list[pl.Expr
     rows = []
     for start, end, key, members in closed:
         values = df[members].select(aggs).row(0, named=True)
-        rows.append({"window_start": start, "window_end": end, **dict(zip(by, key, strict=True)),
-                     **values})
-    schema = {"window_start": pl.Int64, "window_end": pl.Int64,
-              **{b: df.schema[b] for b in by},
-              **df.select(aggs).schema}
+        rows.append(
+            {"window_start": start, "window_end": end, **dict(zip(by, key, strict=True)), **values}
+        )
+    schema = {
+        "window_start": pl.Int64,
+        "window_end": pl.Int64,
+        **{b: df.schema[b] for b in by},
+        **df.select(aggs).schema,
+    }
     return pl.DataFrame(rows, schema=schema, orient="row")

@@ -43,21 +43,23 @@ class Delta:
 
 
 def error_rows(
-    df: pl.DataFrame, reason: pl.Expr | str, *, source: str, positions: pl.Series | None = None
+    df: pl.DataFrame, reason: str, *, source: str, positions: pl.Series | None = None
 ) -> pl.DataFrame:
-    """Error side-output rows for the records of ``df``: the row as JSON and the reason."""
-    records = df.select(pl.struct(pl.all()).struct.json_encode()).to_series() if df.width else None
-    out = pl.DataFrame(
-        {
-            "source": pl.Series([source] * df.height, dtype=pl.String),
-            "position": positions if positions is not None else pl.Series([None] * df.height, dtype=pl.Int64),
-            "record": records if records is not None else pl.Series(["{}"] * df.height),
-        }
+    """Error side-output rows for the records of ``df``: each row as JSON, and the reason."""
+    n = df.height
+    record = (
+        df.select(pl.struct(pl.all()).struct.json_encode()).to_series()
+        if df.width
+        else pl.Series(["{}"] * n)
     )
-    reason_expr = pl.lit(reason) if isinstance(reason, str) else reason
-    reasons = df.select(reason_expr.alias("reason")).to_series() if df.width else pl.Series([reason] * df.height)
-    return out.with_columns(reasons.cast(pl.String).alias("reason")).select(ERROR_SCHEMA.names()).cast(
-        dict(ERROR_SCHEMA)
+    return pl.DataFrame(
+        {
+            "source": [source] * n,
+            "position": positions if positions is not None else [None] * n,
+            "reason": [reason] * n,
+            "record": record,
+        },
+        schema=ERROR_SCHEMA,
     )
 
 
@@ -70,9 +72,7 @@ def error_from_python(source: str, position: int | None, reason: str, record: An
             text = json.dumps(record, default=str)
         except (TypeError, ValueError):
             text = repr(record)
-    return pl.DataFrame(
-        [[source], [position], [reason], [text]], schema=ERROR_SCHEMA, orient="col"
-    )
+    return pl.DataFrame([[source], [position], [reason], [text]], schema=ERROR_SCHEMA, orient="col")
 
 
 class SideOutput:
@@ -138,4 +138,3 @@ class Operator:
     def finish(self) -> Delta | None:
         """The input ended (watermark +∞): emit what is left."""
         return None
-

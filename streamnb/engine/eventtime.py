@@ -60,8 +60,9 @@ def split_valid(
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Separate records whose event time is null (errors) from the rest."""
     if column not in df.columns:
-        rows = error_rows(df, f"record lacks the event-time column {column!r}", source=source,
-                          positions=positions)
+        rows = error_rows(
+            df, f"record lacks the event-time column {column!r}", source=source, positions=positions
+        )
         return df.clear(), rows
     nulls = df.get_column(column).is_null()
     if not nulls.any():
@@ -69,7 +70,7 @@ def split_valid(
     bad = df.filter(nulls)
     rows = error_rows(
         bad,
-        f"null event time in column {column!r}",
+        f"null or missing event time in column {column!r}",
         source=source,
         positions=positions.filter(nulls) if positions is not None else None,
     )

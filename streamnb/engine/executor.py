@@ -72,7 +72,9 @@ class Pipeline:
 class Runner:
     """Drives a pipeline until its sources end, it is stopped, or a deadline passes."""
 
-    def __init__(self, pipeline: Pipeline, ctx: Context, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(
+        self, pipeline: Pipeline, ctx: Context, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> None:
         self.pipeline = pipeline
         self.ctx = ctx
         self.max_batch = max_batch

@@ -71,10 +71,14 @@ class GroupByOperator(Operator):
         self.seq = 0
 
     def process(self, delta: Delta) -> Delta:
-        rows = delta.rows.with_columns(pl.int_range(self.seq, self.seq + delta.rows.height).alias(SEQ))
+        rows = delta.rows.with_columns(
+            pl.int_range(self.seq, self.seq + delta.rows.height).alias(SEQ)
+        )
         self.seq += rows.height
         partial = self.agg.partial(self.agg.prepare(rows, self.keys), self.keys)
         merged = partial if self.state is None else pl.concat([self.state, partial])
         self.state = self.agg.combine(merged, self.keys) if self.state is not None else partial
-        changed = self.state.join(partial.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
+        changed = self.state.join(
+            partial.select(self.keys), on=self.keys, how="semi", nulls_equal=True
+        )
         return Delta(changed.select(*self.keys, *self.agg.final_exprs()).sort(self.keys))

@@ -66,8 +66,9 @@ class Query:
             raise ConfigError(f"name={name!r} must be a non-empty string")
         self.stream = stream
         self.exception: BaseException | None = None
-        self._exec = Execution(stream, errors=errors, keep=keep if not stream.bounded else None,
-                               max_batch=max_batch)
+        self._exec = Execution(
+            stream, errors=errors, keep=keep if not stream.bounded else None, max_batch=max_batch
+        )
         self._state: State = "running"
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"streamnb:{self.name}", daemon=True)
@@ -169,8 +170,10 @@ class Query:
 
     def __repr__(self) -> str:
         s = self.status()
-        return (f"<Query {self.name!r} {s['state']}: {s['records_in']:,} in, "
-                f"{s['records_out']:,} out, {s['late']} late, {s['errors']} errors>")
+        return (
+            f"<Query {self.name!r} {s['state']}: {s['records_in']:,} in, "
+            f"{s['records_out']:,} out, {s['late']} late, {s['errors']} errors>"
+        )
 
 
 def run_to_end(stream: Stream, *, timeout: float | None, errors: str, max_batch: int) -> Execution:

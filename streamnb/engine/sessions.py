@@ -35,7 +35,9 @@ class SessionOperator(WindowOperatorBase):
         stamped = self._stamp(delta.rows)
         if stamped.height == 0:
             return Delta(self.schema.to_frame())
-        before = self._keys(self.state) if self.emit == "update" and self.state is not None else None
+        before = (
+            self._keys(self.state) if self.emit == "update" and self.state is not None else None
+        )
         if self.state is not None and self.emit == "update":
             self.state = self.state.with_columns(pl.lit(False).alias(TOUCHED))
         suspect = (pl.col(TIME) + self.grace < pl.col(WM)).alias("__sn_suspect")
@@ -56,8 +58,9 @@ class SessionOperator(WindowOperatorBase):
             touched = self.state.filter(pl.col(TOUCHED))
             out.append(self._output(touched, pl.col(M) + self.gap))
             if before is not None:
-                gone = before.join(self._keys(self.state), on=list(before.columns), how="anti",
-                                   nulls_equal=True)
+                gone = before.join(
+                    self._keys(self.state), on=list(before.columns), how="anti", nulls_equal=True
+                )
                 deletes = self._key_output(gone)
         out.extend(self._close(self.watermark))
         return Delta(pl.concat(out) if out else self.schema.to_frame(), deletes)
@@ -89,10 +92,15 @@ class SessionOperator(WindowOperatorBase):
             closed = affected.filter(~is_open)
             affected = affected.filter(is_open)
             rest = closed if rest is None else pl.concat([rest, closed])
-        intervals = [records.select(*groups, pl.col(TIME).alias(S), pl.col(TIME).alias(M),
-                                    pl.col(SEQ).alias("__sn_row"))]
+        intervals = [
+            records.select(
+                *groups, pl.col(TIME).alias(S), pl.col(TIME).alias(M), pl.col(SEQ).alias("__sn_row")
+            )
+        ]
         if affected is not None and affected.height:
-            intervals.append(affected.select(*groups, S, M, pl.lit(None, pl.Int64).alias("__sn_row")))
+            intervals.append(
+                affected.select(*groups, S, M, pl.lit(None, pl.Int64).alias("__sn_row"))
+            )
         links = pl.concat(intervals).sort([*groups, S])
         reach = pl.col(M).cum_max().shift(1)
         if groups:
@@ -112,14 +120,18 @@ class SessionOperator(WindowOperatorBase):
                 return
         parts = [
             self.agg.partial(self.agg.prepare(records, [COMP, *groups]), [COMP, *groups]).join(
-                records.group_by(COMP).agg(pl.col(TIME).min().alias(S), pl.col(TIME).max().alias(M)),
+                records.group_by(COMP).agg(
+                    pl.col(TIME).min().alias(S), pl.col(TIME).max().alias(M)
+                ),
                 on=COMP,
             )
         ]
         if affected is not None and affected.height:
             session_comp = links.filter(pl.col("__sn_row").is_null()).select(*groups, S, COMP)
             parts.append(
-                affected.join(session_comp, on=[*groups, S], nulls_equal=True).drop(TOUCHED, strict=False)
+                affected.join(session_comp, on=[*groups, S], nulls_equal=True).drop(
+                    TOUCHED, strict=False
+                )
             )
         merged = pl.concat(parts, how="diagonal")
         combined = self.agg.combine(merged, [COMP, *groups]).join(
@@ -130,11 +142,19 @@ class SessionOperator(WindowOperatorBase):
         if affected is not None and self.emit == "update":
             # Untouched sessions keep the flag they had earlier in this batch.
             earlier = affected.select(*groups, S, pl.col(TOUCHED).alias("__sn_was"))
-            new_sessions = new_sessions.join(earlier, on=[*groups, S], how="left", nulls_equal=True).with_columns(
-                (pl.col(TOUCHED) | pl.col("__sn_was").fill_null(False)).alias(TOUCHED)
-            ).drop("__sn_was")
+            new_sessions = (
+                new_sessions.join(earlier, on=[*groups, S], how="left", nulls_equal=True)
+                .with_columns(
+                    (pl.col(TOUCHED) | pl.col("__sn_was").fill_null(False)).alias(TOUCHED)
+                )
+                .drop("__sn_was")
+            )
         new_sessions = new_sessions.drop(COMP)
-        self.state = pl.concat([rest, new_sessions], how="diagonal") if rest is not None and rest.height else new_sessions
+        self.state = (
+            pl.concat([rest, new_sessions], how="diagonal")
+            if rest is not None and rest.height
+            else new_sessions
+        )
 
     def _close(self, watermark: int) -> list[pl.DataFrame]:
         if self.state is None:

@@ -136,7 +136,9 @@ class WindowOperator(WindowOperatorBase):
             self.frames = [self._compact()]
             current = self.frames[0].join(changed, on=self.groups, how="semi", nulls_equal=True)
             out.append(self._output(current, pl.col(START) + self.size))
-        closing = self.min_start is not None and self.min_start + self.size + self.grace <= watermark
+        closing = (
+            self.min_start is not None and self.min_start + self.size + self.grace <= watermark
+        )
         if closing:
             state = self._compact()
             closes = pl.col(START) + self.size + self.grace <= watermark

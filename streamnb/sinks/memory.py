@@ -23,7 +23,9 @@ _FOLD_AFTER = 64
 class ResultTable:
     """Materialised output of a query."""
 
-    def __init__(self, schema: pl.Schema | None, keys: Sequence[str] | None, keep: int | None) -> None:
+    def __init__(
+        self, schema: pl.Schema | None, keys: Sequence[str] | None, keep: int | None
+    ) -> None:
         self.schema = schema
         self.keys = list(keys) if keys else None
         self.keep = keep
@@ -66,7 +68,9 @@ class ResultTable:
         """Latest change per key; deleted keys dropped."""
         assert self.keys is not None
         changes = pl.concat(self._parts, how="diagonal")
-        return changes.unique(subset=self.keys, keep="last", maintain_order=True).filter(pl.col(_OP))
+        return changes.unique(subset=self.keys, keep="last", maintain_order=True).filter(
+            pl.col(_OP)
+        )
 
     def frame(self) -> pl.DataFrame:
         """The current table (a copy-free snapshot)."""

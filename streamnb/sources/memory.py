@@ -35,19 +35,45 @@ def dicts_to_frame(
         )
     except Exception as exc:  # polars raises several types for values that do not fit
         if len(rows) == 1:
-            reason = (
-                "record is not a mapping"
-                if not isinstance(rows[0], Mapping)
-                else f"record does not match the schema: {str(exc).splitlines()[0]}"
-            )
+            reason = _mismatch(rows[0], schema) or str(exc).splitlines()[0]
             ctx.error(error_from_python(source, first_position, reason, rows[0]))
             return schema.to_frame().with_columns(pl.lit(None, pl.Int64).alias(POSITION))
         half = len(rows) // 2
-        left = dicts_to_frame(rows[:half], schema, first_position=first_position, source=source, ctx=ctx)
+        left = dicts_to_frame(
+            rows[:half], schema, first_position=first_position, source=source, ctx=ctx
+        )
         right = dicts_to_frame(
             rows[half:], schema, first_position=first_position + half, source=source, ctx=ctx
         )
         return pl.concat([left, right])
+
+
+def _mismatch(row: Any, schema: pl.Schema) -> str | None:
+    """Why one record does not fit the schema, naming the column."""
+    if not isinstance(row, Mapping):
+        return f"record is not a mapping but {type(row).__name__}"
+    for key, value in row.items():
+        if key in schema:
+            try:
+                pl.from_dicts([{key: value}], schema={key: schema[key]}, strict=False)
+            except Exception:
+                return f"column {key!r}: value {value!r} ({type(value).__name__}) is not {schema[key]}"
+    return None
+
+
+def infer_schema(rows: list[Any]) -> pl.Schema:
+    """Column types from sample dicts: each column takes the type of its first non-null value
+    (ints widen to floats when floats appear); a later value of another type is an error
+    record, not a reason to turn the whole column into strings."""
+    sample: dict[str, Any] = {}
+    for row in rows:
+        if not isinstance(row, Mapping):
+            continue
+        for key, value in row.items():
+            current = sample.get(key)
+            if current is None or (type(current) is int and type(value) is float):
+                sample[key] = value
+    return pl.from_dicts([sample]).schema if sample else pl.Schema()
 
 
 def check_timestamp(timestamp: str | None, schema: pl.Schema | None, what: str) -> EventTime | None:
@@ -55,7 +81,7 @@ def check_timestamp(timestamp: str | None, schema: pl.Schema | None, what: str) 
     if timestamp is None:
         return None
     if schema is None:
-        return EventTime(timestamp, 0, pl.Int64)
+        return EventTime(timestamp, 0, pl.Int64())
     if timestamp not in schema:
         raise ConfigError(
             f"timestamp={timestamp!r}: {what} has no column {timestamp!r}; columns are "
@@ -88,7 +114,7 @@ class RecordsSource(Source):
         elif isinstance(first, pl.DataFrame):
             self.schema = first.schema
         elif first:
-            self.schema = pl.from_dicts(first[:_INFER_ROWS], strict=False).schema
+            self.schema = infer_schema(first[:_INFER_ROWS])
         else:
             self.schema = pl.Schema()
         self.event_time = check_timestamp(timestamp, self.schema, "the data")
@@ -150,7 +176,9 @@ class _RecordsReader(Reader):
             )
         else:
             assert self.source.schema is not None
-            df = dicts_to_frame(chunk, self.source.schema, first_position=first, source="records", ctx=self.ctx)
+            df = dicts_to_frame(
+                chunk, self.source.schema, first_position=first, source="records", ctx=self.ctx
+            )
         positions = df.get_column(POSITION)
         df = df.drop(POSITION)
         et = self.source.event_time

@@ -42,12 +42,21 @@ def records(draw: st.DrawFn) -> pl.DataFrame:
     for step in steps:
         now = max(0, now + step)
         times.append(now)
-    return pl.DataFrame({"k": keys, "t": times, "v": values},
-                        schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64})
+    return pl.DataFrame(
+        {"k": keys, "t": times, "v": values}, schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64}
+    )
 
 
-def run_engine(df: pl.DataFrame, spec: sn.windows.WindowSpec, *, by: list[str], delay: int,
-               grace: int, emit: str, batch_size: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def run_engine(
+    df: pl.DataFrame,
+    spec: sn.windows.WindowSpec,
+    *,
+    by: list[str],
+    delay: int,
+    grace: int,
+    emit: str,
+    batch_size: int,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     stream = sn.from_records(df, timestamp="t", batch_size=batch_size)
     if delay:
         stream = stream.with_watermark("t", f"{delay}ms")
@@ -62,8 +71,9 @@ def canonical(df: pl.DataFrame, by: list[str]) -> pl.DataFrame:
 
 SPECS = {
     "tumbling": st.builds(lambda s: ("tumbling", s, s, 0), st.integers(1, 60)),
-    "hopping": st.builds(lambda s, e: ("hopping", max(s, e), e, 0), st.integers(1, 60),
-                         st.integers(1, 25)),
+    "hopping": st.builds(
+        lambda s, e: ("hopping", max(s, e), e, 0), st.integers(1, 60), st.integers(1, 25)
+    ),
     "session": st.builds(lambda g: ("session", 0, 0, g), st.integers(1, 40)),
 }
 
@@ -78,37 +88,65 @@ def test_engine_matches_record_at_a_time_reference(kind: str, data: st.DataObjec
     by = data.draw(st.sampled_from([["k"], []]))
     emit = data.draw(st.sampled_from(["final", "update"]))
     batch = data.draw(st.integers(2, 40))
-    spec = {"tumbling": lambda: sn.Tumbling(f"{size}ms"),
-            "hopping": lambda: sn.Hopping(f"{size}ms", f"{every}ms"),
-            "session": lambda: sn.Session(f"{gap}ms")}[kind]()
+    spec = {
+        "tumbling": lambda: sn.Tumbling(f"{size}ms"),
+        "hopping": lambda: sn.Hopping(f"{size}ms", f"{every}ms"),
+        "session": lambda: sn.Session(f"{gap}ms"),
+    }[kind]()
 
-    expected = reference(df, time="t", kind=kind, size=size, every=every, gap=gap, delay=delay,
-                         grace=grace, by=by, aggs=AGGS)
+    expected = reference(
+        df,
+        time="t",
+        kind=kind,
+        size=size,
+        every=every,
+        gap=gap,
+        delay=delay,
+        grace=grace,
+        by=by,
+        aggs=AGGS,
+    )
     expected_late = df[expected.late]
     for batch_size in (1, batch, max(df.height, 1)):
-        result, late = run_engine(df, spec, by=by, delay=delay, grace=grace, emit=emit,
-                                  batch_size=batch_size)
+        result, late = run_engine(
+            df, spec, by=by, delay=delay, grace=grace, emit=emit, batch_size=batch_size
+        )
         if emit == "final":
             # order matters too: windows are emitted in closing order
             assert_frame_equal(result, expected.emitted, check_exact=False, rel_tol=1e-9)
         else:
-            assert_frame_equal(canonical(result, by), canonical(expected.emitted, by),
-                               check_exact=False, rel_tol=1e-9)
+            assert_frame_equal(
+                canonical(result, by),
+                canonical(expected.emitted, by),
+                check_exact=False,
+                rel_tol=1e-9,
+            )
         assert_frame_equal(late, expected_late, check_dtypes=False)
 
 
 def test_batch_cross_check_with_polars_group_by() -> None:
     """In-order data, nothing late: tumbling windows equal a polars group_by on floored times."""
     n = 20_000
-    df = pl.DataFrame({
-        "t": pl.int_range(0, n * 7, 7, eager=True),
-        "k": pl.int_range(0, n, eager=True) % 13,
-        "v": (pl.int_range(0, n, eager=True) * 7919) % 1000,
-    })
-    aggs = [pl.len().alias("n"), pl.col("v").sum().alias("s"), pl.col("v").max().alias("m"),
-            pl.col("v").mean().alias("avg"), pl.col("v").n_unique().alias("d")]
-    got = sn.from_records(df, timestamp="t", batch_size=999).window(
-        sn.Tumbling("1s"), by="k").agg(aggs).collect()
+    df = pl.DataFrame(
+        {
+            "t": pl.int_range(0, n * 7, 7, eager=True),
+            "k": pl.int_range(0, n, eager=True) % 13,
+            "v": (pl.int_range(0, n, eager=True) * 7919) % 1000,
+        }
+    )
+    aggs = [
+        pl.len().alias("n"),
+        pl.col("v").sum().alias("s"),
+        pl.col("v").max().alias("m"),
+        pl.col("v").mean().alias("avg"),
+        pl.col("v").n_unique().alias("d"),
+    ]
+    got = (
+        sn.from_records(df, timestamp="t", batch_size=999)
+        .window(sn.Tumbling("1s"), by="k")
+        .agg(aggs)
+        .collect()
+    )
     want = (
         df.with_columns(window_start=(pl.col("t") // 1000) * 1000)
         .group_by("window_start", "k")
@@ -122,10 +160,16 @@ def test_batch_cross_check_with_polars_group_by() -> None:
 
 def test_datetime_event_time_in_microseconds_with_time_zone() -> None:
     times = pl.Series([0, 1_500_000, 10_200_000, 3_000_000, 25_000_000]).cast(
-        pl.Datetime("us", "Europe/Paris"))
+        pl.Datetime("us", "Europe/Paris")
+    )
     df = pl.DataFrame({"ts": times, "v": [1, 2, 3, 4, 5]})
-    out = (sn.from_records(df, timestamp="ts").with_watermark("ts", "10s")
-           .window(sn.Tumbling("10s")).agg(pl.col("v").sum().alias("s")).collect())
+    out = (
+        sn.from_records(df, timestamp="ts")
+        .with_watermark("ts", "10s")
+        .window(sn.Tumbling("10s"))
+        .agg(pl.col("v").sum().alias("s"))
+        .collect()
+    )
     assert out.schema["window_start"] == pl.Datetime("us", "Europe/Paris")
     assert out.get_column("s").to_list() == [7, 3, 5]
     assert out.get_column("window_start").cast(pl.Int64).to_list() == [0, 10_000_000, 20_000_000]

@@ -1,0 +1,38 @@
+# Two commands for a fresh machine (only python3 >= 3.10 needed):
+#   make demo   set up, then run a live windowed query over the built-in Nexmark generator
+#   make test   set up, then run lint, type checks and the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_ARGS ?= --duration 30
+
+.PHONY: setup demo test lint typecheck pytest bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(PY) -m streamnb demo $(DEMO_ARGS)
+
+lint: setup
+	$(PY) -m ruff check streamnb tests bench
+	$(PY) -m ruff format --check streamnb tests bench
+
+typecheck: setup
+	$(PY) -m mypy
+
+pytest: setup
+	$(PY) -m pytest
+
+test: lint typecheck pytest
+
+bench: setup
+	$(PY) bench/nexmark_memory.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

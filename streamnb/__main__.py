@@ -1,0 +1,7 @@
+"""``python -m streamnb``: the same as the ``streamnb`` command."""
+
+import sys
+
+from streamnb.worker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Headless execution: the ``streamnb`` command line."""
