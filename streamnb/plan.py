@@ -7,6 +7,7 @@ so one ``Stream`` can be started any number of times.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
@@ -16,6 +17,7 @@ from streamnb.engine.eventtime import EventTime
 from streamnb.engine.operators import EventTimeOperator, GroupByOperator, MapOperator, Transform
 from streamnb.engine.sessions import SessionOperator
 from streamnb.engine.windowing import WindowOperator
+from streamnb.sinks.parquet import ParquetSink
 from streamnb.sources.base import Source
 from streamnb.windows import Hopping, Session, Tumbling, WindowSpec
 
@@ -114,6 +116,20 @@ class GroupByNode(Node):
 
     def build(self, ctx: Context) -> Operator:
         return GroupByOperator(self.keys, self.aggregation)
+
+
+@dataclass(frozen=True, eq=False)
+class ParquetNode(Node):
+    path: Path
+    rows_per_file: int
+    flush_seconds: float
+
+    def build(self, ctx: Context) -> Operator:
+        return ParquetSink(self.path, rows_per_file=self.rows_per_file,
+                           flush_seconds=self.flush_seconds)
+
+    def describe(self) -> str:
+        return f"to_parquet[{self.path}]"
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
@@ -24,6 +25,7 @@ from streamnb.plan import (
     GroupByNode,
     MapNode,
     Node,
+    ParquetNode,
     UnionNode,
     WindowNode,
     explain,
@@ -285,6 +287,24 @@ class Stream:
         for c in columns:
             if c not in self.schema:
                 raise ConfigError(f"{where}: no column {c!r}; columns are {self.columns}")
+
+    # -- sinks ------------------------------------------------------------------------------
+    def to_parquet(
+        self, path: str | Path, *, rows_per_file: int = 1_000_000, flush_seconds: float = 10.0
+    ) -> Stream:
+        """Also write the output rows as Parquet part files under directory ``path``.
+
+        Returns a stream with the sink attached; ``start()`` or ``collect()`` it.
+        """
+        if self.keys is not None:
+            raise ConfigError(
+                "to_parquet() writes streams of rows; this is a table (an upsert changelog). "
+                "Use emit='final' windows, or collect() the table and write it"
+            )
+        if rows_per_file < 1 or flush_seconds <= 0:
+            raise ConfigError("to_parquet(): rows_per_file must be ≥ 1 and flush_seconds > 0")
+        node = ParquetNode((self._node,), Path(path).expanduser(), rows_per_file, flush_seconds)
+        return Stream(node, self._meta)
 
     # -- running ----------------------------------------------------------------------------
     def collect(

@@ -138,3 +138,6 @@ class Operator:
     def finish(self) -> Delta | None:
         """The input ended (watermark +∞): emit what is left."""
         return None
+
+    def close(self) -> None:
+        """The query ended or was stopped: release resources, flush buffered output."""

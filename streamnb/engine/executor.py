@@ -95,6 +95,9 @@ class Runner:
         for _, reader in self.readers.values():
             reader.close()
         self.readers.clear()
+        for op in self.pipeline.ops.values():
+            if op is not None:
+                op.close()
 
     def run(self, deadline: float | None = None) -> bool:
         """Process until done (True) or stopped / past ``deadline`` (False)."""
