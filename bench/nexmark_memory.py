@@ -154,6 +154,7 @@ class Timing:
     rss_peak: int
     state: StateSample | None = None
     wrong: bool = False  # the correctness check failed for this query
+    attempts: int = 1  # measurements made; the least disturbed one is kept
 
     @property
     def rate(self) -> float:
@@ -188,6 +189,26 @@ def time_query(
             break
     measure = meter.stop()
     return Timing(q, n * passes, passes, measure, output_rows, rss_before, benchutil.peak_rss())
+
+
+def least_disturbed(
+    q: NexmarkQuery, frames: list[pl.DataFrame], args: argparse.Namespace
+) -> Timing:
+    """Time ``q``; while other processes used more than ``--quiet-below`` cores meanwhile,
+    measure again (up to ``--attempts`` times) and keep the least disturbed measurement."""
+    best: Timing | None = None
+    for attempt in range(1, args.attempts + 1):
+        timing = least_disturbed(q, frames, args)
+        timing.attempts = attempt
+        others = timing.measure.others
+        if best is None or (others or 0.0) < (best.measure.others or 0.0):
+            best = timing
+        if others is None or others < args.quiet_below:
+            break
+        print(f"  {q.name}: other processes used {others:.2f} cores, measuring again")
+    assert best is not None
+    best.attempts = attempt
+    return best
 
 
 # -- 4. state ------------------------------------------------------------------------------------
@@ -430,12 +451,13 @@ def table(timings: Sequence[Timing]) -> list[str]:
             if t.state
             else ("n/a" if q.windowed else "–")
         )
+        tries = f"; best of {t.attempts}" if t.attempts > 1 else ""
         met = "yes" if t.met else "**no**"
         if t.wrong:
             met = "**wrong result**"
         others = f"{t.measure.others:.2f}" if t.measure.others is not None else "?"
         out.append(
-            f"| {q.name} {q.title} | {t.events:,} ({t.passes}) | {fmt_rate(t.rate)} "
+            f"| {q.name} {q.title} | {t.events:,} ({t.passes}{tries}) | {fmt_rate(t.rate)} "
             f"| {fmt_rate(t.cpu_rate)} | ≥ {fmt_rate(q.target)} | {met} "
             f"| {t.output_rows:,} | {state} | {fmt_mib(t.rss_peak)} "
             f"(+{fmt_mib(max(0, t.rss_peak - t.rss_before))}) | {others} |"
@@ -494,6 +516,9 @@ def markdown(
         '- Timed: `sn.from_records(frames, timestamp="dateTime", batch_size=B)` → query → '
         "`.collect()`, whole passes over the same frames until at least "
         f"{args.min_seconds:g} s have passed (column *passes*), after a warm-up on 3 batches. "
+        f"When other processes used more than {args.quiet_below:g} cores meanwhile, the query "
+        f"is measured again, up to {args.attempts} times, and the least disturbed measurement "
+        "is kept (*best of n*). "
         "The clock includes building the result table: for q0–q2 `collect()` keeps every "
         "output row (q0 shares the input buffers; q1 adds one new `price` column), which is "
         "what a user of `collect()` pays; `start(keep=...)` does not bound a bounded source, so "
@@ -600,6 +625,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="repeat whole passes until each query has run this long",
     )
     p.add_argument(
+        "--attempts",
+        type=int,
+        default=3,
+        help="measure a query up to this many times while other processes load the machine",
+    )
+    p.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.25,
+        help="other processes' load (cores) under which a measurement counts as undisturbed",
+    )
+    p.add_argument(
         "--check-events",
         type=int,
         default=500_000,
@@ -643,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings: list[Timing] = []
     for name in args.query_names:
         q = QUERIES[name]
-        timing = time_query(q, frames, args.batch_size, args.min_seconds)
+        timing = least_disturbed(q, frames, args)
         if q.windowed:
             try:
                 timing.state = measure_state(q, frames, args.batch_size)

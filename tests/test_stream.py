@@ -367,3 +367,33 @@ def test_median_is_a_value_error_naming_the_expression() -> None:
     agg = _timed().window(sn.Tumbling("1s"))
     with pytest.raises(ValueError, match=r'col\("v"\)\.median\(\)'):
         agg.agg(pl.col("v").median().alias("med"))
+
+
+# -- tables and running --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
+def test_filter_and_with_columns_on_a_running_aggregate(batch_size: int) -> None:
+    aggs = [pl.len().alias("n"), pl.col("v").sum().alias("s")]
+    table = sn.from_records(DF, batch_size=batch_size).group_by("k").agg(aggs)
+    want = DF.group_by("k").agg(aggs)
+    for op in (
+        lambda t: t.filter(pl.col("n") > 1),
+        lambda t: t.filter(pl.col("s") < 8),
+        lambda t: t.with_columns(d=pl.col("s") * 2),
+    ):
+        got = op(table).collect(timeout=30).sort("k", nulls_last=False)
+        assert_frame_equal(got, op(want).sort("k", nulls_last=False))
+
+
+def test_select_on_a_table_must_keep_its_keys() -> None:
+    table = sn.from_records(DF).group_by("k").agg(pl.len().alias("n"))
+    with pytest.raises(sn.ConfigError, match="'k'"):
+        table.select("n")
+
+
+def test_collect_timeout_on_a_slow_bounded_source() -> None:
+    slow = sn.nexmark(events=100_000, rate=1000)
+    assert slow.bounded
+    with pytest.raises(TimeoutError):
+        slow.collect(timeout=0.3)

@@ -10,14 +10,28 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import polars as pl
 
 from streamnb.engine.core import Context, Delta, Operator
-from streamnb.plan import Node, SourceNode, UnionNode, sources
+from streamnb.plan import Node, SourceNode
 from streamnb.sources.base import Reader
 
 DEFAULT_MAX_BATCH = 50_000
+
+
+@dataclass(eq=False)
+class Step:
+    """One node of the plan as it runs: its operator and where its output goes.
+
+    A plan node reached along two paths (``s.union(s)``) runs as two steps.
+    """
+
+    node: Node
+    op: Operator | None
+    parent: Step | None
+    waiting: int  # inputs not yet finished
 
 
 class Pipeline:
@@ -25,47 +39,40 @@ class Pipeline:
 
     def __init__(self, root: Node, ctx: Context, sink: Callable[[Delta], None]) -> None:
         self.sink = sink
-        self.ops: dict[int, Operator | None] = {}
-        self.parent: dict[int, Node | None] = {id(root): None}
-        self.waiting: dict[int, int] = {}  # union node -> inputs not yet finished
-        stack = [root]
+        self.steps: list[Step] = []
+        self.sources: list[Step] = []
+        stack: list[tuple[Node, Step | None]] = [(root, None)]
         while stack:
-            node = stack.pop()
-            self.ops[id(node)] = node.build(ctx)
-            if isinstance(node, UnionNode):
-                self.waiting[id(node)] = len(node.inputs)
-            for child in node.inputs:
-                self.parent[id(child)] = node
-                stack.append(child)
-        self.sources = sources(root)
+            node, parent = stack.pop()
+            step = Step(node, node.build(ctx), parent, len(node.inputs))
+            self.steps.append(step)
+            if isinstance(node, SourceNode):
+                self.sources.append(step)
+            stack.extend((child, step) for child in reversed(node.inputs))
 
-    def push(self, source: SourceNode, rows: pl.DataFrame) -> None:
-        self._deliver(self.parent[id(source)], Delta(rows))
+    def push(self, source: Step, rows: pl.DataFrame) -> None:
+        self._deliver(source.parent, Delta(rows))
 
-    def finish(self, source: SourceNode) -> None:
+    def finish(self, source: Step) -> None:
         """``source`` ended: flush every operator whose inputs have all ended."""
-        node = self.parent[id(source)]
-        while node is not None:
-            if id(node) in self.waiting:
-                self.waiting[id(node)] -= 1
-                if self.waiting[id(node)] > 0:
-                    return
-            op = self.ops[id(node)]
-            parent = self.parent[id(node)]
-            if op is not None:
-                out = op.finish()
+        step = source.parent
+        while step is not None:
+            step.waiting -= 1
+            if step.waiting > 0:
+                return
+            if step.op is not None:
+                out = step.op.finish()
                 if out:
-                    self._deliver(parent, out)
-            node = parent
+                    self._deliver(step.parent, out)
+            step = step.parent
 
-    def _deliver(self, node: Node | None, delta: Delta) -> None:
-        while node is not None:
-            op = self.ops[id(node)]
-            if op is not None:
-                delta = op.process(delta)
+    def _deliver(self, step: Step | None, delta: Delta) -> None:
+        while step is not None:
+            if step.op is not None:
+                delta = step.op.process(delta)
                 if not delta:
                     return
-            node = self.parent[id(node)]
+            step = step.parent
         self.sink(delta)
 
 
@@ -78,7 +85,7 @@ class Runner:
         self.pipeline = pipeline
         self.ctx = ctx
         self.max_batch = max_batch
-        self.readers: dict[int, tuple[SourceNode, Reader]] = {}
+        self.readers: list[tuple[Step, Reader]] = []
         self.stop_event = threading.Event()
         self.resume_event = threading.Event()
         self.resume_event.set()
@@ -88,20 +95,21 @@ class Runner:
         self._recent: list[tuple[float, int]] = []  # (time, records_in) for the rate
 
     def open(self) -> None:
-        for node in self.pipeline.sources:
-            self.readers[id(node)] = (node, node.source.open(self.ctx))
+        for step in self.pipeline.sources:
+            assert isinstance(step.node, SourceNode)
+            self.readers.append((step, step.node.source.open(self.ctx)))
 
     def close(self) -> None:
-        for _, reader in self.readers.values():
+        for _, reader in self.readers:
             reader.close()
         self.readers.clear()
-        for op in self.pipeline.ops.values():
-            if op is not None:
-                op.close()
+        for step in self.pipeline.steps:
+            if step.op is not None:
+                step.op.close()
 
     def run(self, deadline: float | None = None) -> bool:
         """Process until done (True) or stopped / past ``deadline`` (False)."""
-        active = list(self.readers.values())
+        active = list(self.readers)
         while active:
             if self.stop_event.is_set():
                 return False
@@ -112,16 +120,16 @@ class Runner:
                 return False
             wait = 0.1 if len(active) == 1 else 0.0
             got = 0
-            for node, reader in list(active):
+            for source, reader in list(active):
                 rows = reader.read(self.max_batch, wait)
                 if rows is not None and rows.height:
                     got += rows.height
                     self.records_in += rows.height
                     self.batches += 1
-                    self.pipeline.push(node, rows)
+                    self.pipeline.push(source, rows)
                 if reader.done:
-                    active.remove((node, reader))
-                    self.pipeline.finish(node)
+                    active.remove((source, reader))
+                    self.pipeline.finish(source)
             self._note_rate()
             if not got and len(active) > 1:
                 time.sleep(0.005)
@@ -141,6 +149,6 @@ class Runner:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
     def lag(self) -> int | None:
-        lags = [reader.lag() for _, reader in self.readers.values()]
+        lags = [reader.lag() for _, reader in self.readers]
         known = [x for x in lags if x is not None]
         return sum(known) if known else None

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
-from streamnb.engine.core import NEG_INF, Context
+from streamnb.engine.core import NEG_INF, Context, Delta
 from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, Runner
 from streamnb.exceptions import ConfigError, QueryFailed
 from streamnb.sinks.memory import ResultTable
@@ -44,9 +44,20 @@ class Execution:
     def __init__(self, stream: Stream, *, errors: str, keep: int | None, max_batch: int) -> None:
         self.ctx = Context(fail_on_error=_check_errors(errors))
         self.table = ResultTable(stream.schema, stream.keys, keep)
-        self.pipeline = Pipeline(stream._node, self.ctx, self.table.add)
+        self.pipeline = Pipeline(stream._node, self.ctx, self._sink)
         self.runner = Runner(self.pipeline, self.ctx, max_batch=max_batch)
         self.event_time = stream._result_time
+        self.output_time = stream._meta.event_time  # a plain stream's own event time
+
+    def _sink(self, delta: Delta) -> None:
+        self.table.add(delta)
+        et = self.output_time
+        if et is not None and delta.rows.height and et.column in delta.rows.columns:
+            # a stream without windows still has a watermark: its output's event time
+            latest = et.values(delta.rows).max()
+            if isinstance(latest, int):
+                previous = self.ctx.watermarks.get(0, NEG_INF)
+                self.ctx.watermarks[0] = max(previous, latest - et.delay)
 
 
 class Query:

@@ -369,11 +369,11 @@ class _FilesReader(Reader):
         with pq.ParquetFile(path) as file:
             names = file.schema_arrow.names
             columns = [c for c in names if c in self.schema] or names[:1]
+            where = _where(f"{path} row ", pl.col(POSITION) - start)
             for batch in file.iter_batches(batch_size=self.source.batch_size, columns=columns):
                 df: Any = pl.from_arrow(batch)
                 df = df.with_columns(
                     pl.int_range(start, start + df.height, dtype=pl.Int64).alias(POSITION))
-                where = _where(f"{path} row ", pl.col(POSITION) - start)
                 yield conform(df, self.schema, where, self.ctx)
                 start += batch.num_rows
 

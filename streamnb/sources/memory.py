@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import datetime
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -14,6 +15,7 @@ from streamnb.exceptions import ConfigError
 from streamnb.sources.base import Reader, Source
 
 _INFER_ROWS = 100
+_STRING_TYPES = frozenset({str, type(None)})
 
 
 POSITION = "__sn_pos"
@@ -24,40 +26,112 @@ def dicts_to_frame(
 ) -> pl.DataFrame:
     """Build a frame from dicts, with each row's source position in ``POSITION``.
 
-    A row that does not fit the schema goes to the errors. The whole batch is built in one
-    call; only when that fails is it split in halves to find the offending rows (rare), so
-    good data never pays for the error path.
+    Values must have the schema's types (an int where a string is expected is an error, not
+    silently converted). The batch is built in one vectorised call and its inferred types
+    compared with the schema; only a batch that does not fit is checked row by row (rare),
+    and its offending rows go to the errors.
     """
     try:
-        df = pl.from_dicts(rows, schema=schema, strict=False)
-        return df.with_columns(
-            pl.int_range(first_position, first_position + df.height, dtype=pl.Int64).alias(POSITION)
+        df = pl.from_dicts(rows, infer_schema_length=None)
+        fits = all(_frame_fits(df.schema.get(c), t) for c, t in schema.items())
+        # polars turns numbers mixed into a string column into strings: check those columns
+        strings = [c for c, t in schema.items() if t == pl.String]
+        if fits and strings:
+            fits = all(type(row.get(c)) in _STRING_TYPES for row in rows for c in strings)
+    except Exception:  # polars raises several types for values it cannot combine
+        fits = False
+    if fits:
+        return df.select(
+            *(
+                (pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c)
+                for c, t in schema.items()
+            ),
+            pl.int_range(first_position, first_position + df.height, dtype=pl.Int64).alias(
+                POSITION
+            ),
         )
-    except Exception as exc:  # polars raises several types for values that do not fit
-        if len(rows) == 1:
-            reason = _mismatch(rows[0], schema) or str(exc).splitlines()[0]
-            ctx.error(error_from_python(source, first_position, reason, rows[0]))
-            return schema.to_frame().with_columns(pl.lit(None, pl.Int64).alias(POSITION))
-        half = len(rows) // 2
-        left = dicts_to_frame(
-            rows[:half], schema, first_position=first_position, source=source, ctx=ctx
+    good, positions = [], []
+    for position, row in enumerate(rows, start=first_position):
+        reason = _mismatch(row, schema)
+        if reason is None:
+            good.append(row)
+            positions.append(position)
+        else:
+            ctx.error(error_from_python(source, position, reason, row))
+    frame = pl.from_dicts(good, schema=schema) if good else schema.to_frame()
+    return frame.with_columns(pl.Series(POSITION, positions, dtype=pl.Int64))
+
+
+def _frame_fits(inferred: pl.DataType | None, target: pl.DataType) -> bool:
+    """Whether a column inferred from the data can take the schema's type losslessly."""
+    if inferred is None or inferred == pl.Null or inferred == target:
+        return True
+    if inferred.is_integer() and target.is_float():
+        return True
+    return isinstance(inferred, pl.Datetime) and isinstance(target, pl.Datetime)
+
+
+def _value_fits(value: Any, dtype: pl.DataType) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return dtype == pl.Boolean
+    if dtype.is_integer():
+        return isinstance(value, int)
+    if dtype.is_float():
+        return isinstance(value, (int, float))
+    if dtype == pl.String:
+        return isinstance(value, str)
+    if isinstance(dtype, pl.Datetime):
+        return isinstance(value, datetime)
+    try:
+        pl.from_dicts([{"v": value}], schema={"v": dtype}, strict=True)
+    except Exception:
+        return False
+    return True
+
+
+def conform(
+    df: pl.DataFrame, schema: pl.Schema, *, first_position: int, source: str, ctx: Context
+) -> pl.DataFrame:
+    """``df`` in the stream's schema, with ``POSITION``; rows whose values do not convert
+    go to the errors, naming the column (missing columns become null, extras are dropped)."""
+    positions = pl.int_range(first_position, first_position + df.height, dtype=pl.Int64)
+    if df.schema == schema:
+        return df.with_columns(positions.alias(POSITION))
+    columns = [
+        pl.col(c) if c in df.columns else pl.lit(None, dtype).alias(c)
+        for c, dtype in schema.items()
+    ]
+    raw = df.select(columns).with_columns(positions.alias(POSITION))
+    cast = raw.with_columns(pl.col(c).cast(t, strict=False) for c, t in schema.items())
+    lost = [c for c in schema if raw[c].dtype != schema[c]]
+    bad = pl.any_horizontal(
+        [cast[c].is_null() & raw[c].is_not_null() for c in lost] or [pl.lit(False)]
+    )
+    if not cast.select(bad.any()).item():
+        return cast
+    for row_index in cast.with_row_index("__sn_i").filter(bad)["__sn_i"]:
+        row = raw.row(row_index, named=True)
+        column = next(c for c in lost if row[c] is not None and cast[c][row_index] is None)
+        ctx.error(
+            error_from_python(
+                source,
+                row[POSITION],
+                f"column {column!r}: value {row[column]!r} is not {schema[column]}",
+                {k: v for k, v in row.items() if k != POSITION},
+            )
         )
-        right = dicts_to_frame(
-            rows[half:], schema, first_position=first_position + half, source=source, ctx=ctx
-        )
-        return pl.concat([left, right])
+    return cast.filter(~bad)
 
 
 def _mismatch(row: Any, schema: pl.Schema) -> str | None:
-    """Why one record does not fit the schema, naming the column."""
+    """Why one record does not fit the schema, naming the column; None if it fits."""
     if not isinstance(row, Mapping):
         return f"record is not a mapping but {type(row).__name__}"
     for key, value in row.items():
-        if key in schema:
-            try:
-                pl.from_dicts([{key: value}], schema={key: schema[key]}, strict=False)
-            except Exception:
-                return f"column {key!r}: value {value!r} ({type(value).__name__}) is not {schema[key]}"
+        if key in schema and not _value_fits(value, schema[key]):
+            return f"column {key!r}: value {value!r} ({type(value).__name__}) is not {schema[key]}"
     return None
 
 
@@ -171,9 +245,9 @@ class _RecordsReader(Reader):
         first = self.position
         self.position += len(chunk)
         if isinstance(chunk, pl.DataFrame):
-            df = chunk.with_columns(
-                pl.int_range(first, first + chunk.height, dtype=pl.Int64).alias(POSITION)
-            )
+            assert self.source.schema is not None
+            df = conform(chunk, self.source.schema, first_position=first, source="records",
+                         ctx=self.ctx)
         else:
             assert self.source.schema is not None
             df = dicts_to_frame(

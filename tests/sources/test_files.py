@@ -196,13 +196,13 @@ def test_schema_drift(tmp_path: Path) -> None:
 
 def test_parquet_type_drift_reports_values_that_do_not_fit(tmp_path: Path) -> None:
     pl.DataFrame({"k": [1, 2]}).write_parquet(tmp_path / "1.parquet")
-    pl.DataFrame({"k": ["3", "x"]}).write_parquet(tmp_path / "2.parquet")
-    q = sn.from_files(tmp_path, format="parquet").start()
+    pl.DataFrame({"k": ["3", "4", "5", "x"]}).write_parquet(tmp_path / "2.parquet")
+    q = sn.from_files(tmp_path, format="parquet", batch_size=3).start()
     assert q.wait(5)
-    assert q.result()["k"].to_list() == [1, 2, 3]
+    assert q.result()["k"].to_list() == [1, 2, 3, 4, 5]
     errors = q.errors()
-    assert errors["position"].to_list() == [3]
-    assert "column 'k'" in errors["reason"][0] and "2.parquet row 1" in errors["reason"][0]
+    assert errors["position"].to_list() == [5]
+    assert "column 'k'" in errors["reason"][0] and "2.parquet row 3" in errors["reason"][0]
 
 
 def test_definition_errors_name_the_problem(tmp_path: Path) -> None:

@@ -210,6 +210,19 @@ def test_positions_across_dataframes(batch_size: int) -> None:
         )
 
 
+def test_a_dataframe_that_does_not_fit_the_schema_goes_to_errors() -> None:
+    """The schema comes from the first frame; a later frame whose column has another type holds
+    records that do not fit: they are error records, and the query's result stays readable."""
+    parts = [
+        pl.DataFrame({"a": [1, 2], "t": [1, 2]}),
+        pl.DataFrame({"a": ["x"], "t": [3]}),
+        pl.DataFrame({"a": [4], "t": [4]}),
+    ]
+    q = run(parts, timestamp="t")
+    assert q.result().to_dicts() == [{"a": 1, "t": 1}, {"a": 2, "t": 2}, {"a": 4, "t": 4}]
+    check_errors(q, {2: {"a": "x", "t": 3}}, "'a'")
+
+
 def test_errors_of_a_clean_input_are_empty_with_their_columns() -> None:
     q = run(DF, timestamp="t")
     errors = q.errors()
