@@ -198,12 +198,12 @@ def least_disturbed(
     measure again (up to ``--attempts`` times) and keep the least disturbed measurement."""
     best: Timing | None = None
     for attempt in range(1, args.attempts + 1):
-        timing = least_disturbed(q, frames, args)
+        timing = time_query(q, frames, args.batch_size, args.min_seconds)
         timing.attempts = attempt
         others = timing.measure.others
         if best is None or (others or 0.0) < (best.measure.others or 0.0):
             best = timing
-        if others is None or others < args.quiet_below:
+        if others is None or others < args.quiet_below or attempt == args.attempts:
             break
         print(f"  {q.name}: other processes used {others:.2f} cores, measuring again")
     assert best is not None
@@ -233,6 +233,14 @@ def _state_frames(op: object) -> tuple[list[pl.DataFrame], list[str], Aggregatio
     return None
 
 
+def _operators(pipeline: Pipeline) -> list[object]:
+    """The runtime operators of a pipeline (``steps`` since 773a752, ``ops`` before)."""
+    steps = getattr(pipeline, "steps", None)
+    if steps is not None:
+        return [step.op for step in steps]
+    return list(getattr(pipeline, "ops", {}).values())
+
+
 def measure_state(
     q: NexmarkQuery,
     frames: list[pl.DataFrame],
@@ -246,10 +254,11 @@ def measure_state(
     pipeline = Pipeline(stream._node, ctx, lambda delta: None)
     runner = Runner(pipeline, ctx, max_batch=batch_size)
     runner.open()
-    ops = [op for op in pipeline.ops.values() if _state_frames(op) is not None]
+    ops = [op for op in _operators(pipeline) if _state_frames(op) is not None]
     if len(ops) != 1:
         return None
-    ((node, reader),) = runner.readers.values()
+    readers = runner.readers
+    ((node, reader),) = readers.values() if isinstance(readers, dict) else readers
     total, fed = rows(frames), 0
     samples: list[tuple[float, float, int, str]] = []
     while fed < high * total:

@@ -25,6 +25,7 @@ def from_records(
     timestamp: str | None = None,
     batch_size: int = 10_000,
     schema: Mapping[str, pl.DataType] | None = None,
+    partition: str | None = None,
 ) -> Stream:
     """A bounded stream that replays ``data`` in order.
 
@@ -39,8 +40,15 @@ def from_records(
     schema
         Column types for dict records (default: inferred from the first 100 records). A
         record that does not fit goes to the error side output.
+    partition
+        A column naming each record's source partition, to replay data as Kafka delivers
+        it: the watermark is then the minimum over partitions of their own watermarks.
     """
-    return _stream(RecordsSource(data, timestamp=timestamp, batch_size=batch_size, schema=schema))
+    return _stream(
+        RecordsSource(
+            data, timestamp=timestamp, batch_size=batch_size, schema=schema, partition=partition
+        )
+    )
 
 
 def nexmark(

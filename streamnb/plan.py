@@ -125,8 +125,9 @@ class ParquetNode(Node):
     flush_seconds: float
 
     def build(self, ctx: Context) -> Operator:
-        return ParquetSink(self.path, rows_per_file=self.rows_per_file,
-                           flush_seconds=self.flush_seconds)
+        return ParquetSink(
+            self.path, rows_per_file=self.rows_per_file, flush_seconds=self.flush_seconds
+        )
 
     def describe(self) -> str:
         return f"to_parquet[{self.path}]"

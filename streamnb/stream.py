@@ -16,6 +16,7 @@ import polars as pl
 
 from streamnb._duration import Duration, to_ms
 from streamnb.aggregates import Aggregation, column_error
+from streamnb.engine.core import HIDDEN_PREFIX
 from streamnb.engine.eventtime import EventTime, units_per_ms
 from streamnb.engine.executor import DEFAULT_MAX_BATCH
 from streamnb.engine.query import ErrorPolicy, Query, run_to_end
@@ -149,7 +150,11 @@ class Stream:
 
     def select(self, *exprs: Any, **named: Any) -> Stream:
         """Choose and compute columns (as ``pl.DataFrame.select``), record by record."""
-        return self._map("select", lambda f: f.select(*exprs, **named))
+
+        def run(frame: Any) -> Any:
+            return frame.select(*exprs, *_hidden(frame), **named)
+
+        return self._map("select", run)
 
     def drop(self, *columns: str) -> Stream:
         missing = [c for c in columns if self.schema is not None and c not in self.schema]
@@ -184,11 +189,14 @@ class Stream:
                     return fn(frame.collect()).lazy()
                 except Exception:
                     return frame.select([])  # unknown until data flows
-            out = fn(frame)
+            hidden = _hidden(frame)
+            out = fn(frame.drop(hidden) if hidden else frame)
             if not isinstance(out, pl.DataFrame):
                 raise TypeError(
                     f"map_batches function returned {type(out).__name__}, not a DataFrame"
                 )
+            if hidden and out.height == frame.height:  # row-preserving: keep the partition
+                out = out.with_columns(frame.select(hidden))
             return out
 
         stream = self._map("map_batches", run)
@@ -407,6 +415,13 @@ class GroupedStream:
             out = pl.Schema({**{k: schema[k] for k in self._keys}, **aggregation.output_schema})
         node = GroupByNode((stream._node,), self._keys, aggregation)
         return Stream(node, _Meta(out, None, stream.bounded, self._keys, stream._meta.event_time))
+
+
+def _hidden(frame: Any) -> list[str]:
+    """streamnb's hidden columns (e.g. the source partition) present in a runtime batch."""
+    if not isinstance(frame, pl.DataFrame):
+        return []
+    return [c for c in frame.columns if c.startswith(HIDDEN_PREFIX)]
 
 
 def _flatten(exprs: Sequence[Any]) -> list[pl.Expr]:

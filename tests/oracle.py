@@ -45,12 +45,19 @@ def reference(
     grace: int = 0,
     by: list[str],
     aggs: list[pl.Expr],
+    partition: str | None = None,
 ) -> Result:
-    """Windows of ``df`` (rows in arrival order); ``time`` holds integer times."""
+    """Windows of ``df`` (rows in arrival order); ``time`` holds integer times.
+
+    With ``partition``, each partition keeps its own maximum time and the watermark is the
+    minimum over all partitions of the data (−∞ until each has sent a record), never
+    going back.
+    """
     times = df.get_column(time).to_list()
+    parts = df.get_column(partition).to_list() if partition else [None] * df.height
+    part_max = dict.fromkeys(parts, -math.inf)
     keys = df.select(by).rows() if by else [()] * df.height
     watermark = -math.inf
-    seen = -math.inf
     late: list[int] = []
     closed: list[tuple[int, int, tuple, list[int]]] = []  # (start, end, key, members)
     windows: dict[tuple[int, tuple], list[int]] = {}
@@ -68,7 +75,7 @@ def reference(
                 batch.append((start, start + size, key, windows.pop((start, key))))
         closed.extend(sorted(batch, key=lambda r: (r[1], r[0], *(_order(k) for k in r[2]))))
 
-    for i, (t, key) in enumerate(zip(times, keys, strict=True)):
+    for i, (t, key, part) in enumerate(zip(times, keys, parts, strict=True)):
         if kind == "session":
             open_sessions = sessions.setdefault(key, [])
             linked = [s for s in open_sessions if s.start - gap < t < s.last + gap]
@@ -91,8 +98,8 @@ def reference(
                 late.append(i)
             for s in starts:
                 windows.setdefault((s, key), []).append(i)
-        seen = max(seen, t)
-        watermark = seen - delay
+        part_max[part] = max(part_max[part], t)
+        watermark = max(watermark, min(part_max.values()) - delay)
         close_windows(watermark)
     close_windows(math.inf)
     return Result(_aggregate(df, closed, by, aggs), late)

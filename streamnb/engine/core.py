@@ -105,6 +105,39 @@ class SideOutput:
         return df.tail(self._keep) if self._keep is not None else df
 
 
+PARTITION = "__sn_part"
+"""Hidden column: the source partition a record came from (Kafka partition, or the
+``partition=`` column of a replay). Watermarks are tracked per partition when present."""
+
+HIDDEN_PREFIX = "__sn_"
+
+
+def visible(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` without streamnb's hidden columns."""
+    hidden = [c for c in df.columns if c.startswith(HIDDEN_PREFIX)]
+    return df.drop(hidden) if hidden else df
+
+
+@dataclass
+class Partitions:
+    """The source partitions of a query: stable small ids, which are assigned, which idle.
+
+    Sources register what they read from; window operators take the watermark as the
+    minimum over the assigned partitions that are not idle.
+    """
+
+    ids: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    assigned: set[int] = field(default_factory=set)
+    idle: set[int] = field(default_factory=set)
+
+    def id_for(self, *key: Any) -> int:
+        """The id of partition ``key`` (e.g. ``("kafka", topic, partition)``), made on first use."""
+        return self.ids.setdefault(key, len(self.ids))
+
+    def active(self) -> set[int]:
+        return self.assigned - self.idle
+
+
 @dataclass
 class Context:
     """Per-query services that operators report to (side outputs, counters, watermark)."""
@@ -113,6 +146,7 @@ class Context:
     errors: SideOutput = field(default_factory=lambda: SideOutput(10_000, ERROR_SCHEMA))
     fail_on_error: bool = False
     watermarks: dict[int, int] = field(default_factory=dict)
+    partitions: Partitions = field(default_factory=Partitions)
 
     def error(self, rows: pl.DataFrame) -> None:
         """Record error rows; with ``errors="fail"`` raise the first one's reason."""

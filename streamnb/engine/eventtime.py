@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from streamnb.engine.core import NEG_INF, error_rows
+from streamnb.engine.core import NEG_INF, Partitions, error_rows
 from streamnb.exceptions import ConfigError
 
 _UNITS_PER_MS = {"ms": 1, "us": 1_000, "ns": 1_000_000}
@@ -75,6 +75,60 @@ def split_valid(
         positions=positions.filter(nulls) if positions is not None else None,
     )
     return df.filter(~nulls), rows
+
+
+class WatermarkTracker:
+    """The watermark of one operator's input, record by record.
+
+    Without partitions: ``W = max(times seen) − delay``. With a ``PARTITION`` column (Kafka,
+    or a replay with ``partition=``): each partition has its own maximum and ``W`` is the
+    minimum over the partitions that are assigned and not idle (a partition that has sent
+    nothing yet holds it at −∞), minus the delay. ``W`` never goes back.
+    """
+
+    def __init__(self, delay: int, partitions: Partitions) -> None:
+        self.delay = delay
+        self.partitions = partitions
+        self.max_time: int | None = None
+        self.part_max: dict[int, int] = {}
+        self.current = NEG_INF
+
+    def before_each(self, times: pl.Series, parts: pl.Series | None) -> pl.Series:
+        """The watermark just before each record; advances the tracker past them all."""
+        if times.len() == 0:
+            return pl.Series(dtype=pl.Int64)
+        if parts is None:
+            wm = watermarks_before(times, self.max_time, self.delay)
+        else:
+            wm = self._partitioned(times, parts)
+        batch_max = times.max()
+        assert isinstance(batch_max, int)
+        self.max_time = batch_max if self.max_time is None else max(self.max_time, batch_max)
+        if parts is None:
+            self.current = self.max_time - self.delay
+        return wm
+
+    def _partitioned(self, times: pl.Series, parts: pl.Series) -> pl.Series:
+        active = self.partitions.active()
+        present = set(parts.unique().to_list())
+        frame = pl.DataFrame({"t": times, "p": parts})
+        columns = []
+        for p in sorted(active | present):
+            # the maximum of partition p over the records before each one (null: none yet)
+            running = pl.when(pl.col("p") == p).then(pl.col("t")).cum_max().forward_fill().shift(1)
+            if p in active:
+                start = self.part_max.get(p, NEG_INF)
+                running = running.fill_null(start).clip(lower_bound=start)
+            columns.append(running)
+        low = pl.min_horizontal(columns)
+        wm = pl.when(low > NEG_INF).then(low - self.delay).otherwise(NEG_INF).fill_null(NEG_INF)
+        wm_series = frame.select(wm.cum_max()).to_series().clip(lower_bound=self.current)
+        for p, t in frame.group_by("p").agg(pl.col("t").max()).iter_rows():
+            self.part_max[p] = max(self.part_max.get(p, NEG_INF), t)
+        after = min(self.part_max.get(p, NEG_INF) for p in active | present)
+        if after > NEG_INF:
+            self.current = max(self.current, after - self.delay)
+        return wm_series
 
 
 def watermarks_before(times: pl.Series, prev_max: int | None, delay: int) -> pl.Series:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
-from streamnb.engine.core import NEG_INF, Context, Delta
+from streamnb.engine.core import NEG_INF, Context, Delta, visible
 from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, Runner
 from streamnb.exceptions import ConfigError, QueryFailed
 from streamnb.sinks.memory import ResultTable
@@ -50,6 +50,7 @@ class Execution:
         self.output_time = stream._meta.event_time  # a plain stream's own event time
 
     def _sink(self, delta: Delta) -> None:
+        delta = Delta(visible(delta.rows), delta.deletes)
         self.table.add(delta)
         et = self.output_time
         if et is not None and delta.rows.height and et.column in delta.rows.columns:

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import polars as pl
 
 from streamnb.aggregates import SEQ, Aggregation
-from streamnb.engine.core import NEG_INF, POS_INF, Context, Delta, Operator
-from streamnb.engine.eventtime import EventTime, split_valid, watermarks_before
+from streamnb.engine.core import PARTITION, POS_INF, Context, Delta, Operator, visible
+from streamnb.engine.eventtime import EventTime, WatermarkTracker, split_valid
 
 START = "__sn_ws"
 TIME = "__sn_t"
@@ -48,12 +48,12 @@ class WindowOperatorBase(Operator):
         self.agg = agg
         self.schema = schema
         self.ctx = ctx
-        self.max_time: int | None = None
+        self.tracker = WatermarkTracker(self.delay, ctx.partitions)
         self.seq = 0
 
     @property
     def watermark(self) -> int:
-        return NEG_INF if self.max_time is None else self.max_time - self.delay
+        return self.tracker.current
 
     def _stamp(self, df: pl.DataFrame) -> pl.DataFrame:
         """Add event time, watermark-before and arrival number; advance the watermark."""
@@ -61,12 +61,9 @@ class WindowOperatorBase(Operator):
         if errors is not None:
             self.ctx.error(errors)
         times = self.et.values(df)
-        wm = watermarks_before(times, self.max_time, self.delay)
-        if df.height:
-            batch_max = times.max()
-            assert isinstance(batch_max, int)
-            self.max_time = batch_max if self.max_time is None else max(self.max_time, batch_max)
-            self.ctx.watermarks[id(self)] = self.watermark
+        parts = df.get_column(PARTITION) if PARTITION in df.columns else None
+        wm = self.tracker.before_each(times, parts)
+        self.ctx.watermarks[id(self)] = self.watermark
         stamped = df.with_columns(
             times.alias(TIME), wm.alias(WM), pl.int_range(self.seq, self.seq + df.height).alias(SEQ)
         )
@@ -75,7 +72,7 @@ class WindowOperatorBase(Operator):
 
     def _late(self, stamped: pl.DataFrame, late: pl.Series) -> None:
         if late.any():
-            self.ctx.late.add(stamped.filter(late).drop(TIME, WM, SEQ))
+            self.ctx.late.add(visible(stamped.filter(late)))
 
     def _output(self, combined: pl.DataFrame, end: pl.Expr) -> pl.DataFrame:
         """Final rows: window_start, window_end, keys, aggregates; in closing order."""

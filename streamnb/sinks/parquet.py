@@ -30,7 +30,9 @@ class ParquetSink(Operator):
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"to_parquet({str(path)!r}): cannot create directory: {exc}") from None
+            raise ConfigError(
+                f"to_parquet({str(path)!r}): cannot create directory: {exc}"
+            ) from None
         self.part = len(list(path.glob("part-*.parquet")))  # never overwrite an earlier run
 
     def process(self, delta: Delta) -> Delta:

@@ -31,7 +31,9 @@ from streamnb.sources.memory import POSITION, check_timestamp
 FORMATS = {"json": "json", "ndjson": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 """Accepted ``format=`` values and the format each one means."""
 EXTENSIONS = {
-    "json": (".json", ".jsonl", ".ndjson"), "csv": (".csv",), "parquet": (".parquet", ".pq")
+    "json": (".json", ".jsonl", ".ndjson"),
+    "csv": (".csv",),
+    "parquet": (".parquet", ".pq"),
 }
 """The files of a directory that are read, by format."""
 _INFER_LINES = 1000
@@ -47,8 +49,11 @@ def find_files(path: str | Path, fmt: str) -> list[str]:
     if any(c in text for c in "*?["):
         found = [p for p in glob.glob(text, recursive=True) if os.path.isfile(p)]
     elif os.path.isdir(text):
-        found = [str(p) for p in Path(text).iterdir()
-                 if p.is_file() and p.name.lower().endswith(EXTENSIONS[fmt])]
+        found = [
+            str(p)
+            for p in Path(text).iterdir()
+            if p.is_file() and p.name.lower().endswith(EXTENSIONS[fmt])
+        ]
     else:
         found = [text] if os.path.isfile(text) else []
     if not found:
@@ -82,8 +87,9 @@ def _learn_schema(files: list[str], fmt: str) -> pl.Schema:
         if fmt == "parquet":
             schema = pl.scan_parquet(files[0]).collect_schema()
         elif fmt == "csv":
-            schema = pl.scan_csv(files[0], try_parse_dates=True,
-                                 infer_schema_length=_INFER_LINES).collect_schema()
+            schema = pl.scan_csv(
+                files[0], try_parse_dates=True, infer_schema_length=_INFER_LINES
+            ).collect_schema()
         else:
             schema = _json_schema(files)
     except (OSError, pl.exceptions.PolarsError) as exc:
@@ -96,15 +102,17 @@ def _convert(col: pl.Expr, have: pl.DataType, want: pl.DataType) -> pl.Expr:
     """``col`` (of type ``have``) as ``want``; null where a value does not convert."""
     if have == pl.String:
         if isinstance(want, pl.Datetime):
-            return col.str.to_datetime(time_unit=want.time_unit or "us", time_zone=want.time_zone,
-                                       strict=False)
+            return col.str.to_datetime(
+                time_unit=want.time_unit or "us", time_zone=want.time_zone, strict=False
+            )
         if want == pl.Date:
             return col.str.to_date(strict=False)
         if want == pl.Time:
             return col.str.to_time(strict=False)
         if want == pl.Boolean:
             return col.str.to_lowercase().replace_strict(
-                {"true": True, "false": False}, default=None, return_dtype=pl.Boolean)
+                {"true": True, "false": False}, default=None, return_dtype=pl.Boolean
+            )
     return col.cast(want, strict=False)
 
 
@@ -131,9 +139,13 @@ def conform(df: pl.DataFrame, schema: pl.Schema, where: pl.Expr, ctx: Context) -
             continue
         new = _convert(pl.col(name), have, dtype)
         exprs.append(new.alias(name))
-        what = (pl.concat_str(pl.lit(f"column {name!r}: cannot parse '"), pl.col(name),
-                              pl.lit(f"' as {dtype}"))
-                if have == pl.String else pl.lit(f"column {name!r}: {have} value not {dtype}"))
+        what = (
+            pl.concat_str(
+                pl.lit(f"column {name!r}: cannot parse '"), pl.col(name), pl.lit(f"' as {dtype}")
+            )
+            if have == pl.String
+            else pl.lit(f"column {name!r}: {have} value not {dtype}")
+        )
         fails.append(pl.when(pl.col(name).is_not_null() & new.is_null()).then(what))
     out = df.select(*exprs, POSITION)
     if not fails:
@@ -252,14 +264,22 @@ class _FrameCursor:
 class FilesSource(Source):
     """JSON-lines, CSV or Parquet files (a path, a directory or a glob) in file-name order."""
 
-    def __init__(self, path: str | Path, *, format: str = "json", timestamp: str | None = None,
-                 batch_size: int = 50_000) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        format: str = "json",
+        timestamp: str | None = None,
+        batch_size: int = 50_000,
+    ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r} must be a positive integer")
         fmt = FORMATS.get(format.lower()) if isinstance(format, str) else None
         if fmt is None:
-            raise ConfigError(f"format={format!r} is not supported; expected one of "
-                              f"{', '.join(repr(f) for f in FORMATS)}")
+            raise ConfigError(
+                f"format={format!r} is not supported; expected one of "
+                f"{', '.join(repr(f) for f in FORMATS)}"
+            )
         self.name = "files"
         self.bounded = True
         self.format = fmt
@@ -325,15 +345,17 @@ class _FilesReader(Reader):
         columns = [c for c in header if c in self.schema]
         columns += [header[-1]] if header[-1] not in self.schema else []
         try:
-            df = pl.read_csv(path, columns=columns,
-                             schema_overrides={c: self.schema.get(c, pl.String) for c in columns})
+            df = pl.read_csv(
+                path,
+                columns=columns,
+                schema_overrides={c: self.schema.get(c, pl.String) for c in columns},
+            )
         except pl.exceptions.PolarsError:
             return self._read_csv_exactly(path, start)
         # polars reads a short row (or a blank line) as trailing nulls: check such files exactly
         if df.get_column(header[-1]).null_count():
             return self._read_csv_exactly(path, start)
-        df = df.with_columns(
-            pl.int_range(start, start + df.height, dtype=pl.Int64).alias(POSITION))
+        df = df.with_columns(pl.int_range(start, start + df.height, dtype=pl.Int64).alias(POSITION))
         where = _where(f"{path} row ", pl.col(POSITION) - start)
         return conform(df, self.schema, where, self.ctx), start + df.height
 
@@ -361,7 +383,8 @@ class _FilesReader(Reader):
                 position += 1
         df = pl.DataFrame(rows, schema=dict.fromkeys(header, pl.String), orient="row")
         df = df.with_columns(pl.all().replace("", None)).with_columns(
-            pl.Series(POSITION, positions, dtype=pl.Int64), pl.Series(_LINE, lines, dtype=pl.Int64))
+            pl.Series(POSITION, positions, dtype=pl.Int64), pl.Series(_LINE, lines, dtype=pl.Int64)
+        )
         where = _where(f"{path}:", pl.col(_LINE))
         return conform(df, self.schema, where, self.ctx), position
 
@@ -373,7 +396,8 @@ class _FilesReader(Reader):
             for batch in file.iter_batches(batch_size=self.source.batch_size, columns=columns):
                 df: Any = pl.from_arrow(batch)
                 df = df.with_columns(
-                    pl.int_range(start, start + df.height, dtype=pl.Int64).alias(POSITION))
+                    pl.int_range(start, start + df.height, dtype=pl.Int64).alias(POSITION)
+                )
                 yield conform(df, self.schema, where, self.ctx)
                 start += batch.num_rows
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 import polars as pl
 
-from streamnb.engine.core import Context, error_from_python
+from streamnb.engine.core import PARTITION, Context, error_from_python
 from streamnb.engine.eventtime import EventTime, split_valid, units_per_ms
 from streamnb.exceptions import ConfigError
 from streamnb.sources.base import Reader, Source
@@ -64,7 +64,7 @@ def dicts_to_frame(
 
 def _frame_fits(inferred: pl.DataType | None, target: pl.DataType) -> bool:
     """Whether a column inferred from the data can take the schema's type losslessly."""
-    if inferred is None or inferred == pl.Null or inferred == target:
+    if inferred is None or inferred in (pl.Null, target):
         return True
     if inferred.is_integer() and target.is_float():
         return True
@@ -176,6 +176,7 @@ class RecordsSource(Source):
         timestamp: str | None,
         batch_size: int,
         schema: Mapping[str, pl.DataType] | None = None,
+        partition: str | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r} must be a positive integer")
@@ -192,6 +193,12 @@ class RecordsSource(Source):
         else:
             self.schema = pl.Schema()
         self.event_time = check_timestamp(timestamp, self.schema, "the data")
+        if partition is not None and partition not in self.schema:
+            raise ConfigError(
+                f"partition={partition!r}: the data has no column {partition!r}; columns are "
+                f"{list(self.schema.names())}"
+            )
+        self.partition = partition
 
     @staticmethod
     def _normalise(data: Any) -> tuple[Iterable[Any], pl.DataFrame | list[Any]]:
@@ -231,6 +238,10 @@ class _RecordsReader(Reader):
         self.current: pl.DataFrame | list[Any] = []
         self.offset = 0  # into ``current``
         self.position = 0  # records read so far
+        if source.partition is not None and isinstance(source._items, list):
+            # materialised data: every partition is known (and holds the watermark) up front
+            for value in _distinct(source._items, source.partition):
+                ctx.partitions.assigned.add(ctx.partitions.id_for("records", value))
 
     def read(self, max_records: int, timeout: float) -> pl.DataFrame | None:
         limit = min(max_records, self.source.batch_size)
@@ -246,8 +257,9 @@ class _RecordsReader(Reader):
         self.position += len(chunk)
         if isinstance(chunk, pl.DataFrame):
             assert self.source.schema is not None
-            df = conform(chunk, self.source.schema, first_position=first, source="records",
-                         ctx=self.ctx)
+            df = conform(
+                chunk, self.source.schema, first_position=first, source="records", ctx=self.ctx
+            )
         else:
             assert self.source.schema is not None
             df = dicts_to_frame(
@@ -255,9 +267,30 @@ class _RecordsReader(Reader):
             )
         positions = df.get_column(POSITION)
         df = df.drop(POSITION)
+        if self.source.partition is not None:
+            df = self._tag_partitions(df, self.source.partition)
         et = self.source.event_time
         if et is not None:
             df, errors = split_valid(df, et.column, source="records", positions=positions)
             if errors is not None:
                 self.ctx.error(errors)
         return df
+
+    def _tag_partitions(self, df: pl.DataFrame, column: str) -> pl.DataFrame:
+        """Add the hidden partition id of each record (one id per distinct value)."""
+        partitions = self.ctx.partitions
+        values = df.get_column(column).unique()
+        ids = [partitions.id_for("records", v) for v in values.to_list()]
+        partitions.assigned.update(ids)
+        mapping = pl.DataFrame([values, pl.Series(PARTITION, ids, dtype=pl.Int64)])
+        return df.join(mapping, on=column, how="left", nulls_equal=True, maintain_order="left")
+
+
+def _distinct(items: list[Any], column: str) -> list[Any]:
+    values: set[Any] = set()
+    for item in items:
+        if isinstance(item, pl.DataFrame):
+            values.update(item.get_column(column).unique().to_list())
+        else:
+            values.update(row.get(column) for row in item if isinstance(row, Mapping))
+    return list(values)

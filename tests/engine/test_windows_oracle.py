@@ -173,3 +173,47 @@ def test_datetime_event_time_in_microseconds_with_time_zone() -> None:
     assert out.schema["window_start"] == pl.Datetime("us", "Europe/Paris")
     assert out.get_column("s").to_list() == [7, 3, 5]
     assert out.get_column("window_start").cast(pl.Int64).to_list() == [0, 10_000_000, 20_000_000]
+
+
+@pytest.mark.parametrize("kind", list(SPECS))
+@given(data=st.data())
+def test_partitioned_watermark_matches_reference(kind: str, data: st.DataObject) -> None:
+    """Replays with a partition column: the watermark is the minimum over partitions."""
+    df = data.draw(records())
+    df = df.with_columns(
+        part=pl.Series(
+            data.draw(st.lists(st.sampled_from([0, 1, 2]), min_size=df.height, max_size=df.height)),
+            dtype=pl.Int64,
+        )
+    )
+    _, size, every, gap = data.draw(SPECS[kind])
+    delay, grace = data.draw(st.integers(0, 20)), data.draw(st.integers(0, 20))
+    spec = {
+        "tumbling": lambda: sn.Tumbling(f"{size}ms"),
+        "hopping": lambda: sn.Hopping(f"{size}ms", f"{every}ms"),
+        "session": lambda: sn.Session(f"{gap}ms"),
+    }[kind]()
+    expected = reference(
+        df,
+        time="t",
+        kind=kind,
+        size=size,
+        every=every,
+        gap=gap,
+        delay=delay,
+        grace=grace,
+        by=["k"],
+        aggs=AGGS,
+        partition="part",
+    )
+    for batch_size in (1, data.draw(st.integers(2, 40)), max(df.height, 1)):
+        stream = sn.from_records(df, timestamp="t", batch_size=batch_size, partition="part")
+        query = (
+            stream.with_watermark("t", f"{delay}ms")
+            .window(spec, by="k", grace=f"{grace}ms")
+            .agg(AGGS)
+            .start()
+        )
+        query.wait()
+        assert_frame_equal(query.result(), expected.emitted, check_exact=False, rel_tol=1e-9)
+        assert_frame_equal(query.late(), df[expected.late], check_dtypes=False)
