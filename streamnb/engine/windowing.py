@@ -12,6 +12,7 @@ compacted from time to time, so no per-record or per-window Python runs on the h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import polars as pl
@@ -21,6 +22,8 @@ from streamnb.engine.core import PARTITION, POS_INF, Context, Delta, Operator, v
 from streamnb.engine.eventtime import EventTime, WatermarkTracker, split_valid
 
 START = "__sn_ws"
+PANE = "__sn_pane"
+OPEN = "__sn_open"
 TIME = "__sn_t"
 WM = "__sn_wm"
 _COMPACT_AFTER = 16
@@ -93,6 +96,7 @@ class WindowOperator(WindowOperatorBase):
         self.size = size_ms * self.et.per_ms
         self.every = every_ms * self.et.per_ms
         self.per_record = -(-self.size // self.every)  # windows a record can belong to
+        self.pane = math.gcd(self.size, self.every)  # windows are unions of whole panes
         self.groups = [START, *self.by]
         self.frames: list[pl.DataFrame] = []
         self.min_start: int | None = None
@@ -101,27 +105,47 @@ class WindowOperator(WindowOperatorBase):
         stamped = self._stamp(delta.rows)
         if stamped.height == 0:
             return Delta(self.schema.to_frame())
-        last_start = (pl.col(TIME) // self.every) * self.every
-        if self.per_record == 1:
-            assigned = stamped.with_columns(last_start.alias(START))
-        else:
-            assigned = stamped.with_columns(
-                (last_start - pl.int_ranges(0, self.per_record) * self.every).alias(START)
-            ).explode(START)
-        window_open = (pl.col(START) + self.size > pl.col(TIME)) & (
-            pl.col(START) + self.size + self.grace > pl.col(WM)
-        )
-        assigned = assigned.filter(window_open)
-        late = ~pl.Series(stamped.get_column(SEQ).is_in(assigned.get_column(SEQ).implode()))
+        stamped = stamped.with_columns(self._open_windows().alias(OPEN))
+        late = stamped.get_column(OPEN) == 0
         self._late(stamped, late)
-        if assigned.height:
+        kept = stamped.filter(~late)
+        partial = None
+        if kept.height and self.per_record == 1:
+            assigned = kept.with_columns(((pl.col(TIME) // self.size) * self.size).alias(START))
             partial = self.agg.partial(self.agg.prepare(assigned, self.groups), self.groups)
+        elif kept.height:
+            # Aggregate per pane first (records sharing a window set and the same number of
+            # open windows), then spread the few pane rows over their windows.
+            panes = kept.with_columns(((pl.col(TIME) // self.pane) * self.pane).alias(PANE))
+            pane_groups = [PANE, OPEN, *self.by]
+            by_pane = self.agg.partial(self.agg.prepare(panes, pane_groups), pane_groups)
+            last_start = (pl.col(PANE) // self.every) * self.every
+            spread = by_pane.with_columns(
+                (last_start - pl.int_ranges(0, pl.col(OPEN)) * self.every).alias(START)
+            ).explode(START)
+            partial = self.agg.combine(spread.drop(PANE, OPEN), self.groups)
+        if partial is not None:
             self.frames.append(partial)
             low = partial.get_column(START).min()
             assert isinstance(low, int)
             self.min_start = low if self.min_start is None else min(self.min_start, low)
-        changed = assigned.select(self.groups).unique() if self.emit == "update" else None
+        changed = None
+        if self.emit == "update" and partial is not None:
+            changed = partial.select(self.groups)
         return self._advance(self.watermark, changed)
+
+    def _open_windows(self) -> pl.Expr:
+        """How many of a record's windows are open, newest first (0: the record is late).
+
+        A record at ``t`` is in the windows starting ``last − j·every`` (``last`` the newest
+        start ≤ t) that still contain t; window j is open while its end + grace > W, and
+        since starts decrease with j the open ones are exactly j < n.
+        """
+        last = (pl.col(TIME) // self.every) * self.every
+        containing = (last + self.size - pl.col(TIME) + self.every - 1) // self.every
+        room = last + self.size + self.grace - pl.col(WM)
+        open_ = pl.min_horizontal((room + self.every - 1) // self.every, containing)
+        return pl.when(room > 0).then(open_).otherwise(0)
 
     def finish(self) -> Delta | None:
         return self._advance(POS_INF, None)
