@@ -6,9 +6,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_ARGS ?= --duration 30
 
-.PHONY: setup demo test lint typecheck pytest bench clean
+.PHONY: setup system-deps kafka demo test lint typecheck pytest bench clean
 
 setup: $(VENV)/.installed
+
+# java + maven for the real Kafka broker the tests start; the broker's jars (cached once)
+system-deps:
+	scripts/install-system-deps
+
+kafka: system-deps setup
+	scripts/kafka-local fetch
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +33,7 @@ lint: setup
 typecheck: setup
 	$(PY) -m mypy
 
-pytest: setup
+pytest: setup kafka
 	$(PY) -m pytest
 
 test: lint typecheck pytest

@@ -16,7 +16,8 @@ then ``collect()`` it (bounded sources) or ``start()`` it in the background::
 
 from __future__ import annotations
 
-from streamnb.api import from_files, from_records, nexmark
+from streamnb import kafka as kafka  # sn.kafka.topics(), sn.kafka.peek(), ...
+from streamnb.api import from_files, from_kafka, from_records, nexmark
 from streamnb.engine.query import Query, queries
 from streamnb.exceptions import ConfigError, DecodeError, QueryFailed, SourceError, StreamnbError
 from streamnb.stream import GroupedStream, Stream, WindowedStream
@@ -38,6 +39,7 @@ __all__ = [
     "Tumbling",
     "WindowedStream",
     "from_files",
+    "from_kafka",
     "from_records",
     "nexmark",
     "queries",

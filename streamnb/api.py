@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +85,62 @@ def from_files(
     from streamnb.sources.files import FilesSource
 
     return _stream(FilesSource(path, format=format, timestamp=timestamp, batch_size=batch_size))
+
+
+def from_kafka(
+    topic: str | list[str],
+    *,
+    bootstrap_servers: str | None = None,
+    format: str = "json",
+    schema: Mapping[str, pl.DataType] | None = None,
+    timestamp: str | None = None,
+    start: str | datetime | Mapping[int, int] = "latest",
+    group_id: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    idle_timeout: str | timedelta = "10s",
+    connect_timeout: str | timedelta = "10s",
+) -> Stream:
+    """Records of Kafka topic(s): every partition, a watermark per partition.
+
+    Parameters
+    ----------
+    topic
+        A topic name or a list of them.
+    bootstrap_servers
+        ``host:port[,host:port]``; default ``STREAMNB_KAFKA_BOOTSTRAP`` or ``%stream connect``.
+    format
+        ``"json"`` (one JSON object per message, decoded per batch) or ``"raw"`` (columns
+        key, value, topic, partition, offset, timestamp).
+    schema
+        Polars types of the JSON fields; default: learned from the newest records.
+    timestamp
+        The event-time field; default the Kafka record timestamp, as column ``timestamp``.
+    start
+        ``"earliest"``, ``"latest"``, ``"committed"`` (needs ``group_id``), a ``datetime``, or
+        ``{partition: offset}``.
+    group_id
+        Join this consumer group: partitions are shared with its other members and offsets
+        are committed after each processed batch.
+    config
+        Extra confluent-kafka settings (SASL, TLS, ...); secrets never appear in output.
+    idle_timeout
+        A partition without records for this long (wall clock) stops holding the watermark.
+    connect_timeout
+        How long to wait for the broker before raising ``SourceError``.
+    """
+    from streamnb.sources.kafka import KafkaSource
+
+    return _stream(
+        KafkaSource(
+            topic,
+            bootstrap_servers=bootstrap_servers,
+            format=format,
+            schema=schema,
+            timestamp=timestamp,
+            start=start,
+            group_id=group_id,
+            config=config,
+            idle_timeout=idle_timeout,
+            connect_timeout=connect_timeout,
+        )
+    )

@@ -16,9 +16,15 @@ ERROR_SCHEMA = pl.Schema(
         "position": pl.Int64,
         "reason": pl.String,
         "record": pl.String,
+        "raw": pl.Binary,
+        "topic": pl.String,
+        "partition": pl.Int32,
+        "offset": pl.Int64,
     }
 )
-"""Columns of ``Query.errors()``: where the record came from, why it failed, the record."""
+"""Columns of ``Query.errors()``: where the record came from (``source`` and ``position``;
+for Kafka also ``topic``, ``partition``, ``offset``), why it failed, the record as text and,
+when it arrived as bytes, the original bytes (``raw``)."""
 
 NEG_INF = -(2**62)
 """Stands for a watermark of −∞ in Int64 arithmetic (no event seen yet)."""
@@ -59,20 +65,34 @@ def error_rows(
             "reason": [reason] * n,
             "record": record,
         },
-        schema=ERROR_SCHEMA,
+        schema={k: ERROR_SCHEMA[k] for k in ("source", "position", "reason", "record")},
+    ).select(
+        pl.col(c) if c in ("source", "position", "reason", "record") else pl.lit(None, t).alias(c)
+        for c, t in ERROR_SCHEMA.items()
     )
 
 
-def error_from_python(source: str, position: int | None, reason: str, record: Any) -> pl.DataFrame:
+def error_from_python(
+    source: str,
+    position: int | None,
+    reason: str,
+    record: Any,
+    *,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> pl.DataFrame:
     """One error row for a record that never became a polars row (undecodable, wrong type)."""
-    if isinstance(record, bytes):
-        text = record.decode("utf-8", errors="backslashreplace")
+    raw = record if isinstance(record, bytes) else None
+    if raw is not None:
+        text = raw.decode("utf-8", errors="backslashreplace")
     else:
         try:
             text = json.dumps(record, default=str)
         except (TypeError, ValueError):
             text = repr(record)
-    return pl.DataFrame([[source], [position], [reason], [text]], schema=ERROR_SCHEMA, orient="col")
+    row = [source, position, reason, text, raw, topic, partition, offset]
+    return pl.DataFrame([[v] for v in row], schema=ERROR_SCHEMA, orient="col")
 
 
 class SideOutput:

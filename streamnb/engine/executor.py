@@ -100,12 +100,13 @@ class Runner:
             self.readers.append((step, step.node.source.open(self.ctx)))
 
     def close(self) -> None:
-        for _, reader in self.readers:
-            reader.close()
-        self.readers.clear()
+        # sinks flush first, so that sources commit only offsets whose output is out
         for step in self.pipeline.steps:
             if step.op is not None:
                 step.op.close()
+        for _, reader in self.readers:
+            reader.close()
+        self.readers.clear()
 
     def run(self, deadline: float | None = None) -> bool:
         """Process until done (True) or stopped / past ``deadline`` (False)."""

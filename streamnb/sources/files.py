@@ -26,6 +26,7 @@ from streamnb.engine.core import Context, error_from_python, error_rows
 from streamnb.engine.eventtime import split_valid
 from streamnb.exceptions import ConfigError, SourceError
 from streamnb.sources.base import Reader, Source
+from streamnb.sources.decode import why_not
 from streamnb.sources.memory import POSITION, check_timestamp
 
 FORMATS = {"json": "json", "ndjson": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
@@ -208,20 +209,7 @@ class _JsonCursor:
         return [df.with_columns(positions.alias(POSITION))], df.height
 
     def _why(self, line: bytes, exc: Exception) -> str:
-        """Why one line does not decode, naming the offending column when there is one."""
-        try:
-            value = json.loads(line)
-        except ValueError:
-            return "not valid JSON"
-        if not isinstance(value, dict):
-            return f"not a JSON object: {type(value).__name__}"
-        for key, item in value.items():
-            if key in self.schema:
-                try:
-                    pl.read_ndjson(json.dumps({key: item}).encode(), schema={key: self.schema[key]})
-                except Exception as err:
-                    return f"column {key!r}: {str(err).splitlines()[0]}"
-        return f"does not match the schema: {str(exc).splitlines()[0]}"
+        return why_not(line, self.schema, exc)
 
 
 class _FrameCursor:

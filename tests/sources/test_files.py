@@ -76,8 +76,11 @@ def test_tumbling_window_matches_polars(tmp_path: Path, fmt: str) -> None:
     got = stream.window(sn.Tumbling("10s")).agg(pl.len()).collect().sort("window_start")
     want = (
         expected(data, fmt)
-        .group_by(window_start=pl.col("t") // 10_000 * 10_000 if fmt == "json"
-                  else pl.col("t").dt.truncate("10s"))
+        .group_by(
+            window_start=pl.col("t") // 10_000 * 10_000
+            if fmt == "json"
+            else pl.col("t").dt.truncate("10s")
+        )
         .agg(pl.len())
         .sort("window_start")
     )
@@ -182,8 +185,11 @@ def test_schema_drift(tmp_path: Path) -> None:
     later = pl.DataFrame({"new": [9], "k": [3]})  # extra column, missing "s", other order
     want = pl.DataFrame({"k": [1, 2, 3], "s": ["a", "b", None]})
     for fmt in ("json", "csv", "parquet"):
-        write_plain = {"json": pl.DataFrame.write_ndjson, "csv": pl.DataFrame.write_csv,
-                       "parquet": pl.DataFrame.write_parquet}[fmt]
+        write_plain = {
+            "json": pl.DataFrame.write_ndjson,
+            "csv": pl.DataFrame.write_csv,
+            "parquet": pl.DataFrame.write_parquet,
+        }[fmt]
         folder = tmp_path / fmt
         folder.mkdir()
         write_plain(first, folder / f"1.{EXT[fmt]}")
