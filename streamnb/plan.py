@@ -6,8 +6,10 @@ so one ``Stream`` can be started any number of times.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -131,6 +133,32 @@ class ParquetNode(Node):
 
     def describe(self) -> str:
         return f"to_parquet[{self.path}]"
+
+
+@dataclass(frozen=True, eq=False)
+class KafkaSinkNode(Node):
+    topic: str
+    bootstrap: str
+    format: str
+    key: tuple[str, ...]
+    config: Mapping[str, Any] = field(repr=False)
+    dlq: str | None = None
+
+    def build(self, ctx: Context) -> Operator:
+        from streamnb.sinks.kafka import KafkaSink
+
+        return KafkaSink(
+            self.topic,
+            bootstrap=self.bootstrap,
+            format=self.format,
+            key=self.key,
+            config=self.config,
+            dlq=self.dlq,
+            ctx=ctx,
+        )
+
+    def describe(self) -> str:
+        return f"to_kafka[{self.topic}]"
 
 
 @dataclass(frozen=True, eq=False)

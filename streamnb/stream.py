@@ -24,6 +24,7 @@ from streamnb.exceptions import ConfigError
 from streamnb.plan import (
     EventTimeNode,
     GroupByNode,
+    KafkaSinkNode,
     MapNode,
     Node,
     ParquetNode,
@@ -312,6 +313,37 @@ class Stream:
         if rows_per_file < 1 or flush_seconds <= 0:
             raise ConfigError("to_parquet(): rows_per_file must be ≥ 1 and flush_seconds > 0")
         node = ParquetNode((self._node,), Path(path).expanduser(), rows_per_file, flush_seconds)
+        return Stream(node, self._meta)
+
+    def to_kafka(
+        self,
+        topic: str,
+        *,
+        bootstrap_servers: str | None = None,
+        format: str = "json",
+        key: str | Sequence[str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        errors: str | None = None,
+    ) -> Stream:
+        """Also write the output rows to Kafka ``topic``; ``start()`` the returned stream.
+
+        ``key`` names the key column(s) (default: a table's keys); a table's deleted rows
+        become tombstones. ``errors="dlq:<topic>"`` sends the query's error records there,
+        with the reason in a header. The producer is idempotent and flushed on stop.
+        """
+        from streamnb.sinks.kafka import check_sink
+
+        bootstrap, keys, dlq = check_sink(
+            format,
+            key=key,
+            errors=errors,
+            schema=self.schema,
+            table_keys=self.keys,
+            bootstrap_servers=bootstrap_servers,
+        )
+        node = KafkaSinkNode(
+            (self._node,), topic, bootstrap, format, tuple(keys), dict(config or {}), dlq
+        )
         return Stream(node, self._meta)
 
     # -- running ----------------------------------------------------------------------------

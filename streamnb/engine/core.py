@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,12 +168,15 @@ class Context:
     fail_on_error: bool = False
     watermarks: dict[int, int] = field(default_factory=dict)
     partitions: Partitions = field(default_factory=Partitions)
+    error_listeners: list[Callable[[pl.DataFrame], None]] = field(default_factory=list)
 
     def error(self, rows: pl.DataFrame) -> None:
         """Record error rows; with ``errors="fail"`` raise the first one's reason."""
         if rows.height == 0:
             return
         self.errors.add(rows)
+        for listener in self.error_listeners:  # e.g. a dead-letter topic
+            listener(rows)
         if self.fail_on_error:
             from streamnb.exceptions import DecodeError
 

@@ -170,6 +170,8 @@ class _KafkaReader(Reader):
         self.opened = time.monotonic()
         self.last_seen: dict[int, float] = {}
         self.uncommitted: dict[tuple[str, int], int] = {}
+        self.positions: dict[tuple[str, int], int] = {}  # next offset to read, when known
+        self.started: set[tuple[str, int]] = set()  # partitions given their start position
         self._lag: int | None = None
         self._lag_measured = 0.0
         if source.group_id is not None:
@@ -177,10 +179,9 @@ class _KafkaReader(Reader):
                 source.topics, on_assign=self._on_assign, on_revoke=self._on_revoke
             )
         else:
-            self.consumer.assign(
+            self._assign(
                 self._start_offsets([(t, p) for t, ps in source.partitions.items() for p in ps])
             )
-            self._assigned([(t, p) for t, ps in source.partitions.items() for p in ps])
 
     # -- assignment --------------------------------------------------------------------------
     def _start_offsets(self, partitions: list[tuple[str, int]]) -> list[Any]:
@@ -193,20 +194,43 @@ class _KafkaReader(Reader):
             return list(self.consumer.offsets_for_times(wanted, timeout=10))
         if isinstance(start, Mapping):
             return [TopicPartition(t, p, int(start.get(p, OFFSET_END))) for t, p in partitions]
-        offset = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END, "committed": OFFSET_STORED}[
-            start
-        ]
+        if start == "latest":
+            # the end as of now, so "latest" means records produced after the query started
+            return [
+                TopicPartition(
+                    t, p, self.consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                )
+                for t, p in partitions
+            ]
+        offset = OFFSET_BEGINNING if start == "earliest" else OFFSET_STORED
         return [TopicPartition(t, p, offset) for t, p in partitions]
+
+    def _assign(self, offsets: list[Any]) -> None:
+        """Assign partitions at the given start offsets (absolute ones are remembered)."""
+        for tp in offsets:
+            if tp.offset >= 0:
+                self.positions[(tp.topic, tp.partition)] = tp.offset
+        self.consumer.assign(offsets)
+        self._assigned([(tp.topic, tp.partition) for tp in offsets])
 
     def _assigned(self, partitions: list[tuple[str, int]]) -> None:
         ids = {int(self.lut[t][p]) for t, p in partitions if p < len(self.lut[t])}
         self.ctx.partitions.assigned |= ids
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        """A group member resumes from the group's commits (``auto.offset.reset`` where there
+        are none); an explicit datetime / offsets start applies to a partition's first
+        assignment only, so a rebalance never rewinds it."""
         pairs = [(tp.topic, tp.partition) for tp in partitions]
-        if self.source.start != "committed":
-            consumer.assign(self._start_offsets(pairs))
-        self._assigned(pairs)
+        fresh = [pair for pair in pairs if pair not in self.started]
+        self.started.update(fresh)
+        if isinstance(self.source.start, (datetime, Mapping)) and fresh:
+            explicit = {(tp.topic, tp.partition): tp for tp in self._start_offsets(fresh)}
+            self._assign(
+                [explicit.get(pair, tp) for pair, tp in zip(pairs, partitions, strict=True)]
+            )
+        else:
+            self._assign(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self._commit(asynchronous=False)
@@ -352,14 +376,14 @@ class _KafkaReader(Reader):
 
     # -- offsets -----------------------------------------------------------------------------
     def _remember(self, topics: list[str] | None, numbers: np.ndarray, offsets: np.ndarray) -> None:
-        """The next offset to commit per partition (after this batch has been processed)."""
-        if self.source.group_id is None:
-            return
+        """The next offset per partition: for the lag, and to commit once processed."""
         frame = pl.DataFrame(
             {"t": topics or [self.source.topics[0]] * len(numbers), "p": numbers, "o": offsets}
         )
         for t, p, o in frame.group_by("t", "p").agg(pl.col("o").max()).iter_rows():
-            self.uncommitted[(t, p)] = o + 1
+            self.positions[(t, p)] = o + 1
+            if self.source.group_id is not None:
+                self.uncommitted[(t, p)] = o + 1
 
     def _commit(self, *, asynchronous: bool) -> None:
         from confluent_kafka import KafkaException, TopicPartition
@@ -379,15 +403,15 @@ class _KafkaReader(Reader):
         return self._lag  # computed on the reader's thread: a consumer is not thread-safe
 
     def _measure_lag(self) -> None:
-        from confluent_kafka import TopicPartition
 
         total = 0
         try:
-            for tp in self.consumer.position(self.consumer.assignment()):
-                low, high = self.consumer.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), cached=True
-                )
-                total += max(high - (tp.offset if tp.offset >= 0 else low), 0)
+            for tp in self.consumer.assignment():
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    return  # no fetch answered yet: the lag is not known
+                position = self.positions.get((tp.topic, tp.partition), low)
+                total += max(high - max(position, low), 0)
         except Exception:  # a rebalance in progress: keep the last figure
             return
         self._lag = total

@@ -1,0 +1,226 @@
+"""``sn.from_kafka`` against a real broker: formats, start positions, partition watermarks,
+bad records, unreachable brokers and a broker restart in the middle of a stream."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import polars as pl
+import pytest
+
+import streamnb as sn
+from tests.kafka.broker import KafkaBroker
+
+Produce = Callable[..., list[tuple[int, int]]]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+def run_until(query: sn.Query, records: int, timeout: float = 30.0) -> sn.Query:
+    try:
+        wait_for(
+            lambda: query.status()["records_in"] + query.status()["errors"] >= records, timeout
+        )
+    finally:
+        query.stop()
+    return query
+
+
+def rows(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"id": i, "k": f"k{i % 4}", "v": i * 10, "ts": 1_000 * i} for i in range(start, n)]
+
+
+def test_json_round_trip_over_partitions(
+    make_topic: Callable[..., str], produce: Produce, bootstrap: str
+) -> None:
+    topic = make_topic(partitions=3)
+    data = rows(600)
+    produce(topic, data, partition=[i % 3 for i in range(600)])
+    stream = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest", timestamp="ts")
+    assert stream.schema == pl.Schema(
+        {"id": pl.Int64, "k": pl.String, "v": pl.Int64, "ts": pl.Int64}
+    )
+    query = run_until(stream.start(), 600)
+    assert query.result().sort("id").to_dicts() == data
+    assert query.status()["errors"] == 0
+
+
+def test_kafka_timestamp_is_the_default_event_time(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    produce(topic, rows(5), timestamp=[1_700_000_000_000 + i for i in range(5)])
+    stream = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest")
+    assert stream.event_time == "timestamp"
+    result = run_until(stream.start(), 5).result()
+    assert result["timestamp"].dtype == pl.Datetime("ms", "UTC")
+    assert result["timestamp"].cast(pl.Int64).to_list() == [1_700_000_000_000 + i for i in range(5)]
+
+
+def test_raw_format_keeps_bytes_keys_and_metadata(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    produce(topic, [b"\x00\x01", b"plain"], key=[b"a", None])
+    result = run_until(
+        sn.from_kafka(topic, bootstrap_servers=bootstrap, format="raw", start="earliest").start(),
+        2,
+    ).result()
+    assert result.columns == ["key", "value", "topic", "partition", "offset", "timestamp"]
+    assert result["value"].to_list() == [b"\x00\x01", b"plain"]
+    assert result["key"].to_list() == [b"a", None]
+    assert result["offset"].to_list() == [0, 1]
+    assert result["topic"].to_list() == [topic, topic]
+
+
+def test_start_positions(make_topic: Callable[..., str], produce: Produce, bootstrap: str) -> None:
+    topic = make_topic(partitions=1)
+    base = 1_700_000_000_000
+    produce(topic, rows(10), timestamp=[base + 1000 * i for i in range(10)])
+
+    def ids(**kw: Any) -> list[int]:
+        q = sn.from_kafka(topic, bootstrap_servers=bootstrap, timestamp="ts", **kw).start()
+        time.sleep(1.5)
+        q.stop()
+        return sorted(q.result()["id"].to_list())
+
+    assert ids(start="earliest") == list(range(10))
+    assert ids(start={0: 7}) == [7, 8, 9]
+    middle = datetime.fromtimestamp((base + 4_000) / 1000, tz=timezone.utc)
+    assert ids(start=middle) == [4, 5, 6, 7, 8, 9]
+    latest = sn.from_kafka(topic, bootstrap_servers=bootstrap, timestamp="ts").start()
+    wait_for(lambda: latest.status()["lag"] is not None)  # assigned and positioned
+    produce(topic, rows(12, start=10))
+    run_until(latest, 2)
+    assert sorted(latest.result()["id"].to_list()) == [10, 11]
+
+
+def test_committed_offsets_resume_a_consumer_group(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    produce(topic, rows(10))
+    group = f"g-{topic}"
+    first = sn.from_kafka(
+        topic, bootstrap_servers=bootstrap, start="earliest", group_id=group, timestamp="ts"
+    )
+    assert sorted(run_until(first.start(), 10).result()["id"].to_list()) == list(range(10))
+    produce(topic, rows(15, start=10))
+    second = sn.from_kafka(
+        topic, bootstrap_servers=bootstrap, start="committed", group_id=group, timestamp="ts"
+    )
+    assert sorted(run_until(second.start(), 5).result()["id"].to_list()) == list(range(10, 15))
+
+
+def test_watermark_is_the_minimum_over_partitions_until_one_goes_idle(
+    make_topic: Callable[..., str], produce: Produce, bootstrap: str
+) -> None:
+    topic = make_topic(partitions=2)
+    fast = [{"id": i, "ts": 10_000 * i} for i in range(10)]  # partition 0 reaches 90 s
+    slow = [{"id": 100 + i, "ts": 1_000 * i} for i in range(5)]  # partition 1 stops at 4 s
+    produce(topic, fast, partition=0)
+    produce(topic, slow, partition=1)
+    stream = sn.from_kafka(
+        topic, bootstrap_servers=bootstrap, start="earliest", timestamp="ts", idle_timeout="1500ms"
+    )
+    query = stream.window(sn.Tumbling("10s")).agg(pl.len().alias("n")).start()
+    try:
+        wait_for(lambda: query.status()["records_in"] == 15)
+        assert query.status()["watermark"] == 4_000  # held back by the slow partition
+        assert query.result().height == 0  # the window [0, 10 s) is still open
+        time.sleep(2.0)  # partition 1 is now idle
+        produce(topic, [{"id": 99, "ts": 95_000}], partition=0)
+        wait_for(lambda: query.status()["watermark"] == 95_000)
+        wait_for(lambda: query.result().height == 9)  # windows up to [80 s, 90 s) closed
+        assert query.result()["n"].to_list() == [6, 1, 1, 1, 1, 1, 1, 1, 1]
+    finally:
+        query.stop()
+
+
+def test_bad_records_go_to_errors_with_their_origin(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    produce(topic, [{"id": 1, "ts": 1}])  # teaches the schema
+    stream = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest", timestamp="ts")
+    produce(topic, [b"{not json", {"id": "two", "ts": 2}, None, {"id": 4}, {"id": 5, "ts": 5}])
+    query = run_until(stream.start(), 6)
+    assert query.result()["id"].to_list() == [1, 5]
+    errors = query.errors().sort("offset", nulls_last=True)
+    assert query.status()["errors"] == 4
+    assert errors["offset"].to_list()[:3] == [1, 2, 3]
+    assert errors["raw"].to_list()[0] == b"{not json"
+    assert errors["topic"].to_list()[:3] == [topic] * 3
+    assert errors["partition"].to_list()[:3] == [0, 0, 0]
+    reasons = errors["reason"].to_list()
+    assert "not valid JSON" in reasons[0]
+    assert "'id'" in reasons[1]
+    assert "tombstone" in reasons[2]
+    assert "event time" in reasons[3]
+
+
+def test_unknown_topic_is_a_config_error(bootstrap: str) -> None:
+    with pytest.raises(sn.ConfigError, match="'no-such-topic'"):
+        sn.from_kafka("no-such-topic", bootstrap_servers=bootstrap)
+
+
+def test_unreachable_broker_fails_fast_naming_the_address() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(sn.SourceError, match=f"127.0.0.1:{port}"):
+        sn.from_kafka("t", bootstrap_servers=f"127.0.0.1:{port}", connect_timeout="2s")
+    assert time.monotonic() - started < 8
+
+
+def test_no_bootstrap_anywhere_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STREAMNB_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setattr(sn.kafka, "_defaults", {})
+    with pytest.raises(sn.ConfigError, match="bootstrap"):
+        sn.from_kafka("t")
+
+
+def test_topics_and_peek(make_topic: Callable[..., str], produce: Produce, bootstrap: str) -> None:
+    topic = make_topic(partitions=2)
+    produce(topic, rows(20), partition=[i % 2 for i in range(20)])
+    listing = sn.kafka.topics(bootstrap).filter(pl.col("topic") == topic)
+    assert listing.to_dicts() == [{"topic": topic, "partitions": 2, "records": 20}]
+    recent = sn.kafka.peek(topic, 3, bootstrap_servers=bootstrap)
+    assert recent.height == 6
+    assert sorted(recent["id"].to_list()) == [14, 15, 16, 17, 18, 19]
+    assert {"_partition", "_offset", "_timestamp"} <= set(recent.columns)
+
+
+def test_a_broker_restart_mid_stream_loses_nothing(
+    kafka_broker: KafkaBroker, make_topic: Callable[..., str], produce: Produce, bootstrap: str
+) -> None:
+    topic = make_topic(partitions=2)
+    produce(topic, rows(200), partition=[i % 2 for i in range(200)])
+    query = sn.from_kafka(
+        topic, bootstrap_servers=bootstrap, start="earliest", timestamp="ts", group_id=f"g-{topic}"
+    ).start()
+    try:
+        wait_for(lambda: query.status()["records_in"] == 200)
+        kafka_broker.stop()
+        time.sleep(1.0)
+        kafka_broker.start()
+        produce(topic, rows(400, start=200), partition=[i % 2 for i in range(200)])
+        wait_for(lambda: query.status()["records_in"] >= 400, timeout=60)
+        assert query.status()["state"] == "running"
+    finally:
+        query.stop()
+    assert sorted(query.result()["id"].to_list()) == list(range(400))
+
+
+def test_secrets_never_appear_in_reprs() -> None:
+    from streamnb.kafka import redact
+
+    shown = repr(redact({"sasl.password": "hunter2", "ssl.key.password": "x", "acks": "all"}))
+    assert "hunter2" not in shown and "'x'" not in shown and "all" in shown
