@@ -92,7 +92,7 @@ def from_kafka(
     *,
     bootstrap_servers: str | None = None,
     format: str = "json",
-    schema: Mapping[str, pl.DataType] | None = None,
+    schema: Mapping[str, Any] | None = None,
     timestamp: str | None = None,
     start: str | datetime | Mapping[int, int] = "latest",
     group_id: str | None = None,
@@ -109,10 +109,11 @@ def from_kafka(
     bootstrap_servers
         ``host:port[,host:port]``; default ``STREAMNB_KAFKA_BOOTSTRAP`` or ``%stream connect``.
     format
-        ``"json"`` (one JSON object per message, decoded per batch) or ``"raw"`` (columns
-        key, value, topic, partition, offset, timestamp).
+        ``"json"`` (one JSON object per message, decoded per batch), ``"raw"`` (columns
+        key, value, topic, partition, offset, timestamp) or ``"avro"`` (schemaless Avro).
     schema
-        Polars types of the JSON fields; default: learned from the newest records.
+        Polars types of the JSON fields (default: learned from the newest records); for
+        ``"avro"``, the Avro record schema (a dict or its JSON text).
     timestamp
         The event-time field; default the Kafka record timestamp, as column ``timestamp``.
     start

@@ -143,6 +143,8 @@ class KafkaSinkNode(Node):
     key: tuple[str, ...]
     config: Mapping[str, Any] = field(repr=False)
     dlq: str | None = None
+    avro_schema: Any = field(default=None, repr=False)
+    headers: Mapping[str, str] | None = None
 
     def build(self, ctx: Context) -> Operator:
         from streamnb.sinks.kafka import KafkaSink
@@ -155,6 +157,8 @@ class KafkaSinkNode(Node):
             config=self.config,
             dlq=self.dlq,
             ctx=ctx,
+            avro_schema=self.avro_schema,
+            headers=self.headers,
         )
 
     def describe(self) -> str:

@@ -324,12 +324,16 @@ class Stream:
         key: str | Sequence[str] | None = None,
         config: Mapping[str, Any] | None = None,
         errors: str | None = None,
+        schema: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Stream:
         """Also write the output rows to Kafka ``topic``; ``start()`` the returned stream.
 
         ``key`` names the key column(s) (default: a table's keys); a table's deleted rows
         become tombstones. ``errors="dlq:<topic>"`` sends the query's error records there,
         with the reason in a header. The producer is idempotent and flushed on stop.
+        ``format`` is ``"json"``, ``"raw"`` (a ``value`` column) or ``"avro"`` (with ``schema=``
+        an Avro record schema); ``headers={"header": "column"}`` adds record headers.
         """
         from streamnb.sinks.kafka import check_sink
 
@@ -340,9 +344,24 @@ class Stream:
             schema=self.schema,
             table_keys=self.keys,
             bootstrap_servers=bootstrap_servers,
+            avro_schema=schema,
+            headers=headers,
         )
+        parsed = None
+        if format == "avro":
+            from streamnb.sources.avro import parse_schema
+
+            parsed = parse_schema(schema)
         node = KafkaSinkNode(
-            (self._node,), topic, bootstrap, format, tuple(keys), dict(config or {}), dlq
+            (self._node,),
+            topic,
+            bootstrap,
+            format,
+            tuple(keys),
+            dict(config or {}),
+            dlq,
+            parsed,
+            headers,
         )
         return Stream(node, self._meta)
 

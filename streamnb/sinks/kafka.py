@@ -18,8 +18,9 @@ import polars as pl
 from streamnb.engine.core import Context, Delta, Operator, visible
 from streamnb.exceptions import ConfigError
 from streamnb.kafka import client_config, resolve_bootstrap
+from streamnb.sources import avro
 
-FORMATS = ("json", "raw")
+FORMATS = ("json", "raw", "avro")
 
 
 class KafkaSink(Operator):
@@ -35,10 +36,14 @@ class KafkaSink(Operator):
         config: Mapping[str, Any],
         dlq: str | None,
         ctx: Context,
+        avro_schema: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         from confluent_kafka import Producer
 
         self.topic, self.format, self.key, self.dlq, self.ctx = topic, format, list(key), dlq, ctx
+        self.avro = avro_schema
+        self.headers = dict(headers or {})
         self.producer = Producer(
             client_config(
                 bootstrap,
@@ -59,14 +64,32 @@ class KafkaSink(Operator):
         if delta.deletes is not None and delta.deletes.height:  # retractions first
             self._send([None] * delta.deletes.height, self._keys(delta.deletes))
         if rows.height:
-            self._send(self._values(rows), self._keys(rows))
+            self._send(self._values(rows), self._keys(rows), headers=self._headers(rows))
         self.producer.poll(0)
         return delta
 
     def _values(self, rows: pl.DataFrame) -> list[bytes]:
         if self.format == "raw":
             return rows.get_column("value").cast(pl.Binary).to_list()
+        if self.format == "avro":
+            return avro.encode(rows, self.avro)
         return rows.write_ndjson().encode().splitlines()
+
+    def _headers(self, rows: pl.DataFrame) -> list[list[tuple[str, bytes | None]]] | None:
+        """Per row, ``(header, value)`` pairs from the columns named in ``headers=``."""
+        if not self.headers:
+            return None
+        columns = {
+            name: [
+                None if v is None else v.encode()
+                for v in rows.get_column(column).cast(pl.String).to_list()
+            ]
+            for name, column in self.headers.items()
+        }
+        return [
+            list(zip(columns, values, strict=True))
+            for values in zip(*columns.values(), strict=True)
+        ]
 
     def _keys(self, rows: pl.DataFrame) -> list[bytes | None] | None:
         if not self.key:
@@ -158,10 +181,19 @@ def check_sink(
     schema: pl.Schema | None,
     table_keys: Sequence[str] | None,
     bootstrap_servers: str | None,
+    avro_schema: Any = None,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[str, list[str], str | None]:
     """Validate ``to_kafka`` arguments; the bootstrap, key columns and dead-letter topic."""
     if format not in FORMATS:
         raise ConfigError(f"format={format!r} must be one of {list(FORMATS)}")
+    if (format == "avro") != (avro_schema is not None):
+        raise ConfigError("schema= (an Avro record schema) goes with format='avro', and only then")
+    for column in (headers or {}).values():
+        if schema is not None and column not in schema:
+            raise ConfigError(
+                f"to_kafka(headers=...): no column {column!r}; columns are {list(schema.names())}"
+            )
     keys = [key] if isinstance(key, str) else list(key or table_keys or [])
     for column in keys:
         if schema is not None and column not in schema:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -24,6 +24,7 @@ from streamnb.engine.core import PARTITION, Context, error_from_python
 from streamnb.engine.eventtime import split_valid
 from streamnb.exceptions import ConfigError, SourceError
 from streamnb.kafka import _metadata, client_config, redact, resolve_bootstrap
+from streamnb.sources import avro
 from streamnb.sources.base import Reader, Source
 from streamnb.sources.decode import decode_ndjson, infer_json_schema
 from streamnb.sources.memory import check_timestamp
@@ -38,7 +39,7 @@ RAW_SCHEMA = pl.Schema(
         "timestamp": pl.Datetime("ms", "UTC"),
     }
 )
-FORMATS = ("json", "raw")
+FORMATS = ("json", "raw", "avro")
 _SAMPLE = 100  # records per partition to learn a JSON schema from
 
 
@@ -89,8 +90,12 @@ class KafkaSource(Source):
         self.partitions = {t: sorted(meta.topics[t].partitions) for t in self.topics}
         self.name = f"kafka[{','.join(self.topics)}]"
         self.bounded = False
+        self.avro = None
         if format == "raw":
             self.value_schema: pl.Schema | None = RAW_SCHEMA
+        elif format == "avro":
+            self.avro = avro.parse_schema(schema)
+            self.value_schema = avro.polars_schema(self.avro)
         elif schema is not None:
             self.value_schema = pl.Schema(schema)
         else:
@@ -322,7 +327,7 @@ class _KafkaReader(Reader):
             values = list(map(Message.value, messages))
             if self.schema is None:  # nothing to learn from at definition time: first batch
                 self.schema = infer_json_schema(values[: _SAMPLE * 10])
-            df, kept = self._decode_json(values, topics, numbers, offsets)
+            df, kept = self._decode_values(values, topics, numbers, offsets)
             keep = np.array(kept, dtype=np.int64)
             if self.source.kafka_time:
                 df = df.with_columns(
@@ -336,7 +341,7 @@ class _KafkaReader(Reader):
             self.ctx.error(errors)
         return df
 
-    def _decode_json(
+    def _decode_values(
         self,
         values: list[bytes | None],
         topics: list[str] | None,
@@ -361,18 +366,26 @@ class _KafkaReader(Reader):
                 )
             )
 
+        schema = self.schema
+
+        def decode(
+            docs: list[bytes], report: Callable[[int, bytes, str], None]
+        ) -> tuple[pl.DataFrame, list[int]]:
+            if source.avro is not None:
+                return avro.decode(docs, source.avro, schema, report)
+            return decode_ndjson(docs, schema, report)
+
         if None in values:  # tombstones carry no record
             for i, v in enumerate(values):
                 if v is None:
                     on_error(i, b"", "null value (tombstone)")
             present = [i for i, v in enumerate(values) if v is not None]
-            df, kept = decode_ndjson(
+            df, kept = decode(
                 [v for v in values if v is not None],
-                self.schema,
                 lambda j, doc, why: on_error(present[j], doc, why),
             )
             return df, [present[j] for j in kept]
-        return decode_ndjson(values, self.schema, on_error)  # type: ignore[arg-type]
+        return decode(cast(list[bytes], values), on_error)
 
     # -- offsets -----------------------------------------------------------------------------
     def _remember(self, topics: list[str] | None, numbers: np.ndarray, offsets: np.ndarray) -> None:

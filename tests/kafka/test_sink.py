@@ -103,3 +103,47 @@ def test_bad_sink_arguments_are_config_errors(bootstrap: str) -> None:
         stream.to_kafka("t", bootstrap_servers=bootstrap, key="nope")
     with pytest.raises(sn.ConfigError, match="dlq"):
         stream.to_kafka("t", bootstrap_servers=bootstrap, errors="drop")
+
+
+AVRO_SCHEMA = {
+    "type": "record",
+    "name": "Bid",
+    "fields": [
+        {"name": "auction", "type": "long"},
+        {"name": "price", "type": ["null", "double"]},
+        {"name": "channel", "type": "string"},
+        {"name": "dateTime", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    ],
+}
+
+
+def test_avro_round_trip_through_kafka(make_topic: Callable[..., str], bootstrap: str) -> None:
+    topic = make_topic()
+    bids = sn.nexmark(events=2_000).select(
+        "auction", pl.col("price").cast(pl.Float64), "channel", "dateTime")
+    expected = bids.collect()
+    bids.to_kafka(topic, bootstrap_servers=bootstrap, format="avro", schema=AVRO_SCHEMA).collect()
+    back = sn.from_kafka(topic, bootstrap_servers=bootstrap, format="avro", schema=AVRO_SCHEMA,
+                         start="earliest", timestamp="dateTime")
+    assert back.schema == pl.Schema({"auction": pl.Int64, "price": pl.Float64,
+                                     "channel": pl.String, "dateTime": pl.Datetime("ms", "UTC")})
+    got = run_until(back.start(), expected.height).result()
+    assert got.equals(expected)
+
+
+def test_undecodable_avro_goes_to_errors(topic: str, produce: Callable[..., Any],
+                                         bootstrap: str) -> None:
+    produce(topic, [b"\x01"])
+    stream = sn.from_kafka(topic, bootstrap_servers=bootstrap, format="avro", schema=AVRO_SCHEMA,
+                           start="earliest", timestamp="dateTime")
+    query = run_until(stream.start(), 1)
+    assert query.errors()["reason"].str.contains("not Avro").to_list() == [True]
+    assert query.errors()["raw"].to_list() == [b"\x01"]
+
+
+def test_headers_come_from_columns(topic: str, consume_all: Consume, bootstrap: str) -> None:
+    data = [{"id": 1, "origin": "web"}, {"id": 2, "origin": None}]
+    sn.from_records(data).to_kafka(topic, bootstrap_servers=bootstrap,
+                                   headers={"source": "origin"}).collect()
+    records = consume_all(topic, min_count=2)
+    assert [r["headers"] for r in records] == [[("source", b"web")], [("source", None)]]
