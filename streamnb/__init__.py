@@ -17,7 +17,14 @@ then ``collect()`` it (bounded sources) or ``start()`` it in the background::
 from __future__ import annotations
 
 from streamnb import kafka as kafka  # sn.kafka.topics(), sn.kafka.peek(), ...
-from streamnb.api import from_files, from_kafka, from_records, nexmark
+from streamnb.api import (
+    from_files,
+    from_kafka,
+    from_records,
+    nexmark,
+    table_from_kafka,
+    table_from_records,
+)
 from streamnb.engine.query import Query, queries
 from streamnb.exceptions import ConfigError, DecodeError, QueryFailed, SourceError, StreamnbError
 from streamnb.stream import GroupedStream, Stream, WindowedStream
@@ -43,4 +50,6 @@ __all__ = [
     "from_records",
     "nexmark",
     "queries",
+    "table_from_kafka",
+    "table_from_records",
 ]

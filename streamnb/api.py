@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from streamnb.plan import SourceNode
+from streamnb.plan import SourceNode, TableNode
 from streamnb.sources.base import Source
 from streamnb.sources.memory import RecordsSource
 from streamnb.stream import Stream, _Meta
@@ -145,3 +145,47 @@ def from_kafka(
             connect_timeout=connect_timeout,
         )
     )
+
+
+def table_from_records(
+    data: Any,
+    *,
+    key: str | list[str],
+    batch_size: int = 10_000,
+    schema: Mapping[str, pl.DataType] | None = None,
+) -> Stream:
+    """A table replayed from records: each record is the new row of its ``key``."""
+    stream = from_records(data, batch_size=batch_size, schema=schema)
+    keys = (key,) if isinstance(key, str) else tuple(key)
+    stream._check_columns(keys, "table_from_records(key=...)")
+    return Stream(stream._node, _Meta(stream.schema, None, True, keys))
+
+
+def table_from_kafka(
+    topic: str,
+    *,
+    key: str = "key",
+    bootstrap_servers: str | None = None,
+    format: str = "json",
+    schema: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    connect_timeout: str | timedelta = "10s",
+) -> Stream:
+    """The latest value per message key of a topic, read from the beginning.
+
+    The message key (UTF-8) becomes column ``key``; a tombstone (a null value) deletes it.
+    """
+    from streamnb.sources.kafka import KafkaSource
+
+    source = KafkaSource(
+        topic,
+        bootstrap_servers=bootstrap_servers,
+        format=format,
+        schema=schema,
+        start="earliest",
+        config=config,
+        connect_timeout=connect_timeout,
+        key_column=key,
+    )
+    stream = _stream(source)
+    return Stream(TableNode((stream._node,), (key,)), _Meta(stream.schema, None, False, (key,)))

@@ -16,7 +16,13 @@ import polars as pl
 from streamnb.aggregates import Aggregation
 from streamnb.engine.core import Context, Operator
 from streamnb.engine.eventtime import EventTime
-from streamnb.engine.operators import EventTimeOperator, GroupByOperator, MapOperator, Transform
+from streamnb.engine.operators import (
+    EventTimeOperator,
+    GroupByOperator,
+    MapOperator,
+    TableOperator,
+    Transform,
+)
 from streamnb.engine.sessions import SessionOperator
 from streamnb.engine.windowing import WindowOperator
 from streamnb.sinks.parquet import ParquetSink
@@ -163,6 +169,52 @@ class KafkaSinkNode(Node):
 
     def describe(self) -> str:
         return f"to_kafka[{self.topic}]"
+
+
+@dataclass(frozen=True, eq=False)
+class JoinNode(Node):
+    """``inputs = (left, right)``; ``kind`` is stream_table, table_table, interval or window."""
+
+    kind: str
+    on: tuple[str, ...]
+    how: str
+    schemas: tuple[pl.Schema, pl.Schema] = field(repr=False)
+    times: tuple[EventTime, EventTime] | None = None
+    within_ms: int = 0
+    grace_ms: int = 0
+
+    def build(self, ctx: Context) -> Operator:
+        from streamnb.engine import joins
+
+        if self.kind == "stream_table":
+            return joins.StreamTableJoin(self.on, self.how, self.schemas[1])
+        if self.kind == "table_table":
+            return joins.TableTableJoin(self.on, self.how, self.schemas)
+        if self.kind == "window":
+            return joins.WindowJoin(self.on, self.how, self.schemas)
+        assert self.times is not None
+        return joins.IntervalJoin(
+            on=self.on,
+            how=self.how,
+            within_ms=self.within_ms,
+            grace_ms=self.grace_ms,
+            times=self.times,
+            schemas=self.schemas,
+            ctx=ctx,
+        )
+
+    def describe(self) -> str:
+        return f"join[{self.kind}, on={list(self.on)}, how={self.how}]"
+
+
+@dataclass(frozen=True, eq=False)
+class TableNode(Node):
+    """A table source: rows are upserts of their key, tombstones delete it."""
+
+    keys: tuple[str, ...]
+
+    def build(self, ctx: Context) -> Operator:
+        return TableOperator(self.keys)
 
 
 @dataclass(frozen=True, eq=False)

@@ -24,6 +24,7 @@ from streamnb.exceptions import ConfigError
 from streamnb.plan import (
     EventTimeNode,
     GroupByNode,
+    JoinNode,
     KafkaSinkNode,
     MapNode,
     Node,
@@ -49,6 +50,7 @@ class _Meta:
     bounded: bool
     keys: tuple[str, ...] | None = None  # set for tables (upsert changelogs)
     result_time: EventTime | None = None  # event time of window results, for status()
+    windowed: tuple[str, ...] | None = None  # the by-keys of final window results
 
 
 class Stream:
@@ -124,6 +126,13 @@ class Stream:
         node = MapNode(
             (self._node,), label, op, on_keys=on_keys, table_keys=meta.keys, predicate=predicate
         )
+        windowed = meta.windowed
+        if windowed is not None and (
+            schema is None
+            or not {"window_start", "window_end", *windowed} <= set(schema.names())
+            or rename
+        ):
+            windowed = None
         return Stream(
             node,
             _Meta(
@@ -132,6 +141,7 @@ class Stream:
                 meta.bounded,
                 keys,
                 meta.result_time,
+                windowed,
             ),
         )
 
@@ -290,6 +300,98 @@ class Stream:
         )
         return Stream(UnionNode(tuple(s._node for s in streams)), meta)
 
+    def join(
+        self,
+        other: Stream,
+        *,
+        on: str | Sequence[str],
+        how: Literal["inner", "left"] = "inner",
+        within: Duration | None = None,
+        grace: Duration = "0s",
+    ) -> Stream:
+        """Join with a table (each record meets the table row current at its arrival), with
+        another stream (``within=``: pairs whose event times differ by at most that), or two
+        window results (on window_start, window_end and ``on``). Tables join tables too.
+
+        Columns: this stream's, then ``other``'s except ``on`` (``_right`` on a name clash).
+        """
+        if not isinstance(other, Stream):
+            raise ConfigError(f"join() takes a stream or table, got {other!r}")
+        if how not in ("inner", "left"):
+            raise ConfigError(f"how={how!r} must be 'inner' or 'left'")
+        keys = _key_list(on, "on")
+        if not keys and self._meta.windowed is None:
+            raise ConfigError("join() needs on= the key column(s)")
+        if self.schema is None or other.schema is None:
+            raise ConfigError(
+                "join() needs both inputs' columns at definition time; pass schema= to the "
+                "source whose records are not known yet"
+            )
+        self._check_columns(keys, "join(on=...)")
+        other._check_columns(keys, "join(on=...)")
+        schemas = (_visible_schema(self.schema), _visible_schema(other.schema))
+        meta = self._meta
+        times = None
+        within_ms = grace_ms = 0
+        if self.keys is not None and other.keys is not None:
+            kind = "table_table"
+            _require_keys(keys, self.keys, "the left table")
+            _require_keys(keys, other.keys, "the right table")
+            out_keys: tuple[str, ...] | None = tuple(keys)
+        elif other.keys is not None:
+            kind, out_keys = "stream_table", meta.keys
+            _require_keys(keys, other.keys, "the table")
+        elif self.keys is not None:
+            raise ConfigError("a table joins a table; to join a stream, write stream.join(table)")
+        elif within is not None:
+            kind, out_keys = "interval", None
+            if meta.event_time is None or other._meta.event_time is None:
+                raise ConfigError("join(within=...) needs an event-time column on both streams")
+            if meta.event_time.per_ms != other._meta.event_time.per_ms:
+                raise ConfigError("join(within=...): both event-time columns need the same unit")
+            times = (meta.event_time, other._meta.event_time)
+            within_ms = to_ms(within, name="within")
+            grace_ms = to_ms(grace, name="grace")
+        elif meta.windowed is not None and other._meta.windowed is not None:
+            kind, out_keys = "window", None
+            if set(keys) != set(meta.windowed) or set(keys) != set(other._meta.windowed):
+                raise ConfigError(
+                    f"a window join is on the windows' keys: on={list(meta.windowed)}"
+                )
+        else:
+            raise ConfigError(
+                "joining two streams needs within= (an interval join), or two "
+                "window(...).agg(...) results (a window join), or a table on the right"
+            )
+        join_on = keys
+        try:
+            probe_how = "left" if kind in ("stream_table", "table_table", "interval") else how
+            out = (
+                pl.LazyFrame(schema=schemas[0])
+                .join(
+                    pl.LazyFrame(schema=schemas[1]),
+                    on=(["window_start", "window_end", *keys] if kind == "window" else join_on),
+                    how=probe_how,
+                    suffix="_right",
+                )
+                .collect_schema()
+            )
+        except pl.exceptions.PolarsError as exc:
+            raise column_error(exc, "join()") from None
+        node = JoinNode(
+            (self._node, other._node), kind, tuple(keys), how, schemas, times, within_ms, grace_ms
+        )
+        return Stream(
+            node,
+            _Meta(
+                out,
+                _follow_time(meta.event_time, out, None),
+                self.bounded and other.bounded,
+                out_keys,
+                meta.result_time,
+            ),
+        )
+
     def _check_columns(self, columns: Sequence[str], where: str) -> None:
         if self.schema is None:
             return
@@ -384,6 +486,26 @@ class Stream:
             )
         return run_to_end(self, timeout=timeout, errors=errors, max_batch=max_batch).table.frame()
 
+    def show(self, name: str | None = None, **options: Any) -> Query:
+        """Start the stream and display a live table of its result (notebook).
+
+        Returns the :class:`Query`. Without a notebook frontend it leaves a static table.
+        Options are those of :func:`streamnb.notebook.widgets.show`.
+        """
+        from streamnb.notebook.widgets import show
+
+        return show(self, name=name, **options)
+
+    def chart(self, chart: Any, name: str | None = None, **options: Any) -> Query:
+        """Start the stream and display ``chart`` (an Altair chart) live over its result.
+
+        The chart's data is the result table, updated in place as results change.
+        Options are those of :func:`streamnb.notebook.chart.chart`.
+        """
+        from streamnb.notebook.chart import chart as live_chart
+
+        return live_chart(self, chart, name=name, **options)
+
     def start(
         self,
         name: str | None = None,
@@ -445,8 +567,14 @@ class WindowedStream:
         keys = ("window_start", "window_end", *self._by) if self._emit == "update" else None
         if isinstance(self._spec, Session) and self._emit == "final":
             keys = None
+        windowed = (
+            self._by if self._emit == "final" and not isinstance(self._spec, Session) else None
+        )
         return Stream(
-            node, _Meta(out if stream.schema is not None else None, None, stream.bounded, keys, et)
+            node,
+            _Meta(
+                out if stream.schema is not None else None, None, stream.bounded, keys, et, windowed
+            ),
         )
 
 
@@ -473,6 +601,15 @@ def _hidden(frame: Any) -> list[str]:
     if not isinstance(frame, pl.DataFrame):
         return []
     return [c for c in frame.columns if c.startswith(HIDDEN_PREFIX)]
+
+
+def _visible_schema(schema: pl.Schema) -> pl.Schema:
+    return pl.Schema({c: t for c, t in schema.items() if not c.startswith(HIDDEN_PREFIX)})
+
+
+def _require_keys(on: Sequence[str], keys: Sequence[str], what: str) -> None:
+    if set(on) != set(keys):
+        raise ConfigError(f"join(on={list(on)}): {what} is keyed by {list(keys)}; join on those")
 
 
 def _flatten(exprs: Sequence[Any]) -> list[pl.Expr]:

@@ -132,6 +132,9 @@ PARTITION = "__sn_part"
 
 HIDDEN_PREFIX = "__sn_"
 
+DELETE = "__sn_delete"
+"""Hidden column of table sources: True marks a tombstone (the key's row is deleted)."""
+
 
 def visible(df: pl.DataFrame) -> pl.DataFrame:
     """``df`` without streamnb's hidden columns."""
@@ -192,6 +195,10 @@ class Operator:
 
     def process(self, delta: Delta) -> Delta:
         raise NotImplementedError
+
+    def process_input(self, side: int, delta: Delta) -> Delta:
+        """A delta from input ``side`` (joins tell their inputs apart; others need not)."""
+        return self.process(delta)
 
     def finish(self) -> Delta | None:
         """The input ended (watermark +∞): emit what is left."""

@@ -31,6 +31,7 @@ class Step:
     node: Node
     op: Operator | None
     parent: Step | None
+    side: int  # which input of the parent this step feeds (0 for unary parents)
     waiting: int  # inputs not yet finished
 
 
@@ -41,17 +42,17 @@ class Pipeline:
         self.sink = sink
         self.steps: list[Step] = []
         self.sources: list[Step] = []
-        stack: list[tuple[Node, Step | None]] = [(root, None)]
+        stack: list[tuple[Node, Step | None, int]] = [(root, None, 0)]
         while stack:
-            node, parent = stack.pop()
-            step = Step(node, node.build(ctx), parent, len(node.inputs))
+            node, parent, side = stack.pop()
+            step = Step(node, node.build(ctx), parent, side, len(node.inputs))
             self.steps.append(step)
             if isinstance(node, SourceNode):
                 self.sources.append(step)
-            stack.extend((child, step) for child in reversed(node.inputs))
+            stack.extend((child, step, i) for i, child in reversed(list(enumerate(node.inputs))))
 
     def push(self, source: Step, rows: pl.DataFrame) -> None:
-        self._deliver(source.parent, Delta(rows))
+        self._deliver(source.parent, Delta(rows), source.side)
 
     def finish(self, source: Step) -> None:
         """``source`` ended: flush every operator whose inputs have all ended."""
@@ -63,15 +64,16 @@ class Pipeline:
             if step.op is not None:
                 out = step.op.finish()
                 if out:
-                    self._deliver(step.parent, out)
+                    self._deliver(step.parent, out, step.side)
             step = step.parent
 
-    def _deliver(self, step: Step | None, delta: Delta) -> None:
+    def _deliver(self, step: Step | None, delta: Delta, side: int) -> None:
         while step is not None:
             if step.op is not None:
-                delta = step.op.process(delta)
+                delta = step.op.process_input(side, delta)
                 if not delta:
                     return
+            side = step.side
             step = step.parent
         self.sink(delta)
 

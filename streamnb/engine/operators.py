@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import polars as pl
 
 from streamnb.aggregates import SEQ, Aggregation
-from streamnb.engine.core import Context, Delta, Operator
+from streamnb.engine.core import DELETE, Context, Delta, Operator
 from streamnb.engine.eventtime import split_valid
 
 Frame = pl.DataFrame | pl.LazyFrame
@@ -82,3 +82,22 @@ class GroupByOperator(Operator):
             partial.select(self.keys), on=self.keys, how="semi", nulls_equal=True
         )
         return Delta(changed.select(*self.keys, *self.agg.final_exprs()).sort(self.keys))
+
+
+class TableOperator(Operator):
+    """Turns a table source's rows into an upsert changelog: tombstone rows become deletes.
+
+    Only the last change of a key within a batch counts, so deletes and upserts of one batch
+    never contradict each other.
+    """
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = list(keys)
+
+    def process(self, delta: Delta) -> Delta:
+        rows = delta.rows
+        if DELETE not in rows.columns:
+            return delta
+        rows = rows.unique(subset=self.keys, keep="last", maintain_order=True)
+        deleted = rows.get_column(DELETE).fill_null(False)
+        return Delta(rows.filter(~deleted).drop(DELETE), rows.filter(deleted).select(self.keys))

@@ -81,4 +81,10 @@ class ResultTable:
                 df = pl.concat(self._parts) if len(self._parts) > 1 else self._parts[0]
                 return df.tail(self.keep) if self.keep is not None else df
             self._parts = [self._fold()]
-            return self._parts[0].drop(_OP).sort(self.keys, nulls_last=False)
+            table = self._parts[0].drop(_OP).sort(self.keys, nulls_last=False)
+            if self.schema is not None:  # only deletes seen: the value columns are missing
+                table = table.select(
+                    pl.col(c) if c in table.columns else pl.lit(None, t).alias(c)
+                    for c, t in self.schema.items()
+                )
+            return table

@@ -88,6 +88,8 @@ def decode(
     rows: list[Any] = []
     kept: list[int] = []
     for i, value in enumerate(values):
+        if not value:
+            continue  # blank (a table's tombstone, handled by the caller)
         try:
             rows.append(schemaless_reader(io.BytesIO(value), parsed, None))
             kept.append(i)

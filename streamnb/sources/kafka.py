@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from streamnb._duration import Duration, to_ms
-from streamnb.engine.core import PARTITION, Context, error_from_python
+from streamnb.engine.core import DELETE, PARTITION, Context, error_from_python
 from streamnb.engine.eventtime import split_valid
 from streamnb.exceptions import ConfigError, SourceError
 from streamnb.kafka import _metadata, client_config, redact, resolve_bootstrap
@@ -59,7 +59,9 @@ class KafkaSource(Source):
         config: Mapping[str, Any] | None = None,
         idle_timeout: Duration = "10s",
         connect_timeout: Duration = "10s",
+        key_column: str | None = None,
     ) -> None:
+        self.key_column = key_column  # tables: the message key as a column, tombstones delete
         self.topics = [topic] if isinstance(topic, str) else list(topic)
         if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
             raise ConfigError(f"topic={topic!r} must be a topic name or a list of them")
@@ -110,6 +112,12 @@ class KafkaSource(Source):
     def _output_schema(self) -> pl.Schema | None:
         if self.value_schema is None:
             return None
+        if self.key_column is not None:
+            return pl.Schema({self.key_column: pl.String(), **self._value_and_time()})
+        return self._value_and_time()
+
+    def _value_and_time(self) -> pl.Schema:
+        assert self.value_schema is not None
         if self.format == "raw" or not self.kafka_time:
             return self.value_schema
         if "timestamp" in self.value_schema:
@@ -327,8 +335,14 @@ class _KafkaReader(Reader):
             values = list(map(Message.value, messages))
             if self.schema is None:  # nothing to learn from at definition time: first batch
                 self.schema = infer_json_schema(values[: _SAMPLE * 10])
+            tombstones: list[int] = []
+            if self.source.key_column is not None and None in values:
+                tombstones = [i for i, v in enumerate(values) if v is None]
+                values = [b"" if v is None else v for v in values]  # blank: skipped silently
             df, kept = self._decode_values(values, topics, numbers, offsets)
             keep = np.array(kept, dtype=np.int64)
+            if self.source.key_column is not None:
+                df, keep = self._with_keys(df, keep, tombstones, messages)
             if self.source.kafka_time:
                 df = df.with_columns(
                     pl.Series("timestamp", stamps[keep]).cast(pl.Datetime("ms", "UTC"))
@@ -375,7 +389,7 @@ class _KafkaReader(Reader):
                 return avro.decode(docs, source.avro, schema, report)
             return decode_ndjson(docs, schema, report)
 
-        if None in values:  # tombstones carry no record
+        if None in values:  # tombstones carry no record (tables handle them before)
             for i, v in enumerate(values):
                 if v is None:
                     on_error(i, b"", "null value (tombstone)")
@@ -386,6 +400,31 @@ class _KafkaReader(Reader):
             )
             return df, [present[j] for j in kept]
         return decode(cast(list[bytes], values), on_error)
+
+    def _with_keys(
+        self, df: pl.DataFrame, keep: np.ndarray, tombstones: list[int], messages: list[Any]
+    ) -> tuple[pl.DataFrame, np.ndarray]:
+        """Tables: the message key as a column, tombstones as delete rows, in arrival order."""
+        from confluent_kafka import Message
+
+        assert self.source.key_column is not None
+        rows = pl.concat(
+            [
+                df.with_columns(pl.lit(False).alias(DELETE)),
+                pl.DataFrame({DELETE: [True] * len(tombstones)}),
+            ],
+            how="diagonal_relaxed",
+        )
+        index = np.concatenate([keep, np.array(tombstones, dtype=np.int64)])
+        order = np.argsort(index, kind="stable")
+        keys = list(map(Message.key, messages))
+        picked = [keys[i] for i in index[order]]
+        column = pl.Series(
+            self.source.key_column,
+            [None if k is None else k.decode("utf-8", "replace") for k in picked],
+            dtype=pl.String,
+        )
+        return rows[order].with_columns(column), index[order]
 
     # -- offsets -----------------------------------------------------------------------------
     def _remember(self, topics: list[str] | None, numbers: np.ndarray, offsets: np.ndarray) -> None:

@@ -1,0 +1,252 @@
+"""Joins of streams and tables, with Kafka Streams semantics, vectorised per batch.
+
+* stream–table: each record joins the table row current at its arrival; table updates emit
+  nothing (KStream–KTable).
+* stream–stream interval join: pairs whose event times differ by at most ``within``. The
+  watermark is that of the join's merged input (largest time seen − delay); a record is kept
+  until ``W ≥ time + within + grace`` and is late if it arrives after that. A pair counts only
+  if the buffered partner was still kept at the arriving record's moment, which makes the
+  result independent of batch boundaries. Left joins emit an unmatched left record, with
+  nulls, when it is dropped from the state.
+* window join: two final window results joined on window_start, window_end and keys; a row
+  waits until the other side has emitted a later window (windows close in end order).
+* table–table: an upsert table that changes when either side changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+from streamnb.engine.core import PARTITION, POS_INF, Context, Delta, Operator, visible
+from streamnb.engine.eventtime import EventTime, WatermarkTracker, split_valid
+
+TIME, SEQ, MATCHED = "__sn_jt", "__sn_jseq", "__sn_matched"
+RIGHT_TIME, RIGHT_SEQ = "__sn_jtr", "__sn_jseqr"
+
+
+def _apply(state: pl.DataFrame, delta: Delta, keys: list[str]) -> pl.DataFrame:
+    """A keyed table after a change: deleted keys removed, upserted rows replacing theirs."""
+    if delta.deletes is not None and delta.deletes.height:
+        state = state.join(delta.deletes.select(keys), on=keys, how="anti", nulls_equal=True)
+    rows = visible(delta.rows)
+    if rows.height:
+        rows = rows.unique(subset=keys, keep="last", maintain_order=True)
+        if state is not None:
+            state = pl.concat(
+                [state.join(rows.select(keys), on=keys, how="anti", nulls_equal=True), rows],
+                how="diagonal_relaxed",
+            )
+        else:
+            state = rows
+    return state
+
+
+class StreamTableJoin(Operator):
+    """Input 0: the stream; input 1: the table (an upsert changelog keyed by ``on``)."""
+
+    def __init__(self, on: Sequence[str], how: str, table_schema: pl.Schema) -> None:
+        self.on, self.how = list(on), how
+        self.table: pl.DataFrame = table_schema.to_frame()
+
+    def process_input(self, side: int, delta: Delta) -> Delta:
+        if side == 1:
+            self.table = _apply(self.table, delta, self.on)
+            return Delta(pl.DataFrame())
+        out = delta.rows.join(
+            self.table,
+            on=self.on,
+            how=self.how,  # type: ignore[arg-type]
+            maintain_order="left",
+            suffix="_right",
+        )
+        return Delta(out)
+
+
+class TableTableJoin(Operator):
+    """Both inputs are tables keyed by ``on``; the output is a table keyed by ``on``."""
+
+    def __init__(self, on: Sequence[str], how: str, schemas: tuple[pl.Schema, pl.Schema]) -> None:
+        self.on, self.how = list(on), how
+        self.states: list[pl.DataFrame] = [schemas[0].to_frame(), schemas[1].to_frame()]
+
+    def process_input(self, side: int, delta: Delta) -> Delta:
+        self.states[side] = _apply(self.states[side], delta, self.on)
+        touched = [
+            f.select(self.on) for f in (delta.rows, delta.deletes) if f is not None and f.height
+        ]
+        if not touched:
+            return Delta(pl.DataFrame())
+        keys = pl.concat(touched).unique()
+        left = self.states[0].join(keys, on=self.on, how="semi", nulls_equal=True)
+        joined = left.join(
+            self.states[1],
+            on=self.on,
+            how=self.how,  # type: ignore[arg-type]
+            suffix="_right",
+        )
+        # keys with no joined row any more (deleted, or inner with no partner) are retracted
+        gone = keys.join(joined.select(self.on), on=self.on, how="anti", nulls_equal=True)
+        return Delta(joined, gone)
+
+
+class IntervalJoin(Operator):
+    """Stream–stream join of records whose event times differ by at most ``within``."""
+
+    def __init__(
+        self,
+        *,
+        on: Sequence[str],
+        how: str,
+        within_ms: int,
+        grace_ms: int,
+        times: tuple[EventTime, EventTime],
+        schemas: tuple[pl.Schema, pl.Schema],
+        ctx: Context,
+    ) -> None:
+        self.on, self.how, self.times, self.ctx = list(on), how, times, ctx
+        per_ms = times[0].per_ms
+        self.within, self.grace = within_ms * per_ms, grace_ms * per_ms
+        self.tracker = WatermarkTracker(max(t.delay for t in times), ctx.partitions)
+        self.buffers = [
+            schemas[0]
+            .to_frame()
+            .with_columns(
+                pl.lit(None, pl.Int64).alias(TIME),
+                pl.lit(None, pl.Int64).alias(SEQ),
+                pl.lit(None, pl.Boolean).alias(MATCHED),
+            ),
+            schemas[1]
+            .to_frame()
+            .with_columns(pl.lit(None, pl.Int64).alias(TIME), pl.lit(None, pl.Int64).alias(SEQ)),
+        ]
+        self.empty_right = schemas[1].to_frame()
+        self.seq = 0
+
+    def process_input(self, side: int, delta: Delta) -> Delta:
+        et = self.times[side]
+        rows, errors = split_valid(delta.rows, et.column, source="join")
+        if errors is not None:
+            self.ctx.error(errors)
+        if rows.height == 0:
+            return Delta(pl.DataFrame())
+        times = et.values(rows)
+        parts = rows.get_column(PARTITION) if PARTITION in rows.columns else None
+        wm = self.tracker.before_each(times, parts)
+        self.ctx.watermarks[id(self)] = self.tracker.current
+        stamped = visible(rows).with_columns(
+            times.alias(TIME), pl.int_range(self.seq, self.seq + rows.height).alias(SEQ)
+        )
+        self.seq += rows.height
+        late = (times + self.within + self.grace) <= wm
+        if late.any():
+            self.ctx.late.add(visible(rows.filter(late)))
+        live = stamped.filter(~late).with_columns(wm.filter(~late).alias("__sn_wm"))
+        other = self.buffers[1 - side]
+        # candidate pairs; the partner must still have been kept at the arriving record's moment
+        if side == 0:
+            pairs = live.join(self._as_right(other), on=self.on, how="inner", suffix="_right")
+        else:
+            pairs = other.join(self._as_right(live), on=self.on, how="inner", suffix="_right")
+        partner_time = pl.col(RIGHT_TIME) if side == 0 else pl.col(TIME)
+        pairs = pairs.filter(
+            ((pl.col(TIME) - pl.col(RIGHT_TIME)).abs() <= self.within)
+            & (partner_time + self.within + self.grace > pl.col("__sn_wm"))
+        ).sort(SEQ if side == 0 else RIGHT_SEQ, RIGHT_SEQ if side == 0 else SEQ)
+        left_matched = pairs.get_column(SEQ).unique().implode()
+        if side == 0:
+            self.buffers[0] = pl.concat(
+                [
+                    self.buffers[0],
+                    live.drop("__sn_wm").with_columns(
+                        pl.col(SEQ).is_in(left_matched).alias(MATCHED)
+                    ),
+                ],
+                how="vertical_relaxed",
+            )
+        else:
+            self.buffers[0] = self.buffers[0].with_columns(
+                (pl.col(MATCHED) | pl.col(SEQ).is_in(left_matched)).alias(MATCHED)
+            )
+            self.buffers[1] = pl.concat(
+                [self.buffers[1], live.drop("__sn_wm")], how="vertical_relaxed"
+            )
+        out = [pairs.drop(TIME, SEQ, RIGHT_TIME, RIGHT_SEQ, MATCHED, "__sn_wm", strict=False)]
+        out.extend(self._evict(self.tracker.current))
+        return Delta(pl.concat(out, how="diagonal_relaxed") if len(out) > 1 else out[0])
+
+    def _as_right(self, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.drop(MATCHED, strict=False).rename({TIME: RIGHT_TIME, SEQ: RIGHT_SEQ})
+
+    def _evict(self, watermark: int) -> list[pl.DataFrame]:
+        """Drop records no partner can reach any more; a left join emits unmatched ones."""
+        expired = pl.col(TIME) + self.within + self.grace <= watermark
+        out = []
+        if self.how == "left":
+            lonely = self.buffers[0].filter(expired & ~pl.col(MATCHED)).sort(TIME, SEQ)
+            if lonely.height:
+                out.append(
+                    lonely.drop(TIME, SEQ, MATCHED).join(
+                        self.empty_right, on=self.on, how="left", suffix="_right"
+                    )
+                )
+        self.buffers = [b.filter(~expired) for b in self.buffers]
+        return out
+
+    def finish(self) -> Delta | None:
+        out = self._evict(POS_INF)
+        return Delta(out[0]) if out else None
+
+
+class WindowJoin(Operator):
+    """Two final window results joined on window_start, window_end and the keys."""
+
+    def __init__(self, on: Sequence[str], how: str, schemas: tuple[pl.Schema, pl.Schema]) -> None:
+        self.keys = ["window_start", "window_end", *on]
+        self.how = how
+        self.buffers = [schemas[0].to_frame(), schemas[1].to_frame()]
+        self.latest_end: list[pl.Series | None] = [None, None]  # newest window_end per side
+
+    def process_input(self, side: int, delta: Delta) -> Delta:
+        rows = visible(delta.rows)
+        if rows.height == 0:
+            return Delta(pl.DataFrame())
+        if side == 0:
+            matched = rows.join(self.buffers[1], on=self.keys, how="inner", suffix="_right")
+        else:
+            matched = self.buffers[0].join(rows, on=self.keys, how="inner", suffix="_right")
+        done = matched.select(self.keys)
+        self.buffers[side] = pl.concat(
+            [self.buffers[side], rows.join(done, on=self.keys, how="anti", nulls_equal=True)],
+            how="vertical_relaxed",
+        )
+        self.buffers[1 - side] = self.buffers[1 - side].join(
+            done, on=self.keys, how="anti", nulls_equal=True
+        )
+        self.latest_end[side] = rows.get_column("window_end").max()  # type: ignore[assignment]
+        out = [matched, *self._evict()]
+        return Delta(pl.concat(out, how="diagonal_relaxed") if len(out) > 1 else matched)
+
+    def _evict(self, final: bool = False) -> list[pl.DataFrame]:
+        """Rows whose partner can no longer come: the other side has emitted later windows."""
+        out = []
+        for side in (0, 1):
+            other_end = self.latest_end[1 - side]
+            if final:
+                expired = pl.lit(True)
+            elif other_end is None:
+                continue
+            else:
+                expired = pl.col("window_end") < other_end
+            gone = self.buffers[side].filter(expired)
+            if side == 0 and self.how == "left" and gone.height:
+                out.append(
+                    gone.join(self.buffers[1].clear(), on=self.keys, how="left", suffix="_right")
+                )
+            self.buffers[side] = self.buffers[side].filter(~expired)
+        return out
+
+    def finish(self) -> Delta | None:
+        out = self._evict(final=True)
+        return Delta(out[0]) if out else None

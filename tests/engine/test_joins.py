@@ -1,0 +1,266 @@
+"""Joins against plain-Python record-at-a-time references, for random arrival orders.
+
+Two bounded sources are read in turns, one batch each, so the arrival order of a join's
+inputs is known from the batch sizes; the reference replays exactly that order record by
+record.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+import streamnb as sn
+
+KEYS = st.sampled_from(["a", "b", "c", None])
+
+
+def arrival(left: list[Any], right: list[Any], bl: int, br: int) -> list[tuple[int, Any]]:
+    """The order the executor delivers two sources in: one batch of each, in turns."""
+    out: list[tuple[int, Any]] = []
+    i = j = 0
+    while i < len(left) or j < len(right):
+        out += [(0, r) for r in left[i : i + bl]]
+        out += [(1, r) for r in right[j : j + br]]
+        i, j = i + bl, j + br
+    return out
+
+
+def canonical(df: pl.DataFrame) -> pl.DataFrame:
+    return df.sort(df.columns, nulls_last=True)
+
+
+# -- stream–table ------------------------------------------------------------------------------
+
+
+@given(
+    stream=st.lists(st.tuples(KEYS, st.integers(0, 99)), max_size=40),
+    table=st.lists(st.tuples(KEYS, st.integers(0, 9)), max_size=20),
+    how=st.sampled_from(["inner", "left"]),
+    bl=st.integers(1, 15),
+    br=st.integers(1, 15),
+)
+def test_stream_table_join_meets_the_row_current_at_arrival(
+    stream: list[tuple[Any, int]], table: list[tuple[Any, int]], how: str, bl: int, br: int
+) -> None:
+    events = [{"k": k, "v": v} for k, v in stream]
+    rows = [{"k": k, "w": w} for k, w in table]
+    expected: list[dict[str, Any]] = []
+    current: dict[Any, int] = {}
+    for side, row in arrival(events, rows, bl, br):
+        if side == 1:
+            current[row["k"]] = row["w"]
+        elif row["k"] is not None and row["k"] in current:
+            expected.append({**row, "w": current[row["k"]]})
+        elif how == "left":
+            expected.append({**row, "w": None})
+    left = sn.from_records(events, batch_size=bl, schema={"k": pl.String, "v": pl.Int64})
+    right = sn.table_from_records(
+        rows, key="k", batch_size=br, schema={"k": pl.String, "w": pl.Int64}
+    )
+    got = left.join(right, on="k", how=how).collect()  # type: ignore[arg-type]
+    want = pl.DataFrame(expected, schema={"k": pl.String, "v": pl.Int64, "w": pl.Int64})
+    assert_frame_equal(got, want)  # in arrival order
+
+
+def test_a_running_aggregate_is_a_table() -> None:
+    clicks = sn.from_records([{"user": u} for u in "abacab"], batch_size=2)
+    counts = clicks.group_by("user").agg(pl.len().alias("clicks"))
+    later = sn.from_records([{"user": u, "n": i} for i, u in enumerate("abcd")], batch_size=1)
+    got = later.join(counts, on="user", how="left").collect()
+    # batches alternate: later[0], counts after clicks[0:2], later[1], counts after [2:4], ...
+    assert got.to_dicts() == [
+        {"user": "a", "n": 0, "clicks": None},
+        {"user": "b", "n": 1, "clicks": 1},
+        {"user": "c", "n": 2, "clicks": 1},
+        {"user": "d", "n": 3, "clicks": None},
+    ]
+
+
+# -- interval join -----------------------------------------------------------------------------
+
+
+def interval_reference(
+    order: list[tuple[int, dict[str, Any]]], *, within: int, grace: int, delay: int, how: str
+) -> tuple[list[dict[str, Any]], list[dict]]:
+    seen = -math.inf
+    buffers: list[list[dict[str, Any]]] = [[], []]
+    matched: dict[int, bool] = {}
+    out: list[dict[str, Any]] = []
+    late: list[dict] = []
+    for side, row in order:
+        w = seen - delay
+        t = row["t"]
+        if t + within + grace <= w:
+            late.append(row)
+        else:
+            for partner in buffers[1 - side]:
+                kept = partner["t"] + within + grace > w
+                if (
+                    kept
+                    and row["k"] is not None
+                    and partner["k"] == row["k"]
+                    and abs(partner["t"] - t) <= within
+                ):
+                    left, right = (row, partner) if side == 0 else (partner, row)
+                    out.append({**left, "t_right": right["t"], "x": right["x"]})
+                    matched[id(left)] = True
+            buffers[side].append(row)
+            matched.setdefault(id(row), False)
+        seen = max(seen, t)
+        w = seen - delay
+        for s in (0, 1):
+            for gone in [r for r in buffers[s] if r["t"] + within + grace <= w]:
+                buffers[s].remove(gone)
+                if s == 0 and how == "left" and not matched[id(gone)]:
+                    out.append({**gone, "t_right": None, "x": None})
+    if how == "left":
+        out += [{**r, "t_right": None, "x": None} for r in buffers[0] if not matched[id(r)]]
+    return out, late
+
+
+@st.composite
+def timed(draw: st.DrawFn, value: str) -> list[dict[str, Any]]:
+    n = draw(st.integers(0, 30))
+    now, rows = 1_000, []
+    for _ in range(n):
+        now = max(0, now + draw(st.integers(-30, 20)))
+        rows.append({"k": draw(KEYS), "t": now, value: draw(st.integers(0, 9))})
+    return rows
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+@given(
+    left=timed("v"),
+    right=timed("x"),
+    within=st.integers(0, 25),
+    grace=st.integers(0, 15),
+    delay=st.integers(0, 15),
+    bl=st.integers(1, 10),
+    br=st.integers(1, 10),
+)
+def test_interval_join_matches_reference(
+    how: str,
+    left: list[dict[str, Any]],
+    right: list[dict[str, Any]],
+    within: int,
+    grace: int,
+    delay: int,
+    bl: int,
+    br: int,
+) -> None:
+    want, late = interval_reference(
+        arrival(left, right, bl, br), within=within, grace=grace, delay=delay, how=how
+    )
+    ls = sn.from_records(left, batch_size=bl, schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64})
+    rs = sn.from_records(
+        right, batch_size=br, schema={"k": pl.String, "t": pl.Int64, "x": pl.Int64}
+    )
+    joined = ls.with_watermark("t", f"{delay}ms").join(
+        rs.with_watermark("t", f"{delay}ms"),
+        on="k",
+        how=how,  # type: ignore[arg-type]
+        within=f"{within}ms",
+        grace=f"{grace}ms",
+    )
+    query = joined.start()
+    query.wait(30)
+    schema = {"k": pl.String, "t": pl.Int64, "v": pl.Int64, "t_right": pl.Int64, "x": pl.Int64}
+    assert_frame_equal(canonical(query.result()), canonical(pl.DataFrame(want, schema=schema)))
+    late_schema = {"k": pl.String, "t": pl.Int64, "v": pl.Int64, "x": pl.Int64}
+    got_late = query.late()
+    assert got_late.height == len(late)
+    if late:
+        assert_frame_equal(
+            canonical(got_late.select(sorted(got_late.columns))),
+            canonical(
+                pl.DataFrame(late, schema=late_schema, strict=False).select(
+                    sorted(got_late.columns)
+                )
+            ),
+            check_dtypes=False,
+        )
+
+
+# -- window join -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+@given(left=timed("v"), right=timed("x"), bl=st.integers(1, 10), br=st.integers(1, 10))
+def test_window_join_equals_joining_the_final_windows(
+    how: str, left: list[dict[str, Any]], right: list[dict[str, Any]], bl: int, br: int
+) -> None:
+    def windows(rows: list[dict[str, Any]], col: str, batch: int) -> sn.Stream:
+        schema = {"k": pl.String, "t": pl.Int64, col: pl.Int64}
+        return (
+            sn.from_records(rows, timestamp="t", batch_size=batch, schema=schema)
+            .window(sn.Tumbling("20ms"), by="k")
+            .agg(pl.col(col).sum().alias(f"sum_{col}"))
+        )
+
+    lw, rw = windows(left, "v", bl), windows(right, "x", br)
+    want = lw.collect().join(rw.collect(), on=["window_start", "window_end", "k"], how=how)
+    got = lw.join(rw, on="k", how=how).collect()  # type: ignore[arg-type]
+    assert_frame_equal(canonical(got), canonical(want))
+
+
+# -- table–table -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+@given(
+    left=st.lists(st.tuples(KEYS, st.integers(0, 9)), max_size=25),
+    right=st.lists(st.tuples(KEYS, st.integers(0, 9)), max_size=25),
+    bl=st.integers(1, 8),
+    br=st.integers(1, 8),
+)
+def test_table_table_join_is_the_join_of_the_latest_rows(
+    how: str, left: list[tuple[Any, int]], right: list[tuple[Any, int]], bl: int, br: int
+) -> None:
+    lt = sn.table_from_records(
+        [{"k": k, "a": a} for k, a in left],
+        key="k",
+        batch_size=bl,
+        schema={"k": pl.String, "a": pl.Int64},
+    )
+    rt = sn.table_from_records(
+        [{"k": k, "b": b} for k, b in right],
+        key="k",
+        batch_size=br,
+        schema={"k": pl.String, "b": pl.Int64},
+    )
+    latest_l = {k: a for k, a in left}
+    latest_r = {k: b for k, b in right}
+    rows = [
+        {"k": k, "a": a, "b": latest_r.get(k) if k is not None else None}
+        for k, a in latest_l.items()
+    ]
+    if how == "inner":
+        rows = [r for r in rows if r["k"] is not None and r["k"] in latest_r]
+    want = pl.DataFrame(rows, schema={"k": pl.String, "a": pl.Int64, "b": pl.Int64})
+    got = lt.join(rt, on="k", how=how).collect()  # type: ignore[arg-type]
+    assert_frame_equal(canonical(got), canonical(want))
+
+
+# -- definition errors ---------------------------------------------------------------------------
+
+
+def test_join_definition_errors() -> None:
+    s = sn.from_records([{"k": "a", "t": 1}], timestamp="t")
+    table = sn.table_from_records([{"k": "a", "w": 1}], key="k")
+    with pytest.raises(sn.ConfigError, match="within"):
+        s.join(s, on="k")
+    with pytest.raises(sn.ConfigError, match="keyed by"):
+        s.with_columns(j=pl.lit("a")).join(table.with_columns(j=pl.lit("x")), on="j")
+    with pytest.raises(sn.ConfigError, match="how"):
+        s.join(table, on="k", how="outer")  # type: ignore[arg-type]
+    with pytest.raises(sn.ConfigError, match="'nope'"):
+        s.join(table, on="nope")
+    with pytest.raises(sn.ConfigError, match="table joins a table"):
+        table.join(s, on="k")
