@@ -23,8 +23,15 @@ import time
 from collections.abc import Callable
 
 import polars as pl
-from benchutil import CpuMeter, current_rss, fmt_mib, fmt_rate, machine_info, machine_line
-from benchutil import write_section
+from benchutil import (
+    CpuMeter,
+    current_rss,
+    fmt_mib,
+    fmt_rate,
+    machine_info,
+    machine_line,
+    write_section,
+)
 
 import streamnb as sn
 from streamnb.sources.nexmark import generate
@@ -220,10 +227,11 @@ def main() -> None:
     memory = memory_run(args.memory_events)
     for row in memory:
         print("memory", row)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
         "## Joins — in memory (q3, q7, q8) and join state over time",
         "",
-        f"_Written by `bench/nexmark_joins.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._",
+        f"_Written by `bench/nexmark_joins.py` on {stamp}._",
         "",
         f"- **Machine:** {machine_line(info)}",
         f"- **Data:** {args.events:,} generated events per kind (pre-generated frames of 50,000 "
