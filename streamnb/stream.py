@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import polars as pl
 
@@ -34,6 +34,7 @@ from streamnb.plan import (
     explain,
 )
 from streamnb.windows import Session, WindowSpec
+from streamnb.worker.capture import capture
 
 __all__ = ["GroupedStream", "Stream", "WindowedStream"]
 
@@ -494,6 +495,8 @@ class Stream:
         """
         from streamnb.notebook.widgets import show
 
+        if (stand_in := capture(self, name)) is not None:
+            return cast(Query, stand_in)
         return show(self, name=name, **options)
 
     def chart(self, chart: Any, name: str | None = None, **options: Any) -> Query:
@@ -504,6 +507,8 @@ class Stream:
         """
         from streamnb.notebook.chart import chart as live_chart
 
+        if (stand_in := capture(self, name)) is not None:
+            return cast(Query, stand_in)
         return live_chart(self, chart, name=name, **options)
 
     def start(
@@ -519,6 +524,8 @@ class Stream:
         ``keep`` bounds the rows an unbounded append stream keeps in ``result()``.
         A running query with the same ``name`` is stopped and replaced.
         """
+        if (stand_in := capture(self, name)) is not None:  # the worker rebuilding a notebook
+            return cast(Query, stand_in)
         return Query(self, name, errors=errors, keep=keep, max_batch=max_batch)._launch()
 
 

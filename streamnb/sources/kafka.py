@@ -10,6 +10,7 @@ minimum over partitions that are not idle.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -145,6 +146,13 @@ class KafkaSource(Source):
 
     def open(self, ctx: Context) -> Reader:
         return _KafkaReader(self, ctx)
+
+    def in_group(self, group_id: str) -> KafkaSource:
+        """This source as a member of consumer group ``group_id`` (the worker's scale-out):
+        partitions are shared among the group's members and resume from its commits."""
+        member = copy.copy(self)
+        member.group_id = group_id
+        return member
 
     def __repr__(self) -> str:
         return (

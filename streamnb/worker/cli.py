@@ -1,16 +1,22 @@
 """The ``streamnb`` command.
 
-``streamnb demo`` runs a live windowed query over the built-in Nexmark generator and shows
-its result table updating in the terminal (no Kafka, no notebook needed).
+* ``streamnb demo``: a live windowed query over the built-in Nexmark generator, shown as a
+  table updating in the terminal (no Kafka, no notebook needed);
+* ``streamnb run NOTEBOOK.ipynb --query NAME`` / ``streamnb run module:attribute``: run one
+  query headless, the same ``Stream`` the notebook builds;
+* ``streamnb export NOTEBOOK.ipynb --query NAME -o job.py``: a standalone job script.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 import polars as pl
+
+from streamnb.exceptions import StreamnbError
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -39,9 +45,45 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> object:
+    from streamnb.exceptions import ConfigError
+    from streamnb.worker.notebook import load_attribute, load_notebook_query
+
+    if args.target.endswith(".ipynb"):
+        if not args.query:
+            raise ConfigError(f"{args.target}: name the query to run with --query NAME")
+        return load_notebook_query(args.target, args.query)
+    return load_attribute(args.target)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from streamnb.worker.run import run
+
+    stream = _load(args)
+    name = args.name or args.query or args.target.rpartition(":")[2]
+    return run(
+        stream,
+        name=name,
+        sink=args.sink,
+        guarantee=args.guarantee,
+        group_id=args.group_id,
+        metrics_port=args.metrics_port,
+        duration=args.duration,
+    )
+
+
+def _export(args: argparse.Namespace) -> int:
+    from streamnb.worker.notebook import export_job
+
+    path = export_job(args.notebook, args.query, args.output)
+    print(f"wrote {path}: run it with `python {path}` or `streamnb run {path}:STREAM`")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamnb", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="streamnb", description=(__doc__ or "").split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser("demo", help="live hot-auctions query on the Nexmark generator")
     demo.add_argument("--rate", type=int, default=20_000, help="bids per second (default 20000)")
     demo.add_argument(
@@ -50,8 +92,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--rows", type=int, default=12, help="table rows shown")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+
+    run = commands.add_parser("run", help="run a query headless")
+    run.add_argument("target", help="NOTEBOOK.ipynb, module:attribute or file.py:attribute")
+    run.add_argument("--query", help="the query's name in the notebook")
+    run.add_argument("--name", help=argparse.SUPPRESS)
+    run.add_argument("--sink", help="kafka:TOPIC, parquet:PATH or console")
+    run.add_argument(
+        "--guarantee", default="at_least_once", choices=["at_least_once", "exactly_once"]
+    )
+    run.add_argument("--group-id", help="Kafka consumer group (default streamnb-<name>)")
+    run.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1:PORT")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.set_defaults(run=_run)
+
+    export = commands.add_parser("export", help="write a standalone job script")
+    export.add_argument("notebook")
+    export.add_argument("--query", required=True)
+    export.add_argument("-o", "--output", required=True)
+    export.set_defaults(run=_export)
+
     args = parser.parse_args(argv)
-    result: int = args.run(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        result: int = args.run(args)
+    except StreamnbError as exc:
+        print(f"streamnb {args.command}: {exc}", file=sys.stderr)
+        return 2
     return result
 
 
