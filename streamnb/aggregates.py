@@ -64,25 +64,25 @@ _MEAN = _Kind(
     final=lambda p: pl.when(_c(p, "n") > 0).then(_c(p, "s").cast(pl.Float64) / _c(p, "n")),
 )
 
-# Values of the record that arrived first / last in the group: keep the arrival number too.
-_FIRST = _Kind(
-    partial=lambda x, p: [x.first().alias(f"{p}_v"), pl.col(SEQ).first().alias(f"{p}_q")],
-    combine=lambda p: [
-        _c(p, "v").sort_by(_c(p, "q")).first().alias(f"{p}_v"),
-        _c(p, "q").min().alias(f"{p}_q"),
-    ],
-    final=lambda p: _c(p, "v"),
-    needs_seq=True,
-)
-_LAST = _Kind(
-    partial=lambda x, p: [x.last().alias(f"{p}_v"), pl.col(SEQ).last().alias(f"{p}_q")],
-    combine=lambda p: [
-        _c(p, "v").sort_by(_c(p, "q")).last().alias(f"{p}_v"),
-        _c(p, "q").max().alias(f"{p}_q"),
-    ],
-    final=lambda p: _c(p, "v"),
-    needs_seq=True,
-)
+def _arrival(end: str) -> _Kind:
+    """The value of the record that arrived first (``end="first"``) or last in the group:
+    partials keep its arrival number, so merging them picks the right one."""
+    extreme = "min" if end == "first" else "max"
+    return _Kind(
+        partial=lambda x, p: [
+            getattr(x, end)().alias(f"{p}_v"),
+            getattr(pl.col(SEQ), end)().alias(f"{p}_q"),
+        ],
+        combine=lambda p: [
+            getattr(_c(p, "v").sort_by(_c(p, "q")), end)().alias(f"{p}_v"),
+            getattr(_c(p, "q"), extreme)().alias(f"{p}_q"),
+        ],
+        final=lambda p: _c(p, "v"),
+        needs_seq=True,
+    )
+
+
+_FIRST, _LAST = _arrival("first"), _arrival("last")
 
 # Exact distinct count: the distinct values of the group (null counts as a value, as in polars).
 _N_UNIQUE = _Kind(
