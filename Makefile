@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_ARGS ?= --duration 30
 
-.PHONY: setup system-deps kafka demo test lint typecheck pytest bench clean
+.PHONY: setup system-deps kafka browser-deps demo test lint typecheck pytest bench clean
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,10 @@ system-deps:
 
 kafka: system-deps setup
 	scripts/kafka-local fetch
+
+# Debian chromium + playwright-core (npm, from the lockfile) for the real-browser test
+browser-deps: setup
+	scripts/install-browser-deps $(PY)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,13 +37,15 @@ lint: setup
 typecheck: setup
 	$(PY) -m mypy
 
-pytest: setup kafka
+pytest: setup kafka browser-deps
 	$(PY) -m pytest
 
 test: lint typecheck pytest
 
-bench: setup
+bench: setup kafka
 	$(PY) bench/nexmark_memory.py
+	$(PY) bench/nexmark_joins.py
+	$(PY) bench/nexmark_kafka.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

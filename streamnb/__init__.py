@@ -48,8 +48,26 @@ __all__ = [
     "from_files",
     "from_kafka",
     "from_records",
+    "load_ipython_extension",
     "nexmark",
     "queries",
     "table_from_kafka",
     "table_from_records",
+    "unload_ipython_extension",
 ]
+
+
+# IPython looks for these on the package (``%load_ext streamnb``). They import the magics, and
+# with them IPython, only when called: ``import streamnb`` stays free of IPython and ipywidgets.
+def load_ipython_extension(ipython: object) -> None:
+    """Register the ``%%stream`` / ``%stream`` magics (``%load_ext streamnb``)."""
+    from streamnb.notebook.magics import load_ipython_extension as load
+
+    load(ipython)  # type: ignore[arg-type]
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """Stop the queries the magics started and remove the magics (``%unload_ext streamnb``)."""
+    from streamnb.notebook.magics import unload_ipython_extension as unload
+
+    unload(ipython)  # type: ignore[arg-type]

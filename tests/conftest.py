@@ -6,6 +6,10 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# One real Kafka broker per test session, shared by every test that asks for it
+# (tests/kafka, tests/notebook, ...); it starts only when a test needs it.
+pytest_plugins = ["tests.kafka.fixtures"]
+
 # 200 random cases per property in CI (the acceptance bar); STREAMNB_QUICK=1 for a fast loop.
 settings.register_profile(
     "default", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -34,6 +34,7 @@ class ResultTable:
         self._rows = 0
         self._lock = threading.Lock()
         self.version = 0  # bumps on every change; observers poll it cheaply
+        self._cache: tuple[int, pl.DataFrame] | None = None
 
     def add(self, delta: Delta) -> None:
         with self._lock:
@@ -64,27 +65,37 @@ class ResultTable:
         if len(self._parts) > _FOLD_AFTER:
             self._parts = [self._fold()]
 
-    def _fold(self) -> pl.DataFrame:
+    def _fold(self, parts: list[pl.DataFrame] | None = None) -> pl.DataFrame:
         """Latest change per key; deleted keys dropped."""
         assert self.keys is not None
-        changes = pl.concat(self._parts, how="diagonal")
+        changes = pl.concat(parts if parts is not None else self._parts, how="diagonal")
         return changes.unique(subset=self.keys, keep="last", maintain_order=True).filter(
             pl.col(_OP)
         )
 
     def frame(self) -> pl.DataFrame:
-        """The current table (a copy-free snapshot)."""
+        """The current table. Reads are cached per version and computed outside the lock,
+        so frequent readers (live widgets) never hold up the query writing to it."""
         with self._lock:
-            if not self._parts:
-                return self.schema.to_frame() if self.schema is not None else pl.DataFrame()
-            if self.keys is None:
-                df = pl.concat(self._parts) if len(self._parts) > 1 else self._parts[0]
-                return df.tail(self.keep) if self.keep is not None else df
-            self._parts = [self._fold()]
-            table = self._parts[0].drop(_OP).sort(self.keys, nulls_last=False)
+            version, parts = self.version, list(self._parts)
+            if self._cache is not None and self._cache[0] == version:
+                return self._cache[1]
+        if not parts:
+            table = self.schema.to_frame() if self.schema is not None else pl.DataFrame()
+        elif self.keys is None:
+            table = pl.concat(parts) if len(parts) > 1 else parts[0]
+            table = table.tail(self.keep) if self.keep is not None else table
+        else:
+            folded = self._fold(parts)
+            with self._lock:
+                if self.version == version:  # nothing arrived meanwhile: keep the fold
+                    self._parts = [folded]
+            table = folded.drop(_OP).sort(self.keys, nulls_last=False)
             if self.schema is not None:  # only deletes seen: the value columns are missing
                 table = table.select(
                     pl.col(c) if c in table.columns else pl.lit(None, t).alias(c)
                     for c, t in self.schema.items()
                 )
-            return table
+        with self._lock:
+            self._cache = (version, table)
+        return table

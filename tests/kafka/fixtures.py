@@ -1,4 +1,4 @@
-"""Fixtures for tests against a real Apache Kafka broker.
+"""Fixtures for tests against a real Apache Kafka broker (a plugin of tests/conftest.py).
 
 One broker per test session, started by ``scripts/kafka-local`` in a temporary dir and stopped
 at the end; ``STREAMNB_TEST_BOOTSTRAP=host:port`` uses an existing broker instead. Each test

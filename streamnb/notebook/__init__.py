@@ -1,0 +1,1 @@
+"""The notebook layer: magics, live tables and live charts. It only observes queries."""

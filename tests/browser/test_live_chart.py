@@ -1,0 +1,261 @@
+"""The live chart in a real browser: JupyterLab, Debian's chromium, playwright-core.
+
+The test writes a small notebook (a Nexmark query with ``rate=`` and ``stream.chart(...)``,
+then ``q.pause()``, ``q.resume()``, ``stream.show()`` when this build has it, ``q.stop()``),
+starts ``jupyter lab`` on 127.0.0.1 with a token, and runs ``live_chart.mjs`` in node, which
+opens the notebook in chromium, runs the cells and checks that:
+
+- the chart's ``<svg>`` is the same element after updates (a tag put on it survives) and
+  holds more marks later;
+- pausing the query stops the updates, resuming restarts them;
+- the page logs no JavaScript error.
+
+Screenshots go to ``test-artifacts/browser/``. Needs ``scripts/install-browser-deps`` (run here
+when something is missing). Skipped only with ``STREAMNB_SKIP_BROWSER=1``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = Path(os.environ.get("STREAMNB_CHROMIUM", "/usr/bin/chromium"))
+NOTEBOOK = "live_chart_test.ipynb"
+BUDGET_SECONDS = 110  # the whole test, server start included, stays under two minutes
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(
+        os.environ.get("STREAMNB_SKIP_BROWSER") == "1", reason="STREAMNB_SKIP_BROWSER=1"
+    ),
+]
+
+SETUP = """\
+import altair as alt
+import polars as pl
+import streamnb as sn
+
+bids = sn.nexmark(rate=100).select("auction", "price", "dateTime")
+points = alt.Chart().mark_point().encode(x="dateTime", y="price", tooltip=["auction", "price"])
+"""
+CHART = 'q = bids.chart(points, name="browser-chart")'
+PAUSE = "q.pause()"
+RESUME = "q.resume()"
+AGAIN = "q.chart_widget"
+KEYED = """\
+by_auction = bids.group_by("auction").agg(pl.len().alias("bids"))
+k = by_auction.chart(
+    alt.Chart().mark_bar().encode(x="auction:O", y="bids:Q"), name="browser-keyed"
+)
+"""
+TRIM = """\
+ticks = alt.Chart().mark_tick().encode(x="price:Q")
+r = bids.chart(ticks, name="browser-trim", max_rows=30)
+"""
+SHOW = 't = bids.filter(pl.col("price") > 0).show(name="browser-table")'
+STOP = """\
+for query in (q, k, r, globals().get("t")):
+    if query is not None:
+        query.stop()
+"""
+
+
+def _has_show() -> bool:
+    """Whether the live table (another part of the notebook layer) exists in this build."""
+    try:
+        widgets = importlib.import_module("streamnb.notebook.widgets")
+    except ImportError:
+        return False
+    return callable(getattr(widgets, "show", None))
+
+
+def _notebook(with_show: bool) -> tuple[dict[str, Any], dict[str, int | None]]:
+    named = [
+        ("setup", SETUP),
+        ("chart", CHART),
+        ("pause", PAUSE),
+        ("resume", RESUME),
+        ("again", AGAIN),
+        ("keyed", KEYED),
+        ("trim", TRIM),
+        *([("show", SHOW)] if with_show else []),
+        ("stop", STOP),
+    ]
+    sources = [source for _, source in named]
+    cells = [
+        {"cell_type": "code", "metadata": {}, "source": s, "outputs": [], "execution_count": None}
+        for s in sources
+    ]
+    nb = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        },
+        "cells": [{**c, "id": f"cell-{i}"} for i, c in enumerate(cells)],
+    }
+    index: dict[str, int | None] = {name: i for i, (name, _) in enumerate(named)}
+    index.setdefault("show", None)
+    return nb, index
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ensure_deps() -> None:
+    """Chromium, playwright-core and JupyterLab: install what is missing (idempotent)."""
+    module = HERE / "node_modules" / "playwright-core"
+    if CHROMIUM.exists() and module.is_dir() and importlib.util.find_spec("jupyterlab"):
+        return
+    script = ROOT / "scripts" / "install-browser-deps"
+    subprocess.run([str(script), sys.executable], check=True, cwd=ROOT, timeout=900)
+
+
+def _lab_settings(settings: Path) -> None:
+    """No news or update checks (the network is closed), all cells rendered."""
+    notify = settings / "@jupyterlab" / "apputils-extension"
+    notify.mkdir(parents=True)
+    (notify / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    nbext = settings / "@jupyterlab" / "notebook-extension"
+    nbext.mkdir(parents=True)
+    (nbext / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, int | None], Path]]:
+    _ensure_deps()
+    nb, cells = _notebook(_has_show())
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    (notebooks / NOTEBOOK).write_text(json.dumps(nb, indent=1))
+    _lab_settings(tmp_path / "settings")
+    token = secrets.token_hex(16)
+    port = _free_port()
+    env = dict(os.environ)
+    # the kernel is "python": this venv's, which has streamnb
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["JUPYTER_CONFIG_DIR"] = str(tmp_path / "config")
+    env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")
+    env["JUPYTER_PLATFORM_DIRS"] = "1"
+    env.pop("JUPYTER_TOKEN", None)
+    log = (tmp_path / "lab.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--allow-root",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            "--port-retries=0",
+            f"--ServerApp.token={token}",
+            f"--ServerApp.root_dir={notebooks}",
+            "--LabApp.expose_app_in_browser=True",
+            f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
+            f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
+        ],
+        cwd=notebooks,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"jupyter lab exited:\n{(tmp_path / 'lab.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"jupyter lab did not start:\n{(tmp_path / 'lab.log').read_text()}")
+                time.sleep(0.2)
+        yield url, token, cells, tmp_path
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+        log.close()
+
+
+def test_live_chart_updates_in_place(
+    lab: tuple[str, str, dict[str, int | None], Path],
+) -> None:
+    url, token, cells, tmp_path = lab
+    node = shutil.which("node")
+    assert node, "node is needed (scripts/install-browser-deps)"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        SNB_LAB_URL=url,
+        SNB_TOKEN=token,
+        SNB_NOTEBOOK=NOTEBOOK,
+        SNB_CELLS=json.dumps(cells),
+        SNB_ARTIFACTS=str(ARTIFACTS),
+        SNB_CHROMIUM=str(CHROMIUM),
+        SNB_DEADLINE_MS=str(BUDGET_SECONDS * 1000 - 20_000),
+    )
+    proc = subprocess.run(
+        [node, str(HERE / "live_chart.mjs")],
+        check=False,
+        cwd=HERE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BUDGET_SECONDS,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    report: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :]) if lines else {}
+    (ARTIFACTS / "result.json").write_text(json.dumps(report, indent=2))
+    detail = (
+        f"\nnode stderr:\n{proc.stderr[-4000:]}\nlab log:\n"
+        + ((tmp_path / "lab.log").read_text()[-3000:])
+    )
+    assert proc.returncode == 0 and report, f"browser run failed{detail}"
+    assert report["marksLater"] > report["marksAtTag"] > 0
+    assert report["paused"][0] == report["paused"][1]
+    assert report["resumed"] > report["paused"][1]
+    assert report["secondView"] > 0
+    assert report["keyed"]["bars"] > 0
+    assert report["trimmed"] == 30
+    assert not report["pageErrors"], f"uncaught page errors: {report['pageErrors']}"
+    assert not report["consoleErrors"], f"console errors: {report['consoleErrors']}"
+    if cells["show"] is not None:
+        assert report.get("showWidget"), f"stream.show() displayed no widget: {report}"
+    print(
+        f"\nlive chart: chart cell ran in {report['chartCellMs']} ms, first marks in the browser "
+        f"{report['firstUpdateMs']} ms after running it; marks {report['marksAtTag']} -> "
+        f"{report['marksLater']} in the same <svg>; paused at {report['paused'][1]}, resumed to "
+        f"{report['resumed']}; total {report['totalMs'] / 1000:.1f} s; screenshots in {ARTIFACTS}"
+    )

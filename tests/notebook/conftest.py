@@ -1,0 +1,76 @@
+"""Fixtures for the notebook layer: a real IPython shell with the extension, thread hygiene.
+
+The shell is ``InteractiveShell.instance()`` with history off (TESTING.md); never mix it with
+``IPython.testing.globalipapp``. The Kafka broker fixtures (``tests/kafka/fixtures.py``) start
+only for the tests that ask for ``bootstrap``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+
+import streamnb as sn
+
+TIMEOUT = 30.0
+
+
+def streamnb_threads(prefix: str = "streamnb") -> list[threading.Thread]:
+    """Live threads of queries (``streamnb:``) and, by default, of views (``streamnb-ui:``)."""
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind() -> Iterator[None]:
+    yield
+    for q in sn.queries():
+        q.stop()
+    for t in streamnb_threads():
+        t.join(10)
+    assert streamnb_threads() == []
+
+
+@pytest.fixture(scope="session")
+def ipython() -> InteractiveShell:
+    config = Config()
+    config.HistoryAccessor.enabled = False
+    return InteractiveShell.instance(config=config)
+
+
+@pytest.fixture
+def shell(ipython: InteractiveShell) -> Iterator[InteractiveShell]:
+    """The shell with ``%load_ext streamnb`` done; unloaded (stopping its queries) after."""
+    ipython.run_line_magic("load_ext", "streamnb")
+    ipython.run_cell("import polars as pl\nimport streamnb as sn", store_history=True)
+    try:
+        yield ipython
+    finally:  # %config writes the shell's config: put the defaults back for the next test
+        ipython.run_line_magic("config", "StreamMagics.max_rows = 20")
+        ipython.run_line_magic("config", "StreamMagics.max_updates_per_second = 10.0")
+        ipython.run_line_magic("unload_ext", "streamnb")
+
+
+@pytest.fixture
+def run(shell: InteractiveShell) -> Callable[[str], Any]:
+    """``run(source)``: run a cell, raise its error, return its result."""
+
+    def run(source: str) -> Any:
+        result = shell.run_cell(source, store_history=True)
+        result.raise_error()
+        return result.result
+
+    return run
