@@ -64,6 +64,7 @@ _MEAN = _Kind(
     final=lambda p: pl.when(_c(p, "n") > 0).then(_c(p, "s").cast(pl.Float64) / _c(p, "n")),
 )
 
+
 def _arrival(end: str) -> _Kind:
     """The value of the record that arrived first (``end="first"``) or last in the group:
     partials keep its arrival number, so merging them picks the right one."""

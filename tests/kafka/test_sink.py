@@ -120,22 +120,42 @@ AVRO_SCHEMA = {
 def test_avro_round_trip_through_kafka(make_topic: Callable[..., str], bootstrap: str) -> None:
     topic = make_topic()
     bids = sn.nexmark(events=2_000).select(
-        "auction", pl.col("price").cast(pl.Float64), "channel", "dateTime")
+        "auction", pl.col("price").cast(pl.Float64), "channel", "dateTime"
+    )
     expected = bids.collect()
     bids.to_kafka(topic, bootstrap_servers=bootstrap, format="avro", schema=AVRO_SCHEMA).collect()
-    back = sn.from_kafka(topic, bootstrap_servers=bootstrap, format="avro", schema=AVRO_SCHEMA,
-                         start="earliest", timestamp="dateTime")
-    assert back.schema == pl.Schema({"auction": pl.Int64, "price": pl.Float64,
-                                     "channel": pl.String, "dateTime": pl.Datetime("ms", "UTC")})
+    back = sn.from_kafka(
+        topic,
+        bootstrap_servers=bootstrap,
+        format="avro",
+        schema=AVRO_SCHEMA,
+        start="earliest",
+        timestamp="dateTime",
+    )
+    assert back.schema == pl.Schema(
+        {
+            "auction": pl.Int64,
+            "price": pl.Float64,
+            "channel": pl.String,
+            "dateTime": pl.Datetime("ms", "UTC"),
+        }
+    )
     got = run_until(back.start(), expected.height).result()
     assert got.equals(expected)
 
 
-def test_undecodable_avro_goes_to_errors(topic: str, produce: Callable[..., Any],
-                                         bootstrap: str) -> None:
+def test_undecodable_avro_goes_to_errors(
+    topic: str, produce: Callable[..., Any], bootstrap: str
+) -> None:
     produce(topic, [b"\x01"])
-    stream = sn.from_kafka(topic, bootstrap_servers=bootstrap, format="avro", schema=AVRO_SCHEMA,
-                           start="earliest", timestamp="dateTime")
+    stream = sn.from_kafka(
+        topic,
+        bootstrap_servers=bootstrap,
+        format="avro",
+        schema=AVRO_SCHEMA,
+        start="earliest",
+        timestamp="dateTime",
+    )
     query = run_until(stream.start(), 1)
     assert query.errors()["reason"].str.contains("not Avro").to_list() == [True]
     assert query.errors()["raw"].to_list() == [b"\x01"]
@@ -143,7 +163,8 @@ def test_undecodable_avro_goes_to_errors(topic: str, produce: Callable[..., Any]
 
 def test_headers_come_from_columns(topic: str, consume_all: Consume, bootstrap: str) -> None:
     data = [{"id": 1, "origin": "web"}, {"id": 2, "origin": None}]
-    sn.from_records(data).to_kafka(topic, bootstrap_servers=bootstrap,
-                                   headers={"source": "origin"}).collect()
+    sn.from_records(data).to_kafka(
+        topic, bootstrap_servers=bootstrap, headers={"source": "origin"}
+    ).collect()
     records = consume_all(topic, min_count=2)
     assert [r["headers"] for r in records] == [[("source", b"web")], [("source", None)]]
