@@ -5,6 +5,10 @@ when it changed. Redraws are coalesced: the newest state wins, changes that arri
 two redraws cost nothing, and at most ``max_per_second`` redraws happen in any second. When
 the query has ended, one trailing redraw shows the final state and the thread ends. The
 engine thread never draws: it only bumps counters that this thread reads.
+
+Two optional hooks serve views that are not always drawn (the live chart): ``ready`` holds
+redraws back until someone can see them (a view has connected), and ``idle`` does the view's
+own periodic work while there is nothing to redraw (a static re-rendering).
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ class Throttle:
         The cap on redraws per second.
     poll
         Seconds between two probes while nothing changes.
+    ready
+        Redraws wait until this is true (e.g. until a view has connected); until then
+        changes are not redrawn, and the thread still ends once ``ended``.
+    idle
+        Called from the thread, with ``ended``, whenever there is nothing to redraw: other
+        periodic work of the view. It returns True if it did something; the thread then
+        looks again at once instead of waiting (or ending).
     """
 
     def __init__(
@@ -50,14 +61,19 @@ class Throttle:
         *,
         max_per_second: float,
         poll: float = 0.02,
+        ready: Callable[[], bool] | None = None,
+        idle: Callable[[bool], bool] | None = None,
     ) -> None:
         if not max_per_second > 0:
             raise ValueError(f"max_per_second={max_per_second!r} must be > 0")
         self.interval = 1.0 / max_per_second
         self.poll = min(poll, self.interval)
         self._probe, self._push, self._ended = probe, push, ended
+        self._ready = ready
+        self._idle = idle
         self._closed = threading.Event()
         self._wake = threading.Event()
+        self._finished = threading.Event()
         self.push_times: deque[float] = deque(maxlen=10_000)
         """``time.monotonic()`` of the most recent redraws."""
         self.pushes = 0
@@ -88,12 +104,34 @@ class Throttle:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def finished(self) -> bool:
+        """The loop is over (ended or closed): whoever changes the state now redraws itself.
+
+        A change made just before this turned true is still redrawn by the thread, unless
+        it was closed.
+        """
+        return self._finished.is_set()
+
+    def _is_ready(self) -> bool:
+        return self._ready is None or self._ready()
+
     def _run(self) -> None:
+        try:
+            shown = self._loop()
+        finally:
+            self._finished.set()
+        # a change that came while the loop was ending (e.g. a view that just connected)
+        if not self._closed.is_set() and self._is_ready() and self._probe() != shown:
+            self._redraw()
+
+    def _loop(self) -> object:
+        """Redraw until ended (or closed); return the snapshot shown last."""
         shown: object = object()  # nothing shown yet: the first probe always differs
         next_allowed = 0.0
         while not self._closed.is_set():
             ended = self._ended()  # read before probing: a final probe sees the final state
-            snapshot = self._probe()
+            snapshot = self._probe() if self._is_ready() else shown
             if snapshot != shown:
                 delay = next_allowed - time.monotonic()
                 if delay > 0:  # coalesce: wait out the interval, then probe again
@@ -102,10 +140,13 @@ class Throttle:
                 self._redraw()
                 shown = snapshot
                 next_allowed = time.monotonic() + self.interval
+            elif self._idle is not None and self._idle(ended):
+                continue
             elif ended:
-                return
+                break
             self._wake.wait(self.poll)
             self._wake.clear()
+        return shown
 
     def _redraw(self) -> None:
         try:

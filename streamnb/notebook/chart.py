@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from streamnb.notebook._throttle import Throttle
+
 if TYPE_CHECKING:
     from streamnb.engine.query import Query
     from streamnb.stream import Stream
@@ -412,11 +414,13 @@ def _widget_class() -> type:
 
 
 class Updater:
-    """The one daemon thread per chart that feeds its views from ``query``.
+    """Feeds a chart's views from ``query``, from one daemon :class:`Throttle` thread.
 
     It polls ``query.version``; the latest result wins, at most ``rate`` messages a second,
     with a trailing flush when the query ends. ``send`` broadcasts a message to the views.
-    Nothing is sent before a view has said hello (there is nobody to draw it).
+    Nothing is sent before a view has said hello (there is nobody to draw it); until then,
+    ``on_static`` re-renders the static part once ``grace`` seconds have passed, at most every
+    ``static_every`` seconds and once more at the end.
     """
 
     def __init__(
@@ -432,109 +436,120 @@ class Updater:
     ) -> None:
         self.query = query
         self.send = send
-        self.interval = 1.0 / rate
         self.feed = Feed(query.stream.keys, max_rows)
         self.on_static = on_static
         self.grace = GRACE_SECONDS if grace is None else grace
         self.static_every = STATIC_EVERY_SECONDS if static_every is None else static_every
         self.views = False  # a view has said hello
         self.sent = 0  # how many messages went out
-        self._sent_version = -1
-        self._static_version = -1
+        self._resets = 0  # snapshots asked for: a new one makes the throttle push
         self._want_reset = False
+        self._static_version = -1
+        self._last_static = -math.inf
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._finished = threading.Event()  # the loop is over: hello() answers by itself
-        self._last_push = -math.inf
-        self._thread = threading.Thread(
-            target=self._run, name=f"streamnb:chart:{query.name}", daemon=True
+        self._throttle = Throttle(
+            f"chart:{query.name}",
+            self._probe,
+            self._loop_push,
+            lambda: _ended(query),
+            max_per_second=rate,
+            poll=POLL_SECONDS,
+            ready=lambda: self.views,
+            idle=self._loop_static,
         )
+        self.interval = self._throttle.interval
 
     # -- control ----------------------------------------------------------------------------
     def start(self) -> Updater:
-        self._thread.start()
+        self._throttle.start()
         return self
 
     def stop(self) -> None:
-        self._stopped.set()
+        self._throttle.close(timeout=0)
 
     def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._throttle.join(timeout)
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._throttle.alive
 
     def hello(self) -> None:
         """A view opened (or lost its place): send everyone a snapshot."""
         self.views = True
         self._want_reset = True
-        if self._finished.is_set():  # the query is over: answer from here
+        self._resets += 1
+        if self._throttle.finished:  # the query is over: answer from here
             self._push()
 
     # -- the loop ---------------------------------------------------------------------------
-    def _read(self) -> tuple[pl.DataFrame, int, int, bool]:
-        """The result, the rows it has taken in, and its version: all three consistent."""
+    def _probe(self) -> tuple[int, int]:
+        return self.query.version, self._resets
+
+    def _read(self) -> tuple[pl.DataFrame, int, bool]:
+        """The result and the rows it has taken in, and whether the two are consistent."""
         q = self.query
-        frame, rows_out, before = pl.DataFrame(), 0, -1
+        frame, rows_out = pl.DataFrame(), 0
         for _ in range(10):
             before = q.version
             frame = q.result()
             rows_out = int(q.status()["records_out"])
             if q.version == before:
-                return frame, rows_out, before, True
-        return frame, rows_out, before, False
+                return frame, rows_out, True
+        return frame, rows_out, False
 
     def _push(self) -> None:
         with self._lock:
-            frame, rows_out, version, consistent = self._read()
+            frame, rows_out, consistent = self._read()
             if self._want_reset:
                 self._want_reset = False
                 msg: dict[str, Any] | None = self.feed.reset(frame, rows_out)
             else:
                 msg = self.feed.update(frame, rows_out)
-            self._want_reset = not consistent  # a torn read: set things straight next time
-            self._sent_version = version if consistent else -1
+            if not consistent:  # a torn read: set things straight next time
+                self._want_reset = True
+                self._resets += 1
             if msg is not None:
                 self.send(msg)
                 self.sent += 1
-            self._last_push = time.monotonic()
 
-    def _run(self) -> None:
-        started = time.monotonic()
-        last_static = -math.inf
-        poll = min(POLL_SECONDS, self.interval)
+    def _static(self, ended: bool) -> bool:
+        """Re-render the static part if no view has said hello and it is due; True if done."""
+        version = self.query.version
+        now = time.monotonic()
+        started = self._throttle.started_at
+        if (
+            self.on_static is None
+            or self.views
+            or started is None
+            or now - started < self.grace
+            or version == self._static_version
+            or version <= 0
+            or not (ended or now - self._last_static >= self.static_every)
+        ):
+            return False
+        self._static_version = version
+        self.on_static()
+        self._last_static = time.monotonic()
+        return True
+
+    def _loop_push(self) -> None:
         try:
-            while not self._stopped.is_set():
-                ended = _ended(self.query)
-                version = self.query.version
-                now = time.monotonic()
-                behind = self.views and (version != self._sent_version or self._want_reset)
-                if behind and now - self._last_push >= self.interval:
-                    self._push()
-                    continue
-                if (
-                    self.on_static is not None
-                    and not self.views
-                    and now - started >= self.grace
-                    and version != self._static_version
-                    and version > 0
-                    and (ended or now - last_static >= self.static_every)
-                ):
-                    self._static_version = version
-                    self.on_static()
-                    last_static = time.monotonic()
-                    continue
-                if ended and not behind:
-                    break
-                self._stopped.wait(poll)
-        except Exception as exc:  # a chart must never take the kernel down
-            warnings.warn(f"streamnb chart: updates stopped: {exc!r}", RuntimeWarning, stacklevel=1)
-        finally:
-            self._finished.set()
-            if self.views and self._want_reset and not self._stopped.is_set():
-                self._push()  # a view said hello while the loop was ending
+            self._push()
+        except Exception as exc:
+            self._give_up(exc)
+
+    def _loop_static(self, ended: bool) -> bool:
+        try:
+            return self._static(ended)
+        except Exception as exc:
+            self._give_up(exc)
+            return False
+
+    def _give_up(self, exc: Exception) -> None:
+        # a chart must never take the kernel down
+        warnings.warn(f"streamnb chart: updates stopped: {exc!r}", RuntimeWarning, stacklevel=1)
+        self._throttle.close(timeout=0)
 
 
 # -- the public entry point --------------------------------------------------------------------

@@ -54,16 +54,19 @@ def _check_options(max_rows: Any, max_updates_per_second: Any) -> None:
 
 
 class _View:
-    """What the live and the static view share: the query, the options, the updater."""
+    """What the live and the static view share: the query, the options, the updater.
+
+    Subclasses build their own parts in :meth:`_setup`, which the constructor calls last.
+    """
 
     def __init__(
         self,
         query: Query,
         *,
-        max_rows: int,
-        max_updates_per_second: float,
-        sort: str | Sequence[str] | None,
-        descending: bool,
+        max_rows: int = 20,
+        max_updates_per_second: float = 10,
+        sort: str | Sequence[str] | None = None,
+        descending: bool = True,
     ) -> None:
         _check_options(max_rows, max_updates_per_second)
         self.query = query
@@ -81,6 +84,10 @@ class _View:
             self._ended,
             max_per_second=self.max_updates_per_second,
         )
+        self._setup()
+
+    def _setup(self) -> None:
+        """Build what the kind of view needs (its widgets, its state); the updater is idle."""
 
     @property
     def updates(self) -> int:
@@ -142,24 +149,10 @@ class LiveTable(_View):
     snapshot as ``text/html`` for frontends that cannot render widgets.
     """
 
-    def __init__(
-        self,
-        query: Query,
-        *,
-        max_rows: int = 20,
-        max_updates_per_second: float = 10,
-        sort: str | Sequence[str] | None = None,
-        descending: bool = True,
-    ) -> None:
-        super().__init__(
-            query,
-            max_rows=max_rows,
-            max_updates_per_second=max_updates_per_second,
-            sort=sort,
-            descending=descending,
-        )
+    def _setup(self) -> None:
         import ipywidgets as w
 
+        query = self.query
         self._lock = threading.RLock()  # one writer at a time: the updater or a click
         self.status = w.HTML(_render.status_html(query.status()))
         self.pause_button = w.Button(description="Pause", icon="pause", tooltip="pause input")
@@ -267,22 +260,7 @@ class StaticView(_View):
     It prints from its own daemon thread, so it never blocks the caller.
     """
 
-    def __init__(
-        self,
-        query: Query,
-        *,
-        max_rows: int = 20,
-        max_updates_per_second: float = 10,
-        sort: str | Sequence[str] | None = None,
-        descending: bool = True,
-    ) -> None:
-        super().__init__(
-            query,
-            max_rows=max_rows,
-            max_updates_per_second=max_updates_per_second,
-            sort=sort,
-            descending=descending,
-        )
+    def _setup(self) -> None:
         self.snapshots: list[str] = []
 
     def _probe(self) -> Hashable:
