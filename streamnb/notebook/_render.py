@@ -55,11 +55,17 @@ def newest(
     """
     if frame.height == 0:
         return frame
+    # top_k / bottom_k select the shown rows in linear time, then only those are sorted:
+    # a live view redraws often, and must not sort the whole result each time
     if sort:
-        return frame.sort(list(sort), descending=descending, nulls_last=True).head(max_rows)
+        pick = frame.top_k if descending else frame.bottom_k
+        return pick(max_rows, by=list(sort)).sort(
+            list(sort), descending=descending, nulls_last=True
+        )
     if "window_end" in frame.columns:
         order = [c for c in ("window_end", "window_start") if c in frame.columns]
-        return frame.sort(order, descending=True, nulls_last=True).head(max_rows)
+        newest = frame.top_k(max_rows, by=order)
+        return newest.sort(order, descending=True, nulls_last=True)
     if keyed:
         return frame.head(max_rows)
     return frame.tail(max_rows).reverse()
