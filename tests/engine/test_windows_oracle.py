@@ -69,6 +69,14 @@ def canonical(df: pl.DataFrame, by: list[str]) -> pl.DataFrame:
     return df.sort(["window_end", "window_start", *by], nulls_last=False, maintain_order=True)
 
 
+def window_spec(kind: str, size: int, every: int, gap: int) -> sn.windows.WindowSpec:
+    if kind == "tumbling":
+        return sn.Tumbling(f"{size}ms")
+    if kind == "hopping":
+        return sn.Hopping(f"{size}ms", f"{every}ms")
+    return sn.Session(f"{gap}ms")
+
+
 SPECS = {
     "tumbling": st.builds(lambda s: ("tumbling", s, s, 0), st.integers(1, 60)),
     "hopping": st.builds(
@@ -88,11 +96,7 @@ def test_engine_matches_record_at_a_time_reference(kind: str, data: st.DataObjec
     by = data.draw(st.sampled_from([["k"], []]))
     emit = data.draw(st.sampled_from(["final", "update"]))
     batch = data.draw(st.integers(2, 40))
-    spec = {
-        "tumbling": lambda: sn.Tumbling(f"{size}ms"),
-        "hopping": lambda: sn.Hopping(f"{size}ms", f"{every}ms"),
-        "session": lambda: sn.Session(f"{gap}ms"),
-    }[kind]()
+    spec = window_spec(kind, size, every, gap)
 
     expected = reference(
         df,
@@ -188,11 +192,7 @@ def test_partitioned_watermark_matches_reference(kind: str, data: st.DataObject)
     )
     _, size, every, gap = data.draw(SPECS[kind])
     delay, grace = data.draw(st.integers(0, 20)), data.draw(st.integers(0, 20))
-    spec = {
-        "tumbling": lambda: sn.Tumbling(f"{size}ms"),
-        "hopping": lambda: sn.Hopping(f"{size}ms", f"{every}ms"),
-        "session": lambda: sn.Session(f"{gap}ms"),
-    }[kind]()
+    spec = window_spec(kind, size, every, gap)
     expected = reference(
         df,
         time="t",
