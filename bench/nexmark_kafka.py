@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python bench/nexmark_kafka.py [--events N] [--partitions 1,2]
-        [--queries q0,q2,q5,q7] [--bootstrap HOST:PORT] [--configs default,tuned]
+        [--queries q0,q2,q5,q7] [--bootstrap HOST:PORT] [--configs default,backoff10]
 
 What it does, in order:
 
@@ -40,7 +40,6 @@ import cProfile
 import gc
 import io
 import json
-import linecache
 import math
 import os
 import pstats
@@ -102,24 +101,89 @@ PRODUCER_CONFIG: dict[str, Any] = {
     "queue.buffering.max.kbytes": 2_097_152,
     "acks": "all",
 }
-# The settings streamnb's Kafka source gives its consumer (streamnb/sources/kafka.py); the
-# baseline uses the same, so both read the topic the same way.
-SOURCE_CONSUMER_CONFIG: dict[str, Any] = {
-    "enable.auto.commit": False,
-    "auto.offset.reset": "earliest",
-    "isolation.level": "read_committed",
-    "enable.partition.eof": False,
-    "session.timeout.ms": 10_000,
-    "fetch.wait.max.ms": 50,
-}
+# Consumer settings on top of what streamnb's source sets (read from the source itself at run
+# time, see source_consumer_config; the baseline gets exactly the same).
 CONSUMER_CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
-    # librdkafka (2.x) stops fetching a partition for fetch.queue.backoff.ms (default 1000)
-    # whenever its pre-fetch queue holds queued.min.messages (default 100 000): a reader that
-    # catches up waits for the broker in 1 s steps. 0 would make the fetcher thread spin while
-    # the queue is full (≈ 0.4 core more); 10 ms keeps the queue full without that.
-    "tuned": {"fetch.queue.backoff.ms": 10},
+    # librdkafka (2.x) stops fetching a partition for fetch.queue.backoff.ms whenever its
+    # pre-fetch queue holds queued.min.messages; with 0 its fetcher thread spins while the queue
+    # is full, 10 ms keeps the queue full without that.
+    "backoff10": {"fetch.queue.backoff.ms": 10},
+    # librdkafka's own defaults for the two (1 s backoff, 100 000 messages)
+    "librdkafka": {"fetch.queue.backoff.ms": 1000, "queued.min.messages": 100_000},
 }
+_NOT_SETTINGS = ("bootstrap.servers", "group.id", "logger")
+_SOURCE_CONFIG: dict[str, Any] = {}
+
+
+def source_consumer_config(bootstrap: str, topic: str) -> dict[str, Any]:
+    """The consumer settings streamnb's Kafka source uses (without bootstrap, group, logger).
+
+    Taken from the source itself, by opening a reader once with ``client_config`` watched,
+    so the baseline reads exactly like the engine even when the source's defaults change.
+    """
+    if _SOURCE_CONFIG:
+        return dict(_SOURCE_CONFIG)
+    import streamnb.sources.kafka as kafka_source
+    from streamnb.engine.core import Context
+
+    seen: list[dict[str, Any]] = []
+    original = kafka_source.client_config
+
+    def spy(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        config = original(*args, **kwargs)
+        if "group.id" in config:
+            seen.append(dict(config))
+        return config
+
+    kafka_source.client_config = spy  # type: ignore[assignment]
+    try:
+        reader = kafka_stream(bootstrap, topic, {})._node.source.open(Context())  # type: ignore[attr-defined]
+        reader.close()
+    finally:
+        kafka_source.client_config = original  # type: ignore[assignment]
+    if not seen:
+        raise RuntimeError("could not read the Kafka source's consumer settings")
+    _SOURCE_CONFIG.update({k: v for k, v in seen[-1].items() if k not in _NOT_SETTINGS})
+    return dict(_SOURCE_CONFIG)
+
+
+# -- the engine's source text ----------------------------------------------------------------
+_SOURCES: dict[str, tuple[float, list[str]]] = {}
+
+
+def snapshot_sources() -> None:
+    """Keep the text (and mtime) of every loaded streamnb module.
+
+    Profile lines are labelled from this copy, so they stay right when the files are edited
+    while the benchmark runs (other people work on the engine meanwhile).
+    """
+    import streamnb.engine.executor
+    import streamnb.sources.decode
+    import streamnb.sources.kafka  # noqa: F401
+
+    for module in list(sys.modules.values()):
+        filename = getattr(module, "__file__", None) or ""
+        if "/streamnb/" in filename and filename.endswith(".py"):
+            path = Path(filename)
+            _SOURCES[filename] = (path.stat().st_mtime, path.read_text().splitlines())
+
+
+def source_line(filename: str, line: int) -> str:
+    lines = _SOURCES.get(filename, (0.0, []))[1]
+    return lines[line - 1].strip() if 0 < line <= len(lines) else ""
+
+
+def edited_sources() -> list[str]:
+    """streamnb modules whose file changed since :func:`snapshot_sources`."""
+    changed = []
+    for filename, (mtime, _) in _SOURCES.items():
+        try:
+            if Path(filename).stat().st_mtime != mtime:
+                changed.append("streamnb/" + filename.split("/streamnb/", 1)[1])
+        except OSError:
+            changed.append(filename)
+    return sorted(changed)
 
 
 # -- the broker ----------------------------------------------------------------------------
@@ -487,7 +551,7 @@ def baseline_consumer(bootstrap: str, topic: str, partitions: int, config: dict[
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"bench-baseline-{uuid.uuid4()}",
-            **SOURCE_CONSUMER_CONFIG,
+            **source_consumer_config(bootstrap, topic),
             **config,
         }
     )
@@ -651,6 +715,27 @@ def _label(func: tuple[str, int, str]) -> str:
     return f"{Path(filename).name}:{line}({name})"
 
 
+@contextmanager
+def gc_watch() -> Iterator[dict[int, list[float]]]:
+    """Collections and seconds spent in Python's garbage collector, per generation."""
+    spent: dict[int, list[float]] = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+    began = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            entry = spent[info["generation"]]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - began[0]
+
+    gc.callbacks.append(callback)
+    try:
+        yield spent
+    finally:
+        gc.callbacks.remove(callback)
+
+
 @dataclass
 class Profile:
     config: str
@@ -663,6 +748,7 @@ class Profile:
     sampled_parts: dict[str, float]  # the same split, from the stack sampler
     top: list[tuple[str, int, float, float]]  # label, calls, tottime, cumtime
     lines: list[tuple[float, str, str]]  # sampled: seconds, streamnb line, source text
+    gc: dict[int, list[float]]  # generation -> [collections, seconds], sampled pass
     text: str
 
 
@@ -695,7 +781,7 @@ def _sampled_parts(sampler: benchutil.LineSampler) -> dict[str, float]:
     }
     keys = list(parts)
     for (filename, line, func), spent in sampler.lines.items():
-        text = linecache.getline(filename, line)
+        text = source_line(filename, line)
         if "sources/kafka.py" in filename and ".consume(" in text:
             parts[keys[0]] += spent
         elif "sources/decode.py" in filename:
@@ -739,13 +825,23 @@ def profile_q0(broker: Broker, topic: str, config_name: str, n: int) -> Profile:
     ex.runner.open()
     gc.collect()
     start = time.perf_counter()
-    with stop_at(ex.runner, n), benchutil.LineSampler("/streamnb/") as sampler:
+    with (
+        stop_at(ex.runner, n),
+        gc_watch() as gc_time,
+        benchutil.LineSampler("/streamnb/") as sampler,
+    ):
         ex.runner.run()
     sampled_wall = time.perf_counter() - start
     sampled_records = ex.runner.records_in
     ex.runner.close()
     sampled = _sampled_parts(sampler)
-    sampled_lines = sampler.top(15)
+    sampled_lines = [
+        (spent, f"streamnb/{filename.split('/streamnb/', 1)[1]}:{line}({func})", text)
+        for (filename, line, func), spent in sorted(sampler.lines.items(), key=lambda kv: -kv[1])[
+            :15
+        ]
+        for text in [source_line(filename, line)]
+    ]
 
     buf = io.StringIO()
     pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(40)
@@ -766,6 +862,8 @@ def profile_q0(broker: Broker, topic: str, config_name: str, n: int) -> Profile:
         f"{sampled_records / sampled_wall:,.0f} records/s), stack sampled every ms, charged to "
         "the innermost streamnb line:",
         *(f"  {v:8.3f} s {100 * v / sampled_wall:5.1f} %  {k}" for k, v in sampled.items()),
+        "Python's garbage collector in that pass (included in the lines it interrupted): "
+        + ", ".join(f"gen {g}: {int(c)} collections, {t:.3f} s" for g, (c, t) in gc_time.items()),
         "the costliest streamnb lines (with the native work they wait on):",
         *(
             f"  {t:8.3f} s {100 * t / sampled_wall:5.1f} %  {where}\n{'':22}{text}"
@@ -789,6 +887,7 @@ def profile_q0(broker: Broker, topic: str, config_name: str, n: int) -> Profile:
         sampled,
         top,
         sampled_lines,
+        gc_time,
         "\n".join(lines),
     )
 
@@ -894,6 +993,17 @@ def markdown(
         f"_Written by `bench/nexmark_kafka.py` on {now:%Y-%m-%d %H:%M} UTC; rerun it rather "
         "than editing this section._",
         "",
+        *(
+            [
+                "**Warning:** these engine files were edited while the script ran (the numbers "
+                "are for the versions loaded at its start, the git state below): "
+                + ", ".join(f"`{f}`" for f in edited)
+                + ".",
+                "",
+            ]
+            if (edited := edited_sources())
+            else []
+        ),
         f"- **Machine:** {benchutil.machine_line(info)}",
         f"- **Kafka:** {broker.version} from `scripts/kafka-local` on the same machine "
         "(JVM heap 256–512 MiB, G1), so the broker shares the 2 cores with the benchmark "
@@ -921,13 +1031,17 @@ def markdown(
             for x in loads
         )
         + ".",
-        "- **Consumer configs:** *default* = `sn.from_kafka(...)` as a user calls it: the "
-        "source's settings ("
-        + ", ".join(f"`{k}={v}`" for k, v in SOURCE_CONSUMER_CONFIG.items())
-        + ") on librdkafka's defaults; *tuned* = the same plus "
-        + config_text("tuned")
+        "- **Consumer configs:** *default* = `sn.from_kafka(...)` as a user calls it, i.e. "
+        "the source's own consumer settings ("
+        + ", ".join(f"`{k}={v}`" for k, v in _SOURCE_CONFIG.items())
+        + ", read from the source at run time) on librdkafka's defaults"
+        + "".join(
+            f"; *{name}* = the same with {config_text(name)}"
+            for name in args.config_names
+            if name != "default"
+        )
         + ", passed as `sn.from_kafka(..., config=...)`. The baseline consumer always gets "
-        "the same settings as streamnb's.",
+        "exactly the same settings as streamnb's.",
         "",
     ]
     lines += table(cells)
@@ -958,6 +1072,22 @@ def markdown(
         "the reference's every window, q0 the number of decoded records.",
         "",
     ]
+    by_key = {(c.query.name, c.partitions, c.config): c.streamnb for c in cells}
+    for name in args.config_names:
+        pairs = [
+            (run, by_key[(q, parts, "default")])
+            for (q, parts, config), run in by_key.items()
+            if config == name != "default" and (q, parts, "default") in by_key
+        ]
+        pairs = [(a, b) for a, b in pairs if a.ok and b.ok]
+        if pairs:
+            wall = [a.rate / b.rate for a, b in pairs]
+            cpu = [a.cpu_rate / b.cpu_rate for a, b in pairs]
+            lines += [
+                f"**{name} vs default** (streamnb, same query and partitions): events/s "
+                f"×{min(wall):.2f}–{max(wall):.2f}, events/CPU-s ×{min(cpu):.2f}–{max(cpu):.2f}.",
+                "",
+            ]
     if ceilings:
         lines += [
             "**Consume-only ceiling** (the baseline's `consume(10000)` loop without decoding, "
@@ -971,8 +1101,19 @@ def markdown(
             "",
         ]
     for p in profiles:
+        share = {k: 100 * v / p.sampled_wall for k, v in p.sampled_parts.items()}
+        keys = list(share)
+        gc_s = sum(t for _, t in p.gc.values())
         lines += [
             f"### Where the time goes: q0, 1 partition, {p.config} consumer config",
+            "",
+            f"**In short:** of the query thread's time, {share[keys[0]]:.0f} % is "
+            f"`Consumer.consume` (librdkafka handing over messages as Python `Message` objects), "
+            f"{share[keys[1]]:.0f} % JSON decoding (`pl.read_ndjson` on the joined values), "
+            f"{share[keys[2]]:.0f} % the source's own per-batch bookkeeping and "
+            f"{share[keys[3]]:.0f} % the engine (q0's operators and the result table): the "
+            "time is in the Kafka source, not in the engine. Python's garbage collector ran "
+            f"{gc_s:.2f} s of it ({sum(int(c) for c, _ in p.gc.values())} collections).",
             "",
             f"The query loop run in the main thread ({p.records:,} records; full text in "
             "`bench/profiles/kafka_q0.txt`). cProfile "
@@ -1024,13 +1165,16 @@ def markdown(
         f"repeated, up to {args.attempts} times, keeping the least disturbed one (*best of n*; "
         "*other cores* = machine CPU minus this process and the broker). Expect ±10–20 % "
         "between runs of the whole script.",
-        "- *default* vs *tuned*: with librdkafka's default `fetch.queue.backoff.ms=1000`, "
-        "every reader of a pre-loaded topic (streamnb, the baseline, even the consume-only "
-        "loop) runs at the same ~150 K records/s, at well under one core: the consumer waits "
-        "for the broker, not for Python. `fetch.queue.backoff.ms=0` lifts that but makes "
-        "librdkafka's fetcher spin while its queue is full (measured while writing this "
-        "script: the baseline with decoding then used 1.45 cores instead of 1.05), so *tuned* "
-        "uses 10 ms.",
+        "- Consumer configs: librdkafka (2.x) pauses fetching a partition for "
+        "`fetch.queue.backoff.ms` whenever its pre-fetch queue holds `queued.min.messages`. "
+        "With librdkafka's own values (1 s, 100 000; `--configs librdkafka`) every reader of a "
+        "pre-loaded topic (streamnb, the baseline, even the consume-only loop) ran at the same "
+        "~145 K records/s at well under one core, waiting for the broker, not for Python "
+        "(measured with this script on engine 3ec4ce5, whose source used librdkafka's values). "
+        "`fetch.queue.backoff.ms=0` lifts that, but librdkafka's fetcher thread then spins "
+        "while the queue is full: the decoding baseline used 1.45 cores instead of 1.05 for "
+        "the same rate when this script was written; *backoff10* (10 ms) keeps the queue full "
+        "without spinning, and shows what it changes next to *default*.",
     ]
     return "\n".join(lines)
 
@@ -1043,7 +1187,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--queries", default="q0,q2,q5,q7", help="comma-separated: q0 q1 q2 q5 q7")
     p.add_argument(
         "--configs",
-        default="default,tuned",
+        default="default,backoff10",
         help=f"consumer configs, comma-separated, from {','.join(CONSUMER_CONFIGS)}",
     )
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
@@ -1098,6 +1242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = benchutil.machine_info()
     print(f"machine: {benchutil.machine_line(info)}")
     print(f"baseline decoder: {DECODER}")
+    snapshot_sources()
 
     t0 = time.perf_counter()
     bids = make_bids(args.events)
