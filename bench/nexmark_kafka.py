@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python bench/nexmark_kafka.py [--events N] [--partitions 1,2]
-        [--queries q0,q2,q5,q7] [--bootstrap HOST:PORT] [--configs default,backoff10]
+        [--queries q0,q2,q5,q7] [--bootstrap HOST:PORT] [--configs default]
 
 What it does, in order:
 
@@ -108,6 +108,7 @@ CONSUMER_CONFIGS: dict[str, dict[str, Any]] = {
     # librdkafka (2.x) stops fetching a partition for fetch.queue.backoff.ms whenever its
     # pre-fetch queue holds queued.min.messages; with 0 its fetcher thread spins while the queue
     # is full, 10 ms keeps the queue full without that.
+    "backoff0": {"fetch.queue.backoff.ms": 0},
     "backoff10": {"fetch.queue.backoff.ms": 10},
     # librdkafka's own defaults for the two (1 s backoff, 100 000 messages)
     "librdkafka": {"fetch.queue.backoff.ms": 1000, "queued.min.messages": 100_000},
@@ -1165,16 +1166,16 @@ def markdown(
         f"repeated, up to {args.attempts} times, keeping the least disturbed one (*best of n*; "
         "*other cores* = machine CPU minus this process and the broker). Expect ±10–20 % "
         "between runs of the whole script.",
-        "- Consumer configs: librdkafka (2.x) pauses fetching a partition for "
+        "- Consumer settings: librdkafka (2.x) pauses fetching a partition for "
         "`fetch.queue.backoff.ms` whenever its pre-fetch queue holds `queued.min.messages`. "
         "With librdkafka's own values (1 s, 100 000; `--configs librdkafka`) every reader of a "
         "pre-loaded topic (streamnb, the baseline, even the consume-only loop) ran at the same "
         "~145 K records/s at well under one core, waiting for the broker, not for Python "
-        "(measured with this script on engine 3ec4ce5, whose source used librdkafka's values). "
-        "`fetch.queue.backoff.ms=0` lifts that, but librdkafka's fetcher thread then spins "
-        "while the queue is full: the decoding baseline used 1.45 cores instead of 1.05 for "
-        "the same rate when this script was written; *backoff10* (10 ms) keeps the queue full "
-        "without spinning, and shows what it changes next to *default*.",
+        "(this script on engine 3ec4ce5, whose source used librdkafka's values). With 0 "
+        "(`--configs backoff0`; the source's default in 44d4cc5–8497a57) librdkafka's fetcher "
+        "thread spins while the queue is full: on 8497a57, 10 ms gave streamnb 1.08–1.49× "
+        "the events/s and 1.46–2.04× the events per CPU-second of 0 over q0–q7 and 1–2 "
+        "partitions, so the source now uses 10 ms with `queued.min.messages=1000000`.",
     ]
     return "\n".join(lines)
 
@@ -1187,12 +1188,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--queries", default="q0,q2,q5,q7", help="comma-separated: q0 q1 q2 q5 q7")
     p.add_argument(
         "--configs",
-        default="default,backoff10",
+        default="default",
         help=f"consumer configs, comma-separated, from {','.join(CONSUMER_CONFIGS)}",
     )
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
     p.add_argument("--out", type=Path, default=benchutil.BENCHMARKS_MD)
     p.add_argument("--no-profile", action="store_true", help="skip the q0 profile")
+    p.add_argument(
+        "--profile-out",
+        type=Path,
+        default=PROFILE_DIR / "kafka_q0.txt",
+        help="where the q0 profile text goes",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the baseline runs")
     p.add_argument(
         "--attempts",
@@ -1344,9 +1351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 profiles.append(profile)
                 texts.append(profile.text)
                 print("\n".join(profile.text.splitlines()[:16]))
-            PROFILE_DIR.mkdir(exist_ok=True)
-            (PROFILE_DIR / "kafka_q0.txt").write_text(("\n" + "=" * 100 + "\n").join(texts))
-            print(f"profile: {PROFILE_DIR / 'kafka_q0.txt'}")
+            args.profile_out.parent.mkdir(parents=True, exist_ok=True)
+            args.profile_out.write_text(("\n" + "=" * 100 + "\n").join(texts))
+            print(f"profile: {args.profile_out}")
     finally:
         broker.stop()
 
