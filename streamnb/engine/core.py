@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
 
@@ -172,6 +172,10 @@ class Context:
     watermarks: dict[int, int] = field(default_factory=dict)
     partitions: Partitions = field(default_factory=Partitions)
     error_listeners: list[Callable[[pl.DataFrame], None]] = field(default_factory=list)
+    producer: Any = None
+    """A Kafka producer that sinks share instead of making their own: the worker's, which is
+    transactional under exactly-once, so that output, state changelog and input offsets
+    commit together."""
 
     def error(self, rows: pl.DataFrame) -> None:
         """Record error rows; with ``errors="fail"`` raise the first one's reason."""
@@ -192,6 +196,27 @@ class Context:
 
 class Operator:
     """A runtime operator: consumes deltas, produces deltas."""
+
+    state_fields: ClassVar[tuple[str, ...]] = ()
+    """The attributes that hold the operator's state: what a checkpoint saves and restores.
+    Values are polars frames, plain Python data, or objects with ``snapshot``/``restore``."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The operator's state as picklable data (see :mod:`streamnb.engine.checkpoint`)."""
+        state = {}
+        for name in self.state_fields:
+            value = getattr(self, name)
+            state[name] = value.snapshot() if hasattr(value, "snapshot") else value
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put back a state taken by :meth:`snapshot` (on a freshly built operator)."""
+        for name in self.state_fields:
+            current = getattr(self, name)
+            if hasattr(current, "restore"):
+                current.restore(state[name])
+            else:
+                setattr(self, name, state[name])
 
     def process(self, delta: Delta) -> Delta:
         raise NotImplementedError

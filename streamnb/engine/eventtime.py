@@ -93,6 +93,12 @@ class WatermarkTracker:
         self.part_max: dict[int, int] = {}
         self.current = NEG_INF
 
+    def snapshot(self) -> tuple[int | None, dict[int, int], int]:
+        return self.max_time, dict(self.part_max), self.current
+
+    def restore(self, state: tuple[int | None, dict[int, int], int]) -> None:
+        self.max_time, self.part_max, self.current = state[0], dict(state[1]), state[2]
+
     def before_each(self, times: pl.Series, parts: pl.Series | None) -> pl.Series:
         """The watermark just before each record; advances the tracker past them all."""
         if times.len() == 0:

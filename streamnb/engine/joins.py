@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import polars as pl
 
@@ -46,6 +47,8 @@ def _apply(state: pl.DataFrame, delta: Delta, keys: list[str]) -> pl.DataFrame:
 class StreamTableJoin(Operator):
     """Input 0: the stream; input 1: the table (an upsert changelog keyed by ``on``)."""
 
+    state_fields: ClassVar[tuple[str, ...]] = ("table",)
+
     def __init__(self, on: Sequence[str], how: str, table_schema: pl.Schema) -> None:
         self.on, self.how = list(on), how
         self.table: pl.DataFrame = table_schema.to_frame()
@@ -66,6 +69,8 @@ class StreamTableJoin(Operator):
 
 class TableTableJoin(Operator):
     """Both inputs are tables keyed by ``on``; the output is a table keyed by ``on``."""
+
+    state_fields: ClassVar[tuple[str, ...]] = ("states",)
 
     def __init__(self, on: Sequence[str], how: str, schemas: tuple[pl.Schema, pl.Schema]) -> None:
         self.on, self.how = list(on), how
@@ -93,6 +98,8 @@ class TableTableJoin(Operator):
 
 class IntervalJoin(Operator):
     """Stream–stream join of records whose event times differ by at most ``within``."""
+
+    state_fields: ClassVar[tuple[str, ...]] = ("tracker", "buffers", "seq")
 
     def __init__(
         self,
@@ -201,6 +208,8 @@ class IntervalJoin(Operator):
 
 class WindowJoin(Operator):
     """Two final window results joined on window_start, window_end and the keys."""
+
+    state_fields: ClassVar[tuple[str, ...]] = ("buffers", "latest_end")
 
     def __init__(self, on: Sequence[str], how: str, schemas: tuple[pl.Schema, pl.Schema]) -> None:
         self.keys = ["window_start", "window_end", *on]

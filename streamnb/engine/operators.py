@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import polars as pl
 
@@ -63,6 +64,8 @@ class EventTimeOperator(Operator):
 
 class GroupByOperator(Operator):
     """A running aggregate: one live row per key, emitted as an upsert when it changes."""
+
+    state_fields: ClassVar[tuple[str, ...]] = ("state", "seq")
 
     def __init__(self, keys: Sequence[str], agg: Aggregation) -> None:
         self.keys = list(keys)

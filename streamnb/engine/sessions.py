@@ -13,6 +13,8 @@ the sessions open at its moment. Sessions close at the end of the batch.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import polars as pl
 
 from streamnb.aggregates import SEQ
@@ -25,6 +27,8 @@ COMP, TOUCHED = "__sn_comp", "__sn_touched"
 
 class SessionOperator(WindowOperatorBase):
     """Per-key sessions with inactivity gap ``gap_ms``."""
+
+    state_fields: ClassVar[tuple[str, ...]] = (*WindowOperatorBase.state_fields, "state")
 
     def __init__(self, *, gap_ms: int, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import polars as pl
 
@@ -31,6 +32,8 @@ _COMPACT_AFTER = 16
 
 class WindowOperatorBase(Operator):
     """What tumbling, hopping and session windows share: watermark, sequence, output."""
+
+    state_fields: ClassVar[tuple[str, ...]] = ("tracker", "seq")
 
     def __init__(
         self,
@@ -90,6 +93,12 @@ class WindowOperatorBase(Operator):
 
 class WindowOperator(WindowOperatorBase):
     """Tumbling (``every == size``) and hopping windows."""
+
+    state_fields: ClassVar[tuple[str, ...]] = (
+        *WindowOperatorBase.state_fields,
+        "frames",
+        "min_start",
+    )
 
     def __init__(self, *, size_ms: int, every_ms: int, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]

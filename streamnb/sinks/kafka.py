@@ -44,7 +44,7 @@ class KafkaSink(Operator):
         self.topic, self.format, self.key, self.dlq, self.ctx = topic, format, list(key), dlq, ctx
         self.avro = avro_schema
         self.headers = dict(headers or {})
-        self.producer = Producer(
+        self.producer = ctx.producer or Producer(
             client_config(
                 bootstrap,
                 config,
@@ -56,7 +56,7 @@ class KafkaSink(Operator):
                 },
             )
         )
-        if dlq is not None:
+        if dlq is not None and not _dead_letters_to(dlq, ctx):
             ctx.error_listeners.append(self._dead_letter)
 
     def process(self, delta: Delta) -> Delta:
@@ -171,6 +171,14 @@ class KafkaSink(Operator):
                     b"",
                 )
             )
+
+
+def _dead_letters_to(dlq: str, ctx: Context) -> bool:
+    """Whether a sink already sends ``ctx``'s errors to ``dlq`` (the worker's tasks share one
+    context and producer: each error goes to the dead-letter topic once)."""
+    return any(
+        getattr(getattr(f, "__self__", None), "dlq", None) == dlq for f in ctx.error_listeners
+    )
 
 
 def check_sink(

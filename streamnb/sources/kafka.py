@@ -199,6 +199,7 @@ class _KafkaReader(Reader):
         self.positions: dict[tuple[str, int], int] = {}  # next offset to read, when known
         self.started: set[tuple[str, int]] = set()  # partitions given their start position
         self._lag: int | None = None
+        self.lags: dict[tuple[str, int], int] = {}  # per partition, as last measured
         self._lag_measured = 0.0
         if source.group_id is not None:
             self.consumer.subscribe(
@@ -473,17 +474,18 @@ class _KafkaReader(Reader):
 
     def _measure_lag(self) -> None:
 
-        total = 0
+        lags = {}
         try:
             for tp in self.consumer.assignment():
                 low, high = self.consumer.get_watermark_offsets(tp, cached=True)
                 if high < 0:
                     return  # no fetch answered yet: the lag is not known
                 position = self.positions.get((tp.topic, tp.partition), low)
-                total += max(high - max(position, low), 0)
+                lags[(tp.topic, tp.partition)] = max(high - max(position, low), 0)
         except Exception:  # a rebalance in progress: keep the last figure
             return
-        self._lag = total
+        self.lags = lags
+        self._lag = sum(lags.values())
 
     def close(self) -> None:
         self._commit(asynchronous=False)

@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import polars as pl
 
@@ -67,6 +68,8 @@ def _run(args: argparse.Namespace) -> int:
         sink=args.sink,
         guarantee=args.guarantee,
         group_id=args.group_id,
+        checkpoint_interval=args.checkpoint_interval,
+        state_dir=args.state_dir,
         metrics_port=args.metrics_port,
         duration=args.duration,
     )
@@ -100,6 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--sink", help="kafka:TOPIC, parquet:PATH or console")
     run.add_argument(
         "--guarantee", default="at_least_once", choices=["at_least_once", "exactly_once"]
+    )
+    run.add_argument(
+        "--checkpoint-interval",
+        default="1s",
+        help="how often state and offsets are committed, e.g. 500ms, 1s (default 1s)",
+    )
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where this worker keeps its instance id (default $XDG_STATE_HOME/streamnb)",
     )
     run.add_argument("--group-id", help="Kafka consumer group (default streamnb-<name>)")
     run.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1:PORT")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,13 +17,16 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from streamnb._duration import Duration, to_ms
 from streamnb.exceptions import ConfigError
 from streamnb.plan import Node, SourceNode
+from streamnb.sources.kafka import KafkaSource
 from streamnb.worker.metrics import MetricsServer
 
 log = logging.getLogger("streamnb.worker")
 
 GUARANTEES = ("at_least_once", "exactly_once")
+DEFAULT_CHECKPOINT_INTERVAL = "1s"
 
 
 def with_sink(stream: Any, sink: str | None) -> Any:
@@ -31,12 +35,29 @@ def with_sink(stream: Any, sink: str | None) -> Any:
         return stream
     kind, _, target = sink.partition(":")
     if kind == "kafka" and target:
+        # the broker (and its client settings) of the query's input, unless the
+        # environment names one
+        sources = [n.source for n in _nodes(stream._node) if isinstance(n, SourceNode)]
+        kafka = [s for s in sources if isinstance(s, KafkaSource)]
+        if kafka and not os.environ.get("STREAMNB_KAFKA_BOOTSTRAP"):
+            return stream.to_kafka(
+                target, bootstrap_servers=kafka[0].bootstrap, config=kafka[0].config
+            )
         return stream.to_kafka(target)
     if kind == "parquet" and target:
         return stream.to_parquet(Path(target))
     if kind == "console" and not target:
         return stream
     raise ConfigError(f"--sink {sink!r}: use kafka:TOPIC, parquet:PATH or console")
+
+
+def _nodes(node: Node) -> list[Node]:
+    found, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        found.append(n)
+        stack.extend(n.inputs)
+    return found
 
 
 def with_group(stream: Any, group_id: str) -> Any:
@@ -55,6 +76,56 @@ def with_group(stream: Any, group_id: str) -> Any:
     return Stream(rebuild(stream._node), stream._meta)
 
 
+def start(
+    stream: Any,
+    *,
+    name: str,
+    guarantee: str = "at_least_once",
+    group_id: str | None = None,
+    checkpoint_interval: Duration = DEFAULT_CHECKPOINT_INTERVAL,
+    state_dir: Path | None = None,
+) -> Any:
+    """Start ``stream`` (its sink attached) the way the worker runs it; a ``Query``-like handle.
+
+    A query whose only source is one Kafka topic runs as checkpointed tasks, one per partition
+    (:mod:`streamnb.worker.tasks`); any other query runs as in the notebook, its Kafka sources
+    (if any) in consumer group ``group_id``, committing after each batch.
+    """
+    from streamnb.worker.tasks import (
+        TaskWorker,
+        default_state_dir,
+        has_kafka_sink,
+        partitioned_source,
+    )
+
+    if guarantee not in GUARANTEES:
+        raise ConfigError(f"--guarantee {guarantee!r} must be one of {list(GUARANTEES)}")
+    interval = to_ms(checkpoint_interval, name="--checkpoint-interval", allow_zero=False)
+    group = group_id or f"streamnb-{name}"
+    tasks = partitioned_source(stream)
+    if guarantee == "exactly_once":
+        if not tasks:
+            raise ConfigError(
+                "--guarantee exactly_once needs a query whose only source is one Kafka topic "
+                "(its offsets commit in the output's transaction)"
+            )
+        if not has_kafka_sink(stream):
+            raise ConfigError(
+                "--guarantee exactly_once needs a Kafka sink: --sink kafka:TOPIC, or "
+                ".to_kafka(...) in the query"
+            )
+    if not tasks:
+        return with_group(stream, group).start(name)
+    return TaskWorker(
+        stream,
+        name=name,
+        group_id=group,
+        guarantee=guarantee,
+        checkpoint_interval_ms=interval,
+        state_dir=state_dir or default_state_dir(),
+    ).start()
+
+
 def run(
     stream: Any,
     *,
@@ -62,22 +133,22 @@ def run(
     sink: str | None = None,
     guarantee: str = "at_least_once",
     group_id: str | None = None,
+    checkpoint_interval: Duration = DEFAULT_CHECKPOINT_INTERVAL,
+    state_dir: Path | None = None,
     metrics_port: int | None = None,
     duration: float | None = None,
     out: TextIO | None = None,
 ) -> int:
     """Run ``stream`` as query ``name`` until it ends or a signal stops it; the exit status."""
     out = out or sys.stderr
-    if guarantee not in GUARANTEES:
-        raise ConfigError(f"--guarantee {guarantee!r} must be one of {list(GUARANTEES)}")
-    if guarantee == "exactly_once":
-        raise ConfigError(
-            "--guarantee exactly_once (Kafka transactions with a state changelog) is not "
-            "available in this version; at_least_once commits offsets after each processed "
-            "batch"
-        )
-    stream = with_group(with_sink(stream, sink), group_id or f"streamnb-{name}")
-    query = stream.start(name)
+    query = start(
+        with_sink(stream, sink),
+        name=name,
+        guarantee=guarantee,
+        group_id=group_id,
+        checkpoint_interval=checkpoint_interval,
+        state_dir=state_dir,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -1,0 +1,612 @@
+"""The worker's runtime for a query over Kafka: one task per input partition, checkpointed.
+
+This is Kafka Streams' model. Each partition of the input topic is a *task*: its own operators,
+watermark and state. Workers started with the same ``--group-id`` form one consumer group and
+share the partitions; when a partition moves, its new owner restores the task's state from
+Kafka and carries on, so any worker on any host can take over.
+
+Every ``--checkpoint-interval`` the worker checkpoints: each task whose state changed writes a
+snapshot of its operators (:mod:`streamnb.engine.checkpoint`) to its partition of the changelog
+topic ``<group>-changelog``, and the consumed input offsets are committed with, as offset
+metadata, where that snapshot starts (``sn1:<offset>:<records>``). A new owner reads the
+group's committed offset and metadata, restores the snapshot, and consumes from that offset.
+
+* ``exactly_once``: the output records, the changelog records and the input offsets of one
+  checkpoint are one Kafka transaction (a transactional producer that sinks share,
+  ``send_offsets_to_transaction`` with the consumer's group metadata; input and changelog are
+  read ``read_committed``). A worker killed mid-transaction leaves it open: its restart (the
+  same instance id, see :class:`Instance`) aborts it at once, and so does the transaction
+  timeout otherwise. A worker that lost its partitions is fenced: its commit fails and it
+  rewinds to the last checkpoint instead of writing twice.
+* ``at_least_once``: output and changelog are flushed, then offsets committed; after a crash
+  some output may repeat, none is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from streamnb.engine import checkpoint
+from streamnb.engine.core import NEG_INF, PARTITION, Context, Delta, Partitions, visible
+from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, Step
+from streamnb.exceptions import QueryFailed, SourceError
+from streamnb.kafka import client_config
+from streamnb.sinks.memory import ResultTable
+from streamnb.sources.kafka import KafkaSource, _KafkaReader
+
+log = logging.getLogger("streamnb.worker")
+
+METADATA_PREFIX = "sn1:"
+TRANSACTION_TIMEOUT_MS = 10_000
+"""A killed worker's open transaction blocks ``read_committed`` readers of its partitions
+until its restart aborts it or this timeout passes."""
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "streamnb"
+
+
+class Instance:
+    """This worker's identity, kept in ``--state-dir``: ``<dir>/<group>/instance-<id>``.
+
+    A worker takes the first instance directory no running worker holds (a lock file), else
+    makes a new one. A worker restarted after ``kill -9`` so gets its predecessor's id, and
+    with it the same ``transactional.id``: initialising the producer fences the killed one
+    and aborts its open transaction at once.
+    """
+
+    def __init__(self, state_dir: Path, group: str) -> None:
+        root = state_dir / group
+        root.mkdir(parents=True, exist_ok=True)
+        for slot in [*sorted(root.glob("instance-*")), root / f"instance-{uuid.uuid4().hex[:8]}"]:
+            slot.mkdir(exist_ok=True)
+            fd = os.open(slot / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.fd, self.path = fd, slot
+            self.id = slot.name.removeprefix("instance-")
+            return
+        raise AssertionError("unreachable: a new instance directory is never locked")
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass(eq=False)
+class Task:
+    """One input partition's share of the query."""
+
+    partition: int
+    pipeline: Pipeline
+    ctx: Context
+    source: Step
+    position: int | None = None  # next input offset to read, once known
+    committed: int | None = None  # input offset of the last checkpoint
+    pointer: str = METADATA_PREFIX  # offset metadata: where the last snapshot starts
+    dirty: bool = False
+
+    def watermark(self) -> int:
+        values = [w for w in self.ctx.watermarks.values() if w > NEG_INF]
+        return max(values) if values else NEG_INF
+
+
+class _TaskReader(_KafkaReader):
+    """The Kafka reader, with assignment changes and commits handed to the worker."""
+
+    def __init__(self, source: KafkaSource, ctx: Context, worker: TaskWorker) -> None:
+        self.worker = worker
+        super().__init__(source, ctx)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        super()._on_assign(consumer, partitions)
+        self.worker.assigned([tp.partition for tp in partitions])
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        self.worker.revoked([tp.partition for tp in partitions])
+        ids = {int(self.lut[tp.topic][tp.partition]) for tp in partitions}
+        self.ctx.partitions.assigned -= ids
+
+    def _commit(self, *, asynchronous: bool) -> None:
+        """Offsets are committed by the worker's checkpoints, never here."""
+
+    def _mark_idle(self, now: float, pids: Any) -> None:
+        """Each task reads one partition: there is no other partition to wait for."""
+
+
+@dataclass
+class Timings:
+    checkpoints: int = 0
+    checkpoint_ms: float = 0.0  # the last checkpoint: snapshots and commit
+    commit_ms: float = 0.0  # of which the commit (transaction or offsets)
+    restores: int = 0
+    restore_ms: float = 0.0  # the last restore of a task
+    snapshot_bytes: int = 0  # of the last checkpoint
+    lag: dict[int, int] = field(default_factory=dict)
+
+
+class TaskWorker:
+    """Runs ``stream`` (one Kafka source) as tasks in a background thread; a ``Query``'s API."""
+
+    def __init__(
+        self,
+        stream: Any,
+        *,
+        name: str,
+        group_id: str,
+        guarantee: str,
+        checkpoint_interval_ms: int,
+        state_dir: Path,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        self.name, self.stream, self.group = name, stream, group_id
+        self.exactly_once = guarantee == "exactly_once"
+        self.interval = checkpoint_interval_ms / 1000
+        self.max_batch = max_batch
+        self.source = _kafka_source(stream._node).in_group(group_id)
+        if len(self.source.topics) != 1:
+            raise QueryFailed("the worker reads one input topic per query")
+        self.topic = self.source.topics[0]
+        self.changelog = f"{group_id}-changelog"
+        self.instance = Instance(state_dir, group_id)
+        bootstrap, config = self.source.bootstrap, self.source.config
+        producer_config: dict[str, Any] = {
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+        }
+        if self.exactly_once:
+            producer_config["transactional.id"] = f"{group_id}-{self.instance.id}"
+            producer_config["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
+        else:
+            producer_config["message.timeout.ms"] = 0  # retry until delivered: lose nothing
+        self.producer = Producer(
+            client_config(bootstrap, _producer_only(config), **producer_config)
+        )
+        # reads committed offsets (with their metadata) and the changelog; never subscribes
+        self.restorer = Consumer(
+            client_config(
+                bootstrap,
+                config,
+                **{
+                    "group.id": group_id,
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": True,
+                    "fetch.wait.max.ms": 10,
+                },
+            )
+        )
+        self.ctx = Context(producer=self.producer)
+        self.table = ResultTable(stream.schema, stream.keys, 100_000)
+        self.tasks: dict[int, Task] = {}
+        self.suspended: dict[int, Task] = {}  # revoked, kept in case they come back unchanged
+        self.timings = Timings()
+        self.records_in = 0
+        self.exception: BaseException | None = None
+        self._state = "running"
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._recent: list[tuple[float, int]] = []
+        self.reader: _TaskReader | None = None
+        self._thread = threading.Thread(target=self._run, name=f"streamnb:{name}", daemon=True)
+
+    # -- Query API -----------------------------------------------------------------------------
+    def start(self) -> TaskWorker:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 60.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def result(self) -> pl.DataFrame:
+        return self.table.frame()
+
+    def status(self) -> dict[str, Any]:
+        watermarks = [t.watermark() for t in self.tasks.values()]
+        known = [w for w in watermarks if w > NEG_INF]
+        lag = self.timings.lag
+        return {
+            "name": self.name,
+            "state": self._state,
+            "records_in": self.records_in,
+            "records_out": self.table.rows_out,
+            "late": self.ctx.late.count,
+            "errors": self.ctx.errors.count,
+            "watermark": _as_time(min(known), self.stream) if known else None,
+            "lag": sum(lag.values()) if lag else None,
+            "rate": round(self._rate(), 1),
+            "tasks": sorted(self.tasks),
+            "checkpoints": self.timings.checkpoints,
+            "checkpoint_ms": round(self.timings.checkpoint_ms, 2),
+            "commit_ms": round(self.timings.commit_ms, 2),
+            "restores": self.timings.restores,
+            "restore_ms": round(self.timings.restore_ms, 2),
+            "lag_by_partition": dict(lag),
+        }
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._ensure_changelog()
+            if self.exactly_once:
+                self.producer.init_transactions(30)
+                self.producer.begin_transaction()
+            self.reader = _TaskReader(self.source, self.ctx, self)
+            last = time.monotonic()
+            while not self._stop.is_set():
+                rows = self.reader.read(self.max_batch, 0.1)
+                if rows is not None and rows.height:
+                    self._process(rows)
+                self._note_rate()
+                if time.monotonic() - last >= self.interval:
+                    self.checkpoint()
+                    last = time.monotonic()
+            self.checkpoint()
+            self._state = "stopped"
+        except BaseException as exc:  # reported by status()/exception, never silent
+            self.exception = exc
+            self._state = "failed"
+            log.error("query %s failed: %r", self.name, exc)
+        finally:
+            self._close()
+            self._done.set()
+
+    def _close(self) -> None:
+        if self.exactly_once and self._state == "failed":
+            with contextlib.suppress(Exception):
+                self.producer.abort_transaction(10)
+        with contextlib.suppress(Exception):
+            self.producer.flush(10)
+        if self.reader is not None:
+            with contextlib.suppress(Exception):
+                self.reader.close()  # leaves the group: the partitions move at once
+        with contextlib.suppress(Exception):
+            self.restorer.close()
+        self.instance.release()
+
+    def _process(self, rows: pl.DataFrame) -> None:
+        assert self.reader is not None
+        self.records_in += rows.height
+        for (pid,), part in rows.partition_by(PARTITION, as_dict=True, maintain_order=True).items():
+            task = self.tasks.get(self._partition_of(int(pid)))
+            if task is None:  # a record fetched before its partition was revoked
+                continue
+            task.pipeline.push(task.source, part)
+            task.dirty = True
+        for p, task in self.tasks.items():
+            position = self.reader.positions.get((self.topic, p))
+            if position is not None:
+                task.position = position
+        self.timings.lag = {p: lag for (_, p), lag in self.reader.lags.items() if p in self.tasks}
+
+    def _partition_of(self, pid: int) -> int:
+        assert self.reader is not None
+        lut = self.reader.lut[self.topic]
+        return int((lut == pid).nonzero()[0][0])
+
+    def _emit(self, delta: Delta) -> None:
+        self.table.add(Delta(visible(delta.rows), delta.deletes))
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def _new_task(self, partition: int) -> Task:
+        assert self.reader is not None
+        pid = int(self.reader.lut[self.topic][partition])
+        ctx = Context(
+            late=self.ctx.late,
+            errors=self.ctx.errors,
+            error_listeners=self.ctx.error_listeners,
+            producer=self.producer,
+            partitions=Partitions(ids=self.ctx.partitions.ids, assigned={pid}),
+        )
+        pipeline = Pipeline(self.stream._node, ctx, self._emit)
+        return Task(partition, pipeline, ctx, pipeline.sources[0])
+
+    def assigned(self, partitions: list[int]) -> None:
+        """The group gave us ``partitions``: reuse a suspended task if nobody moved it on,
+        else restore it from the last checkpoint."""
+        committed = self._committed(partitions)
+        for p in partitions:
+            offset, pointer = committed[p]
+            kept = self.suspended.pop(p, None)
+            if kept is not None and kept.committed == offset and kept.pointer == pointer:
+                self.tasks[p] = kept
+                continue
+            self.tasks[p] = self._restore(p, offset, pointer)
+        self.suspended.clear()
+        assert self.reader is not None
+        for p in partitions:  # forget positions from an earlier ownership
+            offset = self.tasks[p].committed
+            if offset is None:
+                self.reader.positions.pop((self.topic, p), None)
+            else:
+                self.reader.positions[(self.topic, p)] = offset
+        log.info("%s: tasks %s", self.name, sorted(self.tasks))
+
+    def revoked(self, partitions: list[int]) -> None:
+        """``partitions`` leave us: checkpoint them before they go."""
+        self.checkpoint()
+        for p in partitions:
+            task = self.tasks.pop(p, None)
+            if task is not None:
+                self.suspended[p] = task
+
+    def _committed(self, partitions: list[int]) -> dict[int, tuple[int | None, str]]:
+        from confluent_kafka import TopicPartition
+
+        found = self.restorer.committed(
+            [TopicPartition(self.topic, p) for p in partitions], timeout=30
+        )
+        return {
+            tp.partition: (tp.offset if tp.offset >= 0 else None, tp.metadata or METADATA_PREFIX)
+            for tp in found
+        }
+
+    def _restore(self, partition: int, offset: int | None, pointer: str) -> Task:
+        started = time.monotonic()
+        task = self._new_task(partition)
+        task.committed, task.pointer, task.position = offset, pointer, offset
+        where = pointer.removeprefix(METADATA_PREFIX)
+        if where:
+            start, count = (int(x) for x in where.split(":"))
+            checkpoint.restore(task.pipeline, self._read_changelog(partition, start, count))
+            for step in task.pipeline.steps:  # the status shows the restored watermark
+                tracker = getattr(step.op, "tracker", None)
+                if tracker is not None:
+                    task.ctx.watermarks[id(step.op)] = tracker.current
+        self.timings.restores += 1
+        self.timings.restore_ms = (time.monotonic() - started) * 1000
+        log.info(
+            "%s: task %d restored at offset %s from %s in %.0f ms",
+            self.name,
+            partition,
+            offset,
+            pointer,
+            self.timings.restore_ms,
+        )
+        return task
+
+    def _read_changelog(self, partition: int, start: int, count: int) -> bytes:
+        from confluent_kafka import KafkaError, TopicPartition
+
+        self.restorer.assign([TopicPartition(self.changelog, partition, start)])
+        parts: list[bytes] = []
+        deadline = time.monotonic() + 60
+        try:
+            while len(parts) < count:
+                if time.monotonic() > deadline:
+                    raise SourceError(
+                        f"changelog {self.changelog}/{partition}: {len(parts)} of {count} "
+                        f"snapshot records found from offset {start} within 60 s"
+                    )
+                for m in self.restorer.consume(count - len(parts), timeout=1.0):
+                    err = m.error()
+                    if err is None:
+                        parts.append(m.value() or b"")
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    else:
+                        raise SourceError(f"changelog {self.changelog}/{partition}: {err.str()}")
+        finally:
+            self.restorer.unassign()
+        return b"".join(parts)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Snapshot the changed tasks to the changelog and commit them with the offsets."""
+        from confluent_kafka import TopicPartition
+
+        started = time.monotonic()
+        written = 0
+        snapshots: dict[int, tuple[list[int], int]] = {}  # first record's offset, records
+        for p, task in self.tasks.items():
+            if not task.dirty:
+                continue
+            task.dirty = False
+            if not checkpoint.stateful(task.pipeline):
+                continue
+            data = checkpoint.snapshot(task.pipeline)
+            records = checkpoint.chunks(data)
+            written += len(data)
+            first: list[int] = []
+            snapshots[p] = (first, len(records))
+            for i, record in enumerate(records):
+                self._produce(
+                    self.changelog,
+                    record,
+                    key=str(i).encode(),
+                    partition=p,
+                    on_delivery=(lambda err, msg, first=first: first.append(msg.offset()))
+                    if i == 0
+                    else None,
+                )
+        moved = [
+            (task, task.position)
+            for task in self.tasks.values()
+            if task.position is not None
+            and (task.position != task.committed or task.partition in snapshots)
+        ]
+        if not moved:
+            return
+        committing = time.monotonic()
+        self.producer.flush(30)  # a snapshot's offset is known once it is delivered
+        for p, (first, count) in snapshots.items():
+            if not first:
+                raise SourceError(f"changelog {self.changelog}/{p}: snapshot not delivered")
+            self.tasks[p].pointer = f"{METADATA_PREFIX}{first[0]}:{count}"
+        self._commit(
+            [
+                TopicPartition(self.topic, task.partition, position, metadata=task.pointer)
+                for task, position in moved
+            ]
+        )
+        for task, position in moved:
+            task.committed = position
+        done = time.monotonic()
+        self.timings.checkpoints += 1
+        self.timings.checkpoint_ms = (done - started) * 1000
+        self.timings.commit_ms = (done - committing) * 1000
+        self.timings.snapshot_bytes = written
+
+    def _produce(self, topic: str, value: bytes, **kw: Any) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, **kw)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _commit(self, offsets: list[Any]) -> None:
+        from confluent_kafka import KafkaException
+
+        assert self.reader is not None
+        consumer = self.reader.consumer
+        if not self.exactly_once:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            return
+        try:
+            self.producer.send_offsets_to_transaction(
+                offsets, consumer.consumer_group_metadata(), 30
+            )
+            self.producer.commit_transaction(60)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.txn_requires_abort():
+                raise
+            # fenced (the partitions moved) or the transaction failed: nothing of it is
+            # visible; go back to the last checkpoint and redo the work
+            log.warning("%s: transaction aborted (%s); rewinding", self.name, error.str())
+            self.producer.abort_transaction(30)
+            self.producer.begin_transaction()
+            self._rewind()
+            return
+        self.producer.begin_transaction()
+
+    def _rewind(self) -> None:
+        """Every task back to its last committed checkpoint, input included."""
+        from confluent_kafka import TopicPartition
+
+        assert self.reader is not None
+        partitions = list(self.tasks)
+        self.tasks.clear()
+        committed = self._committed(partitions)
+        for p in partitions:
+            offset, pointer = committed[p]
+            self.tasks[p] = self._restore(p, offset, pointer)
+            if offset is not None:
+                with contextlib.suppress(Exception):
+                    self.reader.consumer.seek(TopicPartition(self.topic, p, offset))
+                    self.reader.positions[(self.topic, p)] = offset
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _ensure_changelog(self) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient(client_config(self.source.bootstrap, self.source.config))
+        partitions = len(self.source.partitions[self.topic])
+        topic = NewTopic(
+            self.changelog,
+            num_partitions=partitions,
+            replication_factor=-1,
+            config={"cleanup.policy": "compact", "segment.bytes": str(64 * 1024 * 1024)},
+        )
+        future = admin.create_topics([topic], request_timeout=30)[self.changelog]
+        try:
+            future.result(30)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+                raise SourceError(f"cannot create changelog topic {self.changelog}: {exc}") from exc
+
+    def _note_rate(self) -> None:
+        now = time.monotonic()
+        self._recent.append((now, self.records_in))
+        while len(self._recent) > 2 and now - self._recent[0][0] > 5.0:
+            self._recent.pop(0)
+
+    def _rate(self) -> float:
+        if len(self._recent) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._recent[0], self._recent[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _kafka_source(node: Any) -> KafkaSource:
+    from streamnb.plan import SourceNode
+    from streamnb.worker.run import _nodes
+
+    sources = [n.source for n in _nodes(node) if isinstance(n, SourceNode)]
+    assert len(sources) == 1 and isinstance(sources[0], KafkaSource)
+    return sources[0]
+
+
+_CONSUMER_ONLY = (
+    "group.",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "auto.offset.reset",
+    "enable.auto.",
+    "auto.commit.",
+    "isolation.level",
+    "fetch.",
+    "queued.",
+    "partition.assignment.strategy",
+    "enable.partition.eof",
+)
+
+
+def _producer_only(config: dict[str, Any]) -> dict[str, Any]:
+    """The source's client settings without the consumer's own (librdkafka warns on them)."""
+    return {k: v for k, v in config.items() if not k.startswith(_CONSUMER_ONLY)}
+
+
+def partitioned_source(stream: Any) -> bool:
+    """Whether the worker runs ``stream`` as tasks: its only source is one Kafka topic."""
+    from streamnb.plan import ParquetNode, SourceNode
+    from streamnb.worker.run import _nodes
+
+    nodes = _nodes(stream._node)
+    sources = [n.source for n in nodes if isinstance(n, SourceNode)]
+    return (
+        len(sources) == 1
+        and isinstance(sources[0], KafkaSource)
+        and len(sources[0].topics) == 1
+        and not any(isinstance(n, ParquetNode) for n in nodes)
+    )
+
+
+def has_kafka_sink(stream: Any) -> bool:
+    from streamnb.plan import KafkaSinkNode
+    from streamnb.worker.run import _nodes
+
+    return any(isinstance(n, KafkaSinkNode) for n in _nodes(stream._node))
+
+
+def _as_time(watermark: int, stream: Any) -> Any:
+    from datetime import datetime, timezone
+
+    et = stream._result_time
+    if et is not None and isinstance(et.dtype, pl.Datetime):
+        return datetime.fromtimestamp(watermark / et.per_ms / 1000, tz=timezone.utc)
+    return watermark

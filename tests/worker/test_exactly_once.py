@@ -1,0 +1,314 @@
+"""Fault tests of the worker against the real broker: `kill -9`, workers joining and leaving,
+a broker restart. The output, read `read_committed`, must equal the batch reference exactly
+under exactly_once (no duplicate, no loss) and contain it under at_least_once.
+
+The input: keyed records spread over 3 partitions by key, produced while the workers run;
+the query: per key, tumbling 10 s windows of count and sum (final rows). Each partition is a
+task with its own watermark (event time, no delay), so the expected output is, per partition,
+the windows its own latest record closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from confluent_kafka import Consumer, Producer
+
+PARTITIONS = 3
+KEYS = 24
+WINDOW_MS = 10_000
+
+JOB = """
+import os
+import polars as pl
+import streamnb as sn
+
+stream = (
+    sn.from_kafka(
+        os.environ["EOS_INPUT"],
+        bootstrap_servers=os.environ["EOS_BOOTSTRAP"],
+        timestamp="t",
+        start="earliest",
+        schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64},
+        config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+    )
+    .window(sn.Tumbling("10s"), by="k")
+    .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
+)
+"""
+
+
+def records(n: int) -> pl.DataFrame:
+    """``n`` records in event-time order: key ``k``, time ``t`` (ms), value ``v``, partition."""
+    i = pl.int_range(0, n, eager=True)
+    return pl.DataFrame(
+        {
+            "k": pl.Series([f"key-{x}" for x in (i * 7 % KEYS).to_list()]),
+            "t": 1_700_000_000_000 + i * 37,
+            "v": i,
+        }
+    ).with_columns(partition=(pl.col("k").str.extract(r"(\d+)").cast(pl.Int64) % PARTITIONS))
+
+
+def reference(data: pl.DataFrame) -> Counter[tuple[Any, ...]]:
+    """Per partition, the windows that partition's last record closed (watermark = max t)."""
+    closed_by = data.group_by("partition").agg(pl.col("t").max().alias("wm"))
+    windows = (
+        data.with_columns(window_start=pl.col("t") // WINDOW_MS * WINDOW_MS)
+        .group_by("partition", "window_start", "k")
+        .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
+        .with_columns(window_end=pl.col("window_start") + WINDOW_MS)
+        .join(closed_by, on="partition")
+        .filter(pl.col("window_end") <= pl.col("wm"))
+    )
+    return Counter(windows.select("window_start", "window_end", "k", "n", "total").iter_rows())
+
+
+class Feeder:
+    """Produces ``data`` to ``topic`` at about ``rate`` records/s in a thread."""
+
+    def __init__(self, bootstrap: str, topic: str, data: pl.DataFrame, rate: float) -> None:
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        self.topic, self.data, self.rate = topic, data, rate
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.done = threading.Event()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        chunk = 200
+        for offset in range(0, self.data.height, chunk):
+            part = self.data.slice(offset, chunk)
+            for k, t, v, p in part.iter_rows():
+                value = json.dumps({"k": k, "t": t, "v": v}).encode()
+                self.producer.produce(self.topic, value, key=k.encode(), partition=p)
+            self.producer.poll(0)
+            ahead = (offset + chunk) / self.rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        self.producer.flush(30)
+        self.done.set()
+
+    def start(self) -> Feeder:
+        self.thread.start()
+        return self
+
+    def wait(self, timeout: float = 120) -> None:
+        assert self.done.wait(timeout), "the feeder did not finish"
+
+
+class Workers:
+    """`streamnb run job.py:stream` processes of one consumer group."""
+
+    def __init__(self, tmp: Path, bootstrap: str, topic: str, out: str, guarantee: str) -> None:
+        self.job = tmp / "job.py"
+        self.job.write_text(JOB)
+        self.tmp, self.out, self.guarantee = tmp, out, guarantee
+        self.group = f"eos-{topic}"
+        self.env = {**os.environ, "EOS_INPUT": topic, "EOS_BOOTSTRAP": bootstrap}
+        self.env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), self.env.get("PYTHONPATH", "")])
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, state_dir: str = "state") -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamnb",
+                "run",
+                f"{self.job}:stream",
+                "--sink",
+                f"kafka:{self.out}",
+                "--guarantee",
+                self.guarantee,
+                "--group-id",
+                self.group,
+                "--state-dir",
+                str(self.tmp / state_dir),
+                "--checkpoint-interval",
+                "300ms",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def wait_owning(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+        """Until worker ``proc`` owns partitions (its tasks are restored and running)."""
+        log = self.tmp / f"worker-{self.procs.index(proc)}.log"
+        deadline = time.monotonic() + timeout
+        while "tasks [" not in log.read_text(errors="replace").replace("tasks []", ""):
+            assert proc.poll() is None and time.monotonic() < deadline, self.logs()
+            time.sleep(0.1)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.tmp.glob("worker-*.log"))
+        )
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def workers(
+    tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
+) -> Iterator[Callable[[str], tuple[Workers, str]]]:
+    made: list[Workers] = []
+
+    def make(guarantee: str) -> tuple[Workers, str]:
+        topic, out = make_topic(PARTITIONS), make_topic(1)
+        w = Workers(tmp_path, bootstrap, topic, out, guarantee)
+        made.append(w)
+        return w, topic
+
+    yield make
+    for w in made:
+        w.stop_all()
+
+
+def committed_output(
+    bootstrap: str, topic: str, want: int, timeout: float
+) -> list[tuple[Any, ...]]:
+    """The output rows, read ``read_committed``, once ``want`` arrived (and 3 s more)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{topic}-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    rows: list[tuple[Any, ...]] = []
+    deadline, settle = time.monotonic() + timeout, None
+    try:
+        while time.monotonic() < deadline:
+            for m in consumer.consume(1000, timeout=0.5):
+                if m.error() is None:
+                    r = json.loads(m.value())
+                    rows.append((r["window_start"], r["window_end"], r["k"], r["n"], r["total"]))
+            if len(rows) >= want and settle is None:
+                settle = time.monotonic() + 3  # any duplicate would show up by then
+            if settle is not None and time.monotonic() > settle:
+                break
+    finally:
+        consumer.close()
+    return rows
+
+
+def assert_exact(got: list[tuple[Any, ...]], want: Counter[tuple[Any, ...]], logs: str) -> None:
+    counted = Counter(got)
+    duplicates = {row: n for row, n in counted.items() if n > 1}
+    missing = want - counted
+    extra = counted - want
+    assert not duplicates and not missing and not extra, (
+        f"{len(got)} rows for {sum(want.values())} expected: {len(duplicates)} duplicated "
+        f"(e.g. {list(duplicates.items())[:2]}), {len(missing)} missing "
+        f"(e.g. {list(missing)[:2]}), {len(extra)} unexpected (e.g. {list(extra)[:2]})\n{logs}"
+    )
+
+
+def test_kill_9_three_times_exactly_once(workers: Any, bootstrap: str) -> None:
+    w, topic = workers("exactly_once")
+    data = records(60_000)
+    feeder = Feeder(bootstrap, topic, data, rate=1_500).start()
+    proc = w.start()
+    for delay in (1.0, 1.6, 2.3):
+        w.wait_owning(proc)
+        time.sleep(delay)  # processing, a checkpoint every 300 ms: mid-transaction
+        assert proc.poll() is None, w.logs()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = w.start()
+    feeder.wait()
+    want = reference(data)
+    got = committed_output(bootstrap, w.out, sum(want.values()), timeout=120)
+    w.stop_all()
+    assert_exact(got, want, w.logs())
+    assert [p.returncode for p in w.procs] == [-signal.SIGKILL] * 3 + [0], w.logs()
+    assert w.logs().count("restored at offset") >= 9, w.logs()
+
+
+def test_kill_9_at_least_once_loses_nothing(workers: Any, bootstrap: str) -> None:
+    w, topic = workers("at_least_once")
+    data = records(12_000)
+    feeder = Feeder(bootstrap, topic, data, rate=2_000).start()
+    proc = w.start()
+    w.wait_owning(proc)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    w.start()
+    feeder.wait()
+    want = reference(data)
+    got = committed_output(bootstrap, w.out, sum(want.values()), timeout=120)
+    w.stop_all()
+    missing = want - Counter(got)
+    assert not missing, f"{len(missing)} rows lost, e.g. {list(missing)[:2]}\n{w.logs()}"
+
+
+def test_workers_join_and_leave_exactly_once(workers: Any, bootstrap: str) -> None:
+    w, topic = workers("exactly_once")
+    data = records(24_000)
+    feeder = Feeder(bootstrap, topic, data, rate=2_000).start()
+    first = w.start("state-a")
+    time.sleep(2.5)
+    second = w.start("state-b")
+    time.sleep(2.5)
+    third = w.start("state-c")
+    time.sleep(3.0)
+    second.send_signal(signal.SIGTERM)  # a clean leave: the group rebalances at once
+    assert second.wait(60) == 0, w.logs()
+    time.sleep(1.5)
+    third.send_signal(signal.SIGTERM)
+    assert third.wait(60) == 0, w.logs()
+    feeder.wait()
+    want = reference(data)
+    got = committed_output(bootstrap, w.out, sum(want.values()), timeout=120)
+    assert first.poll() is None, w.logs()
+    w.stop_all()
+    assert_exact(got, want, w.logs())
+    assert "tasks [" in w.logs()
+
+
+def test_broker_restart_exactly_once(workers: Any, bootstrap: str, kafka_broker: Any) -> None:
+    if not kafka_broker.is_local:
+        pytest.skip("needs the test session's own broker to restart it")
+    w, topic = workers("exactly_once")
+    data = records(8_000)
+    Feeder(bootstrap, topic, data, rate=8_000).start().wait()
+    w.start()
+    time.sleep(2.0)
+    kafka_broker.stop()
+    time.sleep(2.0)
+    kafka_broker.start()
+    more = records(16_000).slice(8_000)
+    Feeder(bootstrap, topic, more, rate=4_000).start().wait()
+    want = reference(pl.concat([data, more]))
+    got = committed_output(bootstrap, w.out, sum(want.values()), timeout=150)
+    w.stop_all()
+    assert_exact(got, want, w.logs())
