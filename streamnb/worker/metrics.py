@@ -55,12 +55,54 @@ def render(status: dict[str, Any]) -> str:
             1 if status["state"] in ("running", "paused") else 0,
         ),
     ]
+    if "checkpoints" in status:  # a worker running checkpointed tasks
+        metrics += [
+            (
+                "streamnb_checkpoints_total",
+                "counter",
+                "Checkpoints committed (state changelog and input offsets)",
+                status["checkpoints"],
+            ),
+            (
+                "streamnb_checkpoint_duration_seconds",
+                "gauge",
+                "Duration of the last checkpoint: snapshots, flush and commit",
+                status["checkpoint_ms"] / 1000,
+            ),
+            (
+                "streamnb_commit_duration_seconds",
+                "gauge",
+                "Duration of the last commit (the transaction, or the offsets)",
+                status["commit_ms"] / 1000,
+            ),
+            (
+                "streamnb_restores_total",
+                "counter",
+                "Tasks restored from the changelog",
+                status["restores"],
+            ),
+            (
+                "streamnb_restore_duration_seconds",
+                "gauge",
+                "Duration of the last task restore",
+                status["restore_ms"] / 1000,
+            ),
+            ("streamnb_tasks", "gauge", "Input partitions this worker owns", len(status["tasks"])),
+        ]
     lines = []
     for metric, kind, help_text, value in metrics:
         lines.append(f"# HELP {metric} {help_text}")
         lines.append(f"# TYPE {metric} {kind}")
         if value is not None:
             lines.append(f"{metric}{label} {float(value):g}")
+    by_partition = status.get("lag_by_partition") or {}
+    if by_partition:
+        lines.append("# HELP streamnb_partition_lag_records Records not read yet, per partition")
+        lines.append("# TYPE streamnb_partition_lag_records gauge")
+        for partition, lag in sorted(by_partition.items()):
+            lines.append(
+                f'streamnb_partition_lag_records{{query="{name}",partition="{partition}"}} {lag}'
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -260,6 +260,8 @@ class TaskWorker:
                 if rows is not None and rows.height:
                     self._process(rows)
                 self._note_rate()
+                lags = self.reader.lags.items()
+                self.timings.lag = {p: lag for (_, p), lag in lags if p in self.tasks}
                 if time.monotonic() - last >= self.interval:
                     self.checkpoint()
                     last = time.monotonic()
@@ -299,7 +301,6 @@ class TaskWorker:
             position = self.reader.positions.get((self.topic, p))
             if position is not None:
                 task.position = position
-        self.timings.lag = {p: lag for (_, p), lag in self.reader.lags.items() if p in self.tasks}
 
     def _partition_of(self, pid: int) -> int:
         assert self.reader is not None

@@ -10,6 +10,7 @@ the windows its own latest record closed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -42,7 +43,11 @@ stream = (
         timestamp="t",
         start="earliest",
         schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64},
-        config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+        config={
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+            **({"sasl.password": os.environ["EOS_SECRET"]} if "EOS_SECRET" in os.environ else {}),
+        },
     )
     .window(sn.Tumbling("10s"), by="k")
     .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
@@ -120,7 +125,7 @@ class Workers:
         self.env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), self.env.get("PYTHONPATH", "")])
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, state_dir: str = "state") -> subprocess.Popen[bytes]:
+    def start(self, state_dir: str = "state", *extra: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [
@@ -139,6 +144,7 @@ class Workers:
                 str(self.tmp / state_dir),
                 "--checkpoint-interval",
                 "300ms",
+                *extra,
             ],
             env=self.env,
             stdout=log,
@@ -312,3 +318,41 @@ def test_broker_restart_exactly_once(workers: Any, bootstrap: str, kafka_broker:
     got = committed_output(bootstrap, w.out, sum(want.values()), timeout=150)
     w.stop_all()
     assert_exact(got, want, w.logs())
+
+
+def test_metrics_and_no_secret_in_logs(workers: Any, bootstrap: str) -> None:
+    import socket
+    import urllib.request
+
+    w, topic = workers("exactly_once")
+    w.env["EOS_SECRET"] = "hunter2-do-not-print"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    Feeder(bootstrap, topic, records(3_000), rate=10_000).start().wait()
+    proc = w.start("state", "--metrics-port", str(port))
+    w.wait_owning(proc)
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            text = (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                .read()
+                .decode()
+            )
+            if 'streamnb_records_in_total{query="stream"} 3000' in text and 'partition="2"' in text:
+                break
+        time.sleep(0.3)
+    w.stop_all()
+    assert 'streamnb_records_in_total{query="stream"} 3000' in text, text
+    for metric in (
+        "streamnb_checkpoints_total",
+        "streamnb_checkpoint_duration_seconds",
+        "streamnb_commit_duration_seconds",
+        "streamnb_restore_duration_seconds",
+        'streamnb_partition_lag_records{query="stream",partition="2"} 0',
+        'streamnb_tasks{query="stream"} 3',
+    ):
+        assert metric in text, text
+    assert proc.returncode == 0, w.logs()
+    assert "hunter2" not in w.logs()
