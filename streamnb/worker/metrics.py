@@ -87,6 +87,12 @@ def render(status: dict[str, Any]) -> str:
                 "Duration of the last task restore",
                 status["restore_ms"] / 1000,
             ),
+            (
+                "streamnb_snapshot_bytes",
+                "gauge",
+                "Bytes of state written to the changelog by the last checkpoint",
+                status["snapshot_bytes"],
+            ),
             ("streamnb_tasks", "gauge", "Input partitions this worker owns", len(status["tasks"])),
         ]
     lines = []

@@ -40,7 +40,7 @@ import polars as pl
 from streamnb.engine import checkpoint
 from streamnb.engine.core import NEG_INF, PARTITION, Context, Delta, Partitions, visible
 from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, Step
-from streamnb.exceptions import QueryFailed, SourceError
+from streamnb.exceptions import ConfigError, QueryFailed, SourceError
 from streamnb.kafka import client_config
 from streamnb.sinks.memory import ResultTable
 from streamnb.sources.kafka import KafkaSource, _KafkaReader
@@ -48,6 +48,7 @@ from streamnb.sources.kafka import KafkaSource, _KafkaReader
 log = logging.getLogger("streamnb.worker")
 
 METADATA_PREFIX = "sn1:"
+SNAPSHOT_HEADER = "sn-snapshot"
 TRANSACTION_TIMEOUT_MS = 10_000
 """A killed worker's open transaction blocks ``read_committed`` readers of its partitions
 until its restart aborts it or this timeout passes."""
@@ -97,7 +98,8 @@ class Task:
     source: Step
     position: int | None = None  # next input offset to read, once known
     committed: int | None = None  # input offset of the last checkpoint
-    pointer: str = METADATA_PREFIX  # offset metadata: where the last snapshot starts
+    pointer: str = METADATA_PREFIX  # offset metadata: the last snapshot, "sn1:<id>:<records>"
+    snapshot_id: int = 0
     dirty: bool = False
 
     def watermark(self) -> int:
@@ -170,7 +172,10 @@ class TaskWorker:
             "enable.idempotence": True,
             "linger.ms": 5,
             "compression.type": "lz4",
+            "delivery.report.only.error": True,
+            "on_delivery": self._undelivered,
         }
+        self.undelivered, self.last_delivery_error = 0, ""
         if self.exactly_once:
             producer_config["transactional.id"] = f"{group_id}-{self.instance.id}"
             producer_config["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
@@ -209,6 +214,12 @@ class TaskWorker:
 
     # -- Query API -----------------------------------------------------------------------------
     def start(self) -> TaskWorker:
+        """Check the topics (a missing output topic raises here), then run in the background."""
+        try:
+            self._ensure_changelog()
+        except BaseException:
+            self._close()
+            raise
         self._thread.start()
         return self
 
@@ -243,13 +254,13 @@ class TaskWorker:
             "commit_ms": round(self.timings.commit_ms, 2),
             "restores": self.timings.restores,
             "restore_ms": round(self.timings.restore_ms, 2),
+            "snapshot_bytes": self.timings.snapshot_bytes,
             "lag_by_partition": dict(lag),
         }
 
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            self._ensure_changelog()
             if self.exactly_once:
                 self.producer.init_transactions(30)
                 self.producer.begin_transaction()
@@ -370,8 +381,10 @@ class TaskWorker:
         task.committed, task.pointer, task.position = offset, pointer, offset
         where = pointer.removeprefix(METADATA_PREFIX)
         if where:
-            start, count = (int(x) for x in where.split(":"))
-            checkpoint.restore(task.pipeline, self._read_changelog(partition, start, count))
+            snapshot_id, count = (int(x) for x in where.split(":"))
+            task.snapshot_id = snapshot_id
+            data = self._read_snapshot(partition, snapshot_id, count)
+            checkpoint.restore(task.pipeline, data)
             for step in task.pipeline.steps:  # the status shows the restored watermark
                 tracker = getattr(step.op, "tracker", None)
                 if tracker is not None:
@@ -388,30 +401,63 @@ class TaskWorker:
         )
         return task
 
-    def _read_changelog(self, partition: int, start: int, count: int) -> bytes:
+    def _read_snapshot(self, partition: int, snapshot_id: int, count: int) -> bytes:
+        """Snapshot ``snapshot_id`` of a task from the end of its changelog partition.
+
+        Only this task writes that partition and its snapshots follow each other, so the one
+        wanted is among the last records; reading starts ``count`` records (and a margin)
+        before the end and goes further back while it is not found.
+        """
+        from confluent_kafka import TopicPartition
+
+        low, high = self.restorer.get_watermark_offsets(
+            TopicPartition(self.changelog, partition), timeout=30
+        )
+        span = count + 16
+        while True:
+            start = max(low, high - span)
+            found = self._scan_changelog(partition, start, snapshot_id, count)
+            if found is not None:
+                return found
+            if start == low:
+                raise SourceError(
+                    f"changelog {self.changelog}/{partition}: snapshot {snapshot_id} "
+                    f"({count} records) is missing; the committed offsets point at it"
+                )
+            span *= 4
+
+    def _scan_changelog(
+        self, partition: int, start: int, snapshot_id: int, count: int
+    ) -> bytes | None:
+        """The last complete run of the snapshot's records from ``start`` to the end."""
         from confluent_kafka import KafkaError, TopicPartition
 
+        wanted = str(snapshot_id).encode()
         self.restorer.assign([TopicPartition(self.changelog, partition, start)])
         parts: list[bytes] = []
+        complete: bytes | None = None
         deadline = time.monotonic() + 60
         try:
-            while len(parts) < count:
+            while True:
                 if time.monotonic() > deadline:
-                    raise SourceError(
-                        f"changelog {self.changelog}/{partition}: {len(parts)} of {count} "
-                        f"snapshot records found from offset {start} within 60 s"
-                    )
-                for m in self.restorer.consume(count - len(parts), timeout=1.0):
+                    raise SourceError(f"changelog {self.changelog}/{partition}: read timed out")
+                messages = self.restorer.consume(1000, timeout=1.0)
+                for m in messages:
                     err = m.error()
-                    if err is None:
-                        parts.append(m.value() or b"")
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    else:
+                    if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                        return complete
+                    if err is not None:
                         raise SourceError(f"changelog {self.changelog}/{partition}: {err.str()}")
+                    headers = dict(m.headers() or [])
+                    if headers.get(SNAPSHOT_HEADER) != wanted:
+                        continue
+                    if m.key() == b"0":
+                        parts = []
+                    parts.append(m.value() or b"")
+                    if len(parts) == count:
+                        complete = b"".join(parts)
         finally:
             self.restorer.unassign()
-        return b"".join(parts)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint(self) -> None:
@@ -420,7 +466,7 @@ class TaskWorker:
 
         started = time.monotonic()
         written = 0
-        snapshots: dict[int, tuple[list[int], int]] = {}  # first record's offset, records
+        snapshots: set[int] = set()
         for p, task in self.tasks.items():
             if not task.dirty:
                 continue
@@ -430,18 +476,14 @@ class TaskWorker:
             data = checkpoint.snapshot(task.pipeline)
             records = checkpoint.chunks(data)
             written += len(data)
-            first: list[int] = []
-            snapshots[p] = (first, len(records))
+            task.snapshot_id += 1
+            headers = [(SNAPSHOT_HEADER, str(task.snapshot_id).encode())]
             for i, record in enumerate(records):
                 self._produce(
-                    self.changelog,
-                    record,
-                    key=str(i).encode(),
-                    partition=p,
-                    on_delivery=(lambda err, msg, first=first: first.append(msg.offset()))
-                    if i == 0
-                    else None,
+                    self.changelog, record, key=str(i).encode(), partition=p, headers=headers
                 )
+            task.pointer = f"{METADATA_PREFIX}{task.snapshot_id}:{len(records)}"
+            snapshots.add(p)
         moved = [
             (task, task.position)
             for task in self.tasks.values()
@@ -451,11 +493,6 @@ class TaskWorker:
         if not moved:
             return
         committing = time.monotonic()
-        self.producer.flush(30)  # a snapshot's offset is known once it is delivered
-        for p, (first, count) in snapshots.items():
-            if not first:
-                raise SourceError(f"changelog {self.changelog}/{p}: snapshot not delivered")
-            self.tasks[p].pointer = f"{METADATA_PREFIX}{first[0]}:{count}"
         self._commit(
             [
                 TopicPartition(self.topic, task.partition, position, metadata=task.pointer)
@@ -469,6 +506,10 @@ class TaskWorker:
         self.timings.checkpoint_ms = (done - started) * 1000
         self.timings.commit_ms = (done - committing) * 1000
         self.timings.snapshot_bytes = written
+
+    def _undelivered(self, err: Any, msg: Any) -> None:
+        self.undelivered += 1
+        self.last_delivery_error = f"{msg.topic()}: {err.str()}"
 
     def _produce(self, topic: str, value: bytes, **kw: Any) -> None:
         while True:
@@ -484,6 +525,13 @@ class TaskWorker:
         assert self.reader is not None
         consumer = self.reader.consumer
         if not self.exactly_once:
+            left = self.producer.flush(60)
+            if left or self.undelivered:
+                raise SourceError(
+                    f"{self.undelivered or left} output or changelog records not delivered "
+                    f"({self.last_delivery_error or 'flush timed out'}); offsets not committed, "
+                    "a restart resumes from the last checkpoint"
+                )
             consumer.commit(offsets=offsets, asynchronous=False)
             return
         try:
@@ -522,9 +570,25 @@ class TaskWorker:
 
     # -- helpers -------------------------------------------------------------------------------
     def _ensure_changelog(self) -> None:
+        """Create the changelog topic if needed; check that the output topics exist (a record
+        for a missing topic would fail only at delivery)."""
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        admin = AdminClient(client_config(self.source.bootstrap, self.source.config))
+        from streamnb.plan import KafkaSinkNode
+        from streamnb.worker.run import _nodes
+
+        admin = AdminClient(
+            client_config(self.source.bootstrap, _producer_only(self.source.config))
+        )
+        known = admin.list_topics(timeout=30).topics
+        for node in _nodes(self.stream._node):
+            if isinstance(node, KafkaSinkNode):
+                for name in filter(None, (node.topic, node.dlq)):
+                    if name not in known:
+                        raise ConfigError(
+                            f"output topic {name!r} does not exist at {node.bootstrap}: "
+                            "create it before starting the worker"
+                        )
         partitions = len(self.source.partitions[self.topic])
         topic = NewTopic(
             self.changelog,

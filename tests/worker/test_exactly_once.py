@@ -356,3 +356,22 @@ def test_metrics_and_no_secret_in_logs(workers: Any, bootstrap: str) -> None:
         assert metric in text, text
     assert proc.returncode == 0, w.logs()
     assert "hunter2" not in w.logs()
+
+
+def test_a_missing_output_topic_is_named_before_anything_runs(
+    tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    import streamnb as sn
+    from streamnb.exceptions import ConfigError
+    from streamnb.worker.run import start
+
+    stream = sn.from_kafka(make_topic(2), bootstrap_servers=bootstrap, start="earliest")
+    with pytest.raises(ConfigError, match="output topic 'no-such-topic-here' does not exist"):
+        start(
+            stream.to_kafka("no-such-topic-here", bootstrap_servers=bootstrap),
+            name="missing",
+            guarantee="exactly_once",
+            state_dir=tmp_path,
+        )
+    with pytest.raises(ConfigError, match="exactly_once needs a Kafka sink"):
+        start(stream, name="no-sink", guarantee="exactly_once", state_dir=tmp_path)
