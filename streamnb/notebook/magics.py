@@ -31,9 +31,9 @@ from traitlets import Float, Int, TraitError, validate
 import streamnb as sn
 from streamnb.engine.query import Query
 from streamnb.exceptions import ConfigError
-from streamnb.notebook import _promote
 from streamnb.notebook.widgets import display_query
 from streamnb.stream import GroupedStream, Stream, WindowedStream
+from streamnb.worker.notebook import write_job
 
 __all__ = ["StreamMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -102,6 +102,7 @@ class _Definition:
 
     cell: str
     to_kafka: str | None
+    number: int  # the cell's index in ``In``: promote takes the session's cells up to it
 
 
 @magics_class
@@ -162,7 +163,8 @@ class StreamMagics(Magics):
         else:
             query = stream.start(args.name)
         self.queries[args.name] = query
-        self.definitions[args.name] = _Definition(cell, args.to_kafka)
+        history = self._user_ns()[1].get("In", [])
+        self.definitions[args.name] = _Definition(cell, args.to_kafka, len(history) - 1)
         return query
 
     def _user_ns(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -288,19 +290,13 @@ class StreamMagics(Magics):
                 f"{sorted(self.definitions) or 'none'}\nusage: {usage}"
             )
         path = Path(args.to).expanduser()
-        history = self._user_ns()[1].get("In", [])
+        history = list(self._user_ns()[1].get("In", []))
+        cells = [c for c in history[1 : definition.number + 1] if c.strip()]
         try:
-            text = _promote.job_source(
-                args.name,
-                definition.cell,
-                filename=path.name,
-                to_kafka=definition.to_kafka,
-                imports=_promote.session_imports(history),
-            )
+            write_job(cells, args.name, path, origin="this notebook session", skip_failing=True)
         except ConfigError as exc:
             raise UsageError(f"cannot promote {args.name!r}: {exc}") from None
-        path.write_text(text)
-        print(f"wrote {path} (run it with: python {path})")
+        print(f"wrote {path}: run it with `python {path}` or `streamnb run {path}:STREAM`")
 
     # -- unloading --------------------------------------------------------------------------
     def close(self) -> None:

@@ -106,24 +106,38 @@ class HeadlessShell:
 
 def load_notebook_query(path: str | Path, name: str) -> Any:
     """The ``Stream`` that notebook ``path`` starts under ``name``."""
+    return load_query(code_cells(path), name, str(path))
+
+
+def load_query(
+    cells: list[str], name: str, origin: str, *, skipped: dict[int, str] | None = None
+) -> Any:
+    """The ``Stream`` that code ``cells`` (of a notebook, or a session) start under ``name``.
+
+    A cell that fails raises :class:`ConfigError`, unless ``skipped`` is given: then the
+    failure is noted there (cell number → reason) and the next cell runs.
+    """
     namespace: dict[str, Any] = {"__name__": "__streamnb_notebook__"}
     shell = HeadlessShell(namespace)
     namespace["get_ipython"] = lambda: shell
     with capturing() as streams:
-        for number, cell in enumerate(code_cells(path), start=1):
+        for number, cell in enumerate(cells, start=1):
             try:
-                exec(compile(to_python(cell), f"<{path} cell {number}>", "exec"), namespace)
-            except ConfigError:
-                raise
+                exec(compile(to_python(cell), f"<{origin} cell {number}>", "exec"), namespace)
             except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if skipped is not None:
+                    skipped[number] = reason
+                    continue
+                if isinstance(exc, ConfigError):
+                    raise
                 raise ConfigError(
-                    f"{path}: cell {number} failed while rebuilding query {name!r}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{origin}: cell {number} failed while rebuilding query {name!r}: {reason}"
                 ) from exc
             if name in streams:
                 return streams[name]
     found = ", ".join(repr(n) for n in streams) or "none"
-    raise ConfigError(f"{path} starts no query named {name!r} (queries it starts: {found})")
+    raise ConfigError(f"{origin} starts no query named {name!r} (queries it starts: {found})")
 
 
 def load_attribute(locator: str) -> Any:
@@ -156,7 +170,7 @@ def load_attribute(locator: str) -> Any:
     return value
 
 
-_JOB = '''"""streamnb job {name!r}, exported from {notebook} by `streamnb export`.
+_JOB = '''"""streamnb job {name!r}, from {notebook} (`streamnb export` / `%stream promote`).
 
 Run it:   python {filename} [--sink kafka:TOPIC|parquet:PATH|console] [--metrics-port N]
 or:       streamnb run {filename}:STREAM
@@ -195,11 +209,26 @@ if __name__ == "__main__":
 
 def export_job(notebook: str | Path, name: str, output: str | Path) -> Path:
     """Write a standalone job script that rebuilds and runs query ``name`` of ``notebook``."""
-    load_notebook_query(notebook, name)  # fail now, naming the problem, not when the job runs
-    cells = code_cells(notebook)
-    parts = [_JOB.format(name=name, notebook=Path(notebook).name, filename=Path(output).name)]
+    return write_job(code_cells(notebook), name, output, origin=Path(notebook).name)
+
+
+def write_job(
+    cells: list[str], name: str, output: str | Path, *, origin: str, skip_failing: bool = False
+) -> Path:
+    """Write the job script of query ``name`` built by code ``cells`` (``streamnb export`` and
+    ``%stream promote`` share it). With ``skip_failing`` (a session's history, where some cells
+    may have failed), cells that fail while rebuilding are left out, with a comment saying why.
+    """
+    skipped: dict[int, str] | None = {} if skip_failing else None
+    load_query(cells, name, origin, skipped=skipped)  # fail now, not when the job runs
+    parts = [_JOB.format(name=name, notebook=origin, filename=Path(output).name)]
     for number, cell in enumerate(cells, start=1):
-        parts.append(f"\n# -- cell {number} " + "-" * 60 + "\n" + to_python(cell).rstrip() + "\n")
+        head = f"\n# -- cell {number} " + "-" * 60 + "\n"
+        if skipped and number in skipped:
+            reason = skipped[number].splitlines()[0] if skipped[number] else ""
+            parts.append(f"{head}# left out: it failed while rebuilding ({reason})\n")
+        else:
+            parts.append(head + to_python(cell).rstrip() + "\n")
     parts.append(_JOB_END.format(name=name))
     target = Path(output)
     target.write_text("".join(parts))

@@ -6,6 +6,7 @@ Every subcommand, every UsageError path, replacing a running query, ``%config`` 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -228,37 +229,43 @@ def test_line_usage_errors(shell: InteractiveShell, line: str, message: str) -> 
 # -- promote ---------------------------------------------------------------------------------
 
 
-def test_promote_writes_a_job_that_runs(run: Run, tmp_path: Path) -> None:
-    run("import math")
-    q = run(f"%%stream promoted\nsize = '1s'\n{BOUNDED.replace(repr('1s'), 'size')}  # note")
+def test_promote_writes_the_export_job_and_it_runs(run: Run, tmp_path: Path) -> None:
+    run("import math\nsize = '1s'  # a name the %%stream cell takes from another cell")
+    q = run(f"%%stream promoted\n{BOUNDED.replace(repr('1s'), 'size')}  # note")
     assert q.wait(timeout=30)
+    run("after = 1  # cells after the query's own are not part of the job")
     job = tmp_path / "job.py"
     run(f"%stream promote promoted --to {job}")
     text = job.read_text()
-    assert "import math" in text and "size = '1s'" in text
-    assert "stream = (" in text and "stream.start('promoted')" in text
+    assert "`streamnb export` / `%stream promote`" in text  # the same job writer as export
+    assert "import math" in text and "size = '1s'" in text and "after = 1" not in text
     done = subprocess.run(
         [sys.executable, str(job)], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    last = [line for line in done.stdout.splitlines() if line.startswith("promoted:")][-1]
-    assert "finished" in last and f"in {q.status()['records_in']:,}" in last
+    final = json.loads(done.stderr.strip().splitlines()[-1])
+    assert final["name"] == "promoted" and final["state"] == "finished"
+    assert final["records_in"] == q.status()["records_in"]
+    assert final["records_out"] == q.status()["records_out"] > 0
 
 
-def test_promote_keeps_the_kafka_sink(
-    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(Stream, "to_kafka", lambda self, topic, **_: self)
+def test_promote_keeps_the_kafka_sink(run: Run, tmp_path: Path) -> None:
+    from streamnb.plan import KafkaSinkNode
+    from streamnb.worker.notebook import load_attribute
+
     run(f"%%stream sink --to-kafka results\n{BOUNDED}").wait(timeout=30)
     run(f"%stream promote sink --to {tmp_path / 'job.py'}")
-    assert "stream = stream.to_kafka('results')" in (tmp_path / "job.py").read_text()
+    stream = load_attribute(f"{tmp_path / 'job.py'}:STREAM")
+    assert isinstance(stream._node, KafkaSinkNode) and stream._node.topic == "results"
 
 
-def test_promote_refuses_ipython_syntax(run: Run, shell: InteractiveShell, tmp_path: Path) -> None:
+def test_promote_translates_ipython_syntax(run: Run, tmp_path: Path) -> None:
     run(f"%%stream magic\nx = !echo 1\n{BOUNDED}").wait(timeout=30)
-    result = shell.run_cell(f"%stream promote magic --to {tmp_path / 'job.py'}")
-    assert isinstance(result.error_in_exec, UsageError)
-    assert "not plain Python" in str(result.error_in_exec)
+    run(f"%stream promote magic --to {tmp_path / 'job.py'}")
+    from streamnb.worker.notebook import load_attribute
+
+    stream = load_attribute(f"{tmp_path / 'job.py'}:STREAM")  # `x = !echo 1` ran headless
+    assert stream.collect().height > 0
 
 
 # -- loading ---------------------------------------------------------------------------------
