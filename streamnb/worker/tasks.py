@@ -216,6 +216,7 @@ class TaskWorker:
     def start(self) -> TaskWorker:
         """Check the topics (a missing output topic raises here), then run in the background."""
         try:
+            self._check_keys()
             self._ensure_changelog()
         except BaseException:
             self._close()
@@ -569,6 +570,36 @@ class TaskWorker:
                     self.reader.positions[(self.topic, p)] = offset
 
     # -- helpers -------------------------------------------------------------------------------
+    def _check_keys(self) -> None:
+        """State lives in per-partition tasks: a key's records must share a partition."""
+        from streamnb.plan import GroupByNode, JoinNode, WindowNode
+        from streamnb.worker.run import _nodes
+
+        partitions = len(self.source.partitions[self.topic])
+        if partitions == 1:
+            return
+        stateful = [
+            n
+            for n in _nodes(self.stream._node)
+            if isinstance(n, (WindowNode, GroupByNode, JoinNode))
+        ]
+        for node in stateful:
+            if isinstance(node, WindowNode) and not node.by:
+                raise ConfigError(
+                    f"{node.describe()} has no `by` keys, but {self.topic!r} has {partitions} "
+                    "partitions and the worker keeps state per partition (each would emit its "
+                    "own rows): key the window, or read a topic of one partition"
+                )
+        if stateful:
+            log.warning(
+                "%s: state is kept per partition of %r (%d partitions): every record of a key "
+                "must be in one partition, i.e. the producer's message key must determine the "
+                "grouping keys",
+                self.name,
+                self.topic,
+                partitions,
+            )
+
     def _ensure_changelog(self) -> None:
         """Create the changelog topic if needed; check that the output topics exist (a record
         for a missing topic would fail only at delivery)."""

@@ -373,5 +373,13 @@ def test_a_missing_output_topic_is_named_before_anything_runs(
             guarantee="exactly_once",
             state_dir=tmp_path,
         )
+    out = make_topic(1)
+    unkeyed = (
+        stream.window(sn.Tumbling("1s"))
+        .agg(pl.len().alias("n"))
+        .to_kafka(out, bootstrap_servers=bootstrap)
+    )
+    with pytest.raises(ConfigError, match=r"no `by` keys, but .* has 2 partitions"):
+        start(unkeyed, name="unkeyed", guarantee="at_least_once", state_dir=tmp_path)
     with pytest.raises(ConfigError, match="exactly_once needs a Kafka sink"):
         start(stream, name="no-sink", guarantee="exactly_once", state_dir=tmp_path)
