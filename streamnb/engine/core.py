@@ -132,6 +132,11 @@ PARTITION = "__sn_part"
 
 HIDDEN_PREFIX = "__sn_"
 
+MARKER = "__sn_marker"
+"""Hidden column of rows that carry only a watermark: a partition's latest event time, sent
+through a repartition topic so that operators downstream see every upstream partition advance
+(their trackers take the time in; the row itself is dropped, never aggregated)."""
+
 DELETE = "__sn_delete"
 """Hidden column of table sources: True marks a tombstone (the key's row is deleted)."""
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 import polars as pl
 
 from streamnb.aggregates import SEQ, Aggregation
-from streamnb.engine.core import DELETE, Context, Delta, Operator
+from streamnb.engine.core import DELETE, MARKER, Context, Delta, Operator
 from streamnb.engine.eventtime import split_valid
 
 Frame = pl.DataFrame | pl.LazyFrame
@@ -74,9 +74,12 @@ class GroupByOperator(Operator):
         self.seq = 0
 
     def process(self, delta: Delta) -> Delta:
-        rows = delta.rows.with_columns(
-            pl.int_range(self.seq, self.seq + delta.rows.height).alias(SEQ)
-        )
+        rows = delta.rows
+        if MARKER in rows.columns:  # a running aggregate needs no watermark
+            rows = rows.filter(~pl.col(MARKER).fill_null(False)).drop(MARKER)
+            if rows.height == 0:
+                return Delta(pl.DataFrame())
+        rows = rows.with_columns(pl.int_range(self.seq, self.seq + rows.height).alias(SEQ))
         self.seq += rows.height
         partial = self.agg.partial(self.agg.prepare(rows, self.keys), self.keys)
         merged = partial if self.state is None else pl.concat([self.state, partial])

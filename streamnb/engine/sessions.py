@@ -37,8 +37,9 @@ class SessionOperator(WindowOperatorBase):
 
     def process(self, delta: Delta) -> Delta:
         stamped = self._stamp(delta.rows)
-        if stamped.height == 0:
-            return Delta(self.schema.to_frame())
+        if stamped.height == 0:  # the watermark may still have moved (marker rows)
+            closed = self._close(self.watermark)
+            return Delta(pl.concat(closed) if closed else self.schema.to_frame())
         before = (
             self._keys(self.state) if self.emit == "update" and self.state is not None else None
         )

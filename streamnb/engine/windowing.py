@@ -19,7 +19,7 @@ from typing import ClassVar
 import polars as pl
 
 from streamnb.aggregates import SEQ, Aggregation
-from streamnb.engine.core import PARTITION, POS_INF, Context, Delta, Operator, visible
+from streamnb.engine.core import MARKER, PARTITION, POS_INF, Context, Delta, Operator, visible
 from streamnb.engine.eventtime import EventTime, WatermarkTracker, split_valid
 
 START = "__sn_ws"
@@ -70,6 +70,9 @@ class WindowOperatorBase(Operator):
         parts = df.get_column(PARTITION) if PARTITION in df.columns else None
         wm = self.tracker.before_each(times, parts)
         self.ctx.watermarks[id(self)] = self.watermark
+        if MARKER in df.columns:  # watermark-only rows: their times are taken in, no more
+            data = ~df.get_column(MARKER).fill_null(False)
+            df, times, wm = df.filter(data).drop(MARKER), times.filter(data), wm.filter(data)
         stamped = df.with_columns(
             times.alias(TIME), wm.alias(WM), pl.int_range(self.seq, self.seq + df.height).alias(SEQ)
         )
@@ -112,8 +115,8 @@ class WindowOperator(WindowOperatorBase):
 
     def process(self, delta: Delta) -> Delta:
         stamped = self._stamp(delta.rows)
-        if stamped.height == 0:
-            return Delta(self.schema.to_frame())
+        if stamped.height == 0:  # the watermark may still have moved (marker rows)
+            return self._advance(self.watermark, None)
         stamped = stamped.with_columns(self._open_windows().alias(OPEN))
         late = stamped.get_column(OPEN) == 0
         self._late(stamped, late)

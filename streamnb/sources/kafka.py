@@ -266,12 +266,22 @@ class _KafkaReader(Reader):
 
     # -- reading -----------------------------------------------------------------------------
     def read(self, max_records: int, timeout: float) -> pl.DataFrame | None:
+        self._commit(asynchronous=True)  # the previous batch has been processed by now
+        return self._frame(self._messages(max_records, timeout))
+
+    def _messages(self, max_records: int, timeout: float) -> list[Any]:
+        """The next messages, without error events."""
         from confluent_kafka import Message
 
-        self._commit(asynchronous=True)  # the previous batch has been processed by now
         messages = self.consumer.consume(num_messages=max_records, timeout=timeout)
         if any(map(Message.error, messages)):
             messages = self._without_errors(messages)
+        return messages
+
+    def _frame(self, messages: list[Any]) -> pl.DataFrame | None:
+        """``messages`` decoded into one frame (None if there are none)."""
+        from confluent_kafka import Message
+
         now = time.monotonic()
         n = len(messages)
         numbers = np.fromiter(map(Message.partition, messages), dtype=np.int64, count=n)

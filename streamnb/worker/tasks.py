@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from streamnb.engine import checkpoint
@@ -44,9 +45,12 @@ from streamnb.exceptions import ConfigError, QueryFailed, SourceError
 from streamnb.kafka import client_config
 from streamnb.sinks.memory import ResultTable
 from streamnb.sources.kafka import KafkaSource, _KafkaReader
+from streamnb.worker import topology
 
 log = logging.getLogger("streamnb.worker")
 
+TP = tuple[str, int]
+"""A task's key: its topic (input, or repartition) and partition."""
 METADATA_PREFIX = "sn1:"
 SNAPSHOT_HEADER = "sn-snapshot"
 TRANSACTION_TIMEOUT_MS = 10_000
@@ -92,6 +96,7 @@ class Instance:
 class Task:
     """One input partition's share of the query."""
 
+    topic: str
     partition: int
     pipeline: Pipeline
     ctx: Context
@@ -108,19 +113,46 @@ class Task:
 
 
 class _TaskReader(_KafkaReader):
-    """The Kafka reader, with assignment changes and commits handed to the worker."""
+    """The Kafka reader, with assignment changes and commits handed to the worker; with a
+    repartition topic, it reads that topic too (Arrow IPC, see :mod:`.topology`)."""
 
-    def __init__(self, source: KafkaSource, ctx: Context, worker: TaskWorker) -> None:
-        self.worker = worker
+    def __init__(
+        self, source: KafkaSource, ctx: Context, worker: TaskWorker, repartition: str | None
+    ) -> None:
+        self.worker, self.repartition = worker, repartition
+        self.repartitioned: pl.DataFrame | None = None  # from the last read
         super().__init__(source, ctx)
+        if repartition is not None:
+            self.consumer.subscribe(
+                [*source.topics, repartition], on_assign=self._on_assign, on_revoke=self._on_revoke
+            )
+
+    def read(self, max_records: int, timeout: float) -> pl.DataFrame | None:
+        from confluent_kafka import Message
+
+        messages = self._messages(max_records, timeout)
+        self.repartitioned = None
+        if self.repartition is not None and messages:
+            topics = np.array(list(map(Message.topic, messages)), dtype=object)
+            ours = topics == self.repartition
+            if ours.any():
+                mine = [messages[i] for i in np.flatnonzero(ours)]
+                messages = [messages[i] for i in np.flatnonzero(~ours)]
+                for m in mine:
+                    self.positions[(self.repartition, m.partition())] = m.offset() + 1
+                self.repartitioned = topology.decode(mine)
+        return self._frame(messages)
+
+    def _assigned(self, partitions: list[tuple[str, int]]) -> None:
+        super()._assigned([(t, p) for t, p in partitions if t in self.lut])
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         super()._on_assign(consumer, partitions)
-        self.worker.assigned([tp.partition for tp in partitions])
+        self.worker.assigned([(tp.topic, tp.partition) for tp in partitions])
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        self.worker.revoked([tp.partition for tp in partitions])
-        ids = {int(self.lut[tp.topic][tp.partition]) for tp in partitions}
+        self.worker.revoked([(tp.topic, tp.partition) for tp in partitions])
+        ids = {int(self.lut[tp.topic][tp.partition]) for tp in partitions if tp.topic in self.lut}
         self.ctx.partitions.assigned -= ids
 
     def _commit(self, *, asynchronous: bool) -> None:
@@ -166,6 +198,15 @@ class TaskWorker:
             raise QueryFailed("the worker reads one input topic per query")
         self.topic = self.source.topics[0]
         self.changelog = f"{group_id}-changelog"
+        self.partitions = len(self.source.partitions[self.topic])
+        # several partitions and state: key the state by repartitioning (one task per
+        # repartition partition holds it); otherwise each input partition's task holds its own
+        self.split = (
+            topology.split(stream._node, f"{group_id}-repartition", self.partitions)
+            if self.partitions > 1
+            else None
+        )
+        self.repartition = self.split.upstream.topic if self.split is not None else None  # type: ignore[attr-defined]
         self.instance = Instance(state_dir, group_id)
         bootstrap, config = self.source.bootstrap, self.source.config
         producer_config: dict[str, Any] = {
@@ -200,8 +241,8 @@ class TaskWorker:
         )
         self.ctx = Context(producer=self.producer)
         self.table = ResultTable(stream.schema, stream.keys, 100_000)
-        self.tasks: dict[int, Task] = {}
-        self.suspended: dict[int, Task] = {}  # revoked, kept in case they come back unchanged
+        self.tasks: dict[TP, Task] = {}
+        self.suspended: dict[TP, Task] = {}  # revoked, kept in case they come back unchanged
         self.timings = Timings()
         self.records_in = 0
         self.exception: BaseException | None = None
@@ -216,7 +257,6 @@ class TaskWorker:
     def start(self) -> TaskWorker:
         """Check the topics (a missing output topic raises here), then run in the background."""
         try:
-            self._check_keys()
             self._ensure_changelog()
         except BaseException:
             self._close()
@@ -249,7 +289,7 @@ class TaskWorker:
             "watermark": _as_time(min(known), self.stream) if known else None,
             "lag": sum(lag.values()) if lag else None,
             "rate": round(self._rate(), 1),
-            "tasks": sorted(self.tasks),
+            "tasks": sorted(p for t, p in self.tasks if t == self.topic),
             "checkpoints": self.timings.checkpoints,
             "checkpoint_ms": round(self.timings.checkpoint_ms, 2),
             "commit_ms": round(self.timings.commit_ms, 2),
@@ -265,15 +305,17 @@ class TaskWorker:
             if self.exactly_once:
                 self.producer.init_transactions(30)
                 self.producer.begin_transaction()
-            self.reader = _TaskReader(self.source, self.ctx, self)
+            self.reader = _TaskReader(self.source, self.ctx, self, self.repartition)
             last = time.monotonic()
             while not self._stop.is_set():
                 rows = self.reader.read(self.max_batch, 0.1)
                 if rows is not None and rows.height:
                     self._process(rows)
+                if self.reader.repartitioned is not None:
+                    self._process_repartitioned(self.reader.repartitioned)
                 self._note_rate()
                 lags = self.reader.lags.items()
-                self.timings.lag = {p: lag for (_, p), lag in lags if p in self.tasks}
+                self.timings.lag = {p: lag for (t, p), lag in lags if t == self.topic}
                 if time.monotonic() - last >= self.interval:
                     self.checkpoint()
                     last = time.monotonic()
@@ -304,13 +346,28 @@ class TaskWorker:
         assert self.reader is not None
         self.records_in += rows.height
         for (pid,), part in rows.partition_by(PARTITION, as_dict=True, maintain_order=True).items():
-            task = self.tasks.get(self._partition_of(int(pid)))
-            if task is None:  # a record fetched before its partition was revoked
-                continue
-            task.pipeline.push(task.source, part)
-            task.dirty = True
-        for p, task in self.tasks.items():
-            position = self.reader.positions.get((self.topic, p))
+            self._push((self.topic, self._partition_of(int(pid))), part)
+        self._positions()
+
+    def _process_repartitioned(self, rows: pl.DataFrame) -> None:
+        assert self.repartition is not None
+        for (q,), part in rows.partition_by(
+            topology.TASK, as_dict=True, maintain_order=True, include_key=False
+        ).items():
+            self._push((self.repartition, int(q)), part)
+        self._positions()
+
+    def _push(self, key: TP, rows: pl.DataFrame) -> None:
+        task = self.tasks.get(key)
+        if task is None:  # records fetched before their partition was revoked
+            return
+        task.pipeline.push(task.source, rows)
+        task.dirty = True
+
+    def _positions(self) -> None:
+        assert self.reader is not None
+        for key, task in self.tasks.items():
+            position = self.reader.positions.get(key)
             if position is not None:
                 task.position = position
 
@@ -323,62 +380,77 @@ class TaskWorker:
         self.table.add(Delta(visible(delta.rows), delta.deletes))
 
     # -- tasks ---------------------------------------------------------------------------------
-    def _new_task(self, partition: int) -> Task:
+    def _new_task(self, key: TP) -> Task:
+        """The task of input partition ``key`` (upstream half when repartitioning), or of a
+        repartition partition (downstream half: its watermark spans every input partition)."""
         assert self.reader is not None
-        pid = int(self.reader.lut[self.topic][partition])
+        topic, partition = key
+        inputs = {int(pid) for pid in self.reader.lut[self.topic]}
+        if self.split is None:
+            root, assigned, sink = (
+                self.stream._node,
+                inputs & {int(self.reader.lut[topic][partition])},
+                self._emit,
+            )
+        elif topic == self.topic:
+            root, assigned, sink = self.split.upstream, set(), _discard
+        else:
+            root, assigned, sink = self.split.downstream, inputs, self._emit
         ctx = Context(
             late=self.ctx.late,
             errors=self.ctx.errors,
             error_listeners=self.ctx.error_listeners,
             producer=self.producer,
-            partitions=Partitions(ids=self.ctx.partitions.ids, assigned={pid}),
+            partitions=Partitions(ids=self.ctx.partitions.ids, assigned=assigned),
         )
-        pipeline = Pipeline(self.stream._node, ctx, self._emit)
-        return Task(partition, pipeline, ctx, pipeline.sources[0])
+        pipeline = Pipeline(root, ctx, sink)
+        return Task(topic, partition, pipeline, ctx, pipeline.sources[0])
 
-    def assigned(self, partitions: list[int]) -> None:
+    def assigned(self, partitions: list[TP]) -> None:
         """The group gave us ``partitions``: reuse a suspended task if nobody moved it on,
         else restore it from the last checkpoint."""
         committed = self._committed(partitions)
-        for p in partitions:
-            offset, pointer = committed[p]
-            kept = self.suspended.pop(p, None)
+        for key in partitions:
+            offset, pointer = committed[key]
+            kept = self.suspended.pop(key, None)
             if kept is not None and kept.committed == offset and kept.pointer == pointer:
-                self.tasks[p] = kept
+                self.tasks[key] = kept
                 continue
-            self.tasks[p] = self._restore(p, offset, pointer)
+            self.tasks[key] = self._restore(key, offset, pointer)
         self.suspended.clear()
         assert self.reader is not None
-        for p in partitions:  # forget positions from an earlier ownership
-            offset = self.tasks[p].committed
+        for key in partitions:  # forget positions from an earlier ownership
+            offset = self.tasks[key].committed
             if offset is None:
-                self.reader.positions.pop((self.topic, p), None)
+                self.reader.positions.pop(key, None)
             else:
-                self.reader.positions[(self.topic, p)] = offset
-        log.info("%s: tasks %s", self.name, sorted(self.tasks))
+                self.reader.positions[key] = offset
+        log.info("%s: tasks %s", self.name, sorted(f"{t}/{p}" for t, p in self.tasks))
 
-    def revoked(self, partitions: list[int]) -> None:
+    def revoked(self, partitions: list[TP]) -> None:
         """``partitions`` leave us: checkpoint them before they go."""
         self.checkpoint()
-        for p in partitions:
-            task = self.tasks.pop(p, None)
+        for key in partitions:
+            task = self.tasks.pop(key, None)
             if task is not None:
-                self.suspended[p] = task
+                self.suspended[key] = task
 
-    def _committed(self, partitions: list[int]) -> dict[int, tuple[int | None, str]]:
+    def _committed(self, partitions: list[TP]) -> dict[TP, tuple[int | None, str]]:
         from confluent_kafka import TopicPartition
 
-        found = self.restorer.committed(
-            [TopicPartition(self.topic, p) for p in partitions], timeout=30
-        )
+        found = self.restorer.committed([TopicPartition(t, p) for t, p in partitions], timeout=30)
         return {
-            tp.partition: (tp.offset if tp.offset >= 0 else None, tp.metadata or METADATA_PREFIX)
+            (tp.topic, tp.partition): (
+                tp.offset if tp.offset >= 0 else None,
+                tp.metadata or METADATA_PREFIX,
+            )
             for tp in found
         }
 
-    def _restore(self, partition: int, offset: int | None, pointer: str) -> Task:
+    def _restore(self, key: TP, offset: int | None, pointer: str) -> Task:
         started = time.monotonic()
-        task = self._new_task(partition)
+        task = self._new_task(key)
+        partition = task.partition
         task.committed, task.pointer, task.position = offset, pointer, offset
         where = pointer.removeprefix(METADATA_PREFIX)
         if where:
@@ -393,8 +465,9 @@ class TaskWorker:
         self.timings.restores += 1
         self.timings.restore_ms = (time.monotonic() - started) * 1000
         log.info(
-            "%s: task %d restored at offset %s from %s in %.0f ms",
+            "%s: task %s/%d restored at offset %s from %s in %.0f ms",
             self.name,
+            task.topic,
             partition,
             offset,
             pointer,
@@ -442,7 +515,7 @@ class TaskWorker:
             while True:
                 if time.monotonic() > deadline:
                     raise SourceError(f"changelog {self.changelog}/{partition}: read timed out")
-                messages = self.restorer.consume(1000, timeout=1.0)
+                messages = self.restorer.consume(1000, timeout=0.05)
                 for m in messages:
                     err = m.error()
                     if err is not None and err.code() == KafkaError._PARTITION_EOF:
@@ -467,8 +540,8 @@ class TaskWorker:
 
         started = time.monotonic()
         written = 0
-        snapshots: set[int] = set()
-        for p, task in self.tasks.items():
+        snapshots: set[TP] = set()
+        for key, task in self.tasks.items():
             if not task.dirty:
                 continue
             task.dirty = False
@@ -481,22 +554,26 @@ class TaskWorker:
             headers = [(SNAPSHOT_HEADER, str(task.snapshot_id).encode())]
             for i, record in enumerate(records):
                 self._produce(
-                    self.changelog, record, key=str(i).encode(), partition=p, headers=headers
+                    self.changelog,
+                    record,
+                    key=str(i).encode(),
+                    partition=task.partition,
+                    headers=headers,
                 )
             task.pointer = f"{METADATA_PREFIX}{task.snapshot_id}:{len(records)}"
-            snapshots.add(p)
+            snapshots.add(key)
         moved = [
             (task, task.position)
             for task in self.tasks.values()
             if task.position is not None
-            and (task.position != task.committed or task.partition in snapshots)
+            and (task.position != task.committed or (task.topic, task.partition) in snapshots)
         ]
         if not moved:
             return
         committing = time.monotonic()
         self._commit(
             [
-                TopicPartition(self.topic, task.partition, position, metadata=task.pointer)
+                TopicPartition(task.topic, task.partition, position, metadata=task.pointer)
                 for task, position in moved
             ]
         )
@@ -561,45 +638,15 @@ class TaskWorker:
         partitions = list(self.tasks)
         self.tasks.clear()
         committed = self._committed(partitions)
-        for p in partitions:
-            offset, pointer = committed[p]
-            self.tasks[p] = self._restore(p, offset, pointer)
+        for key in partitions:
+            offset, pointer = committed[key]
+            self.tasks[key] = self._restore(key, offset, pointer)
             if offset is not None:
                 with contextlib.suppress(Exception):
-                    self.reader.consumer.seek(TopicPartition(self.topic, p, offset))
-                    self.reader.positions[(self.topic, p)] = offset
+                    self.reader.consumer.seek(TopicPartition(*key, offset))
+                    self.reader.positions[key] = offset
 
     # -- helpers -------------------------------------------------------------------------------
-    def _check_keys(self) -> None:
-        """State lives in per-partition tasks: a key's records must share a partition."""
-        from streamnb.plan import GroupByNode, JoinNode, WindowNode
-        from streamnb.worker.run import _nodes
-
-        partitions = len(self.source.partitions[self.topic])
-        if partitions == 1:
-            return
-        stateful = [
-            n
-            for n in _nodes(self.stream._node)
-            if isinstance(n, (WindowNode, GroupByNode, JoinNode))
-        ]
-        for node in stateful:
-            if isinstance(node, WindowNode) and not node.by:
-                raise ConfigError(
-                    f"{node.describe()} has no `by` keys, but {self.topic!r} has {partitions} "
-                    "partitions and the worker keeps state per partition (each would emit its "
-                    "own rows): key the window, or read a topic of one partition"
-                )
-        if stateful:
-            log.warning(
-                "%s: state is kept per partition of %r (%d partitions): every record of a key "
-                "must be in one partition, i.e. the producer's message key must determine the "
-                "grouping keys",
-                self.name,
-                self.topic,
-                partitions,
-            )
-
     def _ensure_changelog(self) -> None:
         """Create the changelog topic if needed; check that the output topics exist (a record
         for a missing topic would fail only at delivery)."""
@@ -620,19 +667,21 @@ class TaskWorker:
                             f"output topic {name!r} does not exist at {node.bootstrap}: "
                             "create it before starting the worker"
                         )
-        partitions = len(self.source.partitions[self.topic])
-        topic = NewTopic(
-            self.changelog,
-            num_partitions=partitions,
-            replication_factor=-1,
-            config={"cleanup.policy": "compact", "segment.bytes": str(64 * 1024 * 1024)},
-        )
-        future = admin.create_topics([topic], request_timeout=30)[self.changelog]
-        try:
-            future.result(30)
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
-                raise SourceError(f"cannot create changelog topic {self.changelog}: {exc}") from exc
+        internal = {
+            self.changelog: {"cleanup.policy": "compact", "segment.bytes": str(2**26)},
+        }
+        if self.repartition is not None:
+            internal[self.repartition] = {"cleanup.policy": "delete", "retention.ms": "-1"}
+        topics = [
+            NewTopic(name, num_partitions=self.partitions, replication_factor=-1, config=config)
+            for name, config in internal.items()
+        ]
+        for name, future in admin.create_topics(topics, request_timeout=30).items():
+            try:
+                future.result(30)
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+                    raise SourceError(f"cannot create topic {name}: {exc}") from exc
 
     def _note_rate(self) -> None:
         now = time.monotonic()
@@ -645,6 +694,10 @@ class TaskWorker:
             return 0.0
         (t0, n0), (t1, n1) = self._recent[0], self._recent[-1]
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _discard(delta: Delta) -> None:
+    """Upstream halves end in the repartition topic: nothing reaches the result."""
 
 
 def _kafka_source(node: Any) -> KafkaSource:

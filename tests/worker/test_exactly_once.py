@@ -3,9 +3,9 @@ a broker restart. The output, read `read_committed`, must equal the batch refere
 under exactly_once (no duplicate, no loss) and contain it under at_least_once.
 
 The input: keyed records spread over 3 partitions by key, produced while the workers run;
-the query: per key, tumbling 10 s windows of count and sum (final rows). Each partition is a
-task with its own watermark (event time, no delay), so the expected output is, per partition,
-the windows its own latest record closed.
+the query: per key, tumbling 10 s windows of count and sum (final rows). The worker runs one
+task per input partition and, through a repartition topic, one per key range; the expected
+output is every window the final watermark (the minimum over the partitions) closed.
 """
 
 from __future__ import annotations
@@ -68,15 +68,16 @@ def records(n: int) -> pl.DataFrame:
 
 
 def reference(data: pl.DataFrame) -> Counter[tuple[Any, ...]]:
-    """Per partition, the windows that partition's last record closed (watermark = max t)."""
-    closed_by = data.group_by("partition").agg(pl.col("t").max().alias("wm"))
+    """The windows closed by the final watermark: the minimum over the partitions of their
+    latest time (the worker repartitions by key, and its downstream tasks take the minimum
+    over the input partitions, as the notebook does)."""
+    watermark = data.group_by("partition").agg(pl.col("t").max())["t"].min()
     windows = (
         data.with_columns(window_start=pl.col("t") // WINDOW_MS * WINDOW_MS)
-        .group_by("partition", "window_start", "k")
+        .group_by("window_start", "k")
         .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
         .with_columns(window_end=pl.col("window_start") + WINDOW_MS)
-        .join(closed_by, on="partition")
-        .filter(pl.col("window_end") <= pl.col("wm"))
+        .filter(pl.col("window_end") <= watermark)
     )
     return Counter(windows.select("window_start", "window_end", "k", "n", "total").iter_rows())
 
@@ -273,8 +274,18 @@ def test_kill_9_at_least_once_loses_nothing(workers: Any, bootstrap: str) -> Non
     want = reference(data)
     got = committed_output(bootstrap, w.out, sum(want.values()), timeout=120)
     w.stop_all()
-    missing = want - Counter(got)
-    assert not missing, f"{len(missing)} rows lost, e.g. {list(missing)[:2]}\n{w.logs()}"
+    # at least once: a record may count twice after the crash (the repartition topic may hold
+    # it twice), never zero times, so every window has a row with at least its records
+    best: dict[tuple[Any, ...], tuple[int, int]] = {}
+    for ws, we, k, n, total in got:
+        seen = best.get((ws, we, k), (0, 0))
+        best[(ws, we, k)] = (max(seen[0], n), max(seen[1], total))
+    short = [
+        row
+        for row in want
+        if (seen := best.get(row[:3])) is None or seen[0] < row[3] or seen[1] < row[4]
+    ]
+    assert not short, f"{len(short)} windows lost records, e.g. {short[:2]}\n{w.logs()}"
 
 
 def test_workers_join_and_leave_exactly_once(workers: Any, bootstrap: str) -> None:
@@ -365,7 +376,13 @@ def test_a_missing_output_topic_is_named_before_anything_runs(
     from streamnb.exceptions import ConfigError
     from streamnb.worker.run import start
 
-    stream = sn.from_kafka(make_topic(2), bootstrap_servers=bootstrap, start="earliest")
+    stream = sn.from_kafka(
+        make_topic(2),
+        bootstrap_servers=bootstrap,
+        start="earliest",
+        schema={"k": pl.String, "t": pl.Int64},
+        timestamp="t",
+    )
     with pytest.raises(ConfigError, match="output topic 'no-such-topic-here' does not exist"):
         start(
             stream.to_kafka("no-such-topic-here", bootstrap_servers=bootstrap),
@@ -373,13 +390,14 @@ def test_a_missing_output_topic_is_named_before_anything_runs(
             guarantee="exactly_once",
             state_dir=tmp_path,
         )
-    out = make_topic(1)
-    unkeyed = (
-        stream.window(sn.Tumbling("1s"))
+    twice = (
+        stream.window(sn.Tumbling("1s"), by="k")
         .agg(pl.len().alias("n"))
-        .to_kafka(out, bootstrap_servers=bootstrap)
+        .group_by("n")
+        .agg(pl.len().alias("windows"))
+        .to_kafka(make_topic(1), bootstrap_servers=bootstrap)
     )
-    with pytest.raises(ConfigError, match=r"no `by` keys, but .* has 2 partitions"):
-        start(unkeyed, name="unkeyed", guarantee="at_least_once", state_dir=tmp_path)
+    with pytest.raises(ConfigError, match="repartitions once"):
+        start(twice, name="twice", guarantee="at_least_once", state_dir=tmp_path)
     with pytest.raises(ConfigError, match="exactly_once needs a Kafka sink"):
         start(stream, name="no-sink", guarantee="exactly_once", state_dir=tmp_path)

@@ -1,0 +1,184 @@
+"""Repartitioning: a query over a topic of several partitions, cut in two at its first stateful
+operator, with a Kafka topic between the halves (Kafka Streams' repartition topics).
+
+Upstream tasks (one per input partition) run the stateless operators and send each row to the
+partition of the repartition topic that its grouping keys hash to, so that every key's state
+lives in exactly one downstream task (one per repartition partition), whichever input
+partition its records came from. Rows travel as Arrow IPC, one record per micro-batch and
+target partition, with the hidden partition column of their input partition.
+
+Watermarks: after its rows, each upstream batch sends every target partition a *marker* row
+carrying the latest event time the upstream task has sent on; downstream operators take it in
+like any record of that input partition, then drop it. A downstream watermark is so the
+minimum over the input partitions, as in the notebook, never ahead of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+import polars as pl
+
+from streamnb.engine.core import MARKER, PARTITION, Context, Delta, Operator
+from streamnb.engine.eventtime import EventTime
+from streamnb.exceptions import ConfigError
+from streamnb.plan import GroupByNode, JoinNode, Node, SourceNode, WindowNode
+from streamnb.sources.base import Reader, Source
+
+TARGET = "__sn_target"
+TASK = "__sn_task"  # the repartition partition (downstream task) a row arrived on
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A plan cut at its first stateful operator."""
+
+    upstream: Node  # source, stateless operators, then the repartition sink
+    downstream: Node  # a repartition source, the stateful operator and everything after
+    keys: tuple[str, ...]
+    event_time: EventTime | None
+
+
+def split(root: Node, topic: str, partitions: int) -> Split | None:
+    """``root`` cut in two for repartitioning through ``topic``; None if it keeps no state."""
+    path = _path_to_source(root)
+    stateful = [n for n in path if isinstance(n, (WindowNode, GroupByNode, JoinNode))]
+    if not stateful:
+        return None
+    first = stateful[-1]  # path runs from the root down: the last is the first in data order
+    if isinstance(first, JoinNode) or len(stateful) > 1:
+        raise ConfigError(
+            f"{first.describe()}: over a topic of {partitions} partitions the worker "
+            "repartitions once, before one window or group_by; this query needs more "
+            "(read a topic of one partition)"
+        )
+    if isinstance(first, WindowNode):
+        keys, event_time = first.by, first.event_time
+    else:
+        assert isinstance(first, GroupByNode)
+        keys, event_time = first.keys, None
+    (below,) = first.inputs
+    upstream = RepartitionNode((below,), topic, partitions, keys, event_time)
+    downstream = _replace(root, first, dataclasses.replace(first, inputs=(_source_node(),)))
+    return Split(upstream, downstream, keys, event_time)
+
+
+def _path_to_source(root: Node) -> list[Node]:
+    path, node = [root], root
+    while node.inputs:
+        if len(node.inputs) > 1:
+            raise ConfigError(f"{node.describe()}: the worker reads one source per query")
+        node = node.inputs[0]
+        path.append(node)
+    return path
+
+
+def _replace(node: Node, old: Node, new: Node) -> Node:
+    if node is old:
+        return new
+    return dataclasses.replace(node, inputs=tuple(_replace(n, old, new) for n in node.inputs))
+
+
+class _Repartitioned(Source):
+    """Placeholder source of a downstream half: the worker pushes the rows itself."""
+
+    name = "repartition"
+    bounded = False
+    schema = None
+    event_time = None
+
+    def open(self, ctx: Context) -> Reader:
+        raise AssertionError("the worker feeds repartitioned rows; nothing opens this source")
+
+
+def _source_node() -> SourceNode:
+    return SourceNode((), _Repartitioned())
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RepartitionNode(Node):
+    topic: str
+    partitions: int
+    keys: tuple[str, ...]
+    event_time: EventTime | None
+
+    def build(self, ctx: Context) -> Operator:
+        return RepartitionSink(self.topic, self.partitions, self.keys, self.event_time, ctx)
+
+    def describe(self) -> str:
+        return f"repartition[{self.topic}, by={list(self.keys)}]"
+
+
+class RepartitionSink(Operator):
+    """Sends rows to the repartition topic by the hash of their keys, then marker rows."""
+
+    def __init__(
+        self,
+        topic: str,
+        partitions: int,
+        keys: tuple[str, ...],
+        event_time: EventTime | None,
+        ctx: Context,
+    ) -> None:
+        if ctx.producer is None:
+            raise AssertionError("repartitioning runs in the worker, which shares its producer")
+        self.topic, self.partitions, self.keys, self.et = topic, partitions, list(keys), event_time
+        self.producer = ctx.producer
+        self.latest: int | None = None  # the latest event time sent on
+
+    def process(self, delta: Delta) -> Delta:
+        rows = delta.rows
+        if rows.height == 0:
+            return Delta(pl.DataFrame())
+        target = (
+            (pl.struct(self.keys).hash(seed=0) % self.partitions).cast(pl.Int32)
+            if self.keys
+            else pl.lit(0, pl.Int32)
+        )
+        parts = rows.with_columns(target.alias(TARGET)).partition_by(
+            TARGET, as_dict=True, include_key=False
+        )
+        marker = self._marker(rows)
+        for q in range(self.partitions):
+            part = parts.get((q,))
+            frames = [f for f in (part, marker) if f is not None]
+            if frames:
+                self._send(q, pl.concat(frames, how="diagonal_relaxed"))
+        return Delta(pl.DataFrame())  # nothing flows further in this task
+
+    def _marker(self, rows: pl.DataFrame) -> pl.DataFrame | None:
+        """One row: this input partition's latest event time so far (None without time)."""
+        if self.et is None or self.et.column not in rows.columns:
+            return None
+        latest = self.et.values(rows).max()
+        if latest is None:
+            return None
+        assert isinstance(latest, int)
+        self.latest = latest if self.latest is None else max(self.latest, latest)
+        return rows.head(1).select(
+            pl.lit(self.latest, pl.Int64).cast(rows.schema[self.et.column]).alias(self.et.column),
+            pl.col(PARTITION),
+            pl.lit(True).alias(MARKER),
+        )
+
+    def _send(self, partition: int, frame: pl.DataFrame) -> None:
+        buffer = io.BytesIO()
+        frame.write_ipc(buffer)
+        while True:
+            try:
+                self.producer.produce(self.topic, buffer.getvalue(), partition=partition)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+
+def decode(messages: list[Any]) -> pl.DataFrame | None:
+    """Repartition records back into rows, each with the partition it arrived on (``TASK``)."""
+    frames = [
+        pl.read_ipc(io.BytesIO(m.value())).with_columns(pl.lit(m.partition(), pl.Int32).alias(TASK))
+        for m in messages
+        if m.value()
+    ]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
