@@ -91,12 +91,8 @@ def start(
     (:mod:`streamnb.worker.tasks`); any other query runs as in the notebook, its Kafka sources
     (if any) in consumer group ``group_id``, committing after each batch.
     """
-    from streamnb.worker.tasks import (
-        TaskWorker,
-        default_state_dir,
-        has_kafka_sink,
-        partitioned_source,
-    )
+    from streamnb.worker.changelog import default_state_dir
+    from streamnb.worker.tasks import TaskWorker, has_kafka_sink, partitioned_source
 
     if guarantee not in GUARANTEES:
         raise ConfigError(f"--guarantee {guarantee!r} must be one of {list(GUARANTEES)}")

@@ -25,12 +25,9 @@ group's committed offset and metadata, restores the snapshot, and consumes from 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,50 +43,18 @@ from streamnb.kafka import client_config
 from streamnb.sinks.memory import ResultTable
 from streamnb.sources.kafka import KafkaSource, _KafkaReader
 from streamnb.worker import topology
+from streamnb.worker.changelog import (
+    METADATA_PREFIX,
+    TRANSACTION_TIMEOUT_MS,
+    Changelog,
+    Instance,
+    parse_pointer,
+)
 
 log = logging.getLogger("streamnb.worker")
 
 TP = tuple[str, int]
 """A task's key: its topic (input, or repartition) and partition."""
-METADATA_PREFIX = "sn1:"
-SNAPSHOT_HEADER = "sn-snapshot"
-TRANSACTION_TIMEOUT_MS = 10_000
-"""A killed worker's open transaction blocks ``read_committed`` readers of its partitions
-until its restart aborts it or this timeout passes."""
-
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / "streamnb"
-
-
-class Instance:
-    """This worker's identity, kept in ``--state-dir``: ``<dir>/<group>/instance-<id>``.
-
-    A worker takes the first instance directory no running worker holds (a lock file), else
-    makes a new one. A worker restarted after ``kill -9`` so gets its predecessor's id, and
-    with it the same ``transactional.id``: initialising the producer fences the killed one
-    and aborts its open transaction at once.
-    """
-
-    def __init__(self, state_dir: Path, group: str) -> None:
-        root = state_dir / group
-        root.mkdir(parents=True, exist_ok=True)
-        for slot in [*sorted(root.glob("instance-*")), root / f"instance-{uuid.uuid4().hex[:8]}"]:
-            slot.mkdir(exist_ok=True)
-            fd = os.open(slot / "lock", os.O_CREAT | os.O_RDWR, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self.fd, self.path = fd, slot
-            self.id = slot.name.removeprefix("instance-")
-            return
-        raise AssertionError("unreachable: a new instance directory is never locked")
-
-    def release(self) -> None:
-        os.close(self.fd)
 
 
 @dataclass(eq=False)
@@ -197,7 +162,6 @@ class TaskWorker:
         if len(self.source.topics) != 1:
             raise QueryFailed("the worker reads one input topic per query")
         self.topic = self.source.topics[0]
-        self.changelog = f"{group_id}-changelog"
         self.partitions = len(self.source.partitions[self.topic])
         # several partitions and state: key the state by repartitioning (one task per
         # repartition partition holds it); otherwise each input partition's task holds its own
@@ -239,6 +203,7 @@ class TaskWorker:
                 },
             )
         )
+        self.changelog = Changelog(f"{group_id}-changelog", self.producer, self.restorer)
         self.ctx = Context(producer=self.producer)
         self.table = ResultTable(stream.schema, stream.keys, 100_000)
         self.tasks: dict[TP, Task] = {}
@@ -452,12 +417,10 @@ class TaskWorker:
         task = self._new_task(key)
         partition = task.partition
         task.committed, task.pointer, task.position = offset, pointer, offset
-        where = pointer.removeprefix(METADATA_PREFIX)
-        if where:
-            snapshot_id, count = (int(x) for x in where.split(":"))
-            task.snapshot_id = snapshot_id
-            data = self._read_snapshot(partition, snapshot_id, count)
-            checkpoint.restore(task.pipeline, data)
+        where = parse_pointer(pointer)
+        if where is not None:
+            task.snapshot_id = where[0]
+            checkpoint.restore(task.pipeline, self.changelog.read(partition, *where))
             for step in task.pipeline.steps:  # the status shows the restored watermark
                 tracker = getattr(step.op, "tracker", None)
                 if tracker is not None:
@@ -474,64 +437,6 @@ class TaskWorker:
             self.timings.restore_ms,
         )
         return task
-
-    def _read_snapshot(self, partition: int, snapshot_id: int, count: int) -> bytes:
-        """Snapshot ``snapshot_id`` of a task from the end of its changelog partition.
-
-        Only this task writes that partition and its snapshots follow each other, so the one
-        wanted is among the last records; reading starts ``count`` records (and a margin)
-        before the end and goes further back while it is not found.
-        """
-        from confluent_kafka import TopicPartition
-
-        low, high = self.restorer.get_watermark_offsets(
-            TopicPartition(self.changelog, partition), timeout=30
-        )
-        span = count + 16
-        while True:
-            start = max(low, high - span)
-            found = self._scan_changelog(partition, start, snapshot_id, count)
-            if found is not None:
-                return found
-            if start == low:
-                raise SourceError(
-                    f"changelog {self.changelog}/{partition}: snapshot {snapshot_id} "
-                    f"({count} records) is missing; the committed offsets point at it"
-                )
-            span *= 4
-
-    def _scan_changelog(
-        self, partition: int, start: int, snapshot_id: int, count: int
-    ) -> bytes | None:
-        """The last complete run of the snapshot's records from ``start`` to the end."""
-        from confluent_kafka import KafkaError, TopicPartition
-
-        wanted = str(snapshot_id).encode()
-        self.restorer.assign([TopicPartition(self.changelog, partition, start)])
-        parts: list[bytes] = []
-        complete: bytes | None = None
-        deadline = time.monotonic() + 60
-        try:
-            while True:
-                if time.monotonic() > deadline:
-                    raise SourceError(f"changelog {self.changelog}/{partition}: read timed out")
-                messages = self.restorer.consume(1000, timeout=0.05)
-                for m in messages:
-                    err = m.error()
-                    if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                        return complete
-                    if err is not None:
-                        raise SourceError(f"changelog {self.changelog}/{partition}: {err.str()}")
-                    headers = dict(m.headers() or [])
-                    if headers.get(SNAPSHOT_HEADER) != wanted:
-                        continue
-                    if m.key() == b"0":
-                        parts = []
-                    parts.append(m.value() or b"")
-                    if len(parts) == count:
-                        complete = b"".join(parts)
-        finally:
-            self.restorer.unassign()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint(self) -> None:
@@ -551,16 +456,7 @@ class TaskWorker:
             records = checkpoint.chunks(data)
             written += len(data)
             task.snapshot_id += 1
-            headers = [(SNAPSHOT_HEADER, str(task.snapshot_id).encode())]
-            for i, record in enumerate(records):
-                self._produce(
-                    self.changelog,
-                    record,
-                    key=str(i).encode(),
-                    partition=task.partition,
-                    headers=headers,
-                )
-            task.pointer = f"{METADATA_PREFIX}{task.snapshot_id}:{len(records)}"
+            task.pointer = self.changelog.write(task.partition, task.snapshot_id, records)
             snapshots.add(key)
         moved = [
             (task, task.position)
@@ -588,14 +484,6 @@ class TaskWorker:
     def _undelivered(self, err: Any, msg: Any) -> None:
         self.undelivered += 1
         self.last_delivery_error = f"{msg.topic()}: {err.str()}"
-
-    def _produce(self, topic: str, value: bytes, **kw: Any) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value, **kw)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
 
     def _commit(self, offsets: list[Any]) -> None:
         from confluent_kafka import KafkaException
@@ -668,7 +556,7 @@ class TaskWorker:
                             "create it before starting the worker"
                         )
         internal = {
-            self.changelog: {"cleanup.policy": "compact", "segment.bytes": str(2**26)},
+            self.changelog.topic: {"cleanup.policy": "compact", "segment.bytes": str(2**26)},
         }
         if self.repartition is not None:
             internal[self.repartition] = {"cleanup.policy": "delete", "retention.ms": "-1"}
