@@ -1,0 +1,154 @@
+"""Repartitioning without a broker: a plan cut at its first stateful operator, upstream halves
+per input partition writing to a stand-in producer, downstream halves per repartition
+partition reading what it got, gives the windows a single pipeline over every partition gives.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import polars as pl
+import pytest
+
+import streamnb as sn
+from streamnb.engine.core import PARTITION, Context, Delta, Partitions, visible
+from streamnb.engine.executor import Pipeline
+from streamnb.exceptions import ConfigError
+from streamnb.plan import SourceNode, WindowNode
+from streamnb.worker import topology
+
+INPUTS, TARGETS = 3, 4
+
+
+class Message:
+    def __init__(self, value: bytes, partition: int) -> None:
+        self._value, self._partition = value, partition
+
+    def value(self) -> bytes:
+        return self._value
+
+    def partition(self) -> int:
+        return self._partition
+
+
+class Producer:
+    """Keeps what is produced, per partition, in order."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, list[Message]] = defaultdict(list)
+
+    def produce(self, topic: str, value: bytes, partition: int) -> None:
+        self.sent[partition].append(Message(value, partition))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def records(seed: int, n: int = 1500) -> pl.DataFrame:
+    rng = random.Random(seed)
+    rows = [
+        {"k": rng.choice("abcdefg"), "t": 1_000_000 + i * 10 + rng.randint(0, 30), "v": i}
+        for i in range(n)
+    ]
+    df = pl.DataFrame(rows)
+    return df.with_columns((pl.int_range(0, n) % INPUTS).alias(PARTITION))  # any key anywhere
+
+
+def query(source: sn.Stream) -> sn.Stream:
+    return (
+        source.with_watermark("t", "50ms")
+        .window(sn.Hopping("1s", "250ms"), by="k")
+        .agg(pl.len().alias("n"), pl.col("v").sum())
+    )
+
+
+def batches(df: pl.DataFrame, size: int) -> list[pl.DataFrame]:
+    """Per input partition in its order, dealt round-robin in batches of ``size``."""
+    parts = [df.filter(pl.col(PARTITION) == p) for p in range(INPUTS)]
+    out = []
+    for offset in range(0, max(p.height for p in parts), size):
+        out.extend(p.slice(offset, size) for p in parts if p.slice(offset, size).height)
+    return out
+
+
+def run_single(stream: sn.Stream, feed: list[pl.DataFrame]) -> pl.DataFrame:
+    out: list[pl.DataFrame] = []
+    ctx = Context(partitions=Partitions(assigned=set(range(INPUTS))))
+    pipeline = Pipeline(stream._node, ctx, lambda d: out.append(visible(d.rows)))
+    for batch in feed:
+        pipeline.push(pipeline.sources[0], batch)
+    return pl.concat(out)
+
+
+def run_split(stream: sn.Stream, feed: list[pl.DataFrame]) -> pl.DataFrame:
+    cut = topology.split(stream._node, "rep", TARGETS)
+    assert cut is not None
+    producer = Producer()
+    upstream = {
+        p: Pipeline(cut.upstream, Context(producer=producer), lambda d: None) for p in range(INPUTS)
+    }
+    out: list[pl.DataFrame] = []
+
+    def emit(delta: Delta) -> None:
+        out.append(visible(delta.rows))
+
+    downstream = {
+        q: Pipeline(
+            cut.downstream, Context(partitions=Partitions(assigned=set(range(INPUTS)))), emit
+        )
+        for q in range(TARGETS)
+    }
+    read = dict.fromkeys(range(TARGETS), 0)
+    for batch in feed:
+        p = batch[PARTITION][0]
+        upstream[p].push(upstream[p].sources[0], batch)
+        for q, messages in producer.sent.items():  # downstream reads what has arrived
+            frame = topology.decode(messages[read[q] :])
+            read[q] = len(messages)
+            if frame is not None:
+                downstream[q].push(downstream[q].sources[0], frame.drop(topology.TASK))
+    return pl.concat(out)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("size", [5, 40, 400])
+def test_repartitioned_windows_equal_a_single_pipeline(seed: int, size: int) -> None:
+    data = records(seed)
+    stream = query(sn.from_records(data.drop(PARTITION), timestamp="t"))
+    feed = batches(data, size)
+    single, split = run_single(stream, feed), run_split(stream, feed)
+    assert single.height > 100
+    order = ["window_start", "k"]
+    assert split.sort(order).equals(single.sort(order))
+
+
+def test_marker_rows_carry_the_latest_time_of_their_partition() -> None:
+    data = records(5, n=40)
+    stream = query(sn.from_records(data.drop(PARTITION), timestamp="t"))
+    cut = topology.split(stream._node, "rep", TARGETS)
+    assert cut is not None
+    producer = Producer()
+    pipeline = Pipeline(cut.upstream, Context(producer=producer), lambda d: None)
+    batch = data.filter(pl.col(PARTITION) == 1)
+    pipeline.push(pipeline.sources[0], batch)
+    assert sorted(producer.sent) == list(range(TARGETS))  # every target hears of the time
+    for messages in producer.sent.values():
+        frame = topology.decode(messages)
+        assert frame is not None
+        marker = frame.filter(pl.col("__sn_marker").fill_null(False))
+        assert marker.select("t", PARTITION).rows() == [(batch["t"].max(), 1)]
+
+
+def test_split_cuts_before_the_first_stateful_operator() -> None:
+    bids = sn.from_records([{"k": "a", "t": 1, "v": 1}], timestamp="t")
+    assert topology.split(bids.filter(pl.col("v") > 0)._node, "rep", 2) is None
+    cut = topology.split(query(bids.filter(pl.col("v") > 0))._node, "rep", 2)
+    assert cut is not None and cut.keys == ("k",)
+    assert isinstance(cut.upstream, topology.RepartitionNode)
+    window: Any = cut.downstream
+    assert isinstance(window, WindowNode) and isinstance(window.inputs[0], SourceNode)
+    twice = query(bids).group_by("k").agg(pl.len().alias("windows"))
+    with pytest.raises(ConfigError, match="repartitions once"):
+        topology.split(twice._node, "rep", 2)
