@@ -77,6 +77,15 @@ stream = (
 """
 
 
+def create_topic(bootstrap: str, name: str) -> str:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(name, 1, 1)]).values():
+        future.result(30)
+    return name
+
+
 def read_output(bootstrap: str, topic: str) -> list[bytes]:
     """Every committed record of ``topic`` (read until 3 s pass without one)."""
     from confluent_kafka import Consumer
@@ -113,7 +122,7 @@ def throughput(
         q = QUERIES[name]
         want = refs.closed(name, final_watermark(refs.bids, 1))
         for guarantee in ("at_least_once", "exactly_once"):
-            out = f"bench-worker-out-{uuid.uuid4().hex[:8]}"
+            out = create_topic(bootstrap, f"bench-worker-out-{uuid.uuid4().hex[:8]}")
             stream = q.build(kafka_stream(bootstrap, topic, {})).to_kafka(
                 out, bootstrap_servers=bootstrap
             )
@@ -176,7 +185,7 @@ def recovery(
     work = Path(tempfile.mkdtemp(prefix="streamnb-recovery-"))
     job = work / "job.py"
     job.write_text(RECOVERY_JOB)
-    out = f"bench-recovery-out-{uuid.uuid4().hex[:8]}"
+    out = create_topic(bootstrap, f"bench-recovery-out-{uuid.uuid4().hex[:8]}")
     env = {**os.environ, "BENCH_TOPIC": topic, "BENCH_BOOTSTRAP": bootstrap}
     env["PYTHONPATH"] = str(benchutil.ROOT)
     group = f"bench-recovery-{uuid.uuid4().hex[:8]}"

@@ -44,6 +44,18 @@ class Node:
         return type(self).__name__.removesuffix("Node").lower()
 
 
+def partition_scope(node: Node) -> frozenset[tuple[object, ...]]:
+    """The partition scopes of the sources below ``node``: its watermark waits for these."""
+    scopes: set[tuple[object, ...]] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, SourceNode):
+            scopes |= n.source.partition_scopes()
+        stack.extend(n.inputs)
+    return frozenset(scopes)
+
+
 @dataclass(frozen=True, eq=False)
 class SourceNode(Node):
     source: Source
@@ -97,6 +109,7 @@ class WindowNode(Node):
         if self.input_schema is not None and ctx.late.schema is None:
             ctx.late.schema = self.input_schema
         common = dict(
+            scope=partition_scope(self),
             event_time=self.event_time,
             by=self.by,
             grace_ms=self.grace_ms,
@@ -201,6 +214,7 @@ class JoinNode(Node):
             times=self.times,
             schemas=self.schemas,
             ctx=ctx,
+            scope=partition_scope(self),
         )
 
     def describe(self) -> str:

@@ -158,13 +158,23 @@ class Partitions:
     ids: dict[tuple[Any, ...], int] = field(default_factory=dict)
     assigned: set[int] = field(default_factory=set)
     idle: set[int] = field(default_factory=set)
+    scopes: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    """Which source a partition belongs to (``("kafka", topic)``, ``("records", uid)``)."""
 
     def id_for(self, *key: Any) -> int:
-        """The id of partition ``key`` (e.g. ``("kafka", topic, partition)``), made on first use."""
-        return self.ids.setdefault(key, len(self.ids))
+        """The id of partition ``key`` (e.g. ``("kafka", topic, partition)``), made on first use;
+        ``key[:2]`` names its source."""
+        pid = self.ids.setdefault(key, len(self.ids))
+        self.scopes[pid] = key[:2]
+        return pid
 
-    def active(self) -> set[int]:
-        return self.assigned - self.idle
+    def active(self, scope: frozenset[tuple[Any, ...]] | None = None) -> set[int]:
+        """Assigned partitions that are not idle; with ``scope``, only those of these sources
+        (an operator waits for the partitions of its own inputs, not of a query's others)."""
+        live = self.assigned - self.idle
+        if scope is None:
+            return live
+        return {p for p in live if p not in self.scopes or self.scopes[p] in scope}
 
 
 @dataclass

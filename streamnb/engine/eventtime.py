@@ -8,6 +8,7 @@ timestamps keep their precision) and durations are converted into that unit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -86,9 +87,12 @@ class WatermarkTracker:
     nothing yet holds it at −∞), minus the delay. ``W`` never goes back.
     """
 
-    def __init__(self, delay: int, partitions: Partitions) -> None:
+    def __init__(
+        self, delay: int, partitions: Partitions, scope: frozenset[tuple[Any, ...]] | None = None
+    ) -> None:
         self.delay = delay
         self.partitions = partitions
+        self.scope = scope  # the sources feeding this operator (None: every source)
         self.max_time: int | None = None
         self.part_max: dict[int, int] = {}
         self.current = NEG_INF
@@ -115,7 +119,7 @@ class WatermarkTracker:
         return wm
 
     def _partitioned(self, times: pl.Series, parts: pl.Series) -> pl.Series:
-        active = self.partitions.active()
+        active = self.partitions.active(self.scope)
         present = set(parts.unique().to_list())
         frame = pl.DataFrame({"t": times, "p": parts})
         columns = []

@@ -111,11 +111,12 @@ class IntervalJoin(Operator):
         times: tuple[EventTime, EventTime],
         schemas: tuple[pl.Schema, pl.Schema],
         ctx: Context,
+        scope: frozenset[tuple[object, ...]] | None = None,
     ) -> None:
         self.on, self.how, self.times, self.ctx = list(on), how, times, ctx
         per_ms = times[0].per_ms
         self.within, self.grace = within_ms * per_ms, grace_ms * per_ms
-        self.tracker = WatermarkTracker(max(t.delay for t in times), ctx.partitions)
+        self.tracker = WatermarkTracker(max(t.delay for t in times), ctx.partitions, scope)
         self.buffers = [
             schemas[0]
             .to_frame()

@@ -45,6 +45,7 @@ class WindowOperatorBase(Operator):
         agg: Aggregation,
         schema: pl.Schema,
         ctx: Context,
+        scope: frozenset[tuple[object, ...]] | None = None,
     ) -> None:
         self.et = event_time
         self.by = list(by)
@@ -54,7 +55,7 @@ class WindowOperatorBase(Operator):
         self.agg = agg
         self.schema = schema
         self.ctx = ctx
-        self.tracker = WatermarkTracker(self.delay, ctx.partitions)
+        self.tracker = WatermarkTracker(self.delay, ctx.partitions, scope)
         self.seq = 0
 
     @property

@@ -30,6 +30,10 @@ class Source(ABC):
     bounded: bool
     event_time: EventTime | None = None
 
+    def partition_scopes(self) -> frozenset[tuple[object, ...]]:
+        """The ``Partitions`` scopes of the partitions this source's records carry."""
+        return frozenset()
+
     @abstractmethod
     def open(self, ctx: Context) -> Reader:
         """Start reading; errors in records are reported to ``ctx``."""

@@ -147,6 +147,9 @@ class KafkaSource(Source):
     def open(self, ctx: Context) -> Reader:
         return _KafkaReader(self, ctx)
 
+    def partition_scopes(self) -> frozenset[tuple[object, ...]]:
+        return frozenset(("kafka", t) for t in self.topics)
+
     def in_group(self, group_id: str) -> KafkaSource:
         """This source as a member of consumer group ``group_id`` (the worker's scale-out):
         partitions are shared among the group's members and resume from its commits."""
@@ -322,9 +325,9 @@ class _KafkaReader(Reader):
         for pid in np.unique(pids).tolist():
             self.last_seen[pid] = now
         idle_after = self.source.idle_ms / 1000
-        parts.idle = {
-            p for p in parts.assigned if now - self.last_seen.get(p, self.opened) > idle_after
-        }
+        mine = {int(p) for lut in self.lut.values() for p in lut} & parts.assigned
+        quiet = {p for p in mine if now - self.last_seen.get(p, self.opened) > idle_after}
+        parts.idle = (parts.idle - mine) | quiet  # other sources judge their own partitions
 
     def _partition_ids(self, numbers: np.ndarray, topics: list[str] | None) -> np.ndarray:
         """Each message's hidden partition id (a lookup per topic, vectorised)."""

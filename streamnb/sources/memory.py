@@ -221,6 +221,9 @@ class RecordsSource(Source):
         # an iterable of dicts: replay in chunks, without materialising it
         return _chunks(itertools.chain(head, iterator)), head
 
+    def partition_scopes(self) -> frozenset[tuple[object, ...]]:
+        return frozenset({("records", id(self))}) if self.partition is not None else frozenset()
+
     def open(self, ctx: Context) -> Reader:
         return _RecordsReader(self, ctx)
 
@@ -241,7 +244,7 @@ class _RecordsReader(Reader):
         if source.partition is not None and isinstance(source._items, list):
             # materialised data: every partition is known (and holds the watermark) up front
             for value in _distinct(source._items, source.partition):
-                ctx.partitions.assigned.add(ctx.partitions.id_for("records", value))
+                ctx.partitions.assigned.add(ctx.partitions.id_for("records", id(source), value))
 
     def read(self, max_records: int, timeout: float) -> pl.DataFrame | None:
         limit = min(max_records, self.source.batch_size)
@@ -280,7 +283,7 @@ class _RecordsReader(Reader):
         """Add the hidden partition id of each record (one id per distinct value)."""
         partitions = self.ctx.partitions
         values = df.get_column(column).unique()
-        ids = [partitions.id_for("records", v) for v in values.to_list()]
+        ids = [partitions.id_for("records", id(self.source), v) for v in values.to_list()]
         partitions.assigned.update(ids)
         mapping = pl.DataFrame([values, pl.Series(PARTITION, ids, dtype=pl.Int64)])
         return df.join(mapping, on=column, how="left", nulls_equal=True, maintain_order="left")

@@ -366,7 +366,9 @@ class TaskWorker:
             errors=self.ctx.errors,
             error_listeners=self.ctx.error_listeners,
             producer=self.producer,
-            partitions=Partitions(ids=self.ctx.partitions.ids, assigned=assigned),
+            partitions=Partitions(
+                ids=self.ctx.partitions.ids, assigned=assigned, scopes=self.ctx.partitions.scopes
+            ),
         )
         pipeline = Pipeline(root, ctx, sink)
         return Task(topic, partition, pipeline, ctx, pipeline.sources[0])

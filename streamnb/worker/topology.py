@@ -61,7 +61,9 @@ def split(root: Node, topic: str, partitions: int) -> Split | None:
         keys, event_time = first.keys, None
     (below,) = first.inputs
     upstream = RepartitionNode((below,), topic, partitions, keys, event_time)
-    downstream = _replace(root, first, dataclasses.replace(first, inputs=(_source_node(),)))
+    scopes = path[-1].source.partition_scopes() if isinstance(path[-1], SourceNode) else None
+    placeholder = SourceNode((), _Repartitioned(scopes or frozenset()))
+    downstream = _replace(root, first, dataclasses.replace(first, inputs=(placeholder,)))
     return Split(upstream, downstream, keys, event_time)
 
 
@@ -82,19 +84,22 @@ def _replace(node: Node, old: Node, new: Node) -> Node:
 
 
 class _Repartitioned(Source):
-    """Placeholder source of a downstream half: the worker pushes the rows itself."""
+    """Placeholder source of a downstream half: the worker pushes the rows itself; they carry
+    the partitions (``scopes``) of the original source."""
 
     name = "repartition"
     bounded = False
     schema = None
     event_time = None
 
+    def __init__(self, scopes: frozenset[tuple[object, ...]]) -> None:
+        self.scopes = scopes
+
+    def partition_scopes(self) -> frozenset[tuple[object, ...]]:
+        return self.scopes
+
     def open(self, ctx: Context) -> Reader:
         raise AssertionError("the worker feeds repartitioned rows; nothing opens this source")
-
-
-def _source_node() -> SourceNode:
-    return SourceNode((), _Repartitioned())
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

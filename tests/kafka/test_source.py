@@ -144,6 +144,34 @@ def test_watermark_is_the_minimum_over_partitions_until_one_goes_idle(
         query.stop()
 
 
+def test_each_window_waits_for_its_own_topics_partitions_only(
+    make_topic: Callable[..., str], produce: Produce, bootstrap: str
+) -> None:
+    """A window join of two topics (Nexmark q8 from Kafka): each side's window closes on its
+    own topic's watermark; the other topic's partitions never hold it back."""
+    persons, auctions = make_topic(), make_topic(partitions=2)
+    produce(persons, [{"id": i, "ts": 10_000 * i} for i in range(6)])
+    produce(auctions, [{"seller": i, "ts": 10_000 * i + 5} for i in range(6)], partition=0)
+    produce(auctions, [{"seller": 9, "ts": 10_000 * i + 7} for i in range(6)], partition=1)
+
+    def windows(topic: str, key: str) -> sn.Stream:
+        return (
+            sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest", timestamp="ts")
+            .rename({key: "person"})
+            .window(sn.Tumbling("10s"), by="person")
+            .agg(pl.len().alias(topic[:4] if topic == persons else "auctions"))
+        )
+
+    joined = windows(persons, "id").join(windows(auctions, "seller"), on="person")
+    query = joined.start()
+    try:
+        wait_for(lambda: query.status()["records_in"] == 18)
+        wait_for(lambda: query.result().height == 5)  # windows [0, 10 s) ... [40 s, 50 s)
+        assert sorted(query.result()["person"].to_list()) == [0, 1, 2, 3, 4]
+    finally:
+        query.stop()
+
+
 def test_bad_records_go_to_errors_with_their_origin(
     topic: str, produce: Produce, bootstrap: str
 ) -> None:
