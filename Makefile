@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_ARGS ?= --duration 30
 
-.PHONY: setup system-deps kafka browser-deps demo test lint typecheck pytest bench clean
+.PHONY: setup system-deps kafka browser-deps demo test lint typecheck pytest bench peers clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,11 @@ bench: setup kafka
 	$(PY) bench/nexmark_memory.py
 	$(PY) bench/nexmark_joins.py
 	$(PY) bench/nexmark_kafka.py
+	$(PY) bench/worker_kafka.py
+
+# streamnb next to Kafka Streams, Spark, Quix Streams, Bytewax, Faust and a plain consumer
+peers: setup system-deps kafka
+	$(PY) bench/peers.py $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1298 @@
+"""Nexmark side by side: streamnb against its peers, on the same Kafka data, one engine at a time.
+
+Run from the repository root (``make peers`` does the same after setting up)::
+
+    .venv/bin/python bench/peers.py [--events N] [--engines a,b] [--queries q0,q5]
+        [--modes catchup,latency] [--rates 10%,50%,80%] [--bootstrap HOST:PORT] [--out FILE]
+
+1. **Broker**: a throw-away ``scripts/kafka-local`` broker in a temporary directory, unless
+   ``--bootstrap`` names a running one.
+2. **Data**: ``generate()`` of ``streamnb.sources.nexmark`` (``dateTime`` as epoch-ms ints);
+   the first N bids go to the ``bids`` topic, the persons and auctions of the same events to
+   ``persons`` / ``auctions`` (q8), one JSON object per record, 1 partition, loaded once.
+3. **Engines** (the registry ``ENGINES``): each is set up on first use (a dedicated virtual
+   environment under ``~/.cache/streamnb/peers/<name>`` for the Python peers, the JVM peers'
+   own ``setup``), then run as a subprocess in its own process group with the arguments of
+   the peer contract (``bench/peers/README.md``), one query at a time.
+4. **Catch-up** (throughput): the harness reads the output topic (read_committed), stops the
+   clock when the expected number of rows has arrived, waits a little for extra rows, stops
+   the peer (SIGTERM to its group, SIGKILL after 15 s) and checks the rows against the polars
+   reference of ``bench/queries.py`` (q8's is here). Events/s, events per CPU-second of the
+   peer's process tree (``/proc``, polled) and its peak RSS are quoted only next to "ok".
+5. **Latency** (open-loop): bids are produced at fixed rates with ``dateTime`` = wall-clock
+   ms; latency = arrival − ``dateTime`` (stateless) or arrival − (``window_end`` + 4 s)
+   (windows): p50 / p95 / p99.
+
+Finally a table per query, the ``peers`` section of ``BENCHMARKS.md`` and two PNG plots under
+``bench/peers/plots/`` (matplotlib, in its own virtual environment).
+"""
+
+# ruff: noqa: PLR0917, SIM105, RUF005, PLW2901
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import benchutil
+import polars as pl
+from benchutil import fmt_rate
+from queries import QUERIES
+
+BENCH = Path(__file__).resolve().parent
+PEERS = BENCH / "peers"
+PYPEERS = PEERS / "python"
+PLOTS = PEERS / "plots"
+SECTION = "peers"
+CACHE = Path(os.environ.get("STREAMNB_CACHE", Path.home() / ".cache" / "streamnb")) / "peers"
+ALL_QUERIES = ["q0", "q1", "q2", "q5", "q7", "q8", "q11"]
+WINDOWED = {"q5", "q7", "q8", "q11"}
+WATERMARK_MS = 4_000
+HOP_EVERY_MS = 2_000
+GAP_MS = 10_000
+TUMBLE_MS = 10_000
+UNSUPPORTED_EXIT = 3
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+TITLES = {q: QUERIES[q].title for q in QUERIES} | {"q8": "new users, window join 10 s"}
+
+# BENCH.md targets: streamnb's ratio to each peer (what "ahead of every peer" means).
+TARGETS: dict[str, str] = {
+    "quix": "≥ 10× events/s on windowed queries",
+    "bytewax": "≥ 10× events/s on windowed queries",
+    "faust": "≥ 20× events/s",
+    "kafka-streams": "≥ 1.5× events per CPU-second windowed, ≥ 1× stateless",
+    "spark": "≥ 2× events/s, ≥ 10× lower p50 latency",
+    "baseline": "(no target: the cost of consume + decode + dicts)",
+}
+
+
+def target_ratio(engine: str, query: str) -> tuple[str, float] | None:
+    """(metric, ratio) streamnb must reach against ``engine`` on ``query``; None if no target."""
+    windowed = query in WINDOWED
+    if engine in ("quix", "bytewax"):
+        return ("rate", 10.0) if windowed else None
+    if engine == "faust":
+        return ("rate", 20.0)
+    if engine == "kafka-streams":
+        return ("cpu", 1.5 if windowed else 1.0)
+    if engine == "spark":
+        return ("rate", 2.0)
+    return None
+
+
+# -- engines -----------------------------------------------------------------------------------
+def _venv_python(name: str) -> Path:
+    return CACHE / name / "bin" / "python"
+
+
+def _setup_venv(name: str, requirements: Sequence[str]) -> None:
+    """A dedicated virtual environment with pinned requirements (peers' dependencies clash)."""
+    venv = CACHE / name
+    marker = venv / ".installed"
+    want = "\n".join(requirements)
+    if marker.exists() and marker.read_text() == want:
+        return
+    print(f"setup {name}: virtual environment {venv} ({', '.join(requirements)})", flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, *requirements], check=True)
+    marker.write_text(want)
+
+
+@dataclass
+class Engine:
+    """How to set up, start and describe one engine."""
+
+    name: str
+    label: str
+    setup: Callable[[], None]
+    command: Callable[[], list[str]]
+    version: Callable[[], str]
+    settings: str
+    clock: str
+    """Where the clock starts: "first record" (the peer prints SN_FIRST_RECORD) or "process"."""
+    lag_ms: dict[str, int] = field(default_factory=dict)
+    """Per query: how much later than the suite's rule the engine closes a window (its
+    documented semantics), so the expected rows are those with window_end + lag ≤ watermark."""
+    lag_note: dict[str, str] = field(default_factory=dict)
+
+
+def _python_engine(
+    name: str,
+    label: str,
+    script: str,
+    requirements: Sequence[str],
+    settings: str,
+    lag_ms: dict[str, int] | None = None,
+    lag_note: dict[str, str] | None = None,
+) -> Engine:
+    def version() -> str:
+        return ", ".join(r.replace("==", " ") for r in requirements)
+
+    return Engine(
+        name,
+        label,
+        lambda: _setup_venv(name, requirements),
+        lambda: [str(_venv_python(name)), str(PYPEERS / script)],
+        version,
+        settings,
+        "first record",
+        lag_ms or {},
+        lag_note or {},
+    )
+
+
+def _repo_version(*modules: str) -> Callable[[], str]:
+    def version() -> str:
+        out = []
+        for m in modules:
+            mod = __import__(m)
+            v = mod.version()[0] if m == "confluent_kafka" else mod.__version__
+            out.append(f"{m.replace('_', '-')} {v}")
+        return ", ".join(out)
+
+    return version
+
+
+def _streamnb_version() -> str:
+    info = benchutil.machine_info()
+    return f"streamnb {info['streamnb']}, polars {info['polars']}"
+
+
+def _jvm_engine(
+    name: str, label: str, directory: str, settings: str, extra: tuple[str, ...] = ()
+) -> Engine:
+    d = PEERS / directory
+
+    def setup() -> None:
+        if not (d / "run").exists():
+            raise RuntimeError(f"{d / 'run'} is missing")
+        if (d / "setup").exists():
+            subprocess.run([str(d / "setup")], check=True)
+
+    def version() -> str:
+        for f in ("VERSION", "version.txt"):
+            if (d / f).exists():
+                return (d / f).read_text().strip().splitlines()[0]
+        return f"see bench/peers/{directory}/"
+
+    return Engine(
+        name, label, setup, lambda: [str(d / "run"), *extra], version, settings, "first record"
+    )
+
+
+QUIX_REQ = ["quixstreams==3.28.1", "orjson==3.13.0"]
+BYTEWAX_REQ = ["bytewax[kafka]==0.21.1", "orjson==3.13.0"]
+FAUST_REQ = ["faust-streaming==0.15.3", "orjson==3.13.0"]
+PLOT_REQ = ["matplotlib==3.11.2"]
+
+ENGINES: dict[str, Engine] = {
+    e.name: e
+    for e in [
+        Engine(
+            "streamnb",
+            "streamnb",
+            lambda: None,
+            lambda: [sys.executable, str(PYPEERS / "streamnb_peer.py")],
+            _streamnb_version,
+            "`sn.from_kafka` defaults (consume batches, one polars decode per batch), adaptive "
+            "micro-batches (default max batch), `to_kafka` (idempotent producer), `keep=0`",
+            "first record",
+        ),
+        Engine(
+            "baseline",
+            "no-framework baseline",
+            lambda: None,
+            lambda: [sys.executable, str(PYPEERS / "baseline.py")],
+            _repo_version("confluent_kafka", "orjson"),
+            "`Consumer.consume(10000)`, `fetch.queue.backoff.ms=10`, `queued.min.messages="
+            "200000`, `orjson.loads` per record, dicts; producer `linger.ms=5`; watermark "
+            "advanced after each fetched batch",
+            "first record",
+        ),
+        _python_engine(
+            "quix",
+            "Quix Streams",
+            "quix_peer.py",
+            QUIX_REQ,
+            "defaults except `auto_offset_reset=earliest`, `commit_interval=1.0` s (the "
+            "latency knob: results are produced as processed, transactions off), "
+            "`consumer_poll_timeout=0.1`; windows `.final(closing_strategy='partition')` with "
+            "`grace_ms=4000`; keyed windows after `group_by` (a repartition topic: windows "
+            "are per message key, and the bids are not keyed)",
+            lag_ms={"q5": HOP_EVERY_MS, "q11": GAP_MS + 1},
+            lag_note={
+                "q5": "the max step (a plain function after the counts: Quix allows one "
+                "`group_by` only) hands on a window when the next hop's counts arrive: one "
+                "hop (2 s) later",
+                "q11": "Quix closes a session once the watermark passes last + 2·gap + grace "
+                "(documented), one gap later than the suite's last + gap + 4 s",
+            },
+        ),
+        _python_engine(
+            "bytewax",
+            "Bytewax",
+            "bytewax_peer.py",
+            BYTEWAX_REQ,
+            "1 worker (`python -m bytewax.run`), `EventClock(wait_for_system_duration=4 s)`, "
+            "Kafka source/sink of `bytewax.connectors.kafka` (batch size 10000)",
+        ),
+        _python_engine(
+            "faust",
+            "Faust",
+            "faust_peer.py",
+            FAUST_REQ,
+            "faust-streaming defaults (in-memory tables), `stream_buffer_maxsize` raised",
+        ),
+        _jvm_engine(
+            "kafka-streams",
+            "Kafka Streams",
+            "kafka_streams",
+            "see bench/peers/kafka_streams/",
+        ),
+        _jvm_engine(
+            "spark",
+            "Spark Structured Streaming (default trigger)",
+            "spark",
+            "see bench/peers/spark/SETTINGS.md",
+        ),
+        _jvm_engine(
+            "spark-1s",
+            "Spark Structured Streaming (1 s trigger)",
+            "spark",
+            "as `spark`, with `--trigger 1s`",
+            ("--trigger", "1s"),
+        ),
+    ]
+}
+
+
+# -- data -------------------------------------------------------------------------------------
+def make_data(n: int, event_rate: int) -> dict[str, pl.DataFrame]:
+    """The first ``n`` bids, and the persons and auctions of the same events (epoch-ms ints)."""
+    from streamnb.sources.nexmark import generate
+
+    events = -(-n * 50 // 46) + 50
+    bids = generate("bid", 0, events, event_rate=event_rate).head(n)
+    if bids.height != n:
+        raise RuntimeError(f"generated {bids.height} bids, wanted {n}")
+    last = int(bids.get_column("dateTime").cast(pl.Int64).max())  # type: ignore[arg-type]
+    out = {"bids": bids}
+    for kind in ("person", "auction"):
+        df = generate(kind, 0, events, event_rate=event_rate)
+        out[kind + "s"] = df.filter(pl.col("dateTime").cast(pl.Int64) <= last)
+    return {k: v.with_columns(pl.col(pl.Datetime).dt.epoch("ms")) for k, v in out.items()}
+
+
+def _ms(df: pl.DataFrame) -> pl.DataFrame:
+    return df.with_columns(pl.col(pl.Datetime).dt.epoch("ms"))
+
+
+def _dt(df: pl.DataFrame) -> pl.DataFrame:
+    return df.with_columns(pl.col("dateTime").cast(pl.Datetime("ms", "UTC")))
+
+
+def q8_reference(persons: pl.DataFrame, auctions: pl.DataFrame) -> pl.DataFrame:
+    """Persons who created an auction (seller = id) in the same tumbling 10 s window."""
+    w = pl.col("dateTime") // TUMBLE_MS * TUMBLE_MS
+    people = persons.group_by(w.alias("window_start"), "id").agg(pl.col("name").first())
+    sellers = auctions.select(w.alias("window_start"), pl.col("seller").alias("id")).unique()
+    return people.join(sellers, on=["window_start", "id"]).select(
+        "window_start", (pl.col("window_start") + TUMBLE_MS).alias("window_end"), "id", "name"
+    )
+
+
+class References:
+    def __init__(self, data: dict[str, pl.DataFrame]) -> None:
+        self.data = data
+        self._full: dict[str, pl.DataFrame] = {}
+
+    def events(self, query: str) -> int:
+        if query == "q8":
+            return self.data["persons"].height + self.data["auctions"].height
+        return self.data["bids"].height
+
+    def final_watermark(self, query: str) -> int:
+        if query == "q8":
+            return (
+                min(int(self.data[k].get_column("dateTime").max()) for k in ("persons", "auctions"))  # type: ignore[arg-type]
+                - WATERMARK_MS
+            )
+        return int(self.data["bids"].get_column("dateTime").max()) - WATERMARK_MS  # type: ignore[arg-type]
+
+    def full(self, query: str) -> pl.DataFrame:
+        """Every row of the batch reference (Int64 epoch-ms window bounds, Int64 counts)."""
+        if query not in self._full:
+            if query == "q8":
+                ref = q8_reference(self.data["persons"], self.data["auctions"])
+            else:
+                ref = _ms(QUERIES[query].reference(_dt(self.data["bids"])))
+            self._full[query] = ref.with_columns(pl.col(pl.UInt32).cast(pl.Int64))
+        return self._full[query]
+
+    def expected(self, query: str, lag_ms: int = 0) -> pl.DataFrame:
+        """The rows the final watermark closes (all of them for stateless queries)."""
+        ref = self.full(query)
+        if query not in WINDOWED:
+            return ref
+        return ref.filter(pl.col("window_end") + lag_ms <= self.final_watermark(query))
+
+
+def compare_rows(query: str, got: pl.DataFrame, refs: References, lag_ms: int) -> str | None:
+    """None if every expected row arrived exactly once and every other row is a reference row.
+
+    Rows beyond the expected ones are allowed only for windows the final watermark had not
+    closed (an engine whose clock also moves with processing time closes them later).
+    """
+    full, want = refs.full(query), refs.expected(query, lag_ms)
+    if set(got.columns) != set(full.columns):
+        return f"columns {sorted(got.columns)} != {sorted(full.columns)}"
+    try:
+        got = got.select(full.columns).cast(dict(full.schema))  # type: ignore[arg-type]
+    except Exception as e:
+        return f"cannot read the rows as {dict(full.schema)}: {e}"
+    if query == "q1":  # floats: compare prices to 1e-6 relative after sorting on the rest
+        keys = [c for c in full.columns if c != "price"]
+        if got.height != full.height:
+            return f"{got.height:,} rows, expected {full.height:,}"
+        a, b = got.sort(keys), full.sort(keys)
+        if not a.select(keys).equals(b.select(keys)):
+            return "rows differ (other than price)"
+        bad = ((a["price"] - b["price"]).abs() > 1e-6 * b["price"].abs() + 1e-9).sum()
+        return f"{bad} prices differ" if bad else None
+    cols = full.columns
+    counts = [df.group_by(cols).len() for df in (got, want, full)]
+    g, w, f = counts
+    # expected rows: each must arrive exactly as often as the reference has it
+    missing = w.join(g, on=cols, how="left", nulls_equal=True).filter(
+        pl.col("len_right").is_null() | (pl.col("len_right") != pl.col("len"))
+    )
+    # any row: at most as often as in the full reference
+    stray = g.join(f, on=cols, how="left", nulls_equal=True).filter(
+        pl.col("len_right").is_null() | (pl.col("len") > pl.col("len_right"))
+    )
+    if missing.height or stray.height:
+        return (
+            f"{missing.height:,} of {w.height:,} expected distinct rows missing or repeated"
+            + (f" (e.g. {missing.head(2).to_dicts()})" if missing.height else "")
+            + f", {stray.height:,} distinct rows not in the reference (or too often)"
+            + (f" (e.g. {stray.head(2).to_dicts()})" if stray.height else "")
+        )
+    return None
+
+
+# -- Kafka ------------------------------------------------------------------------------------
+PRODUCER_CONFIG: dict[str, Any] = {
+    "linger.ms": 50,
+    "batch.size": 1_000_000,
+    "batch.num.messages": 100_000,
+    "compression.type": "none",
+    "queue.buffering.max.messages": 2_000_000,
+    "queue.buffering.max.kbytes": 2_097_152,
+    "acks": "all",
+}
+
+
+def encode(df: pl.DataFrame, chunk: int = 500_000) -> list[bytes]:
+    out: list[bytes] = []
+    for offset in range(0, df.height, chunk):
+        lines = df.slice(offset, chunk).write_ndjson().encode().split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        out.extend(lines)
+    return out
+
+
+def end_offset(bootstrap: str, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"peers-{uuid.uuid4()}"})
+    try:
+        return int(c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1])
+    finally:
+        c.close()
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+        future.result()
+
+
+def delete_topics(bootstrap: str, prefix: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    if names:
+        for future in admin.delete_topics(names).values():
+            try:
+                future.result()
+            except Exception:
+                pass
+
+
+def load_topic(bootstrap: str, topic: str, df: pl.DataFrame) -> tuple[bool, float]:
+    """Produce ``df`` in order into a 1-partition topic; (reused, seconds)."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if topic in admin.list_topics(timeout=10).topics:
+        if end_offset(bootstrap, topic) == df.height:
+            return True, 0.0
+        for future in admin.delete_topics([topic]).values():
+            future.result()
+        time.sleep(2)
+    create_topic(bootstrap, topic)
+    lines = encode(df)
+    t0 = time.perf_counter()
+    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_CONFIG})
+    for value in lines:
+        try:
+            producer.produce(topic, value, partition=0)
+        except BufferError:
+            producer.poll(0.05)
+            producer.produce(topic, value, partition=0)
+    if producer.flush(300):
+        raise RuntimeError(f"messages not delivered to {topic}")
+    if end_offset(bootstrap, topic) != df.height:
+        raise RuntimeError(f"{topic} does not hold {df.height} records")
+    return False, time.perf_counter() - t0
+
+
+class Broker:
+    def __init__(self, bootstrap: str | None) -> None:
+        self.external = bootstrap is not None
+        self.bootstrap = bootstrap or ""
+        self.dir: Path | None = None
+        self.version = "external broker"
+
+    def start(self) -> None:
+        if self.external:
+            return
+        self.dir = Path(tempfile.mkdtemp(prefix="streamnb-peers-kafka-"))
+        out = subprocess.run(
+            [str(benchutil.ROOT / "scripts" / "kafka-local"), "start", "--dir", str(self.dir)]
+            + ["--watch-pid", str(os.getpid())],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"kafka-local start failed:\n{out.stderr}")
+        self.bootstrap = [x for x in out.stdout.splitlines() if x.startswith("BOOTSTRAP=")][
+            -1
+        ].split("=", 1)[1]
+        state = dict(
+            x.split("=", 1) for x in (self.dir / "state").read_text().splitlines() if "=" in x
+        )
+        self.version = f"Apache Kafka {state.get('KAFKA_VERSION', '?')} (KRaft, 1 node)"
+
+    def stop(self) -> None:
+        if self.external or self.dir is None:
+            return
+        subprocess.run(
+            [str(benchutil.ROOT / "scripts" / "kafka-local"), "stop", "--dir", str(self.dir)],
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class OutputReader(threading.Thread):
+    """Reads the output topic (read_committed) into (arrival wall ms, value) pairs."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True, name=f"read-{topic}")
+        from confluent_kafka import Consumer
+
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"peers-reader-{uuid.uuid4()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self.consumer.subscribe([topic])
+        self.values: list[bytes] = []
+        self.arrivals: list[tuple[int, float]] = []  # (count so far, wall time s) per fetch
+        self.count = 0
+        self.last_arrival = 0.0
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stop_flag.is_set():
+                msgs = self.consumer.consume(10_000, 0.05)
+                if not msgs:
+                    continue
+                now = time.time()
+                vals = [m.value() for m in msgs if m.error() is None and m.value() is not None]
+                if vals:
+                    self.values.extend(vals)
+                    self.count += len(vals)
+                    self.arrivals.append((self.count, now))
+                    self.last_arrival = now
+        finally:
+            self.consumer.close()
+
+    def arrival_of(self, i: int) -> float:
+        """Wall time the ``i``-th row (0-based) arrived."""
+        import bisect
+
+        j = bisect.bisect_right([c for c, _ in self.arrivals], i)
+        return self.arrivals[min(j, len(self.arrivals) - 1)][1]
+
+    def frame(self) -> pl.DataFrame:
+        if not self.values:
+            return pl.DataFrame()
+        return pl.read_ndjson(b"\n".join(self.values), infer_schema_length=None)
+
+
+# -- process tree accounting ---------------------------------------------------------------------
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+class TreeMeter:
+    """CPU seconds and RSS of a process and all its descendants, polled from ``/proc``.
+
+    The CPU of a process that has exited is kept at its last sample (and, once reaped,
+    counted in its parent's ``cutime``/``cstime``, which are added too, so it is not lost).
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.cpu: dict[int, float] = {}
+        self.peak_rss = 0
+        self.lock = threading.Lock()
+
+    def sample(self) -> float:
+        kids = _children()
+        todo, tree = [self.pid], []
+        while todo:
+            p = todo.pop()
+            tree.append(p)
+            todo.extend(kids.get(p, []))
+        rss = 0
+        with self.lock:
+            for p in tree:
+                try:
+                    fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                ut, st, cut, cst = (int(x) for x in fields[11:15])
+                self.cpu[p] = max(self.cpu.get(p, 0.0), (ut + st + cut + cst) / TICK)
+                rss += int(fields[21]) * PAGE
+            self.peak_rss = max(self.peak_rss, rss)
+            return self.total()
+
+    def total(self) -> float:
+        return sum(self.cpu.values())
+
+
+# -- runs -------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    engine: str
+    query: str
+    mode: str
+    status: str  # ok | mismatch | timeout | crash | unsupported | setup failed | skipped
+    detail: str = ""
+    events: int = 0
+    seconds: float = math.nan
+    cpu: float = math.nan
+    rss: int = 0
+    rows: int = 0
+    clock: str = ""
+    rate: float = math.nan  # latency mode: target input rate
+    achieved: float = math.nan
+    p50: float = math.nan
+    p95: float = math.nan
+    p99: float = math.nan
+    samples: int = 0
+
+    @property
+    def eps(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def eps_cpu(self) -> float:
+        return self.events / self.cpu if self.cpu > 0 else math.nan
+
+
+LIVE: set[Peer] = set()
+"""Peers running now (stopped if the harness is interrupted)."""
+
+
+class Peer:
+    """One engine process, started in its own process group, with its stdout watched."""
+
+    def __init__(self, engine: Engine, args: list[str], log: Path) -> None:
+        self.log = log.open("ab")
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            [*engine.command(), *args],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            start_new_session=True,
+            cwd=benchutil.ROOT,
+        )
+        LIVE.add(self)
+        self.meter = TreeMeter(self.proc.pid)
+        self.first_record: float | None = None
+        self.cpu_at_first: float | None = None
+        self.unsupported: str | None = None
+        self.rusage_cpu = 0.0
+        self._stop = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._poll, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").strip()
+            self.log.write(raw)
+            if line.startswith("SN_FIRST_RECORD") and self.first_record is None:
+                self.cpu_at_first = self.meter.sample()
+                self.first_record = int(line.split()[1]) / 1000
+            elif line.startswith("SN_UNSUPPORTED"):
+                self.unsupported = line.split(" ", 1)[1] if " " in line else "unsupported"
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            if self.proc.poll() is not None:
+                return
+            self.meter.sample()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM the group, SIGKILL after 15 s; the child's rusage is added via wait4."""
+        LIVE.discard(self)
+        self.meter.sample()
+        self._stop.set()
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        try:  # anything left in the group (a JVM the wrapper did not wait for)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.log.close()
+
+
+def peer_args(
+    bootstrap: str, query: str, topics: dict[str, str], out: str, group: str
+) -> list[str]:
+    return [
+        "--bootstrap", bootstrap, "--query", query, "--bids", topics["bids"],
+        "--persons", topics["persons"], "--auctions", topics["auctions"],
+        "--output", out, "--group", group,
+    ]  # fmt: skip
+
+
+def run_catchup(
+    engine: Engine,
+    query: str,
+    bootstrap: str,
+    topics: dict[str, str],
+    refs: References,
+    args: argparse.Namespace,
+    logdir: Path,
+) -> Result:
+    lag = engine.lag_ms.get(query, 0)
+    want = refs.expected(query, lag).height
+    events = refs.events(query)
+    if want == 0:
+        return Result(engine.name, query, "catchup", "skipped", "no window closes: too few events")
+    tag = f"{engine.name}-{query}-{uuid.uuid4().hex[:8]}"
+    out_topic = f"peers-out-{tag}"
+    create_topic(bootstrap, out_topic)
+    reader = OutputReader(bootstrap, out_topic)
+    reader.start()
+    peer = Peer(engine, peer_args(bootstrap, query, topics, out_topic, f"peers-{tag}"),
+                logdir / f"{engine.name}-{query}.log")  # fmt: skip
+    res = Result(engine.name, query, "catchup", "ok", events=events)
+    deadline = peer.started + args.timeout
+    done_at: float | None = None
+    cpu_done = 0.0
+    while time.time() < deadline:
+        if reader.count >= want > 0:
+            done_at = reader.arrival_of(want - 1)
+            cpu_done = peer.meter.sample()
+            break
+        if not peer.alive():
+            time.sleep(2)  # rows still on their way
+            if reader.count >= want > 0:
+                continue
+            break
+        time.sleep(0.02)
+    if done_at is not None:
+        time.sleep(args.settle)  # extra rows, if any
+    peer.stop()
+    reader.stop_flag.set()
+    reader.join(10)
+    code = peer.proc.returncode
+    res.rss = peer.meter.peak_rss
+    res.rows = reader.count
+    if peer.unsupported is not None or (done_at is None and code == UNSUPPORTED_EXIT):
+        res.status, res.detail = "unsupported", peer.unsupported or "exit 3"
+        return res
+    if done_at is None:
+        tail = _log_tail(logdir / f"{engine.name}-{query}.log")
+        if (
+            peer.alive()
+            or code in (None, -signal.SIGTERM, -signal.SIGKILL)
+            or time.time() >= deadline
+        ):
+            res.status = "timeout"
+            res.detail = f"{reader.count:,} of {want:,} rows after {args.timeout:.0f} s"
+        else:
+            res.status = "crash"
+            res.detail = f"exit {code} after {reader.count:,} of {want:,} rows; {tail}"
+        if reader.count:
+            problem = compare_rows(query, reader.frame(), refs, lag)
+            res.detail += f"; rows so far: {problem or 'all reference rows'}"
+        return res
+    start = peer.first_record if peer.first_record is not None else peer.started
+    res.clock = "first record" if peer.first_record is not None else "process start"
+    cpu0 = peer.cpu_at_first if peer.cpu_at_first is not None else 0.0
+    res.seconds = done_at - start
+    res.cpu = cpu_done - cpu0
+    problem = compare_rows(query, reader.frame(), refs, lag)
+    if problem:
+        res.status, res.detail = "mismatch", problem
+    elif lag:
+        res.detail = f"expected rows: window_end + {lag} ms ≤ final watermark"
+    return res
+
+
+def _log_tail(path: Path, n: int = 300) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return " ".join(text[-n:].split())
+
+
+# -- latency ------------------------------------------------------------------------------------
+def produce_main(argv: list[str]) -> None:
+    """``peers.py --_produce BOOTSTRAP TOPIC RATE SECONDS TEMPLATES``: open-loop producer.
+
+    Produces at ``RATE`` records/s for ``SECONDS`` (after a trickle of 20/s until the file
+    ``TOPIC.go`` named in the environment appears), ``dateTime`` = wall-clock ms at produce
+    time, cycling through the template bids. Prints the achieved rate as JSON.
+    """
+    import orjson
+    from confluent_kafka import Producer
+
+    bootstrap, topic, rate, seconds, templates = argv
+    go = Path(os.environ["PEERS_GO_FILE"])
+    rows = [orjson.loads(x) for x in Path(templates).read_bytes().splitlines()]
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": 1,
+                  "queue.buffering.max.messages": 2_000_000})  # fmt: skip
+    dumps, n = orjson.dumps, 0
+
+    def send(k: int) -> None:
+        nonlocal n
+        ms = time.time_ns() // 1_000_000
+        for _ in range(k):
+            r = rows[n % len(rows)]
+            r["dateTime"] = ms
+            try:
+                p.produce(topic, dumps(r))
+            except BufferError:
+                p.poll(0.01)
+                p.produce(topic, dumps(r))
+            n += 1
+        p.poll(0)
+
+    while not go.exists():
+        send(1)
+        time.sleep(0.05)
+    r, total = float(rate), float(seconds)
+    t0 = time.perf_counter()
+    sent = 0
+    while (el := time.perf_counter() - t0) < total:
+        due = int(el * r) - sent
+        if due > 0:
+            send(due)
+            sent += due
+        else:
+            time.sleep(0.0005)
+    el = time.perf_counter() - t0
+    p.flush(30)
+    print(json.dumps({"sent": sent, "seconds": el, "start": time.time() - el}), flush=True)
+
+
+def run_latency(
+    engine: Engine,
+    query: str,
+    rate: float,
+    bootstrap: str,
+    refs: References,
+    args: argparse.Namespace,
+    logdir: Path,
+) -> Result:
+    res = Result(engine.name, query, "latency", "ok", rate=rate)
+    if query == "q8":
+        res.status, res.detail = "skipped", "latency mode produces bids only"
+        return res
+    tag = f"{engine.name}-{query}-{int(rate)}-{uuid.uuid4().hex[:8]}"
+    in_topic, out_topic = f"peers-lat-in-{tag}", f"peers-lat-out-{tag}"
+    create_topic(bootstrap, in_topic)
+    create_topic(bootstrap, out_topic)
+    templates = logdir / "templates.ndjson"
+    if not templates.exists():
+        templates.write_bytes(b"\n".join(encode(refs.data["bids"].head(100_000))))
+    go = logdir / f"go-{tag}"
+    reader = OutputReader(bootstrap, out_topic)
+    reader.start()
+    measure = args.latency_seconds
+    # after the measured phase, keep producing so that its last windows close
+    tail = 0.0 if query not in WINDOWED else (GAP_MS if query == "q11" else TUMBLE_MS) / 1000 + 6
+    producer = subprocess.Popen(
+        [sys.executable, __file__, "--_produce", bootstrap, in_topic, str(rate),
+         str(measure + tail), str(templates)],
+        stdout=subprocess.PIPE, env={**os.environ, "PEERS_GO_FILE": str(go)},
+    )  # fmt: skip
+    topics = {"bids": in_topic, "persons": in_topic, "auctions": in_topic}
+    peer = Peer(engine, peer_args(bootstrap, query, topics, out_topic, f"peers-{tag}"),
+                logdir / f"lat-{engine.name}-{query}.log")  # fmt: skip
+    ready = time.time() + args.timeout
+    while (
+        time.time() < ready
+        and peer.alive()
+        and peer.first_record is None
+        and not (query not in WINDOWED and reader.count > 0)
+    ):
+        time.sleep(0.05)
+    ok = peer.alive() and time.time() < ready
+    if ok:
+        time.sleep(args.warmup)
+    go.touch()
+    out, _ = producer.communicate(timeout=measure + tail + 120)
+    time.sleep(args.settle + 2)
+    peer.stop()
+    reader.stop_flag.set()
+    reader.join(10)
+    go.unlink(missing_ok=True)
+    res.rss = peer.meter.peak_rss
+    if peer.unsupported:
+        res.status, res.detail = "unsupported", peer.unsupported
+        return res
+    if not ok:
+        res.status = "crash" if not peer.alive() else "timeout"
+        res.detail = "did not start"
+        return res
+    stats = json.loads(out.decode().strip().splitlines()[-1])
+    res.achieved = stats["sent"] / stats["seconds"]
+    t0_ms, t1_ms = stats["start"] * 1000, (stats["start"] + measure) * 1000
+    df = reader.frame()
+    if df.height == 0:
+        res.status, res.detail = "crash", "no output"
+        return res
+    counts = [c for c, _ in reader.arrivals]
+    times = [t for _, t in reader.arrivals]
+    import bisect
+
+    arrival = pl.Series(
+        [
+            times[min(bisect.bisect_right(counts, i), len(times) - 1)] * 1000
+            for i in range(df.height)
+        ]
+    )
+    df = df.with_columns(arrival=arrival)
+    if query in WINDOWED:
+        df = df.filter(
+            (pl.col("window_start") >= t0_ms) & (pl.col("window_end") + WATERMARK_MS <= t1_ms)
+        )
+        lat = df["arrival"] - (df["window_end"] + WATERMARK_MS)
+    else:
+        df = df.filter((pl.col("dateTime") >= t0_ms) & (pl.col("dateTime") < t1_ms))
+        lat = df["arrival"] - df["dateTime"]
+    if lat.len() == 0:
+        res.status, res.detail = "mismatch", "no output row from the measured phase"
+        return res
+    res.samples = lat.len()
+    res.p50, res.p95, res.p99 = (float(lat.quantile(q, "nearest")) for q in (0.5, 0.95, 0.99))  # type: ignore[arg-type]
+    return res
+
+
+# -- report --------------------------------------------------------------------------------------
+def _cell(r: Result | None, what: str) -> str:
+    if r is None:
+        return "–"
+    if r.status != "ok":
+        return r.status
+    v = {"rate": r.eps, "cpu": r.eps_cpu}[what]
+    return fmt_rate(v) if math.isfinite(v) else "–"
+
+
+def _ratio(sn_r: Result | None, r: Result | None, what: str) -> str:
+    if sn_r is None or r is None or sn_r.status != "ok" or r.status != "ok":
+        return "–"
+    a = {"rate": sn_r.eps, "cpu": sn_r.eps_cpu}[what]
+    b = {"rate": r.eps, "cpu": r.eps_cpu}[what]
+    return f"{a / b:.1f}×" if b > 0 and math.isfinite(a / b) else "–"
+
+
+def catchup_tables(results: list[Result], engines: list[str], queries: list[str]) -> list[str]:
+    by = {(r.engine, r.query): r for r in results if r.mode == "catchup"}
+    lines: list[str] = []
+    for q in queries:
+        if not any((e, q) in by for e in engines):
+            continue
+        s = by.get(("streamnb", q))
+        lines += [
+            f"#### {q} — {TITLES.get(q, q)}",
+            "",
+            "| engine | events/s | events / CPU-s | peak RSS MiB | streamnb ÷ peer (events/s, "
+            "per CPU-s) | target | status |",
+            "|---|---:|---:|---:|---|---|---|",
+        ]
+        for e in engines:
+            r = by.get((e, q))
+            if r is None:
+                continue
+            tgt = target_ratio(e, q)
+            met = ""
+            if tgt is not None and r.status == "ok" and s is not None and s.status == "ok":
+                a = s.eps if tgt[0] == "rate" else s.eps_cpu
+                b = r.eps if tgt[0] == "rate" else r.eps_cpu
+                met = " ✔" if a / b >= tgt[1] else " ✘"
+            tgt_text = (
+                f"≥ {tgt[1]:g}× {'events/s' if tgt[0] == 'rate' else 'per CPU-s'}{met}"
+                if tgt
+                else ""
+            )
+            ratio = "" if e == "streamnb" else f"{_ratio(s, r, 'rate')}, {_ratio(s, r, 'cpu')}"
+            status = r.status if not r.detail else f"{r.status}: {r.detail}"
+            lines.append(
+                f"| {ENGINES[e].label} | {_cell(r, 'rate')} | {_cell(r, 'cpu')} | "
+                f"{benchutil.fmt_mib(r.rss) if r.rss else '–'} | {ratio} | {tgt_text} | "
+                f"{status.replace('|', '/')} |"
+            )
+        lines.append("")
+    return lines
+
+
+def latency_table(results: list[Result], engines: list[str]) -> list[str]:
+    lat = [r for r in results if r.mode == "latency"]
+    if not lat:
+        return []
+    sn_p50 = {(r.query, r.rate): r.p50 for r in lat if r.engine == "streamnb" and r.status == "ok"}
+    lines = [
+        "| query | engine | rate target | achieved | p50 ms | p95 ms | p99 ms | rows | "
+        "streamnb p50 ÷ peer p50 | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    order = {e: i for i, e in enumerate(engines)}
+    for r in sorted(lat, key=lambda r: (r.query, order.get(r.engine, 99), r.rate)):
+        ok = r.status == "ok"
+        sp = sn_p50.get((r.query, r.rate))
+        ratio = f"{sp / r.p50:.2f}" if ok and sp is not None and r.p50 > 0 else "–"
+        lines.append(
+            f"| {r.query} | {ENGINES[r.engine].label} | {fmt_rate(r.rate)} | "
+            + (
+                f"{fmt_rate(r.achieved)} | {r.p50:.0f} | {r.p95:.0f} | {r.p99:.0f} | {r.samples:,}"
+                if ok
+                else "– | – | – | – | –"
+            )
+            + f" | {ratio if r.engine != 'streamnb' else ''} | "
+            f"{(r.status + (': ' + r.detail if r.detail else '')).replace('|', '/')} |"
+        )
+    return lines
+
+
+def markdown(
+    results: list[Result],
+    engines: list[str],
+    queries: list[str],
+    args: argparse.Namespace,
+    broker: Broker,
+    versions: dict[str, str],
+    loads: list[str],
+) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info = benchutil.machine_info()
+    lines = [
+        "## Peers — Nexmark side by side (catch-up from Kafka, open-loop latency)",
+        "",
+        f"_Written by `bench/peers.py` on {stamp}; "
+        f"`{' '.join(['bench/peers.py', *sys.argv[1:]])}`._",
+        "",
+        f"- **Machine:** {benchutil.machine_line(info)}",
+        f"- **Kafka:** {broker.version}; topics of 1 partition, JSON values, no keys. "
+        + " ".join(loads),
+        f"- **Data:** the first {args.events:,} Nexmark bids (`generate(..., event_rate="
+        f"{args.event_rate:,})`: {args.events / args.event_rate * 50 / 46:,.0f} s of event "
+        "time), and the persons and auctions of the same events for q8; every engine reads "
+        "the same topics from earliest, one engine at a time.",
+        "- **Semantics:** event time `dateTime`, watermark = max event time − 4 s (or grace "
+        "4 s), windowed queries emit final rows only. q7 is the window-max part of Nexmark q7 "
+        "(as in the other sections), not the join back to the bids; q5 keeps the auctions "
+        "whose count is their window's maximum.",
+        "- **Correctness first:** each run's output topic (read_committed) is compared with "
+        "the polars batch reference (`bench/queries.py`; q8 in `bench/peers.py`): every row "
+        "of the windows the final watermark closes must arrive exactly once, and any other "
+        "row must be a reference row; q1's prices to 1e-6 relative. Speeds are quoted only "
+        "for *ok* runs.",
+        "- **Clock:** from the peer's `SN_FIRST_RECORD` line (its first input record) to the "
+        "arrival of the last expected output row; CPU = the peer's process tree (all "
+        "threads and children, `/proc`) over the same span; peak RSS = the tree's largest "
+        "summed RSS (sampled every 100 ms).",
+        "",
+        "### Engines",
+        "",
+        "| engine | version | settings | clock starts at |",
+        "|---|---|---|---|",
+    ]
+    for e in engines:
+        eng = ENGINES[e]
+        lines.append(f"| {eng.label} | {versions.get(e, '?')} | {eng.settings} | {eng.clock} |")
+    lines += ["", "Targets (BENCH.md), streamnb's ratio to each peer:", ""]
+    for e in engines:
+        if e != "streamnb":
+            lines.append(f"- {ENGINES[e].label}: {TARGETS.get(e, '–')}")
+    notes = [
+        f"- {ENGINES[e].label} {q}: {n}"
+        for e in engines
+        for q, n in ENGINES[e].lag_note.items()
+        if q in queries
+    ]
+    if notes:
+        lines += ["", "Where a peer's documented semantics close windows later:", "", *notes]
+    lines += ["", "### Catch-up (throughput)", ""]
+    lines += catchup_tables(results, engines, queries)
+    lat = latency_table(results, engines)
+    if lat:
+        lines += [
+            "### Open-loop latency",
+            "",
+            f"Bids produced at a fixed rate with `dateTime` = wall clock ms, "
+            f"{args.latency_seconds:.0f} s measured after {args.warmup:.0f} s of warm-up; "
+            "stateless: arrival − `dateTime`; windows: arrival − (`window_end` + 4 s). "
+            f"Rates: {args.rates} (a percentage is of that engine's own catch-up events/s "
+            "on the query in this run).",
+            "",
+            *lat,
+            "",
+        ]
+    plots = [p for p in ("throughput.png", "latency.png") if (PLOTS / p).exists()]
+    if plots:
+        lines += ["Plots: " + ", ".join(f"[{p}](bench/peers/plots/{p})" for p in plots), ""]
+    return "\n".join(lines)
+
+
+def plot(results: list[Result], engines: list[str], queries: list[str]) -> None:
+    """Two PNGs, drawn by matplotlib in its own virtual environment."""
+    try:
+        _setup_venv("plot", PLOT_REQ)
+    except subprocess.CalledProcessError as e:
+        print(f"plots skipped: matplotlib setup failed ({e})")
+        return
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    data = {
+        "engines": [[e, ENGINES[e].label] for e in engines],
+        "queries": queries,
+        "results": [asdict(r) | {"eps": r.eps} for r in results],
+        "out": str(PLOTS),
+    }
+    subprocess.run(
+        [str(_venv_python("plot")), str(PEERS / "plot.py")],
+        input=json.dumps(data).encode(),
+        check=False,
+    )
+
+
+# -- main ----------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--events", type=int, default=2_000_000, help="bids (default 2 000 000)")
+    p.add_argument("--event-rate", type=int, default=10_000,
+                   help="events/s of event time in the data (default 10 000)")  # fmt: skip
+    p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument("--queries", default=",".join(ALL_QUERIES))
+    p.add_argument("--modes", default="catchup,latency")
+    p.add_argument("--latency-queries", default="q1,q7",
+                   help="queries of the latency mode (default q1,q7)")  # fmt: skip
+    p.add_argument("--rates", default="10%,50%,80%",
+                   help="latency input rates: events/s, or %% of catch-up events/s")  # fmt: skip
+    p.add_argument("--latency-seconds", type=float, default=30.0)
+    p.add_argument("--warmup", type=float, default=5.0,
+                   help="seconds at the rate before measuring")  # fmt: skip
+    p.add_argument("--max-rate", type=float, default=300_000,
+                   help="cap on a latency input rate (one Python producer)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=1200.0, help="seconds per run")
+    p.add_argument("--settle", type=float, default=2.0,
+                   help="seconds to wait for extra rows after the last expected one")  # fmt: skip
+    p.add_argument("--bootstrap", default=None)
+    p.add_argument("--out", type=Path, default=benchutil.BENCHMARKS_MD)
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--results-json", type=Path, default=PEERS / "results.json")
+    a = p.parse_args(argv)
+    for e in a.engines.split(","):
+        if e not in ENGINES:
+            p.error(f"unknown engine {e!r}; engines: {', '.join(ENGINES)}")
+    for q in a.queries.split(",") + a.latency_queries.split(","):
+        if q not in ALL_QUERIES:
+            p.error(f"unknown query {q!r}; queries: {', '.join(ALL_QUERIES)}")
+    return a
+
+
+def _rates(spec: str, catch: Result | None, cap: float) -> list[tuple[float, str]]:
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part.endswith("%"):
+            if catch is None or catch.status != "ok":
+                continue
+            out.append((min(cap, catch.eps * float(part[:-1]) / 100), part))
+        else:
+            out.append((min(cap, float(part)), part))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--_produce":
+        produce_main(sys.argv[2:])
+        return 0
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally clauses
+    engines = args.engines.split(",")
+    queries = args.queries.split(",")
+    modes = set(args.modes.split(","))
+    logdir = Path(tempfile.mkdtemp(prefix="streamnb-peers-logs-"))
+    print(f"logs: {logdir}", flush=True)
+
+    t0 = time.perf_counter()
+    data = make_data(args.events, args.event_rate)
+    refs = References(data)
+    print(
+        f"data: {data['bids'].height:,} bids, {data['persons'].height:,} persons, "
+        f"{data['auctions'].height:,} auctions ({time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
+    broker = Broker(args.bootstrap)
+    broker.start()
+    results: list[Result] = []
+    versions: dict[str, str] = {}
+    loads: list[str] = []
+    try:
+        topics = {}
+        for kind in ("bids", "persons", "auctions"):
+            name = f"peers-{kind}-{args.events}-{args.event_rate}"
+            reused, secs = load_topic(broker.bootstrap, name, data[kind])
+            topics[kind] = name
+            msg = f"{name}: {data[kind].height:,} records " + (
+                "(reused)" if reused else f"loaded in {secs:.1f} s"
+            )
+            print(msg, flush=True)
+            loads.append(f"`{name}` {data[kind].height:,} records.")
+        ready: list[str] = []
+        for e in engines:
+            try:
+                ENGINES[e].setup()
+                versions[e] = ENGINES[e].version()
+                ready.append(e)
+            except Exception as exc:
+                print(f"{e}: setup failed: {exc}", flush=True)
+                versions[e] = "setup failed"
+                for q in queries:
+                    results.append(Result(e, q, "catchup", "setup failed", str(exc)[:200]))
+        catch: dict[tuple[str, str], Result] = {}
+        if "catchup" in modes:
+            for q in queries:
+                for e in ready:
+                    r = run_catchup(ENGINES[e], q, broker.bootstrap, topics, refs, args, logdir)
+                    results.append(r)
+                    catch[(e, q)] = r
+                    print(
+                        f"catchup {q:4} {e:14} {r.status:11} "
+                        + (
+                            f"{fmt_rate(r.eps)} events/s, {fmt_rate(r.eps_cpu)} per CPU-s, "
+                            f"{r.rss / 2**20:,.0f} MiB, {r.seconds:.1f} s ({r.clock}) "
+                            if r.status == "ok"
+                            else ""
+                        )
+                        + r.detail[:300],
+                        flush=True,
+                    )
+        if "latency" in modes:
+            for q in args.latency_queries.split(","):
+                for e in ready:
+                    for rate, label in _rates(args.rates, catch.get((e, q)), args.max_rate):
+                        r = run_latency(ENGINES[e], q, rate, broker.bootstrap, refs, args, logdir)
+                        r.detail = f"{label}; {r.detail}".strip("; ")
+                        results.append(r)
+                        print(
+                            f"latency {q:4} {e:14} {fmt_rate(rate):>8}/s {r.status:9} "
+                            f"p50 {r.p50:.0f} p95 {r.p95:.0f} p99 {r.p99:.0f} ms "
+                            f"(achieved {fmt_rate(r.achieved) if r.achieved > 0 else '–'}/s, "
+                            f"{r.samples} rows) {r.detail}",
+                            flush=True,
+                        )
+    finally:
+        for peer in list(LIVE):
+            peer.stop()
+        if args.bootstrap:
+            delete_topics(broker.bootstrap, "peers-out-")
+            delete_topics(broker.bootstrap, "peers-lat-")
+        broker.stop()
+    args.results_json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    if not args.no_plots:
+        plot(results, engines, queries)
+    text = markdown(results, engines, queries, args, broker, versions, loads)
+    print()
+    print(text)
+    benchutil.write_section(SECTION, text, args.out)
+    bad = [r for r in results if r.status in ("mismatch", "crash")]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

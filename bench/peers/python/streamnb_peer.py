@@ -1,0 +1,87 @@
+"""streamnb as a peer: ``sn.from_kafka`` -> the query of ``bench/queries.py`` -> ``to_kafka``.
+
+Runs with the repository's own ``.venv`` python and the working tree's ``streamnb``. The
+queries are exactly those of the other benchmarks (``bench/queries.py``); q8 is the window
+join of ``bench/nexmark_joins.py`` (persons and sellers per tumbling 10 s window, on id).
+``SN_FIRST_RECORD`` is printed when the query's ``records_in`` first turns positive
+(polled every 2 ms from the main thread).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(BENCH))
+
+import benchutil  # noqa: E402, F401  (puts the repository on sys.path)
+import peercommon as pc  # noqa: E402
+import polars as pl  # noqa: E402
+from queries import QUERIES, WATERMARK_DELAY  # noqa: E402
+
+import streamnb as sn  # noqa: E402
+from streamnb.sources.nexmark import SCHEMAS  # noqa: E402
+
+
+def _schema(kind: str) -> pl.Schema:
+    """The records as they are in the topics: ``dateTime`` (and ``expires``) epoch-ms ints."""
+    return pl.Schema(
+        {k: (pl.Int64() if isinstance(v, pl.Datetime) else v) for k, v in SCHEMAS[kind].items()}
+    )
+
+
+def source(args: Any, topic: str, kind: str) -> sn.Stream:
+    return sn.from_kafka(
+        topic,
+        bootstrap_servers=args.bootstrap,
+        start="earliest",
+        timestamp="dateTime",
+        schema=_schema(kind),
+        group_id=args.group,
+    )
+
+
+def q8(persons: sn.Stream, auctions: sn.Stream) -> sn.Stream:
+    """New users: a window join of persons and sellers, tumbling 10 s, on person id."""
+    new_people = (
+        persons.with_watermark("dateTime", WATERMARK_DELAY)
+        .window(sn.Tumbling(f"{pc.TUMBLE_MS}ms"), by="id")
+        .agg(pl.col("name").first())
+    )
+    sellers = (
+        auctions.with_watermark("dateTime", WATERMARK_DELAY)
+        .select("dateTime", id="seller")
+        .window(sn.Tumbling(f"{pc.TUMBLE_MS}ms"), by="id")
+        .agg(pl.len().alias("auctions"))
+    )
+    return new_people.join(sellers, on="id").select("window_start", "window_end", "id", "name")
+
+
+def build(args: Any) -> sn.Stream:
+    if args.query == "q8":
+        return q8(source(args, args.persons, "person"), source(args, args.auctions, "auction"))
+    return QUERIES[args.query].build(source(args, args.bids, "bid"))
+
+
+def main() -> None:
+    args = pc.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    stream = build(args)
+    query = stream.to_kafka(args.output, bootstrap_servers=args.bootstrap).start(
+        f"peer-{args.query}", keep=0
+    )
+    first = pc.FirstRecord()
+    while not first.done:
+        if query.status()["records_in"] > 0:
+            first()
+            break
+        if query.wait(0.002):
+            break
+    query.wait()
+
+
+if __name__ == "__main__":
+    main()
