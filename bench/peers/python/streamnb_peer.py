@@ -40,7 +40,8 @@ def source(args: Any, topic: str, kind: str) -> sn.Stream:
         start="earliest",
         timestamp="dateTime",
         schema=_schema(kind),
-        group_id=args.group,
+        # a group per topic: q8's two sources in one group would rebalance each other
+        group_id=f"{args.group}-{kind}",
     )
 
 
