@@ -401,3 +401,24 @@ def test_a_missing_output_topic_is_named_before_anything_runs(
         start(twice, name="twice", guarantee="at_least_once", state_dir=tmp_path)
     with pytest.raises(ConfigError, match="exactly_once needs a Kafka sink"):
         start(stream, name="no-sink", guarantee="exactly_once", state_dir=tmp_path)
+
+
+def test_a_paused_worker_is_fenced_exactly_once(workers: Any, bootstrap: str) -> None:
+    """A worker frozen past its session timeout (SIGSTOP) loses its partitions to another; when
+    it wakes up, its open transaction cannot commit (fenced), so it writes nothing twice."""
+    w, topic = workers("exactly_once")
+    data = records(30_000)
+    feeder = Feeder(bootstrap, topic, data, rate=2_000).start()
+    zombie = w.start("state-a")
+    w.wait_owning(zombie)
+    time.sleep(1.0)
+    zombie.send_signal(signal.SIGSTOP)  # mid-transaction, as a long GC pause or a stuck host
+    successor = w.start("state-b")
+    w.wait_owning(successor)
+    time.sleep(2.0)
+    zombie.send_signal(signal.SIGCONT)
+    feeder.wait()
+    want = reference(data)
+    got = committed_output(bootstrap, w.out, sum(want.values()), timeout=120)
+    w.stop_all()
+    assert_exact(got, want, w.logs())
