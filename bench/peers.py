@@ -1158,6 +1158,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--queries", default=",".join(ALL_QUERIES))
     p.add_argument("--modes", default="catchup,latency")
+    p.add_argument("--latency-engines", default=None,
+                   help="engines of the latency mode (default: --engines)")  # fmt: skip
     p.add_argument("--latency-queries", default="q1,q7",
                    help="queries of the latency mode (default q1,q7)")  # fmt: skip
     p.add_argument("--rates", default="10%,50%,80%",
@@ -1175,7 +1177,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--results-json", type=Path, default=PEERS / "results.json")
     a = p.parse_args(argv)
-    for e in a.engines.split(","):
+    for e in a.engines.split(",") + (a.latency_engines or "").split(",")[: bool(a.latency_engines)]:
         if e not in ENGINES:
             p.error(f"unknown engine {e!r}; engines: {', '.join(ENGINES)}")
     for q in a.queries.split(",") + a.latency_queries.split(","):
@@ -1263,8 +1265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         flush=True,
                     )
         if "latency" in modes:
+            latency_engines = (args.latency_engines or args.engines).split(",")
             for q in args.latency_queries.split(","):
-                for e in ready:
+                for e in [e for e in ready if e in latency_engines]:
                     for rate, label in _rates(args.rates, catch.get((e, q)), args.max_rate):
                         r = run_latency(ENGINES[e], q, rate, broker.bootstrap, refs, args, logdir)
                         r.detail = f"{label}; {r.detail}".strip("; ")
