@@ -28,6 +28,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,9 +187,8 @@ class TaskWorker:
             producer_config["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
         else:
             producer_config["message.timeout.ms"] = 0  # retry until delivered: lose nothing
-        self.producer = Producer(
-            client_config(bootstrap, _producer_only(config), **producer_config)
-        )
+        self._producer_config = client_config(bootstrap, _producer_only(config), **producer_config)
+        self.producer = Producer(self._producer_config)
         # reads committed offsets (with their metadata) and the changelog; never subscribes
         self.restorer = Consumer(
             client_config(
@@ -502,22 +502,48 @@ class TaskWorker:
                 )
             consumer.commit(offsets=offsets, asynchronous=False)
             return
+        metadata = consumer.consumer_group_metadata()
         try:
-            self.producer.send_offsets_to_transaction(
-                offsets, consumer.consumer_group_metadata(), 30
-            )
-            self.producer.commit_transaction(60)
+            _bounded(lambda: self.producer.send_offsets_to_transaction(offsets, metadata, 30), 45)
+            _bounded(lambda: self.producer.commit_transaction(60), 75)
+        except _Stuck:
+            # librdkafka can wait forever for a group coordinator that went away with a
+            # restarted broker (confluentinc/librdkafka#5456, #5511): a new producer with the
+            # same transactional.id fences this one and aborts its transaction
+            log.warning("%s: the transactional producer is stuck; replacing it", self.name)
+            self._replace_producer()
+            self._rewind()
+            return
         except KafkaException as exc:
             error = exc.args[0]
-            if not error.txn_requires_abort():
+            if not (error.txn_requires_abort() or error.retriable()):
                 raise
             # fenced (the partitions moved) or the transaction failed: nothing of it is
             # visible; go back to the last checkpoint and redo the work
             log.warning("%s: transaction aborted (%s); rewinding", self.name, error.str())
-            self.producer.abort_transaction(30)
-            self.producer.begin_transaction()
+            try:
+                _bounded(lambda: self.producer.abort_transaction(30), 45)
+                self.producer.begin_transaction()
+            except (_Stuck, KafkaException):
+                self._replace_producer()
             self._rewind()
             return
+        self.producer.begin_transaction()
+
+    def _replace_producer(self) -> None:
+        """A new transactional producer in place of this one (same id: the old is fenced)."""
+        from confluent_kafka import KafkaException, Producer
+
+        self.producer = Producer(self._producer_config)
+        self.changelog.producer = self.ctx.producer = self.producer
+        for attempt in range(20):
+            try:
+                self.producer.init_transactions(30)
+                break
+            except KafkaException as exc:
+                if attempt == 19 or not exc.args[0].retriable():
+                    raise
+                time.sleep(1)
         self.producer.begin_transaction()
 
     def _rewind(self) -> None:
@@ -584,6 +610,31 @@ class TaskWorker:
             return 0.0
         (t0, n0), (t1, n1) = self._recent[0], self._recent[-1]
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+class _Stuck(Exception):
+    """A client call did not return within its deadline."""
+
+
+def _bounded(call: Callable[[], object], seconds: float) -> None:
+    """Run ``call`` with a hard deadline (in a thread: a blocked C call cannot be interrupted;
+    it is left behind if it overruns, and :class:`_Stuck` raised)."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the caller
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="streamnb:kafka-call", daemon=True).start()
+    if not done.wait(seconds):
+        raise _Stuck(f"no answer within {seconds:g} s")
+    if failure:
+        raise failure[0]
 
 
 def _discard(delta: Delta) -> None:
