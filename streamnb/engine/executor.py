@@ -78,6 +78,26 @@ class Pipeline:
         self.sink(delta)
 
 
+class RateMeter:
+    """Records per second over the last few seconds, from a running count."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = window
+        self.recent: list[tuple[float, int]] = []  # (time, count)
+
+    def note(self, count: int) -> None:
+        now = time.monotonic()
+        self.recent.append((now, count))
+        while len(self.recent) > 2 and now - self.recent[0][0] > self.window:
+            self.recent.pop(0)
+
+    def rate(self) -> float:
+        if len(self.recent) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.recent[0], self.recent[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
 class Runner:
     """Drives a pipeline until its sources end, it is stopped, or a deadline passes."""
 
@@ -94,7 +114,7 @@ class Runner:
         self.records_in = 0
         self.batches = 0
         self.started = time.monotonic()
-        self._recent: list[tuple[float, int]] = []  # (time, records_in) for the rate
+        self.rates = RateMeter()
 
     def open(self) -> None:
         for step in self.pipeline.sources:
@@ -133,23 +153,14 @@ class Runner:
                 if reader.done:
                     active.remove((source, reader))
                     self.pipeline.finish(source)
-            self._note_rate()
+            self.rates.note(self.records_in)
             if not got and len(active) > 1:
                 time.sleep(0.005)
         return True
 
-    def _note_rate(self) -> None:
-        now = time.monotonic()
-        self._recent.append((now, self.records_in))
-        while len(self._recent) > 2 and now - self._recent[0][0] > 5.0:
-            self._recent.pop(0)
-
     def rate(self) -> float:
         """Records per second over the last few seconds."""
-        if len(self._recent) < 2:
-            return 0.0
-        (t0, n0), (t1, n1) = self._recent[0], self._recent[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        return self.rates.rate()
 
     def lag(self) -> int | None:
         lags = [reader.lag() for _, reader in self.readers]

@@ -38,7 +38,7 @@ import polars as pl
 
 from streamnb.engine import checkpoint
 from streamnb.engine.core import NEG_INF, PARTITION, Context, Delta, Partitions, visible
-from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, Step
+from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, RateMeter, Step
 from streamnb.exceptions import ConfigError, QueryFailed, SourceError
 from streamnb.kafka import client_config
 from streamnb.sinks.memory import ResultTable
@@ -214,7 +214,7 @@ class TaskWorker:
         self._state = "running"
         self._stop = threading.Event()
         self._done = threading.Event()
-        self._recent: list[tuple[float, int]] = []
+        self.rates = RateMeter()
         self.reader: _TaskReader | None = None
         self._thread = threading.Thread(target=self._run, name=f"streamnb:{name}", daemon=True)
 
@@ -253,7 +253,7 @@ class TaskWorker:
             "errors": self.ctx.errors.count,
             "watermark": _as_time(min(known), self.stream) if known else None,
             "lag": sum(lag.values()) if lag else None,
-            "rate": round(self._rate(), 1),
+            "rate": round(self.rates.rate(), 1),
             "tasks": sorted(p for t, p in self.tasks if t == self.topic),
             "checkpoints": self.timings.checkpoints,
             "checkpoint_ms": round(self.timings.checkpoint_ms, 2),
@@ -278,7 +278,7 @@ class TaskWorker:
                     self._process(rows)
                 if self.reader.repartitioned is not None:
                     self._process_repartitioned(self.reader.repartitioned)
-                self._note_rate()
+                self.rates.note(self.records_in)
                 lags = self.reader.lags.items()
                 self.timings.lag = {p: lag for (t, p), lag in lags if t == self.topic}
                 if time.monotonic() - last >= self.interval:
@@ -598,18 +598,6 @@ class TaskWorker:
             except Exception as exc:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
                     raise SourceError(f"cannot create topic {name}: {exc}") from exc
-
-    def _note_rate(self) -> None:
-        now = time.monotonic()
-        self._recent.append((now, self.records_in))
-        while len(self._recent) > 2 and now - self._recent[0][0] > 5.0:
-            self._recent.pop(0)
-
-    def _rate(self) -> float:
-        if len(self._recent) < 2:
-            return 0.0
-        (t0, n0), (t1, n1) = self._recent[0], self._recent[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
 
 class _Stuck(Exception):
