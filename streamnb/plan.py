@@ -44,16 +44,24 @@ class Node:
         return type(self).__name__.removesuffix("Node").lower()
 
 
+def nodes(root: Node) -> list[Node]:
+    """``root`` and every node below it."""
+    found, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(node.inputs)
+    return found
+
+
 def partition_scope(node: Node) -> frozenset[tuple[object, ...]]:
     """The partition scopes of the sources below ``node``: its watermark waits for these."""
-    scopes: set[tuple[object, ...]] = set()
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, SourceNode):
-            scopes |= n.source.partition_scopes()
-        stack.extend(n.inputs)
-    return frozenset(scopes)
+    return frozenset(
+        scope
+        for n in nodes(node)
+        if isinstance(n, SourceNode)
+        for scope in n.source.partition_scopes()
+    )
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from streamnb._duration import Duration, to_ms
 from streamnb.exceptions import ConfigError
-from streamnb.plan import Node, SourceNode
+from streamnb.plan import Node, SourceNode, nodes
 from streamnb.sources.kafka import KafkaSource
 from streamnb.worker.metrics import MetricsServer
 
@@ -37,7 +37,7 @@ def with_sink(stream: Any, sink: str | None) -> Any:
     if kind == "kafka" and target:
         # the broker (and its client settings) of the query's input, unless the
         # environment names one
-        sources = [n.source for n in _nodes(stream._node) if isinstance(n, SourceNode)]
+        sources = [n.source for n in nodes(stream._node) if isinstance(n, SourceNode)]
         kafka = [s for s in sources if isinstance(s, KafkaSource)]
         if kafka and not os.environ.get("STREAMNB_KAFKA_BOOTSTRAP"):
             return stream.to_kafka(
@@ -49,15 +49,6 @@ def with_sink(stream: Any, sink: str | None) -> Any:
     if kind == "console" and not target:
         return stream
     raise ConfigError(f"--sink {sink!r}: use kafka:TOPIC, parquet:PATH or console")
-
-
-def _nodes(node: Node) -> list[Node]:
-    found, stack = [], [node]
-    while stack:
-        n = stack.pop()
-        found.append(n)
-        stack.extend(n.inputs)
-    return found
 
 
 def with_group(stream: Any, group_id: str) -> Any:

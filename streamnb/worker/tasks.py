@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ import polars as pl
 from streamnb.engine import checkpoint
 from streamnb.engine.core import NEG_INF, PARTITION, Context, Delta, Partitions, visible
 from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, RateMeter, Step
-from streamnb.exceptions import ConfigError, QueryFailed, SourceError
+from streamnb.exceptions import ConfigError, SourceError
 from streamnb.kafka import client_config
+from streamnb.plan import nodes
 from streamnb.sinks.memory import ResultTable
 from streamnb.sources.kafka import KafkaSource, _KafkaReader
 from streamnb.worker import topology
@@ -102,8 +104,8 @@ class _TaskReader(_KafkaReader):
             topics = np.array(list(map(Message.topic, messages)), dtype=object)
             ours = topics == self.repartition
             if ours.any():
-                mine = [messages[i] for i in np.flatnonzero(ours)]
-                messages = [messages[i] for i in np.flatnonzero(~ours)]
+                mine = list(compress(messages, ours))
+                messages = list(compress(messages, ~ours))
                 for m in mine:
                     self.positions[(self.repartition, m.partition())] = m.offset() + 1
                 self.repartitioned = topology.decode(mine)
@@ -160,8 +162,6 @@ class TaskWorker:
         self.interval = checkpoint_interval_ms / 1000
         self.max_batch = max_batch
         self.source = _kafka_source(stream._node).in_group(group_id)
-        if len(self.source.topics) != 1:
-            raise QueryFailed("the worker reads one input topic per query")
         self.topic = self.source.topics[0]
         self.partitions = len(self.source.partitions[self.topic])
         # several partitions and state: key the state by repartitioning (one task per
@@ -569,13 +569,12 @@ class TaskWorker:
         from confluent_kafka.admin import AdminClient, NewTopic
 
         from streamnb.plan import KafkaSinkNode
-        from streamnb.worker.run import _nodes
 
         admin = AdminClient(
             client_config(self.source.bootstrap, _producer_only(self.source.config))
         )
         known = admin.list_topics(timeout=30).topics
-        for node in _nodes(self.stream._node):
+        for node in nodes(self.stream._node):
             if isinstance(node, KafkaSinkNode):
                 for name in filter(None, (node.topic, node.dlq)):
                     if name not in known:
@@ -631,9 +630,8 @@ def _discard(delta: Delta) -> None:
 
 def _kafka_source(node: Any) -> KafkaSource:
     from streamnb.plan import SourceNode
-    from streamnb.worker.run import _nodes
 
-    sources = [n.source for n in _nodes(node) if isinstance(n, SourceNode)]
+    sources = [n.source for n in nodes(node) if isinstance(n, SourceNode)]
     assert len(sources) == 1 and isinstance(sources[0], KafkaSource)
     return sources[0]
 
@@ -662,23 +660,21 @@ def _producer_only(config: dict[str, Any]) -> dict[str, Any]:
 def partitioned_source(stream: Any) -> bool:
     """Whether the worker runs ``stream`` as tasks: its only source is one Kafka topic."""
     from streamnb.plan import ParquetNode, SourceNode
-    from streamnb.worker.run import _nodes
 
-    nodes = _nodes(stream._node)
-    sources = [n.source for n in nodes if isinstance(n, SourceNode)]
+    plan = nodes(stream._node)
+    sources = [n.source for n in plan if isinstance(n, SourceNode)]
     return (
         len(sources) == 1
         and isinstance(sources[0], KafkaSource)
         and len(sources[0].topics) == 1
-        and not any(isinstance(n, ParquetNode) for n in nodes)
+        and not any(isinstance(n, ParquetNode) for n in plan)
     )
 
 
 def has_kafka_sink(stream: Any) -> bool:
     from streamnb.plan import KafkaSinkNode
-    from streamnb.worker.run import _nodes
 
-    return any(isinstance(n, KafkaSinkNode) for n in _nodes(stream._node))
+    return any(isinstance(n, KafkaSinkNode) for n in nodes(stream._node))
 
 
 def _as_time(watermark: int, stream: Any) -> Any:
