@@ -33,6 +33,7 @@ demo: setup
 lint: setup
 	$(PY) -m ruff check streamnb tests bench
 	$(PY) -m ruff format --check streamnb tests bench
+	$(VENV)/bin/lint-imports
 
 typecheck: setup
 	$(PY) -m mypy

@@ -34,7 +34,7 @@ from benchutil import (
 )
 
 import streamnb as sn
-from streamnb.sources.nexmark import generate
+from streamnb.io.sources.nexmark import generate
 
 STATES = ["OR", "ID", "CA"]
 TEN_S = 10_000

@@ -66,7 +66,7 @@ from queries import HOP_EVERY_MS, HOP_SIZE_MS, QUERIES, TUMBLE_MS, NexmarkQuery,
 import streamnb as sn
 from streamnb.engine.executor import DEFAULT_MAX_BATCH
 from streamnb.engine.query import Execution
-from streamnb.sources.nexmark import SCHEMAS, generate
+from streamnb.io.sources.nexmark import SCHEMAS, generate
 
 try:
     import orjson
@@ -125,7 +125,7 @@ def source_consumer_config(bootstrap: str, topic: str) -> dict[str, Any]:
     """
     if _SOURCE_CONFIG:
         return dict(_SOURCE_CONFIG)
-    import streamnb.sources.kafka as kafka_source
+    import streamnb.io.sources.kafka as kafka_source
     from streamnb.engine.core import Context
 
     seen: list[dict[str, Any]] = []
@@ -139,7 +139,7 @@ def source_consumer_config(bootstrap: str, topic: str) -> dict[str, Any]:
 
     kafka_source.client_config = spy  # type: ignore[assignment]
     try:
-        reader = kafka_stream(bootstrap, topic, {})._node.source.open(Context())  # type: ignore[attr-defined]
+        reader = kafka_stream(bootstrap, topic, {}).plan.sources()[0].open(Context())  # type: ignore[attr-defined]
         reader.close()
     finally:
         kafka_source.client_config = original  # type: ignore[assignment]
@@ -160,8 +160,8 @@ def snapshot_sources() -> None:
     while the benchmark runs (other people work on the engine meanwhile).
     """
     import streamnb.engine.executor
-    import streamnb.sources.decode
-    import streamnb.sources.kafka  # noqa: F401
+    import streamnb.io.codecs.json
+    import streamnb.io.sources.kafka  # noqa: F401
 
     for module in list(sys.modules.values()):
         filename = getattr(module, "__file__", None) or ""
@@ -760,8 +760,8 @@ def _profile_parts(raw: dict[Any, Any], total: float) -> dict[str, float]:
         return sum(v[3] for f, v in raw.items() if file_part in f[0] and f[2] == name)
 
     consume = sum(v[2] for f, v in raw.items() if f[0] == "~" and "'consume' of" in f[2])
-    read = cum("streamnb/sources/kafka.py", "read")
-    decode = cum("streamnb/sources/decode.py", "decode_ndjson")
+    read = cum("streamnb/io/sources/kafka.py", "read")
+    decode = cum("streamnb/io/codecs/json.py", "decode_ndjson")
     push = cum("streamnb/engine/executor.py", "push")
     return {
         "consume (librdkafka → Message objects)": consume,
@@ -802,7 +802,7 @@ def profile_q0(broker: Broker, topic: str, config_name: str, n: int) -> Profile:
 
     def execution() -> Execution:
         stream = QUERIES["q0"].build(kafka_stream(broker.bootstrap, topic, config))
-        return Execution(stream, errors="keep", keep=KEEP_Q0, max_batch=DEFAULT_MAX_BATCH)
+        return Execution(stream.plan, errors="keep", keep=KEEP_Q0, max_batch=DEFAULT_MAX_BATCH)
 
     ex = execution()
     ex.runner.open()

@@ -56,10 +56,10 @@ from queries import (
 )
 
 import streamnb as sn
-from streamnb.aggregates import Aggregation
+from streamnb.definitions.aggregates import Aggregation
 from streamnb.engine.core import Context
 from streamnb.engine.executor import Pipeline, Runner
-from streamnb.sources.nexmark import generate
+from streamnb.io.sources.nexmark import generate
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 CHECK_BATCH = 7_919  # a prime, so micro-batches cut windows and sessions at odd places
@@ -266,7 +266,7 @@ def measure_state(
     """Run ``q`` through the engine's pipeline, sampling its window state mid-stream."""
     stream = q.build(bid_source(frames, batch_size))
     ctx = Context()
-    pipeline = Pipeline(stream._node, ctx, lambda delta: None)
+    pipeline = Pipeline(stream.plan.root, ctx, lambda delta: None)
     runner = Runner(pipeline, ctx, max_batch=batch_size)
     runner.open()
     ops = [op for op in _operators(pipeline) if _state_frames(op) is not None]

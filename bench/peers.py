@@ -7,7 +7,7 @@ Run from the repository root (``make peers`` does the same after setting up)::
 
 1. **Broker**: a throw-away ``scripts/kafka-local`` broker in a temporary directory, unless
    ``--bootstrap`` names a running one.
-2. **Data**: ``generate()`` of ``streamnb.sources.nexmark`` (``dateTime`` as epoch-ms ints);
+2. **Data**: ``generate()`` of ``streamnb.io.sources.nexmark`` (``dateTime`` as epoch-ms ints);
    the first N bids go to the ``bids`` topic, the persons and auctions of the same events to
    ``persons`` / ``auctions`` (q8), one JSON object per record, 1 partition, loaded once.
 3. **Engines** (the registry ``ENGINES``): each is set up on first use (a dedicated virtual
@@ -289,7 +289,7 @@ ENGINES: dict[str, Engine] = {
 # -- data -------------------------------------------------------------------------------------
 def make_data(n: int, event_rate: int) -> dict[str, pl.DataFrame]:
     """The first ``n`` bids, and the persons and auctions of the same events (epoch-ms ints)."""
-    from streamnb.sources.nexmark import generate
+    from streamnb.io.sources.nexmark import generate
 
     events = -(-n * 50 // 46) + 50
     bids = generate("bid", 0, events, event_rate=event_rate).head(n)

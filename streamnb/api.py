@@ -9,14 +9,14 @@ from typing import Any
 
 import polars as pl
 
-from streamnb.plan import SourceNode, TableNode
-from streamnb.sources.base import Source
-from streamnb.sources.memory import RecordsSource
-from streamnb.stream import Stream, _Meta
+from streamnb.engine.source import Source
+from streamnb.io.sources.records import RecordsSource
+from streamnb.plan import Plan, SourceNode, TableNode
+from streamnb.stream import Stream
 
 
 def _stream(source: Source) -> Stream:
-    return Stream(SourceNode((), source), _Meta(source.schema, source.event_time, source.bounded))
+    return Stream(Plan(SourceNode((), source), source.schema, source.event_time, source.bounded))
 
 
 def from_records(
@@ -65,7 +65,7 @@ def nexmark(
     ``events=None`` runs forever; ``rate`` paces it to that many events per wall-clock
     second; ``event_rate`` is events per second of event time.
     """
-    from streamnb.sources.nexmark import NexmarkSource
+    from streamnb.io.sources.nexmark import NexmarkSource
 
     return _stream(
         NexmarkSource(
@@ -82,7 +82,7 @@ def from_files(
     batch_size: int = 50_000,
 ) -> Stream:
     """JSON-lines, CSV or Parquet files (a path or a glob), replayed in file-name order."""
-    from streamnb.sources.files import FilesSource
+    from streamnb.io.sources.files import FilesSource
 
     return _stream(FilesSource(path, format=format, timestamp=timestamp, batch_size=batch_size))
 
@@ -129,7 +129,7 @@ def from_kafka(
     connect_timeout
         How long to wait for the broker before raising ``SourceError``.
     """
-    from streamnb.sources.kafka import KafkaSource
+    from streamnb.io.sources.kafka import KafkaSource
 
     return _stream(
         KafkaSource(
@@ -158,7 +158,7 @@ def table_from_records(
     stream = from_records(data, batch_size=batch_size, schema=schema)
     keys = (key,) if isinstance(key, str) else tuple(key)
     stream._check_columns(keys, "table_from_records(key=...)")
-    return Stream(stream._node, _Meta(stream.schema, None, True, keys))
+    return Stream(Plan(stream.plan.root, stream.schema, None, True, keys))
 
 
 def table_from_kafka(
@@ -175,7 +175,7 @@ def table_from_kafka(
 
     The message key (UTF-8) becomes column ``key``; a tombstone (a null value) deletes it.
     """
-    from streamnb.sources.kafka import KafkaSource
+    from streamnb.io.sources.kafka import KafkaSource
 
     source = KafkaSource(
         topic,
@@ -188,4 +188,4 @@ def table_from_kafka(
         key_column=key,
     )
     stream = _stream(source)
-    return Stream(TableNode((stream._node,), (key,)), _Meta(stream.schema, None, False, (key,)))
+    return Stream(Plan(TableNode((stream.plan.root,), (key,)), stream.schema, None, False, (key,)))

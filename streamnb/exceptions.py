@@ -5,6 +5,7 @@
     StreamnbError                 every streamnb error
     ├── ConfigError (ValueError)  a query definition or argument is wrong; raised at once
     ├── SourceError               a source cannot be read (missing file, unreachable broker)
+    ├── SinkError                 a sink cannot deliver (records not acknowledged by Kafka)
     ├── DecodeError               a record cannot be decoded (kept in ``errors()``, raised only
     │                             with ``errors="fail"``)
     └── QueryFailed               a running query stopped on an error; ``__cause__`` holds it
@@ -15,7 +16,14 @@ conventions (``except ValueError``) keeps working.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DecodeError", "QueryFailed", "SourceError", "StreamnbError"]
+__all__ = [
+    "ConfigError",
+    "DecodeError",
+    "QueryFailed",
+    "SinkError",
+    "SourceError",
+    "StreamnbError",
+]
 
 
 class StreamnbError(Exception):
@@ -28,6 +36,10 @@ class ConfigError(StreamnbError, ValueError):
 
 class SourceError(StreamnbError):
     """A source cannot be opened or read."""
+
+
+class SinkError(StreamnbError):
+    """A sink cannot deliver its output (the worker then commits nothing past it)."""
 
 
 class DecodeError(StreamnbError):

@@ -1,33 +1,55 @@
-"""The logical plan: an immutable tree of nodes that a ``Stream`` builds and an executor runs.
+"""The logical plan: pure data that a ``Stream`` builds and the engine compiles and runs.
 
-Every node knows how to build its runtime operator; the tree itself never changes once made,
-so one ``Stream`` can be started any number of times.
+A :class:`Plan` is a frozen tree of nodes plus what is known about its output (columns, keys,
+event time). Nodes hold definitions only (expressions, window specs, aggregations, source and
+sink definitions); they build nothing. :mod:`streamnb.engine.compile` turns each node into its
+runtime operator, so one plan can be run any number of times, by the notebook's query, by a
+worker's tasks, or by a test.
+
+Sources and sinks are defined in the io layer, above the engine: the plan knows them only by
+the few attributes below (:class:`SourceDefinition`, :class:`SinkDefinition`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import polars as pl
 
-from streamnb.aggregates import Aggregation
-from streamnb.engine.core import Context, Operator
-from streamnb.engine.eventtime import EventTime
-from streamnb.engine.operators import (
-    EventTimeOperator,
-    GroupByOperator,
-    MapOperator,
-    TableOperator,
-    Transform,
-)
-from streamnb.engine.sessions import SessionOperator
-from streamnb.engine.windowing import WindowOperator
-from streamnb.sinks.parquet import ParquetSink
-from streamnb.sources.base import Source
-from streamnb.windows import Hopping, Session, Tumbling, WindowSpec
+from streamnb.definitions.aggregates import Aggregation
+from streamnb.definitions.eventtime import EventTime
+from streamnb.definitions.windows import WindowSpec
+from streamnb.types import Emit, How
+
+Transform = Callable[[Any], Any]
+"""A per-record transformation of a batch (``pl.DataFrame`` at run time, ``pl.LazyFrame`` when
+the output schema is worked out)."""
+
+
+class SourceDefinition(Protocol):
+    """What the plan knows of a source (the engine's ``Source`` interface adds reading)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def schema(self) -> pl.Schema | None: ...
+
+    @property
+    def bounded(self) -> bool: ...
+
+    @property
+    def event_time(self) -> EventTime | None: ...
+
+    def partition_scopes(self) -> frozenset[tuple[object, ...]]: ...
+
+
+class SinkDefinition(Protocol):
+    """What the plan knows of a sink (the engine's ``Sink`` interface adds writing)."""
+
+    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,40 +58,13 @@ class Node:
 
     inputs: tuple[Node, ...]
 
-    def build(self, ctx: Context) -> Operator | None:
-        """The runtime operator (``None`` for nodes that only route data)."""
-        raise NotImplementedError
-
     def describe(self) -> str:
         return type(self).__name__.removesuffix("Node").lower()
 
 
-def nodes(root: Node) -> list[Node]:
-    """``root`` and every node below it."""
-    found, stack = [], [root]
-    while stack:
-        node = stack.pop()
-        found.append(node)
-        stack.extend(node.inputs)
-    return found
-
-
-def partition_scope(node: Node) -> frozenset[tuple[object, ...]]:
-    """The partition scopes of the sources below ``node``: its watermark waits for these."""
-    return frozenset(
-        scope
-        for n in nodes(node)
-        if isinstance(n, SourceNode)
-        for scope in n.source.partition_scopes()
-    )
-
-
 @dataclass(frozen=True, eq=False)
 class SourceNode(Node):
-    source: Source
-
-    def build(self, ctx: Context) -> Operator | None:
-        return None
+    source: SourceDefinition
 
     def describe(self) -> str:
         return f"source[{self.source.name}]"
@@ -85,11 +80,6 @@ class MapNode(Node):
     table_keys: tuple[str, ...] | None = None
     predicate: pl.Expr | None = None
 
-    def build(self, ctx: Context) -> Operator:
-        return MapOperator(
-            self.fn, on_keys=self.on_keys, table_keys=self.table_keys, predicate=self.predicate
-        )
-
     def describe(self) -> str:
         return self.label
 
@@ -98,9 +88,6 @@ class MapNode(Node):
 class EventTimeNode(Node):
     column: str
 
-    def build(self, ctx: Context) -> Operator:
-        return EventTimeOperator(self.column, ctx)
-
 
 @dataclass(frozen=True, eq=False)
 class WindowNode(Node):
@@ -108,31 +95,10 @@ class WindowNode(Node):
     event_time: EventTime
     by: tuple[str, ...]
     grace_ms: int
-    emit: str
+    emit: Emit
     aggregation: Aggregation
     schema: pl.Schema = field(repr=False)
     input_schema: pl.Schema | None = field(repr=False, default=None)
-
-    def build(self, ctx: Context) -> Operator:
-        if self.input_schema is not None and ctx.late.schema is None:
-            ctx.late.schema = self.input_schema
-        common = dict(
-            scope=partition_scope(self),
-            event_time=self.event_time,
-            by=self.by,
-            grace_ms=self.grace_ms,
-            emit=self.emit,
-            agg=self.aggregation,
-            schema=self.schema,
-            ctx=ctx,
-        )
-        if isinstance(self.spec, Tumbling):
-            return WindowOperator(size_ms=self.spec.size_ms, every_ms=self.spec.size_ms, **common)
-        if isinstance(self.spec, Hopping):
-            return WindowOperator(size_ms=self.spec.size_ms, every_ms=self.spec.every_ms, **common)
-        if isinstance(self.spec, Session):
-            return SessionOperator(gap_ms=self.spec.gap_ms, **common)
-        raise TypeError(f"unknown window {self.spec!r}")
 
     def describe(self) -> str:
         return f"window[{self.spec!r}, by={list(self.by)}, emit={self.emit}]"
@@ -143,54 +109,6 @@ class GroupByNode(Node):
     keys: tuple[str, ...]
     aggregation: Aggregation
 
-    def build(self, ctx: Context) -> Operator:
-        return GroupByOperator(self.keys, self.aggregation)
-
-
-@dataclass(frozen=True, eq=False)
-class ParquetNode(Node):
-    path: Path
-    rows_per_file: int
-    flush_seconds: float
-
-    def build(self, ctx: Context) -> Operator:
-        return ParquetSink(
-            self.path, rows_per_file=self.rows_per_file, flush_seconds=self.flush_seconds
-        )
-
-    def describe(self) -> str:
-        return f"to_parquet[{self.path}]"
-
-
-@dataclass(frozen=True, eq=False)
-class KafkaSinkNode(Node):
-    topic: str
-    bootstrap: str
-    format: str
-    key: tuple[str, ...]
-    config: Mapping[str, Any] = field(repr=False)
-    dlq: str | None = None
-    avro_schema: Any = field(default=None, repr=False)
-    headers: Mapping[str, str] | None = None
-
-    def build(self, ctx: Context) -> Operator:
-        from streamnb.sinks.kafka import KafkaSink
-
-        return KafkaSink(
-            self.topic,
-            bootstrap=self.bootstrap,
-            format=self.format,
-            key=self.key,
-            config=self.config,
-            dlq=self.dlq,
-            ctx=ctx,
-            avro_schema=self.avro_schema,
-            headers=self.headers,
-        )
-
-    def describe(self) -> str:
-        return f"to_kafka[{self.topic}]"
-
 
 @dataclass(frozen=True, eq=False)
 class JoinNode(Node):
@@ -198,32 +116,11 @@ class JoinNode(Node):
 
     kind: str
     on: tuple[str, ...]
-    how: str
+    how: How
     schemas: tuple[pl.Schema, pl.Schema] = field(repr=False)
     times: tuple[EventTime, EventTime] | None = None
     within_ms: int = 0
     grace_ms: int = 0
-
-    def build(self, ctx: Context) -> Operator:
-        from streamnb.engine import joins
-
-        if self.kind == "stream_table":
-            return joins.StreamTableJoin(self.on, self.how, self.schemas[1])
-        if self.kind == "table_table":
-            return joins.TableTableJoin(self.on, self.how, self.schemas)
-        if self.kind == "window":
-            return joins.WindowJoin(self.on, self.how, self.schemas)
-        assert self.times is not None
-        return joins.IntervalJoin(
-            on=self.on,
-            how=self.how,
-            within_ms=self.within_ms,
-            grace_ms=self.grace_ms,
-            times=self.times,
-            schemas=self.schemas,
-            ctx=ctx,
-            scope=partition_scope(self),
-        )
 
     def describe(self) -> str:
         return f"join[{self.kind}, on={list(self.on)}, how={self.how}]"
@@ -235,21 +132,101 @@ class TableNode(Node):
 
     keys: tuple[str, ...]
 
-    def build(self, ctx: Context) -> Operator:
-        return TableOperator(self.keys)
-
 
 @dataclass(frozen=True, eq=False)
 class UnionNode(Node):
-    def build(self, ctx: Context) -> Operator | None:
-        return None
+    pass
 
 
-def sources(node: Node) -> list[SourceNode]:
-    """The source leaves under ``node``, left to right."""
-    if isinstance(node, SourceNode):
-        return [node]
-    return [s for child in node.inputs for s in sources(child)]
+@dataclass(frozen=True, eq=False)
+class SinkNode(Node):
+    """Rows pass through unchanged and are also written to ``sink``."""
+
+    sink: SinkDefinition
+
+    def describe(self) -> str:
+        return self.sink.describe()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A query as data: the tree (its output at ``root``) and what is known of its output.
+
+    Attributes
+    ----------
+    root
+        The node whose output is the query's output.
+    schema
+        The output columns, when known at definition time.
+    event_time
+        The output's own event-time column (a plain stream's), if any.
+    bounded
+        True when every source ends by itself.
+    keys
+        For tables (upsert changelogs: running aggregates, ``emit="update"`` windows): the key
+        columns of the output.
+    result_time
+        The event time of window results, for the watermark in ``status()``.
+    windowed
+        For ``emit="final"`` window results: their ``by`` keys (a window join needs them).
+    """
+
+    root: Node
+    schema: pl.Schema | None
+    event_time: EventTime | None
+    bounded: bool
+    keys: tuple[str, ...] | None = None
+    result_time: EventTime | None = None
+    windowed: tuple[str, ...] | None = None
+
+    @property
+    def status_time(self) -> EventTime | None:
+        """The event time the query's watermark is shown in."""
+        return self.result_time or self.event_time
+
+    def then(self, root: Node, **known: Any) -> Plan:
+        """This plan with ``root`` on top (and any of the attributes above changed)."""
+        return replace(self, root=root, **known)
+
+    def nodes(self) -> list[Node]:
+        return nodes(self.root)
+
+    def sources(self) -> list[SourceDefinition]:
+        """The source definitions, left to right."""
+        return [n.source for n in source_nodes(self.root)]
+
+    def sinks(self) -> list[SinkDefinition]:
+        return [n.sink for n in self.nodes() if isinstance(n, SinkNode)]
+
+    def explain(self) -> str:
+        return explain(self.root)
+
+
+def nodes(root: Node) -> list[Node]:
+    """``root`` and every node below it."""
+    found, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(node.inputs)
+    return found
+
+
+def walk(root: Node) -> Iterator[Node]:
+    """``root`` and the nodes below it, depth first, inputs left to right."""
+    yield root
+    for child in root.inputs:
+        yield from walk(child)
+
+
+def source_nodes(root: Node) -> list[SourceNode]:
+    """The source leaves under ``root``, left to right."""
+    return [n for n in walk(root) if isinstance(n, SourceNode)]
+
+
+def partition_scope(node: Node) -> frozenset[tuple[object, ...]]:
+    """The partition scopes of the sources below ``node``: its watermark waits for these."""
+    return frozenset(scope for n in source_nodes(node) for scope in n.source.partition_scopes())
 
 
 def explain(node: Node, depth: int = 0) -> str:

@@ -8,50 +8,57 @@ bad duration fails where it is written, not minutes later in a background thread
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import polars as pl
 
-from streamnb._duration import Duration, to_ms
-from streamnb.aggregates import Aggregation, column_error
-from streamnb.engine.core import HIDDEN_PREFIX
-from streamnb.engine.eventtime import EventTime, units_per_ms
+from streamnb.capture import capture
+from streamnb.columns import hidden, visible_schema
+from streamnb.definitions.aggregates import Aggregation, column_error
+from streamnb.definitions.durations import Duration, to_ms
+from streamnb.definitions.eventtime import EventTime, units_per_ms
+from streamnb.definitions.windows import Session, WindowSpec
 from streamnb.engine.executor import DEFAULT_MAX_BATCH
-from streamnb.engine.query import ErrorPolicy, Query, run_to_end
+from streamnb.engine.query import Query, run_to_end
 from streamnb.exceptions import ConfigError
+from streamnb.io.sinks.kafka import kafka_sink
+from streamnb.io.sinks.parquet import ParquetSink
 from streamnb.plan import (
     EventTimeNode,
     GroupByNode,
     JoinNode,
-    KafkaSinkNode,
     MapNode,
-    Node,
-    ParquetNode,
+    Plan,
+    SinkNode,
     UnionNode,
     WindowNode,
-    explain,
 )
-from streamnb.windows import Session, WindowSpec
-from streamnb.worker.capture import capture
+from streamnb.types import Emit, ErrorPolicy, How
 
-__all__ = ["GroupedStream", "Stream", "WindowedStream"]
+__all__ = ["GroupedStream", "Stream", "WindowedStream", "register_frontend"]
 
-Emit = Literal["final", "update"]
+Frontend = Callable[..., Query]
+"""Displays a stream live: ``frontend(stream, ..., name=..., **options)`` starts it and
+returns the :class:`Query` (``show()`` and ``chart()`` hand over to one)."""
+
+_frontends: dict[str, Callable[[], Frontend]] = {}
+
+
+def register_frontend(kind: str, load: Callable[[], Frontend]) -> None:
+    """Name where ``stream.show()`` (``kind="table"``) and ``stream.chart()`` (``"chart"``)
+    display. The ui layer lives above this one, so the package root registers loaders that
+    import it on first use (``import streamnb`` stays free of IPython and ipywidgets)."""
+    _frontends[kind] = load
+
+
+def _frontend(kind: str) -> Frontend:
+    if kind not in _frontends:
+        raise ConfigError(f"no frontend displays {kind!r} here; import streamnb first")
+    return _frontends[kind]()
+
+
 _Op = Callable[[Any], Any]  # works on both pl.DataFrame and pl.LazyFrame
-
-
-@dataclass(frozen=True)
-class _Meta:
-    """What is known about a stream when it is defined."""
-
-    schema: pl.Schema | None
-    event_time: EventTime | None
-    bounded: bool
-    keys: tuple[str, ...] | None = None  # set for tables (upsert changelogs)
-    result_time: EventTime | None = None  # event time of window results, for status()
-    windowed: tuple[str, ...] | None = None  # the by-keys of final window results
 
 
 class Stream:
@@ -61,42 +68,42 @@ class Stream:
     transformations, then ``collect()`` it (bounded sources) or ``start()`` it.
     """
 
-    def __init__(self, node: Node, meta: _Meta) -> None:
-        self._node = node
-        self._meta = meta
+    def __init__(self, plan: Plan) -> None:
+        self._plan = plan
+
+    @property
+    def plan(self) -> Plan:
+        """The query as data: what the engine runs (``Query(stream.plan)``) and workers split."""
+        return self._plan
 
     # -- what is known --------------------------------------------------------------------
     @property
     def schema(self) -> pl.Schema | None:
         """The columns of the records, when known at definition time."""
-        return self._meta.schema
+        return self._plan.schema
 
     @property
     def columns(self) -> list[str]:
-        return list(self._meta.schema.names()) if self._meta.schema is not None else []
+        return list(self._plan.schema.names()) if self._plan.schema is not None else []
 
     @property
     def event_time(self) -> str | None:
         """The event-time column, if one is set."""
-        return self._meta.event_time.column if self._meta.event_time else None
+        return self._plan.event_time.column if self._plan.event_time else None
 
     @property
     def bounded(self) -> bool:
         """True when every source ends by itself."""
-        return self._meta.bounded
+        return self._plan.bounded
 
     @property
     def keys(self) -> tuple[str, ...] | None:
         """For tables (running aggregates, ``emit="update"`` windows): the key columns."""
-        return self._meta.keys
-
-    @property
-    def _result_time(self) -> EventTime | None:
-        return self._meta.result_time or self._meta.event_time
+        return self._plan.keys
 
     def explain(self) -> str:
         """An outline of the plan, the output at the top."""
-        return explain(self._node)
+        return self._plan.explain()
 
     def __repr__(self) -> str:
         kind = "table" if self.keys else "stream"
@@ -111,7 +118,7 @@ class Stream:
         rename: Mapping[str, str] | None = None,
         predicate: pl.Expr | None = None,
     ) -> Stream:
-        meta = self._meta
+        meta = self._plan
         schema = None
         if meta.schema is not None:
             try:
@@ -125,7 +132,12 @@ class Stream:
             raise ConfigError(f"{label}() on a table must keep its key columns {list(keys)}")
         on_keys = (lambda df: df.rename(dict(rename), strict=False)) if rename else None
         node = MapNode(
-            (self._node,), label, op, on_keys=on_keys, table_keys=meta.keys, predicate=predicate
+            (self._plan.root,),
+            label,
+            op,
+            on_keys=on_keys,
+            table_keys=meta.keys,
+            predicate=predicate,
         )
         windowed = meta.windowed
         if windowed is not None and (
@@ -135,8 +147,8 @@ class Stream:
         ):
             windowed = None
         return Stream(
-            node,
-            _Meta(
+            Plan(
+                node,
                 schema,
                 _follow_time(meta.event_time, schema, rename),
                 meta.bounded,
@@ -204,8 +216,8 @@ class Stream:
             hidden = _hidden(frame)
             out = fn(frame.drop(hidden) if hidden else frame)
             if not isinstance(out, pl.DataFrame):
-                raise TypeError(
-                    f"map_batches function returned {type(out).__name__}, not a DataFrame"
+                raise ConfigError(
+                    f"map_batches(fn): fn returned {type(out).__name__}, not a DataFrame"
                 )
             if hidden and out.height == frame.height:  # row-preserving: keep the partition
                 out = out.with_columns(frame.select(hidden))
@@ -213,8 +225,8 @@ class Stream:
 
         stream = self._map("map_batches", run)
         if stream.schema is not None and stream.schema.len() == 0:
-            meta = stream._meta
-            return Stream(stream._node, _Meta(None, self._meta.event_time, meta.bounded, meta.keys))
+            plan = stream.plan  # the columns are known once data flows
+            return Stream(Plan(plan.root, None, self._plan.event_time, plan.bounded, plan.keys))
         return stream
 
     # -- event time -------------------------------------------------------------------------
@@ -232,11 +244,11 @@ class Stream:
                 )
             dtype = self.schema[column]
             units_per_ms(column, dtype)
-        meta = self._meta
-        node = EventTimeNode((self._node,), column)
+        meta = self._plan
+        node = EventTimeNode((self._plan.root,), column)
         return Stream(
-            node,
-            _Meta(
+            Plan(
+                node,
                 meta.schema,
                 EventTime(column, delay_ms, dtype),
                 meta.bounded,
@@ -262,7 +274,7 @@ class Stream:
             )
         if emit not in ("final", "update"):
             raise ConfigError(f"emit={emit!r} must be 'final' or 'update'")
-        if self._meta.event_time is None:
+        if self._plan.event_time is None:
             raise ConfigError(
                 "window() needs an event-time column: pass timestamp= to the source or call "
                 ".with_watermark(column, delay) first"
@@ -293,20 +305,22 @@ class Stream:
                 raise ConfigError(
                     f"union(): schemas differ: {dict(self.schema)} vs {dict(other.schema)}"
                 )
-        times = {s._meta.event_time for s in streams}
-        meta = _Meta(
-            self.schema,
-            self._meta.event_time if len(times) == 1 else None,
-            all(s.bounded for s in streams),
+        times = {s._plan.event_time for s in streams}
+        return Stream(
+            Plan(
+                UnionNode(tuple(s._plan.root for s in streams)),
+                self.schema,
+                self._plan.event_time if len(times) == 1 else None,
+                all(s.bounded for s in streams),
+            )
         )
-        return Stream(UnionNode(tuple(s._node for s in streams)), meta)
 
     def join(
         self,
         other: Stream,
         *,
         on: str | Sequence[str],
-        how: Literal["inner", "left"] = "inner",
+        how: How = "inner",
         within: Duration | None = None,
         grace: Duration = "0s",
     ) -> Stream:
@@ -321,7 +335,7 @@ class Stream:
         if how not in ("inner", "left"):
             raise ConfigError(f"how={how!r} must be 'inner' or 'left'")
         keys = _key_list(on, "on")
-        if not keys and self._meta.windowed is None:
+        if not keys and self._plan.windowed is None:
             raise ConfigError("join() needs on= the key column(s)")
         if self.schema is None or other.schema is None:
             raise ConfigError(
@@ -330,8 +344,8 @@ class Stream:
             )
         self._check_columns(keys, "join(on=...)")
         other._check_columns(keys, "join(on=...)")
-        schemas = (_visible_schema(self.schema), _visible_schema(other.schema))
-        meta = self._meta
+        schemas = (visible_schema(self.schema), visible_schema(other.schema))
+        meta = self._plan
         times = None
         within_ms = grace_ms = 0
         if self.keys is not None and other.keys is not None:
@@ -346,16 +360,16 @@ class Stream:
             raise ConfigError("a table joins a table; to join a stream, write stream.join(table)")
         elif within is not None:
             kind, out_keys = "interval", None
-            if meta.event_time is None or other._meta.event_time is None:
+            if meta.event_time is None or other._plan.event_time is None:
                 raise ConfigError("join(within=...) needs an event-time column on both streams")
-            if meta.event_time.per_ms != other._meta.event_time.per_ms:
+            if meta.event_time.per_ms != other._plan.event_time.per_ms:
                 raise ConfigError("join(within=...): both event-time columns need the same unit")
-            times = (meta.event_time, other._meta.event_time)
+            times = (meta.event_time, other._plan.event_time)
             within_ms = to_ms(within, name="within")
             grace_ms = to_ms(grace, name="grace")
-        elif meta.windowed is not None and other._meta.windowed is not None:
+        elif meta.windowed is not None and other._plan.windowed is not None:
             kind, out_keys = "window", None
-            if set(keys) != set(meta.windowed) or set(keys) != set(other._meta.windowed):
+            if set(keys) != set(meta.windowed) or set(keys) != set(other._plan.windowed):
                 raise ConfigError(
                     f"a window join is on the windows' keys: on={list(meta.windowed)}"
                 )
@@ -380,11 +394,18 @@ class Stream:
         except pl.exceptions.PolarsError as exc:
             raise column_error(exc, "join()") from None
         node = JoinNode(
-            (self._node, other._node), kind, tuple(keys), how, schemas, times, within_ms, grace_ms
+            (self._plan.root, other._plan.root),
+            kind,
+            tuple(keys),
+            how,
+            schemas,
+            times,
+            within_ms,
+            grace_ms,
         )
         return Stream(
-            node,
-            _Meta(
+            Plan(
+                node,
                 out,
                 _follow_time(meta.event_time, out, None),
                 self.bounded and other.bounded,
@@ -415,8 +436,9 @@ class Stream:
             )
         if rows_per_file < 1 or flush_seconds <= 0:
             raise ConfigError("to_parquet(): rows_per_file must be ≥ 1 and flush_seconds > 0")
-        node = ParquetNode((self._node,), Path(path).expanduser(), rows_per_file, flush_seconds)
-        return Stream(node, self._meta)
+        sink = ParquetSink(Path(path).expanduser(), rows_per_file, flush_seconds)
+        node = SinkNode((self._plan.root,), sink)
+        return Stream(self._plan.then(node))
 
     def to_kafka(
         self,
@@ -438,35 +460,20 @@ class Stream:
         ``format`` is ``"json"``, ``"raw"`` (a ``value`` column) or ``"avro"`` (with ``schema=``
         an Avro record schema); ``headers={"header": "column"}`` adds record headers.
         """
-        from streamnb.sinks.kafka import check_sink
-
-        bootstrap, keys, dlq = check_sink(
-            format,
+        sink = kafka_sink(
+            topic,
+            format=format,
             key=key,
             errors=errors,
             schema=self.schema,
             table_keys=self.keys,
             bootstrap_servers=bootstrap_servers,
+            config=config,
             avro_schema=schema,
             headers=headers,
         )
-        parsed = None
-        if format == "avro":
-            from streamnb.sources.avro import parse_schema
-
-            parsed = parse_schema(schema)
-        node = KafkaSinkNode(
-            (self._node,),
-            topic,
-            bootstrap,
-            format,
-            tuple(keys),
-            dict(config or {}),
-            dlq,
-            parsed,
-            headers,
-        )
-        return Stream(node, self._meta)
+        node = SinkNode((self._plan.root,), sink)
+        return Stream(self._plan.then(node))
 
     # -- running ----------------------------------------------------------------------------
     def collect(
@@ -485,31 +492,29 @@ class Stream:
                 "collect() needs a bounded source (e.g. sn.nexmark(events=1_000_000)); "
                 "use start() for an unbounded stream"
             )
-        return run_to_end(self, timeout=timeout, errors=errors, max_batch=max_batch).table.frame()
+        return run_to_end(
+            self._plan, timeout=timeout, errors=errors, max_batch=max_batch
+        ).table.frame()
 
     def show(self, name: str | None = None, **options: Any) -> Query:
         """Start the stream and display a live table of its result (notebook).
 
         Returns the :class:`Query`. Without a notebook frontend it leaves a static table.
-        Options are those of :func:`streamnb.notebook.widgets.show`.
+        Options are those of :func:`streamnb.ui.notebook.widgets.show`.
         """
-        from streamnb.notebook.widgets import show
-
         if (stand_in := capture(self, name)) is not None:
             return cast(Query, stand_in)
-        return show(self, name=name, **options)
+        return _frontend("table")(self, name=name, **options)
 
     def chart(self, chart: Any, name: str | None = None, **options: Any) -> Query:
         """Start the stream and display ``chart`` (an Altair chart) live over its result.
 
         The chart's data is the result table, updated in place as results change.
-        Options are those of :func:`streamnb.notebook.chart.chart`.
+        Options are those of :func:`streamnb.ui.notebook.chart.chart`.
         """
-        from streamnb.notebook.chart import chart as live_chart
-
         if (stand_in := capture(self, name)) is not None:
             return cast(Query, stand_in)
-        return live_chart(self, chart, name=name, **options)
+        return _frontend("chart")(self, chart, name=name, **options)
 
     def start(
         self,
@@ -526,7 +531,7 @@ class Stream:
         """
         if (stand_in := capture(self, name)) is not None:  # the worker rebuilding a notebook
             return cast(Query, stand_in)
-        return Query(self, name, errors=errors, keep=keep, max_batch=max_batch)._launch()
+        return Query(self._plan, name, errors=errors, keep=keep, max_batch=max_batch)._launch()
 
 
 class WindowedStream:
@@ -546,7 +551,7 @@ class WindowedStream:
     def agg(self, *exprs: pl.Expr | Sequence[pl.Expr]) -> Stream:
         """Aggregate each window; columns: window_start, window_end, the keys, the aggregates."""
         stream = self._stream
-        et = stream._meta.event_time
+        et = stream._plan.event_time
         assert et is not None
         flat = _flatten(exprs)
         schema = stream.schema if stream.schema is not None else pl.Schema({et.column: et.dtype})
@@ -561,7 +566,7 @@ class WindowedStream:
             }
         )
         node = WindowNode(
-            (stream._node,),
+            (stream._plan.root,),
             self._spec,
             et,
             self._by,
@@ -578,9 +583,14 @@ class WindowedStream:
             self._by if self._emit == "final" and not isinstance(self._spec, Session) else None
         )
         return Stream(
-            node,
-            _Meta(
-                out if stream.schema is not None else None, None, stream.bounded, keys, et, windowed
+            Plan(
+                node,
+                out if stream.schema is not None else None,
+                None,
+                stream.bounded,
+                keys,
+                et,
+                windowed,
             ),
         )
 
@@ -599,19 +609,13 @@ class GroupedStream:
         out = None
         if schema is not None:
             out = pl.Schema({**{k: schema[k] for k in self._keys}, **aggregation.output_schema})
-        node = GroupByNode((stream._node,), self._keys, aggregation)
-        return Stream(node, _Meta(out, None, stream.bounded, self._keys, stream._meta.event_time))
+        node = GroupByNode((stream._plan.root,), self._keys, aggregation)
+        return Stream(Plan(node, out, None, stream.bounded, self._keys, stream._plan.event_time))
 
 
 def _hidden(frame: Any) -> list[str]:
     """streamnb's hidden columns (e.g. the source partition) present in a runtime batch."""
-    if not isinstance(frame, pl.DataFrame):
-        return []
-    return [c for c in frame.columns if c.startswith(HIDDEN_PREFIX)]
-
-
-def _visible_schema(schema: pl.Schema) -> pl.Schema:
-    return pl.Schema({c: t for c, t in schema.items() if not c.startswith(HIDDEN_PREFIX)})
+    return hidden(frame) if isinstance(frame, pl.DataFrame) else []
 
 
 def _require_keys(on: Sequence[str], keys: Sequence[str], what: str) -> None:

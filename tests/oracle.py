@@ -1,4 +1,4 @@
-"""A record-at-a-time reference of API.md §3, written to be obviously correct, not fast.
+"""A record-at-a-time reference of docs/semantics.md §3, written to be obviously correct, not fast.
 
 Each record is processed alone, in arrival order, with plain Python: the watermark before
 it, the windows it joins, lateness, closing. Aggregates are then computed by polars over

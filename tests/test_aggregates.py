@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 import streamnb as sn
-from streamnb.aggregates import Aggregation
+from streamnb.definitions.aggregates import Aggregation
 
 FLOATS = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
 INTS = st.integers(-1000, 1000)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streamnb._duration import to_ms
+from streamnb.definitions.durations import to_ms
 from streamnb.exceptions import ConfigError
 
 

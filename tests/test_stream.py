@@ -1,5 +1,5 @@
 """``Stream``: every per-record operator against polars on the whole frame, immutability, and
-definition-time errors (API.md §2, §7).
+definition-time errors (docs/semantics.md §2, §7).
 
 A per-record operator applied batch by batch must give exactly what polars gives on the whole
 input, whatever the batch size.

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import streamnb as sn
-from streamnb.windows import WindowSpec
+from streamnb.definitions.windows import WindowSpec
 
 
 def test_tumbling() -> None:

@@ -126,27 +126,6 @@ class SideOutput:
         return df.tail(self._keep) if self._keep is not None else df
 
 
-PARTITION = "__sn_part"
-"""Hidden column: the source partition a record came from (Kafka partition, or the
-``partition=`` column of a replay). Watermarks are tracked per partition when present."""
-
-HIDDEN_PREFIX = "__sn_"
-
-MARKER = "__sn_marker"
-"""Hidden column of rows that carry only a watermark: a partition's latest event time, sent
-through a repartition topic so that operators downstream see every upstream partition advance
-(their trackers take the time in; the row itself is dropped, never aggregated)."""
-
-DELETE = "__sn_delete"
-"""Hidden column of table sources: True marks a tombstone (the key's row is deleted)."""
-
-
-def visible(df: pl.DataFrame) -> pl.DataFrame:
-    """``df`` without streamnb's hidden columns."""
-    hidden = [c for c in df.columns if c.startswith(HIDDEN_PREFIX)]
-    return df.drop(hidden) if hidden else df
-
-
 @dataclass
 class Partitions:
     """The source partitions of a query: stable small ids, which are assigned, which idle.

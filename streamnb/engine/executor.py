@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from streamnb.engine.compile import build, runnable_source
 from streamnb.engine.core import Context, Delta, Operator
+from streamnb.engine.source import Reader
 from streamnb.plan import Node, SourceNode
-from streamnb.sources.base import Reader
 
 DEFAULT_MAX_BATCH = 50_000
 
@@ -45,7 +46,7 @@ class Pipeline:
         stack: list[tuple[Node, Step | None, int]] = [(root, None, 0)]
         while stack:
             node, parent, side = stack.pop()
-            step = Step(node, node.build(ctx), parent, side, len(node.inputs))
+            step = Step(node, build(node, ctx), parent, side, len(node.inputs))
             self.steps.append(step)
             if isinstance(node, SourceNode):
                 self.sources.append(step)
@@ -118,8 +119,8 @@ class Runner:
 
     def open(self) -> None:
         for step in self.pipeline.sources:
-            assert isinstance(step.node, SourceNode)
-            self.readers.append((step, step.node.source.open(self.ctx)))
+            assert isinstance(step.node, SourceNode)  # Pipeline collects only those
+            self.readers.append((step, runnable_source(step.node).open(self.ctx)))
 
     def close(self) -> None:
         # sinks flush first, so that sources commit only offsets whose output is out

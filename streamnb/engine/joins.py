@@ -20,11 +20,19 @@ from typing import ClassVar
 
 import polars as pl
 
-from streamnb.engine.core import PARTITION, POS_INF, Context, Delta, Operator, visible
-from streamnb.engine.eventtime import EventTime, WatermarkTracker, split_valid
-
-TIME, SEQ, MATCHED = "__sn_jt", "__sn_jseq", "__sn_matched"
-RIGHT_TIME, RIGHT_SEQ = "__sn_jtr", "__sn_jseqr"
+from streamnb.columns import (
+    JOIN_RIGHT_SEQ,
+    JOIN_RIGHT_TIME,
+    JOIN_SEQ,
+    JOIN_TIME,
+    MATCHED,
+    PARTITION,
+    WATERMARK,
+    visible,
+)
+from streamnb.definitions.eventtime import EventTime
+from streamnb.engine.core import POS_INF, Context, Delta, Operator
+from streamnb.engine.eventtime import WatermarkTracker, split_valid
 
 
 def _apply(state: pl.DataFrame, delta: Delta, keys: list[str]) -> pl.DataFrame:
@@ -121,13 +129,15 @@ class IntervalJoin(Operator):
             schemas[0]
             .to_frame()
             .with_columns(
-                pl.lit(None, pl.Int64).alias(TIME),
-                pl.lit(None, pl.Int64).alias(SEQ),
+                pl.lit(None, pl.Int64).alias(JOIN_TIME),
+                pl.lit(None, pl.Int64).alias(JOIN_SEQ),
                 pl.lit(None, pl.Boolean).alias(MATCHED),
             ),
             schemas[1]
             .to_frame()
-            .with_columns(pl.lit(None, pl.Int64).alias(TIME), pl.lit(None, pl.Int64).alias(SEQ)),
+            .with_columns(
+                pl.lit(None, pl.Int64).alias(JOIN_TIME), pl.lit(None, pl.Int64).alias(JOIN_SEQ)
+            ),
         ]
         self.empty_right = schemas[1].to_frame()
         self.seq = 0
@@ -144,58 +154,70 @@ class IntervalJoin(Operator):
         wm = self.tracker.before_each(times, parts)
         self.ctx.watermarks[id(self)] = self.tracker.current
         stamped = visible(rows).with_columns(
-            times.alias(TIME), pl.int_range(self.seq, self.seq + rows.height).alias(SEQ)
+            times.alias(JOIN_TIME), pl.int_range(self.seq, self.seq + rows.height).alias(JOIN_SEQ)
         )
         self.seq += rows.height
         late = (times + self.within + self.grace) <= wm
         if late.any():
             self.ctx.late.add(visible(rows.filter(late)))
-        live = stamped.filter(~late).with_columns(wm.filter(~late).alias("__sn_wm"))
+        live = stamped.filter(~late).with_columns(wm.filter(~late).alias(WATERMARK))
         other = self.buffers[1 - side]
         # candidate pairs; the partner must still have been kept at the arriving record's moment
         if side == 0:
             pairs = live.join(self._as_right(other), on=self.on, how="inner", suffix="_right")
         else:
             pairs = other.join(self._as_right(live), on=self.on, how="inner", suffix="_right")
-        partner_time = pl.col(RIGHT_TIME) if side == 0 else pl.col(TIME)
+        partner_time = pl.col(JOIN_RIGHT_TIME) if side == 0 else pl.col(JOIN_TIME)
         pairs = pairs.filter(
-            ((pl.col(TIME) - pl.col(RIGHT_TIME)).abs() <= self.within)
-            & (partner_time + self.within + self.grace > pl.col("__sn_wm"))
-        ).sort(SEQ if side == 0 else RIGHT_SEQ, RIGHT_SEQ if side == 0 else SEQ)
-        left_matched = pairs.get_column(SEQ).unique().implode()
+            ((pl.col(JOIN_TIME) - pl.col(JOIN_RIGHT_TIME)).abs() <= self.within)
+            & (partner_time + self.within + self.grace > pl.col(WATERMARK))
+        ).sort(JOIN_SEQ if side == 0 else JOIN_RIGHT_SEQ, JOIN_RIGHT_SEQ if side == 0 else JOIN_SEQ)
+        left_matched = pairs.get_column(JOIN_SEQ).unique().implode()
         if side == 0:
             self.buffers[0] = pl.concat(
                 [
                     self.buffers[0],
-                    live.drop("__sn_wm").with_columns(
-                        pl.col(SEQ).is_in(left_matched).alias(MATCHED)
+                    live.drop(WATERMARK).with_columns(
+                        pl.col(JOIN_SEQ).is_in(left_matched).alias(MATCHED)
                     ),
                 ],
                 how="vertical_relaxed",
             )
         else:
             self.buffers[0] = self.buffers[0].with_columns(
-                (pl.col(MATCHED) | pl.col(SEQ).is_in(left_matched)).alias(MATCHED)
+                (pl.col(MATCHED) | pl.col(JOIN_SEQ).is_in(left_matched)).alias(MATCHED)
             )
             self.buffers[1] = pl.concat(
-                [self.buffers[1], live.drop("__sn_wm")], how="vertical_relaxed"
+                [self.buffers[1], live.drop(WATERMARK)], how="vertical_relaxed"
             )
-        out = [pairs.drop(TIME, SEQ, RIGHT_TIME, RIGHT_SEQ, MATCHED, "__sn_wm", strict=False)]
+        out = [
+            pairs.drop(
+                JOIN_TIME,
+                JOIN_SEQ,
+                JOIN_RIGHT_TIME,
+                JOIN_RIGHT_SEQ,
+                MATCHED,
+                WATERMARK,
+                strict=False,
+            )
+        ]
         out.extend(self._evict(self.tracker.current))
         return Delta(pl.concat(out, how="diagonal_relaxed") if len(out) > 1 else out[0])
 
     def _as_right(self, frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.drop(MATCHED, strict=False).rename({TIME: RIGHT_TIME, SEQ: RIGHT_SEQ})
+        return frame.drop(MATCHED, strict=False).rename(
+            {JOIN_TIME: JOIN_RIGHT_TIME, JOIN_SEQ: JOIN_RIGHT_SEQ}
+        )
 
     def _evict(self, watermark: int) -> list[pl.DataFrame]:
         """Drop records no partner can reach any more; a left join emits unmatched ones."""
-        expired = pl.col(TIME) + self.within + self.grace <= watermark
+        expired = pl.col(JOIN_TIME) + self.within + self.grace <= watermark
         out = []
         if self.how == "left":
-            lonely = self.buffers[0].filter(expired & ~pl.col(MATCHED)).sort(TIME, SEQ)
+            lonely = self.buffers[0].filter(expired & ~pl.col(MATCHED)).sort(JOIN_TIME, JOIN_SEQ)
             if lonely.height:
                 out.append(
-                    lonely.drop(TIME, SEQ, MATCHED).join(
+                    lonely.drop(JOIN_TIME, JOIN_SEQ, MATCHED).join(
                         self.empty_right, on=self.on, how="left", suffix="_right"
                     )
                 )

@@ -7,8 +7,9 @@ from typing import ClassVar
 
 import polars as pl
 
-from streamnb.aggregates import SEQ, Aggregation
-from streamnb.engine.core import DELETE, MARKER, Context, Delta, Operator
+from streamnb.columns import DELETE, MARKER, SEQ
+from streamnb.definitions.aggregates import Aggregation
+from streamnb.engine.core import Context, Delta, Operator
 from streamnb.engine.eventtime import split_valid
 
 Frame = pl.DataFrame | pl.LazyFrame

@@ -5,21 +5,18 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from datetime import datetime
+from typing import Any, Protocol
 
 import polars as pl
 
-from streamnb.engine.core import NEG_INF, Context, Delta, visible
+from streamnb.columns import visible
+from streamnb.engine.core import NEG_INF, Context, Delta
 from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, Runner
+from streamnb.engine.result import ResultTable
 from streamnb.exceptions import ConfigError, QueryFailed
-from streamnb.sinks.memory import ResultTable
-
-if TYPE_CHECKING:
-    from streamnb.stream import Stream
-
-State = Literal["running", "paused", "finished", "stopped", "failed"]
-ErrorPolicy = Literal["keep", "fail"]
+from streamnb.plan import Plan
+from streamnb.types import ErrorPolicy, QueryState, Status
 
 _registry: dict[str, Query] = {}
 _registry_lock = threading.Lock()
@@ -32,6 +29,20 @@ def queries() -> list[Query]:
         return [q for q in _registry.values() if q.status()["state"] in ("running", "paused")]
 
 
+class Observed(Protocol):
+    """What views (live tables, charts, status lines, metrics) observe of a running query:
+    a :class:`Query`, a worker's tasks, or a captured stand-in all offer it."""
+
+    name: str
+    plan: Plan
+    exception: BaseException | None
+    views: dict[str, Any]
+
+    def status(self) -> Status: ...
+
+    def result(self) -> pl.DataFrame: ...
+
+
 def _check_errors(errors: str) -> bool:
     if errors not in ("keep", "fail"):
         raise ConfigError(f"errors={errors!r} must be 'keep' (side output) or 'fail'")
@@ -39,15 +50,15 @@ def _check_errors(errors: str) -> bool:
 
 
 class Execution:
-    """One run of a stream: pipeline, runner, result table and side outputs."""
+    """One run of a plan: pipeline, runner, result table and side outputs."""
 
-    def __init__(self, stream: Stream, *, errors: str, keep: int | None, max_batch: int) -> None:
+    def __init__(self, plan: Plan, *, errors: str, keep: int | None, max_batch: int) -> None:
         self.ctx = Context(fail_on_error=_check_errors(errors))
-        self.table = ResultTable(stream.schema, stream.keys, keep)
-        self.pipeline = Pipeline(stream._node, self.ctx, self._sink)
+        self.table = ResultTable(plan.schema, plan.keys, keep)
+        self.pipeline = Pipeline(plan.root, self.ctx, self._sink)
         self.runner = Runner(self.pipeline, self.ctx, max_batch=max_batch)
-        self.event_time = stream._result_time
-        self.output_time = stream._meta.event_time  # a plain stream's own event time
+        self.event_time = plan.status_time
+        self.output_time = plan.event_time  # a plain stream's own event time
 
     def _sink(self, delta: Delta) -> None:
         delta = Delta(visible(delta.rows), delta.deletes)
@@ -62,11 +73,15 @@ class Execution:
 
 
 class Query:
-    """A stream running in the background. Create it with ``stream.start()``."""
+    """A plan running in the background. Create it with ``stream.start()``.
+
+    ``views`` is where the ui layer keeps what it shows of the query (``"table"``: the live
+    table of ``show()``, ``"chart"``: the live chart), so they live and end with it.
+    """
 
     def __init__(
         self,
-        stream: Stream,
+        plan: Plan,
         name: str | None = None,
         *,
         errors: ErrorPolicy = "keep",
@@ -76,12 +91,13 @@ class Query:
         self.name = name if name is not None else f"query-{next(_names)}"
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"name={name!r} must be a non-empty string")
-        self.stream = stream
+        self.plan = plan
         self.exception: BaseException | None = None
+        self.views: dict[str, Any] = {}
         self._exec = Execution(
-            stream, errors=errors, keep=keep if not stream.bounded else None, max_batch=max_batch
+            plan, errors=errors, keep=keep if not plan.bounded else None, max_batch=max_batch
         )
-        self._state: State = "running"
+        self._state: QueryState = "running"
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"streamnb:{self.name}", daemon=True)
 
@@ -139,7 +155,7 @@ class Query:
         return ended
 
     # -- observation -----------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         runner, ctx = self._exec.runner, self._exec.ctx
         return {
             "name": self.name,
@@ -158,10 +174,7 @@ class Query:
         et = self._exec.event_time
         if not values or et is None:
             return None
-        w = min(values)
-        if isinstance(et.dtype, pl.Datetime):
-            return datetime.fromtimestamp(w / et.per_ms / 1000, tz=timezone.utc)
-        return w
+        return et.as_time(min(values))
 
     def result(self) -> pl.DataFrame:
         """The current result table."""
@@ -176,6 +189,16 @@ class Query:
         return self._exec.ctx.errors.frame()
 
     @property
+    def widget(self) -> Any:
+        """The live table ``show()`` attached (None without one)."""
+        return self.views.get("table")
+
+    @property
+    def chart_widget(self) -> Any:
+        """The live chart ``chart()`` attached (None without one)."""
+        return self.views.get("chart")
+
+    @property
     def version(self) -> int:
         """Increases whenever the result table changes (for cheap polling)."""
         return self._exec.table.version
@@ -188,9 +211,9 @@ class Query:
         )
 
 
-def run_to_end(stream: Stream, *, timeout: float | None, errors: str, max_batch: int) -> Execution:
-    """Run a bounded stream in the calling thread (``Stream.collect``)."""
-    execution = Execution(stream, errors=errors, keep=None, max_batch=max_batch)
+def run_to_end(plan: Plan, *, timeout: float | None, errors: str, max_batch: int) -> Execution:
+    """Run a bounded plan in the calling thread (``Stream.collect``)."""
+    execution = Execution(plan, errors=errors, keep=None, max_batch=max_batch)
     deadline = None if timeout is None else time.monotonic() + timeout
     execution.runner.open()
     try:

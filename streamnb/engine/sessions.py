@@ -17,12 +17,21 @@ from typing import ClassVar
 
 import polars as pl
 
-from streamnb.aggregates import SEQ
+from streamnb.columns import (
+    COMPONENT,
+    ROW,
+    RUN,
+    SEQ,
+    SESSION_END,
+    SUSPECT,
+    TIME,
+    TOUCHED,
+    WAS_TOUCHED,
+    WATERMARK,
+    WINDOW_START,
+)
 from streamnb.engine.core import POS_INF, Delta
-from streamnb.engine.windowing import START, TIME, WM, WindowOperatorBase
-
-S, M = START, "__sn_m"
-COMP, TOUCHED = "__sn_comp", "__sn_touched"
+from streamnb.engine.windowing import WindowOperatorBase
 
 
 class SessionOperator(WindowOperatorBase):
@@ -45,23 +54,23 @@ class SessionOperator(WindowOperatorBase):
         )
         if self.state is not None and self.emit == "update":
             self.state = self.state.with_columns(pl.lit(False).alias(TOUCHED))
-        suspect = (pl.col(TIME) + self.grace < pl.col(WM)).alias("__sn_suspect")
+        suspect = (pl.col(TIME) + self.grace < pl.col(WATERMARK)).alias(SUSPECT)
         flags = stamped.select(suspect).to_series()
         if not flags.any():
             self._merge(stamped, suspect=False)
         else:
             # Runs of ordinary records, each suspect a run of its own, in arrival order.
             run = (flags | flags.shift(1, fill_value=False)).cum_sum()
-            for part in stamped.with_columns(run.alias("__sn_run")).partition_by(
-                "__sn_run", maintain_order=True, include_key=False
+            for part in stamped.with_columns(run.alias(RUN)).partition_by(
+                RUN, maintain_order=True, include_key=False
             ):
-                lone = part.height == 1 and part[TIME][0] + self.grace < part[WM][0]
+                lone = part.height == 1 and part[TIME][0] + self.grace < part[WATERMARK][0]
                 self._merge(part, suspect=lone)
         out: list[pl.DataFrame] = []
         deletes = None
         if self.emit == "update" and self.state is not None:
             touched = self.state.filter(pl.col(TOUCHED))
-            out.append(self._output(touched, pl.col(M) + self.gap))
+            out.append(self._output(touched, pl.col(SESSION_END) + self.gap))
             if before is not None:
                 gone = before.join(
                     self._keys(self.state), on=list(before.columns), how="anti", nulls_equal=True
@@ -82,7 +91,7 @@ class SessionOperator(WindowOperatorBase):
         to the end of the batch), and must not be chained to those.
         """
         groups = self.by
-        watermark = records[WM][0]
+        watermark = records[WATERMARK][0]
         keys = records.select(groups).unique() if groups else None
         state = self.state
         if state is None:
@@ -93,68 +102,80 @@ class SessionOperator(WindowOperatorBase):
         else:
             affected, rest = state, None
         if affected is not None:
-            is_open = pl.col(M) + self.gap + self.grace > watermark
+            is_open = pl.col(SESSION_END) + self.gap + self.grace > watermark
             closed = affected.filter(~is_open)
             affected = affected.filter(is_open)
             rest = closed if rest is None else pl.concat([rest, closed])
         intervals = [
             records.select(
-                *groups, pl.col(TIME).alias(S), pl.col(TIME).alias(M), pl.col(SEQ).alias("__sn_row")
+                *groups,
+                pl.col(TIME).alias(WINDOW_START),
+                pl.col(TIME).alias(SESSION_END),
+                pl.col(SEQ).alias(ROW),
             )
         ]
         if affected is not None and affected.height:
             intervals.append(
-                affected.select(*groups, S, M, pl.lit(None, pl.Int64).alias("__sn_row"))
+                affected.select(
+                    *groups, WINDOW_START, SESSION_END, pl.lit(None, pl.Int64).alias(ROW)
+                )
             )
-        links = pl.concat(intervals).sort([*groups, S])
-        reach = pl.col(M).cum_max().shift(1)
+        links = pl.concat(intervals).sort([*groups, WINDOW_START])
+        reach = pl.col(SESSION_END).cum_max().shift(1)
         if groups:
             reach = reach.over(groups)
         links = links.with_columns(
-            (reach.is_null() | (pl.col(S) >= reach + self.gap)).cum_sum().alias(COMP)
+            (reach.is_null() | (pl.col(WINDOW_START) >= reach + self.gap))
+            .cum_sum()
+            .alias(COMPONENT)
         )
-        record_comp = links.filter(pl.col("__sn_row").is_not_null()).select(
-            pl.col("__sn_row").alias(SEQ), COMP
+        record_comp = links.filter(pl.col(ROW).is_not_null()).select(
+            pl.col(ROW).alias(SEQ), COMPONENT
         )
         records = records.join(record_comp, on=SEQ, how="left")
         if suspect:
-            lone = links.group_by(COMP).agg(pl.col("__sn_row").is_null().any().not_().alias("lone"))
-            starts_new = lone.join(record_comp, on=COMP).get_column("lone")[0]
+            lone = links.group_by(COMPONENT).agg(pl.col(ROW).is_null().any().not_().alias("lone"))
+            starts_new = lone.join(record_comp, on=COMPONENT).get_column("lone")[0]
             if starts_new and records.get_column(TIME)[0] + self.gap + self.grace <= watermark:
-                self._late(records.drop(COMP), pl.Series([True]))
+                self._late(records.drop(COMPONENT), pl.Series([True]))
                 return
         parts = [
-            self.agg.partial(self.agg.prepare(records, [COMP, *groups]), [COMP, *groups]).join(
-                records.group_by(COMP).agg(
-                    pl.col(TIME).min().alias(S), pl.col(TIME).max().alias(M)
+            self.agg.partial(
+                self.agg.prepare(records, [COMPONENT, *groups]), [COMPONENT, *groups]
+            ).join(
+                records.group_by(COMPONENT).agg(
+                    pl.col(TIME).min().alias(WINDOW_START), pl.col(TIME).max().alias(SESSION_END)
                 ),
-                on=COMP,
+                on=COMPONENT,
             )
         ]
         if affected is not None and affected.height:
-            session_comp = links.filter(pl.col("__sn_row").is_null()).select(*groups, S, COMP)
+            session_comp = links.filter(pl.col(ROW).is_null()).select(
+                *groups, WINDOW_START, COMPONENT
+            )
             parts.append(
-                affected.join(session_comp, on=[*groups, S], nulls_equal=True).drop(
+                affected.join(session_comp, on=[*groups, WINDOW_START], nulls_equal=True).drop(
                     TOUCHED, strict=False
                 )
             )
         merged = pl.concat(parts, how="diagonal")
-        combined = self.agg.combine(merged, [COMP, *groups]).join(
-            merged.group_by(COMP).agg(pl.col(S).min(), pl.col(M).max()), on=COMP
+        combined = self.agg.combine(merged, [COMPONENT, *groups]).join(
+            merged.group_by(COMPONENT).agg(pl.col(WINDOW_START).min(), pl.col(SESSION_END).max()),
+            on=COMPONENT,
         )
-        touched_comps = record_comp.get_column(COMP).unique().implode()
-        new_sessions = combined.with_columns(pl.col(COMP).is_in(touched_comps).alias(TOUCHED))
+        touched_comps = record_comp.get_column(COMPONENT).unique().implode()
+        new_sessions = combined.with_columns(pl.col(COMPONENT).is_in(touched_comps).alias(TOUCHED))
         if affected is not None and self.emit == "update":
             # Untouched sessions keep the flag they had earlier in this batch.
-            earlier = affected.select(*groups, S, pl.col(TOUCHED).alias("__sn_was"))
+            earlier = affected.select(*groups, WINDOW_START, pl.col(TOUCHED).alias(WAS_TOUCHED))
             new_sessions = (
-                new_sessions.join(earlier, on=[*groups, S], how="left", nulls_equal=True)
+                new_sessions.join(earlier, on=[*groups, WINDOW_START], how="left", nulls_equal=True)
                 .with_columns(
-                    (pl.col(TOUCHED) | pl.col("__sn_was").fill_null(False)).alias(TOUCHED)
+                    (pl.col(TOUCHED) | pl.col(WAS_TOUCHED).fill_null(False)).alias(TOUCHED)
                 )
-                .drop("__sn_was")
+                .drop(WAS_TOUCHED)
             )
-        new_sessions = new_sessions.drop(COMP)
+        new_sessions = new_sessions.drop(COMPONENT)
         self.state = (
             pl.concat([rest, new_sessions], how="diagonal")
             if rest is not None and rest.height
@@ -164,19 +185,19 @@ class SessionOperator(WindowOperatorBase):
     def _close(self, watermark: int) -> list[pl.DataFrame]:
         if self.state is None:
             return []
-        closes = pl.col(M) + self.gap + self.grace <= watermark
+        closes = pl.col(SESSION_END) + self.gap + self.grace <= watermark
         closed = self.state.filter(closes)
         self.state = self.state.filter(~closes)
         if self.emit == "final" and closed.height:
-            return [self._output(closed, pl.col(M) + self.gap)]
+            return [self._output(closed, pl.col(SESSION_END) + self.gap)]
         return []
 
     def _keys(self, sessions: pl.DataFrame) -> pl.DataFrame:
-        return sessions.select(*self.by, S, M)
+        return sessions.select(*self.by, WINDOW_START, SESSION_END)
 
     def _key_output(self, keys: pl.DataFrame) -> pl.DataFrame:
         return keys.select(
-            self.et.to_dtype(pl.col(S)).alias("window_start"),
-            self.et.to_dtype(pl.col(M) + self.gap).alias("window_end"),
+            self.et.to_dtype(pl.col(WINDOW_START)).alias("window_start"),
+            self.et.to_dtype(pl.col(SESSION_END) + self.gap).alias("window_end"),
             *self.by,
         )

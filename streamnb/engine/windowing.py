@@ -4,7 +4,7 @@ For every record the watermark *before* it decides which of its windows are stil
 (``window_end + grace > W``); the record is added to those, or is late if there are none.
 Windows close at the end of a batch once ``W ≥ window_end + grace``: since a record is only
 ever added to windows open at its own moment, closing later than record-at-a-time processing
-would changes nothing in the emitted rows (API.md §3).
+would change nothing in the emitted rows (docs/semantics.md §3).
 
 State is columnar: a short list of partial-aggregate frames keyed by (window start, keys),
 compacted from time to time, so no per-record or per-window Python runs on the hot path.
@@ -18,15 +18,22 @@ from typing import ClassVar
 
 import polars as pl
 
-from streamnb.aggregates import SEQ, Aggregation
-from streamnb.engine.core import MARKER, PARTITION, POS_INF, Context, Delta, Operator, visible
-from streamnb.engine.eventtime import EventTime, WatermarkTracker, split_valid
+from streamnb.columns import (
+    MARKER,
+    OPEN,
+    PANE,
+    PARTITION,
+    SEQ,
+    TIME,
+    WATERMARK,
+    WINDOW_START,
+    visible,
+)
+from streamnb.definitions.aggregates import Aggregation
+from streamnb.definitions.eventtime import EventTime
+from streamnb.engine.core import POS_INF, Context, Delta, Operator
+from streamnb.engine.eventtime import WatermarkTracker, split_valid
 
-START = "__sn_ws"
-PANE = "__sn_pane"
-OPEN = "__sn_open"
-TIME = "__sn_t"
-WM = "__sn_wm"
 _COMPACT_AFTER = 16
 
 
@@ -75,7 +82,9 @@ class WindowOperatorBase(Operator):
             data = ~df.get_column(MARKER).fill_null(False)
             df, times, wm = df.filter(data).drop(MARKER), times.filter(data), wm.filter(data)
         stamped = df.with_columns(
-            times.alias(TIME), wm.alias(WM), pl.int_range(self.seq, self.seq + df.height).alias(SEQ)
+            times.alias(TIME),
+            wm.alias(WATERMARK),
+            pl.int_range(self.seq, self.seq + df.height).alias(SEQ),
         )
         self.seq += df.height
         return stamped
@@ -87,7 +96,7 @@ class WindowOperatorBase(Operator):
     def _output(self, combined: pl.DataFrame, end: pl.Expr) -> pl.DataFrame:
         """Final rows: window_start, window_end, keys, aggregates; in closing order."""
         out = combined.select(
-            self.et.to_dtype(pl.col(START)).alias("window_start"),
+            self.et.to_dtype(pl.col(WINDOW_START)).alias("window_start"),
             self.et.to_dtype(end).alias("window_end"),
             *self.by,
             *self.agg.final_exprs(),
@@ -110,7 +119,7 @@ class WindowOperator(WindowOperatorBase):
         self.every = every_ms * self.et.per_ms
         self.per_record = -(-self.size // self.every)  # windows a record can belong to
         self.pane = math.gcd(self.size, self.every)  # windows are unions of whole panes
-        self.groups = [START, *self.by]
+        self.groups = [WINDOW_START, *self.by]
         self.frames: list[pl.DataFrame] = []
         self.min_start: int | None = None
 
@@ -124,7 +133,9 @@ class WindowOperator(WindowOperatorBase):
         kept = stamped.filter(~late)
         partial = None
         if kept.height and self.per_record == 1:
-            assigned = kept.with_columns(((pl.col(TIME) // self.size) * self.size).alias(START))
+            assigned = kept.with_columns(
+                ((pl.col(TIME) // self.size) * self.size).alias(WINDOW_START)
+            )
             partial = self.agg.partial(self.agg.prepare(assigned, self.groups), self.groups)
         elif kept.height:
             # Aggregate per pane first (records sharing a window set and the same number of
@@ -134,12 +145,12 @@ class WindowOperator(WindowOperatorBase):
             by_pane = self.agg.partial(self.agg.prepare(panes, pane_groups), pane_groups)
             last_start = (pl.col(PANE) // self.every) * self.every
             spread = by_pane.with_columns(
-                (last_start - pl.int_ranges(0, pl.col(OPEN)) * self.every).alias(START)
-            ).explode(START)
+                (last_start - pl.int_ranges(0, pl.col(OPEN)) * self.every).alias(WINDOW_START)
+            ).explode(WINDOW_START)
             partial = self.agg.combine(spread.drop(PANE, OPEN), self.groups)
         if partial is not None:
             self.frames.append(partial)
-            low = partial.get_column(START).min()
+            low = partial.get_column(WINDOW_START).min()
             assert isinstance(low, int)
             self.min_start = low if self.min_start is None else min(self.min_start, low)
         changed = None
@@ -156,7 +167,7 @@ class WindowOperator(WindowOperatorBase):
         """
         last = (pl.col(TIME) // self.every) * self.every
         containing = (last + self.size - pl.col(TIME) + self.every - 1) // self.every
-        room = last + self.size + self.grace - pl.col(WM)
+        room = last + self.size + self.grace - pl.col(WATERMARK)
         open_ = pl.min_horizontal((room + self.every - 1) // self.every, containing)
         return pl.when(room > 0).then(open_).otherwise(0)
 
@@ -169,18 +180,18 @@ class WindowOperator(WindowOperatorBase):
         if changed is not None and changed.height:
             self.frames = [self._compact()]
             current = self.frames[0].join(changed, on=self.groups, how="semi", nulls_equal=True)
-            out.append(self._output(current, pl.col(START) + self.size))
+            out.append(self._output(current, pl.col(WINDOW_START) + self.size))
         closing = (
             self.min_start is not None and self.min_start + self.size + self.grace <= watermark
         )
         if closing:
             state = self._compact()
-            closes = pl.col(START) + self.size + self.grace <= watermark
+            closes = pl.col(WINDOW_START) + self.size + self.grace <= watermark
             if self.emit == "final":
-                out.append(self._output(state.filter(closes), pl.col(START) + self.size))
+                out.append(self._output(state.filter(closes), pl.col(WINDOW_START) + self.size))
             rest = state.filter(~closes)
             self.frames = [rest] if rest.height else []
-            low = rest.get_column(START).min() if rest.height else None
+            low = rest.get_column(WINDOW_START).min() if rest.height else None
             self.min_start = low if isinstance(low, int) else None
         elif len(self.frames) > _COMPACT_AFTER:
             self.frames = [self._compact()]

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streamnb.exceptions import SourceError
+from streamnb.exceptions import ConfigError, SourceError
 
 METADATA_PREFIX = "sn1:"
 SNAPSHOT_HEADER = "sn-snapshot"
@@ -41,6 +41,17 @@ class Instance:
 
     def __init__(self, state_dir: Path, group: str) -> None:
         root = state_dir / group
+        try:
+            self.fd, self.path = self._claim(root)
+        except OSError as exc:
+            raise ConfigError(
+                f"--state-dir {state_dir}: cannot keep the instance id: {exc}"
+            ) from exc
+        self.id = self.path.name.removeprefix("instance-")
+
+    @staticmethod
+    def _claim(root: Path) -> tuple[int, Path]:
+        """A locked instance directory under ``root``: the first free one, else a new one."""
         root.mkdir(parents=True, exist_ok=True)
         for slot in [*sorted(root.glob("instance-*")), root / f"instance-{uuid.uuid4().hex[:8]}"]:
             slot.mkdir(exist_ok=True)
@@ -50,9 +61,7 @@ class Instance:
             except BlockingIOError:
                 os.close(fd)
                 continue
-            self.fd, self.path = fd, slot
-            self.id = slot.name.removeprefix("instance-")
-            return
+            return fd, slot
         raise AssertionError("unreachable: a new instance directory is never locked")
 
     def release(self) -> None:

@@ -14,19 +14,24 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from streamnb.exceptions import StreamnbError
 
+if TYPE_CHECKING:
+    from streamnb.stream import Stream
+
 
 def _demo(args: argparse.Namespace) -> int:
-    import streamnb as sn
-    from streamnb.sinks.console import watch
+    from streamnb.api import nexmark
+    from streamnb.definitions.windows import Tumbling
+    from streamnb.ui.terminal import watch
 
     # Event time runs at wall-clock speed, so 10 s windows close every 10 s of real time.
-    bids = sn.nexmark(rate=args.rate, event_rate=args.rate, seed=args.seed)
-    hot_auctions = bids.window(sn.Tumbling("10s"), by="auction", emit="update").agg(
+    bids = nexmark(rate=args.rate, event_rate=args.rate, seed=args.seed)
+    hot_auctions = bids.window(Tumbling("10s"), by="auction", emit="update").agg(
         pl.len().alias("bids"),
         pl.col("price").max().alias("top_price"),
         pl.col("bidder").n_unique().alias("bidders"),
@@ -46,9 +51,9 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace) -> object:
+def _load(args: argparse.Namespace) -> Stream:
     from streamnb.exceptions import ConfigError
-    from streamnb.worker.notebook import load_attribute, load_notebook_query
+    from streamnb.promote import load_attribute, load_notebook_query
 
     if args.target.endswith(".ipynb"):
         if not args.query:
@@ -76,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from streamnb.worker.notebook import export_job
+    from streamnb.promote import export_job
 
     path = export_job(args.notebook, args.query, args.output)
     print(f"wrote {path}: run it with `python {path}` or `streamnb run {path}:STREAM`")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-def render(status: dict[str, Any]) -> str:
+def render(status: Mapping[str, Any]) -> str:
     """The Prometheus text exposition of one query's status."""
     name = status["name"].replace("\\", "\\\\").replace('"', '\\"')
     label = f'{{query="{name}"}}'

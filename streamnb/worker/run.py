@@ -14,13 +14,16 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from streamnb._duration import Duration, to_ms
+from streamnb.definitions.durations import Duration, to_ms
 from streamnb.exceptions import ConfigError
-from streamnb.plan import Node, SourceNode, nodes
-from streamnb.sources.kafka import KafkaSource
+from streamnb.io.sources.kafka import KafkaSource
+from streamnb.plan import Node, SourceNode
+from streamnb.stream import Stream
+from streamnb.ui.terminal import status_line
 from streamnb.worker.metrics import MetricsServer
 
 log = logging.getLogger("streamnb.worker")
@@ -29,7 +32,7 @@ GUARANTEES = ("at_least_once", "exactly_once")
 DEFAULT_CHECKPOINT_INTERVAL = "1s"
 
 
-def with_sink(stream: Any, sink: str | None) -> Any:
+def with_sink(stream: Stream, sink: str | None) -> Stream:
     """``stream`` with the sink named on the command line attached."""
     if sink is None:
         return stream
@@ -37,8 +40,7 @@ def with_sink(stream: Any, sink: str | None) -> Any:
     if kind == "kafka" and target:
         # the broker (and its client settings) of the query's input, unless the
         # environment names one
-        sources = [n.source for n in nodes(stream._node) if isinstance(n, SourceNode)]
-        kafka = [s for s in sources if isinstance(s, KafkaSource)]
+        kafka = [s for s in stream.plan.sources() if isinstance(s, KafkaSource)]
         if kafka and not os.environ.get("STREAMNB_KAFKA_BOOTSTRAP"):
             return stream.to_kafka(
                 target, bootstrap_servers=kafka[0].bootstrap, config=kafka[0].config
@@ -51,24 +53,22 @@ def with_sink(stream: Any, sink: str | None) -> Any:
     raise ConfigError(f"--sink {sink!r}: use kafka:TOPIC, parquet:PATH or console")
 
 
-def with_group(stream: Any, group_id: str) -> Any:
+def with_group(stream: Stream, group_id: str) -> Stream:
     """``stream`` with every Kafka source joining consumer group ``group_id``."""
-    from streamnb.sources.kafka import KafkaSource
-    from streamnb.stream import Stream
 
     def rebuild(node: Node) -> Node:
         if isinstance(node, SourceNode) and isinstance(node.source, KafkaSource):
-            source = dataclasses.replace(node, source=node.source.in_group(group_id))
-            return source
+            return dataclasses.replace(node, source=node.source.in_group(group_id))
         if not node.inputs:
             return node
         return dataclasses.replace(node, inputs=tuple(rebuild(n) for n in node.inputs))
 
-    return Stream(rebuild(stream._node), stream._meta)
+    plan = stream.plan
+    return Stream(plan.then(rebuild(plan.root)))
 
 
 def start(
-    stream: Any,
+    stream: Stream,
     *,
     name: str,
     guarantee: str = "at_least_once",
@@ -89,14 +89,14 @@ def start(
         raise ConfigError(f"--guarantee {guarantee!r} must be one of {list(GUARANTEES)}")
     interval = to_ms(checkpoint_interval, name="--checkpoint-interval", allow_zero=False)
     group = group_id or f"streamnb-{name}"
-    tasks = partitioned_source(stream)
+    tasks = partitioned_source(stream.plan)
     if guarantee == "exactly_once":
         if not tasks:
             raise ConfigError(
                 "--guarantee exactly_once needs a query whose only source is one Kafka topic "
                 "(its offsets commit in the output's transaction)"
             )
-        if not has_kafka_sink(stream):
+        if not has_kafka_sink(stream.plan):
             raise ConfigError(
                 "--guarantee exactly_once needs a Kafka sink: --sink kafka:TOPIC, or "
                 ".to_kafka(...) in the query"
@@ -104,7 +104,7 @@ def start(
     if not tasks:
         return with_group(stream, group).start(name)
     return TaskWorker(
-        stream,
+        stream.plan,
         name=name,
         group_id=group,
         guarantee=guarantee,
@@ -114,7 +114,7 @@ def start(
 
 
 def run(
-    stream: Any,
+    stream: Stream,
     *,
     name: str,
     sink: str | None = None,
@@ -152,7 +152,7 @@ def run(
                 break
             now = time.monotonic()
             if out.isatty():
-                out.write("\r" + _progress(query.status()) + " " * 4)
+                out.write("\r" + status_line(query.status()) + " " * 4)
                 out.flush()
             elif now - last_log >= 5.0:
                 out.write(json.dumps(_log_record(query.status())) + "\n")
@@ -167,7 +167,7 @@ def run(
             server.close()
     status = query.status()
     if out.isatty():
-        out.write("\r" + _progress(status) + "\n")
+        out.write("\r" + status_line(status) + "\n")
     else:
         out.write(json.dumps(_log_record(status)) + "\n")
     if status["state"] == "failed":
@@ -180,15 +180,7 @@ def run(
     return 0
 
 
-def _progress(s: dict[str, Any]) -> str:
-    return (
-        f"{s['name']}: {s['state']}  {s['rate']:>11,.0f} rec/s  in {s['records_in']:,}  "
-        f"out {s['records_out']:,}  lag {s['lag']}  watermark {s['watermark']}  "
-        f"late {s['late']}  errors {s['errors']}"
-    )
-
-
-def _log_record(s: dict[str, Any]) -> dict[str, Any]:
+def _log_record(s: Mapping[str, Any]) -> dict[str, Any]:
     record = dict(s)
     record["watermark"] = None if s["watermark"] is None else str(s["watermark"])
     record["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

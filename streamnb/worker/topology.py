@@ -21,14 +21,12 @@ from typing import Any
 
 import polars as pl
 
-from streamnb.engine.core import MARKER, PARTITION, Context, Delta, Operator
-from streamnb.engine.eventtime import EventTime
-from streamnb.exceptions import ConfigError
-from streamnb.plan import GroupByNode, JoinNode, Node, SourceNode, WindowNode
-from streamnb.sources.base import Reader, Source
-
-TARGET = "__sn_target"
-TASK = "__sn_task"  # the repartition partition (downstream task) a row arrived on
+from streamnb.columns import MARKER, PARTITION, TARGET, TASK
+from streamnb.definitions.eventtime import EventTime
+from streamnb.engine.core import Context, Delta, Operator
+from streamnb.engine.source import PartOwner, Reader, Sink, Source
+from streamnb.exceptions import ConfigError, SourceError
+from streamnb.plan import GroupByNode, JoinNode, Node, SinkNode, SourceNode, WindowNode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +37,7 @@ class Split:
     downstream: Node  # a repartition source, the stateful operator and everything after
     keys: tuple[str, ...]
     event_time: EventTime | None
+    topic: str  # the repartition topic between the halves
 
 
 def split(root: Node, topic: str, partitions: int) -> Split | None:
@@ -60,11 +59,11 @@ def split(root: Node, topic: str, partitions: int) -> Split | None:
         assert isinstance(first, GroupByNode)
         keys, event_time = first.keys, None
     (below,) = first.inputs
-    upstream = RepartitionNode((below,), topic, partitions, keys, event_time)
+    upstream = SinkNode((below,), RepartitionSink(topic, partitions, keys, event_time))
     scopes = path[-1].source.partition_scopes() if isinstance(path[-1], SourceNode) else None
     placeholder = SourceNode((), _Repartitioned(scopes or frozenset()))
     downstream = _replace(root, first, dataclasses.replace(first, inputs=(placeholder,)))
-    return Split(upstream, downstream, keys, event_time)
+    return Split(upstream, downstream, keys, event_time, topic)
 
 
 def _path_to_source(root: Node) -> list[Node]:
@@ -98,25 +97,30 @@ class _Repartitioned(Source):
     def partition_scopes(self) -> frozenset[tuple[object, ...]]:
         return self.scopes
 
-    def open(self, ctx: Context) -> Reader:
-        raise AssertionError("the worker feeds repartitioned rows; nothing opens this source")
+    def open(self, ctx: Context, *, owner: PartOwner | None = None) -> Reader:
+        raise SourceError(
+            "the repartitioned half of a query reads what the worker feeds it; it cannot be "
+            "opened on its own"
+        )
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class RepartitionNode(Node):
+@dataclasses.dataclass(frozen=True)
+class RepartitionSink(Sink):
+    """The end of an upstream half: rows go to ``topic``, by the hash of ``keys``."""
+
     topic: str
     partitions: int
     keys: tuple[str, ...]
     event_time: EventTime | None
 
-    def build(self, ctx: Context) -> Operator:
-        return RepartitionSink(self.topic, self.partitions, self.keys, self.event_time, ctx)
-
     def describe(self) -> str:
         return f"repartition[{self.topic}, by={list(self.keys)}]"
 
+    def open(self, ctx: Context) -> Operator:
+        return RepartitionWriter(self.topic, self.partitions, self.keys, self.event_time, ctx)
 
-class RepartitionSink(Operator):
+
+class RepartitionWriter(Operator):
     """Sends rows to the repartition topic by the hash of their keys, then marker rows."""
 
     def __init__(
@@ -128,7 +132,10 @@ class RepartitionSink(Operator):
         ctx: Context,
     ) -> None:
         if ctx.producer is None:
-            raise AssertionError("repartitioning runs in the worker, which shares its producer")
+            raise ConfigError(
+                "repartitioning writes through the worker's producer: run the query with "
+                "`streamnb run`"
+            )
         self.topic, self.partitions, self.keys, self.et = topic, partitions, list(keys), event_time
         self.producer = ctx.producer
         self.latest: int | None = None  # the latest event time sent on

@@ -81,7 +81,7 @@ for query in (q, k, r, globals().get("t")):
 def _has_show() -> bool:
     """Whether the live table (another part of the notebook layer) exists in this build."""
     try:
-        widgets = importlib.import_module("streamnb.notebook.widgets")
+        widgets = importlib.import_module("streamnb.ui.notebook.widgets")
     except ImportError:
         return False
     return callable(getattr(widgets, "show", None))

@@ -15,8 +15,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import streamnb as sn
+from streamnb.columns import visible
 from streamnb.engine import checkpoint
-from streamnb.engine.core import Context, Delta, visible
+from streamnb.engine.core import Context, Delta
 from streamnb.engine.executor import Pipeline
 from streamnb.exceptions import ConfigError
 
@@ -100,14 +101,14 @@ def run(stream: sn.Stream, cut: int | None) -> pl.DataFrame:
         out.append(visible(delta.rows))
 
     ctx = Context()
-    pipeline = Pipeline(stream._node, ctx, sink)
+    pipeline = Pipeline(stream.plan.root, ctx, sink)
     readers = [(i, step.node.source.open(ctx)) for i, step in enumerate(pipeline.sources)]
     rounds = 0
     active = list(readers)
     while active:
         if rounds == cut:
             data = checkpoint.snapshot(pipeline)
-            pipeline = Pipeline(stream._node, ctx, sink)  # a new owner: fresh operators
+            pipeline = Pipeline(stream.plan.root, ctx, sink)  # a new owner: fresh operators
             checkpoint.restore(pipeline, data)
         for i, reader in list(active):
             rows = reader.read(BATCH, 0)
@@ -133,16 +134,16 @@ def test_restored_pipeline_continues_exactly(name: str, seed: int) -> None:
 def test_a_checkpoint_restores_only_into_its_own_query() -> None:
     tumbling = QUERIES["tumbling-final"](1)
     sessions = QUERIES["session-final"](1)
-    data = checkpoint.snapshot(Pipeline(tumbling._node, Context(), lambda d: None))
+    data = checkpoint.snapshot(Pipeline(tumbling.plan.root, Context(), lambda d: None))
     with pytest.raises(ConfigError, match="another query"):
-        checkpoint.restore(Pipeline(sessions._node, Context(), lambda d: None), data)
+        checkpoint.restore(Pipeline(sessions.plan.root, Context(), lambda d: None), data)
 
 
 def test_stateless_pipelines_have_nothing_to_checkpoint() -> None:
     stream = bids(1).filter(pl.col("v") > 0).with_columns(w=pl.col("v") * 2)
-    assert not checkpoint.stateful(Pipeline(stream._node, Context(), lambda d: None))
+    assert not checkpoint.stateful(Pipeline(stream.plan.root, Context(), lambda d: None))
     windowed = QUERIES["tumbling-final"](1)
-    assert checkpoint.stateful(Pipeline(windowed._node, Context(), lambda d: None))
+    assert checkpoint.stateful(Pipeline(windowed.plan.root, Context(), lambda d: None))
 
 
 def test_large_snapshots_are_cut_into_records() -> None:

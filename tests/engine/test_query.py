@@ -1,4 +1,4 @@
-"""``Query``: the life cycle of a stream running in the background (API.md §4, §7).
+"""``Query``: the life cycle of a stream running in the background (docs/semantics.md §4, §7).
 
 Every wait is bounded, so a broken query fails the test instead of hanging it.
 """

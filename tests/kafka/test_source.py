@@ -133,6 +133,8 @@ def test_watermark_is_the_minimum_over_partitions_until_one_goes_idle(
     query = stream.window(sn.Tumbling("10s")).agg(pl.len().alias("n")).start()
     try:
         wait_for(lambda: query.status()["records_in"] == 15)
+        # records_in counts a batch just before it is processed
+        wait_for(lambda: query.status()["watermark"] is not None, timeout=1.0)
         assert query.status()["watermark"] == 4_000  # held back by the slow partition
         assert query.result().height == 0  # the window [0, 10 s) is still open
         time.sleep(2.0)  # partition 1 is now idle
@@ -210,7 +212,9 @@ def test_unreachable_broker_fails_fast_naming_the_address() -> None:
 
 def test_no_bootstrap_anywhere_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STREAMNB_KAFKA_BOOTSTRAP", raising=False)
-    monkeypatch.setattr(sn.kafka, "_defaults", {})
+    from streamnb.io.kafka import client
+
+    monkeypatch.setattr(client, "_defaults", {})
     with pytest.raises(sn.ConfigError, match="bootstrap"):
         sn.from_kafka("t")
 
@@ -247,8 +251,99 @@ def test_a_broker_restart_mid_stream_loses_nothing(
     assert sorted(query.result()["id"].to_list()) == list(range(400))
 
 
+class Owner:
+    """A stand-in for the worker: records what the group gives and takes."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, list[Any]]] = []
+
+    def assigned(self, parts: Any) -> None:
+        self.events.append(("assigned", sorted(parts)))
+
+    def revoked(self, parts: Any) -> None:
+        self.events.append(("revoked", sorted(parts)))
+
+
+def test_a_reader_under_an_owner_leaves_partitions_and_offsets_to_it(
+    make_topic: Callable[..., str], produce: Produce, bootstrap: str
+) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streamnb.columns import PARTITION
+    from streamnb.engine.core import Context
+    from streamnb.io.sources.kafka import KafkaSource
+
+    topic, extra = make_topic(partitions=2), make_topic(partitions=2)
+    produce(topic, rows(10), partition=[i % 2 for i in range(10)])
+    produce(extra, [b"x", b"y"], partition=[0, 1])
+    group = f"g-{topic}"
+    source = KafkaSource(
+        topic, bootstrap_servers=bootstrap, start="earliest", timestamp="ts", idle_timeout="100ms"
+    ).in_group(group)
+    assert source.list_parts() == [(topic, 0), (topic, 1)]
+    owner, ctx = Owner(), Context()
+    reader = source.open(ctx, owner=owner, extra_topics=[extra])
+    got: list[tuple[int, tuple[str, int]]] = []
+    extras: list[bytes] = []
+
+    def read_until(n: int, m: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(got) < n or len(extras) < m:
+            assert time.monotonic() < deadline, (got, extras, owner.events)
+            batch = reader.read(100, 0.2)
+            if batch is not None:
+                got.extend(
+                    (i, reader.partition_of(pid))
+                    for i, pid in batch.select("id", PARTITION).iter_rows()
+                )
+            extras.extend(m.value() for m in reader.extra_messages)
+
+    read_until(10, 2)
+    assert sorted(got) == [(i, (topic, i % 2)) for i in range(10)]
+    assert sorted(extras) == [b"x", b"y"]  # undecoded, apart from the rows
+    both = sorted([(topic, 0), (topic, 1), (extra, 0), (extra, 1)])
+    assert owner.events == [("assigned", both)]
+    assert dict(reader.positions) == {(topic, 0): 5, (topic, 1): 5, (extra, 0): 1, (extra, 1): 1}
+    ids = reader.partition_ids(topic)
+    assert ctx.partitions.assigned == set(ids)  # the extra topic's partitions carry no rows
+    assert [reader.partition_of(pid) for pid in ids] == [(topic, 0), (topic, 1)]
+    time.sleep(0.3)
+    reader.read(100, 0.1)
+    assert ctx.partitions.idle == set()  # the owner's tasks wait for no other partition
+
+    reader.seek(topic, 1, 2)  # partition 1 again from offset 2: ids 5, 7, 9
+    got.clear()
+    read_until(3, 0)
+    assert sorted(got) == [(5, (topic, 1)), (7, (topic, 1)), (9, (topic, 1))]
+    assert reader.group_metadata() is not None
+    reader.commit([TopicPartition(topic, 0, 3, metadata="sn1:7:1")])
+    reader.close()
+    assert owner.events[-1] == ("revoked", both)
+
+    check = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        committed = check.committed([TopicPartition(t, p) for t, p in both], timeout=10)
+    finally:
+        check.close()
+    # only what the owner committed: the reader commits nothing by itself
+    assert {
+        (tp.topic, tp.partition): (tp.offset, tp.metadata) for tp in committed if tp.offset >= 0
+    } == {(topic, 0): (3, "sn1:7:1")}
+
+
+def test_an_owner_needs_a_group(topic: str, bootstrap: str) -> None:
+    from streamnb.engine.core import Context
+    from streamnb.io.sources.kafka import KafkaSource
+
+    source = KafkaSource(topic, bootstrap_servers=bootstrap, schema={"id": pl.Int64})
+    with pytest.raises(sn.ConfigError, match="in_group"):
+        source.open(Context(), owner=Owner())
+    with pytest.raises(sn.ConfigError, match="extra_topics"):
+        source.in_group("g").open(Context(), extra_topics=["other"])
+
+
 def test_secrets_never_appear_in_reprs() -> None:
-    from streamnb.kafka import redact
+    from streamnb.io.kafka.client import redact
 
     shown = repr(redact({"sasl.password": "hunter2", "ssl.key.password": "x", "acks": "all"}))
     assert "hunter2" not in shown and "'x'" not in shown and "all" in shown

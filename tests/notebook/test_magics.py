@@ -1,4 +1,4 @@
-"""``%%stream`` and ``%stream`` (API.md §6) in a real IPython shell.
+"""``%%stream`` and ``%stream`` (docs/semantics.md §6) in a real IPython shell.
 
 Every subcommand, every UsageError path, replacing a running query, ``%config`` defaults,
 ``--chart`` / ``--to-kafka``, promotion to a job file, and unloading without leftovers.
@@ -19,10 +19,12 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import streamnb as sn
-from streamnb.notebook.magics import StreamMagics
-from streamnb.notebook.widgets import StaticView
+from streamnb.capture import capturing
+from streamnb.io.kafka import client as kafka_client
+from streamnb.io.sinks.kafka import KafkaSink
 from streamnb.stream import Stream
-from streamnb.worker.capture import capturing
+from streamnb.ui.notebook.magics import StreamMagics
+from streamnb.ui.notebook.widgets import StaticView
 from tests.kafka import broker as kafka
 from tests.notebook.conftest import streamnb_threads, wait_until
 
@@ -194,7 +196,7 @@ def test_connect_topics_peek_against_a_broker(run: Run, bootstrap: str) -> None:
         peeked = run(f"%stream peek {topic} -n 2")
         assert peeked.height <= 4 and {"id", "word", "_partition", "_offset"} <= set(peeked.columns)
     finally:
-        sn.kafka._defaults.clear()
+        kafka_client._defaults.clear()
 
 
 @pytest.mark.parametrize(
@@ -250,19 +252,21 @@ def test_promote_writes_the_export_job_and_it_runs(run: Run, tmp_path: Path) -> 
 
 
 def test_promote_keeps_the_kafka_sink(run: Run, tmp_path: Path) -> None:
-    from streamnb.plan import KafkaSinkNode
-    from streamnb.worker.notebook import load_attribute
+    from streamnb.plan import SinkNode
+    from streamnb.promote import load_attribute
 
     run(f"%%stream sink --to-kafka results\n{BOUNDED}").wait(timeout=30)
     run(f"%stream promote sink --to {tmp_path / 'job.py'}")
     stream = load_attribute(f"{tmp_path / 'job.py'}:STREAM")
-    assert isinstance(stream._node, KafkaSinkNode) and stream._node.topic == "results"
+    root = stream.plan.root
+    assert isinstance(root, SinkNode) and isinstance(root.sink, KafkaSink)
+    assert root.sink.topic == "results"
 
 
 def test_promote_translates_ipython_syntax(run: Run, tmp_path: Path) -> None:
     run(f"%%stream magic\nx = !echo 1\n{BOUNDED}").wait(timeout=30)
     run(f"%stream promote magic --to {tmp_path / 'job.py'}")
-    from streamnb.worker.notebook import load_attribute
+    from streamnb.promote import load_attribute
 
     stream = load_attribute(f"{tmp_path / 'job.py'}:STREAM")  # `x = !echo 1` ran headless
     assert stream.collect().height > 0

@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 
 import streamnb as sn
-from streamnb.notebook import _render, widgets
-from streamnb.notebook._throttle import Throttle
-from streamnb.notebook.widgets import LiveTable, StaticView, show
+from streamnb.ui.notebook import _render, widgets
+from streamnb.ui.notebook._throttle import Throttle
+from streamnb.ui.notebook.widgets import LiveTable, StaticView, show
 from tests.notebook.conftest import wait_until
 
 # -- the throttle ----------------------------------------------------------------------------

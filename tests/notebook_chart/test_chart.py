@@ -22,8 +22,9 @@ import polars as pl
 import pytest
 
 import streamnb as sn
-from streamnb.notebook import chart as live
-from streamnb.notebook.chart import Feed, Updater, chart_spec, json_rows
+from streamnb.ui.notebook import chart as live
+from streamnb.ui.notebook.chart import Feed, Updater, chart_spec, json_rows
+from streamnb.ui.notebook.chart.bundle import _bundle_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -310,7 +311,7 @@ def test_headless_notebook_leaves_a_static_rendering(
     nb.cells = [
         nbformat.v4.new_code_cell(
             "import time, altair as alt, streamnb as sn\n"
-            "import streamnb.notebook.chart as live\n"
+            "import streamnb.ui.notebook.chart.widget as live\n"
             "live.GRACE_SECONDS = 0.5\n"
             "q = sn.nexmark(rate=500).select('price', 'dateTime').chart(\n"
             "    alt.Chart().mark_point().encode(x='dateTime', y='price'))"
@@ -349,8 +350,9 @@ def test_importing_streamnb_imports_no_widget_or_chart_library() -> None:
 # -- the JavaScript bundle ---------------------------------------------------------------------
 def test_committed_bundle_is_built_from_the_current_source() -> None:
     text = live.BUNDLE.read_text(encoding="utf-8")
-    assert live._bundle_digest(text) == live.source_digest(), (
-        "static/chart_widget.bundle.js is stale: python -m streamnb.notebook.chart --build-bundle"
+    assert _bundle_digest(text) == live.source_digest(), (
+        "static/chart_widget.bundle.js is stale: "
+        "python -m streamnb.ui.notebook.chart --build-bundle"
     )
     assert live.bundle_text() == text
     assert live.BUNDLE.stat().st_size < 2_000_000

@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from streamnb.sources.decode import decode_ndjson, infer_json_schema
+from streamnb.io.codecs.json import decode_ndjson, infer_json_schema
 
 SCHEMA = pl.Schema({"a": pl.Int64, "s": pl.String})
 

@@ -11,7 +11,7 @@ from polars.testing import assert_frame_equal
 
 import streamnb as sn
 from streamnb.engine.core import Context
-from streamnb.sources.files import FilesSource
+from streamnb.io.sources.files import FilesSource
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 EXT = {"json": "jsonl", "csv": "csv", "parquet": "parquet"}

@@ -1,5 +1,5 @@
 """``sn.from_records``: every accepted input shape, schema inference and override, bad records
-routed to ``errors()`` with their position in the input (API.md §1, §7)."""
+routed to ``errors()`` with their position in the input (docs/semantics.md §1, §7)."""
 
 from __future__ import annotations
 

@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from streamnb.definitions.eventtime import EventTime
 from streamnb.engine.core import Context
-from streamnb.engine.eventtime import EventTime
 from streamnb.exceptions import ConfigError
-from streamnb.sources.nexmark import CHUNK, DEFAULT_BASE_MS, SCHEMAS, NexmarkSource, generate
+from streamnb.io.sources.nexmark import CHUNK, DEFAULT_BASE_MS, SCHEMAS, NexmarkSource, generate
 
 DT = pl.Datetime("ms", "UTC")
 NUMERIC = {"bid": 4, "auction": 7, "person": 2}

@@ -21,8 +21,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import streamnb as sn
+from streamnb.promote import load_notebook_query
 from streamnb.worker.metrics import render
-from streamnb.worker.notebook import load_notebook_query
 
 CELLS = [
     "import polars as pl\nimport streamnb as sn\n%load_ext streamnb",
@@ -235,7 +235,7 @@ def test_metrics_are_prometheus_text() -> None:
 
 
 def test_secrets_in_client_config_do_not_leak_into_reprs() -> None:
-    from streamnb.sources.kafka import KafkaSource
+    from streamnb.io.sources.kafka import KafkaSource
 
     source = KafkaSource.__new__(KafkaSource)
     source.topics, source.bootstrap, source.format = ["t"], "b:1", "json"

@@ -13,10 +13,11 @@ import polars as pl
 import pytest
 
 import streamnb as sn
-from streamnb.engine.core import PARTITION, Context, Delta, Partitions, visible
+from streamnb.columns import PARTITION, visible
+from streamnb.engine.core import Context, Delta, Partitions
 from streamnb.engine.executor import Pipeline
 from streamnb.exceptions import ConfigError
-from streamnb.plan import SourceNode, WindowNode
+from streamnb.plan import SinkNode, SourceNode, WindowNode
 from streamnb.worker import topology
 
 INPUTS, TARGETS = 3, 4
@@ -76,14 +77,14 @@ def batches(df: pl.DataFrame, size: int) -> list[pl.DataFrame]:
 def run_single(stream: sn.Stream, feed: list[pl.DataFrame]) -> pl.DataFrame:
     out: list[pl.DataFrame] = []
     ctx = Context(partitions=Partitions(assigned=set(range(INPUTS))))
-    pipeline = Pipeline(stream._node, ctx, lambda d: out.append(visible(d.rows)))
+    pipeline = Pipeline(stream.plan.root, ctx, lambda d: out.append(visible(d.rows)))
     for batch in feed:
         pipeline.push(pipeline.sources[0], batch)
     return pl.concat(out)
 
 
 def run_split(stream: sn.Stream, feed: list[pl.DataFrame]) -> pl.DataFrame:
-    cut = topology.split(stream._node, "rep", TARGETS)
+    cut = topology.split(stream.plan.root, "rep", TARGETS)
     assert cut is not None
     producer = Producer()
     upstream = {
@@ -127,7 +128,7 @@ def test_repartitioned_windows_equal_a_single_pipeline(seed: int, size: int) -> 
 def test_marker_rows_carry_the_latest_time_of_their_partition() -> None:
     data = records(5, n=40)
     stream = query(sn.from_records(data.drop(PARTITION), timestamp="t"))
-    cut = topology.split(stream._node, "rep", TARGETS)
+    cut = topology.split(stream.plan.root, "rep", TARGETS)
     assert cut is not None
     producer = Producer()
     pipeline = Pipeline(cut.upstream, Context(producer=producer), lambda d: None)
@@ -143,12 +144,14 @@ def test_marker_rows_carry_the_latest_time_of_their_partition() -> None:
 
 def test_split_cuts_before_the_first_stateful_operator() -> None:
     bids = sn.from_records([{"k": "a", "t": 1, "v": 1}], timestamp="t")
-    assert topology.split(bids.filter(pl.col("v") > 0)._node, "rep", 2) is None
-    cut = topology.split(query(bids.filter(pl.col("v") > 0))._node, "rep", 2)
+    assert topology.split(bids.filter(pl.col("v") > 0).plan.root, "rep", 2) is None
+    cut = topology.split(query(bids.filter(pl.col("v") > 0)).plan.root, "rep", 2)
     assert cut is not None and cut.keys == ("k",)
-    assert isinstance(cut.upstream, topology.RepartitionNode)
+    assert isinstance(cut.upstream, SinkNode)
+    assert isinstance(cut.upstream.sink, topology.RepartitionSink)
+    assert cut.upstream.sink.topic == cut.topic == "rep" and cut.upstream.sink.keys == ("k",)
     window: Any = cut.downstream
     assert isinstance(window, WindowNode) and isinstance(window.inputs[0], SourceNode)
     twice = query(bids).group_by("k").agg(pl.len().alias("windows"))
     with pytest.raises(ConfigError, match="repartitions once"):
-        topology.split(twice._node, "rep", 2)
+        topology.split(twice.plan.root, "rep", 2)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 import polars as pl  # noqa: E402
 
-from streamnb.sources.nexmark import generate  # noqa: E402
+from streamnb.io.sources.nexmark import generate  # noqa: E402
 
 DATA = Path("/tmp/jvmpeers-data")
 TEN_S, WM = 10_000, 4_000

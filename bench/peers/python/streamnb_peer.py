@@ -23,7 +23,7 @@ import polars as pl  # noqa: E402
 from queries import QUERIES, WATERMARK_DELAY  # noqa: E402
 
 import streamnb as sn  # noqa: E402
-from streamnb.sources.nexmark import SCHEMAS  # noqa: E402
+from streamnb.io.sources.nexmark import SCHEMAS  # noqa: E402
 
 
 def _schema(kind: str) -> pl.Schema:

@@ -1,0 +1,1 @@
+"""Definitions: windows, aggregations, durations and event time (checked when written)."""

@@ -1,0 +1,1 @@
+"""Codecs: record bytes to polars frames and back (JSON lines, Avro)."""

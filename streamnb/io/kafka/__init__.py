@@ -1,0 +1,1 @@
+"""The Kafka client: configuration, connection checks, topics and a peek at records."""

@@ -1,0 +1,1 @@
+"""Sinks: where output rows go (Kafka, Parquet files)."""

@@ -1,0 +1,284 @@
+"""``stream.to_kafka(topic)``: output rows as Kafka records (JSON or raw values, a key).
+
+Values are encoded per batch by polars (one ``write_ndjson``); the idempotent producer is
+fed without per-message callbacks (only failed deliveries are reported), so the Python cost
+per record is one ``produce`` call. A table's deletes become tombstones (key, null value).
+With ``errors="dlq:<topic>"`` the query's error records go to that topic as well, with the
+reason and origin in headers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from streamnb.columns import visible
+from streamnb.engine.core import Context, Delta, Operator
+from streamnb.engine.source import Sink
+from streamnb.exceptions import ConfigError
+from streamnb.io.codecs import avro
+from streamnb.io.kafka.client import client_config, resolve_bootstrap
+
+FORMATS = ("json", "raw", "avro")
+
+
+@dataclass(frozen=True)
+class KafkaSink(Sink):
+    """``to_kafka(topic, ...)``: where and how output rows are written (checked by
+    :func:`kafka_sink`); each run opens its own :class:`KafkaWriter`."""
+
+    topic: str
+    bootstrap: str
+    format: str
+    key: tuple[str, ...]
+    config: Mapping[str, Any] = field(repr=False)
+    dlq: str | None = None
+    avro_schema: Any = field(default=None, repr=False)
+    headers: Mapping[str, str] | None = None
+
+    def describe(self) -> str:
+        return f"to_kafka[{self.topic}]"
+
+    def open(self, ctx: Context) -> Operator:
+        return KafkaWriter(
+            self.topic,
+            bootstrap=self.bootstrap,
+            format=self.format,
+            key=self.key,
+            config=self.config,
+            dlq=self.dlq,
+            ctx=ctx,
+            avro_schema=self.avro_schema,
+            headers=self.headers,
+        )
+
+
+def kafka_sink(
+    topic: str,
+    *,
+    format: str,
+    key: str | Sequence[str] | None,
+    errors: str | None,
+    schema: pl.Schema | None,
+    table_keys: Sequence[str] | None,
+    bootstrap_servers: str | None,
+    config: Mapping[str, Any] | None,
+    avro_schema: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> KafkaSink:
+    """The sink ``to_kafka`` attaches, its arguments checked against the output ``schema``."""
+    bootstrap, keys, dlq = check_sink(
+        format,
+        key=key,
+        errors=errors,
+        schema=schema,
+        table_keys=table_keys,
+        bootstrap_servers=bootstrap_servers,
+        avro_schema=avro_schema,
+        headers=headers,
+    )
+    parsed = avro.parse_schema(avro_schema) if format == "avro" else None
+    return KafkaSink(
+        topic, bootstrap, format, tuple(keys), dict(config or {}), dlq, parsed, headers
+    )
+
+
+class KafkaWriter(Operator):
+    """Writes each delta's rows to ``topic``; rows pass on unchanged."""
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        bootstrap: str,
+        format: str,
+        key: Sequence[str],
+        config: Mapping[str, Any],
+        dlq: str | None,
+        ctx: Context,
+        avro_schema: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        from confluent_kafka import Producer
+
+        self.topic, self.format, self.key, self.dlq, self.ctx = topic, format, list(key), dlq, ctx
+        self.avro = avro_schema
+        self.headers = dict(headers or {})
+        self.producer = ctx.producer or Producer(
+            client_config(
+                bootstrap,
+                config,
+                **{
+                    "enable.idempotence": True,
+                    "linger.ms": 5,
+                    "delivery.report.only.error": True,
+                    "on_delivery": self._failed,
+                },
+            )
+        )
+        if dlq is not None and not _dead_letters_to(dlq, ctx):
+            ctx.error_listeners.append(self._dead_letter)
+
+    def process(self, delta: Delta) -> Delta:
+        rows = visible(delta.rows)
+        if delta.deletes is not None and delta.deletes.height:  # retractions first
+            self._send([None] * delta.deletes.height, self._keys(delta.deletes))
+        if rows.height:
+            self._send(self._values(rows), self._keys(rows), headers=self._headers(rows))
+        self.producer.poll(0)
+        return delta
+
+    def _values(self, rows: pl.DataFrame) -> list[bytes]:
+        if self.format == "raw":
+            return rows.get_column("value").cast(pl.Binary).to_list()
+        if self.format == "avro":
+            return avro.encode(rows, self.avro)
+        return rows.write_ndjson().encode().splitlines()
+
+    def _headers(self, rows: pl.DataFrame) -> list[list[tuple[str, bytes | None]]] | None:
+        """Per row, ``(header, value)`` pairs from the columns named in ``headers=``."""
+        if not self.headers:
+            return None
+        columns = {
+            name: [
+                None if v is None else v.encode()
+                for v in rows.get_column(column).cast(pl.String).to_list()
+            ]
+            for name, column in self.headers.items()
+        }
+        return [
+            list(zip(columns, values, strict=True))
+            for values in zip(*columns.values(), strict=True)
+        ]
+
+    def _keys(self, rows: pl.DataFrame) -> list[bytes | None] | None:
+        if not self.key:
+            return None
+        if len(self.key) == 1:
+            return [
+                None if k is None else k.encode()
+                for k in rows.get_column(self.key[0]).cast(pl.String).to_list()
+            ]
+        return list(rows.select(self.key).write_ndjson().encode().splitlines())
+
+    def _send(
+        self,
+        values: Sequence[bytes | None],
+        keys: Sequence[bytes | None] | None,
+        topic: str | None = None,
+        headers: Sequence[Any] | None = None,
+    ) -> None:
+        produce = self.producer.produce
+        target = topic or self.topic
+        for i, value in enumerate(values):
+            key = keys[i] if keys is not None else None
+            extra = {"headers": headers[i]} if headers is not None else {}
+            while True:
+                try:
+                    produce(target, value, key, **extra)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain
+                    self.producer.poll(0.05)
+
+    def _failed(self, err: Any, msg: Any) -> None:
+        from streamnb.engine.core import error_from_python
+
+        self.ctx.errors.add(
+            error_from_python(
+                f"to_kafka[{msg.topic()}]",
+                None,
+                f"delivery failed: {err.str()}",
+                msg.value() or b"",
+                topic=msg.topic(),
+                partition=msg.partition(),
+            )
+        )
+
+    def _dead_letter(self, errors: pl.DataFrame) -> None:
+        assert self.dlq is not None
+        payloads = [
+            raw if raw is not None else (record or "").encode()
+            for raw, record in zip(errors["raw"], errors["record"], strict=True)
+        ]
+        headers = [
+            [(k, str(v).encode()) for k, v in row.items() if v is not None]
+            for row in errors.select(
+                "reason", "source", "position", "topic", "partition", "offset"
+            ).iter_rows(named=True)
+        ]
+        self._send(payloads, None, topic=self.dlq, headers=headers)
+
+    def finish(self) -> Delta | None:
+        self._flush()
+        return None
+
+    def close(self) -> None:
+        self._flush()
+
+    def _flush(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.producer.flush(0.5) and time.monotonic() < deadline:
+            pass
+        left = len(self.producer)
+        if left:
+            from streamnb.engine.core import error_from_python
+
+            self.ctx.errors.add(
+                error_from_python(
+                    f"to_kafka[{self.topic}]",
+                    None,
+                    f"{left} records not delivered within {timeout:g}s",
+                    b"",
+                )
+            )
+
+
+def _dead_letters_to(dlq: str, ctx: Context) -> bool:
+    """Whether a sink already sends ``ctx``'s errors to ``dlq`` (the worker's tasks share one
+    context and producer: each error goes to the dead-letter topic once)."""
+    return any(
+        getattr(getattr(f, "__self__", None), "dlq", None) == dlq for f in ctx.error_listeners
+    )
+
+
+def check_sink(
+    format: str,
+    *,
+    key: str | Sequence[str] | None,
+    errors: str | None,
+    schema: pl.Schema | None,
+    table_keys: Sequence[str] | None,
+    bootstrap_servers: str | None,
+    avro_schema: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[str, list[str], str | None]:
+    """Validate ``to_kafka`` arguments; the bootstrap, key columns and dead-letter topic."""
+    if format not in FORMATS:
+        raise ConfigError(f"format={format!r} must be one of {list(FORMATS)}")
+    if (format == "avro") != (avro_schema is not None):
+        raise ConfigError("schema= (an Avro record schema) goes with format='avro', and only then")
+    for column in (headers or {}).values():
+        if schema is not None and column not in schema:
+            raise ConfigError(
+                f"to_kafka(headers=...): no column {column!r}; columns are {list(schema.names())}"
+            )
+    keys = [key] if isinstance(key, str) else list(key or table_keys or [])
+    for column in keys:
+        if schema is not None and column not in schema:
+            raise ConfigError(
+                f"to_kafka(key={column!r}): no such column; columns are {list(schema.names())}"
+            )
+    if format == "raw" and schema is not None and "value" not in schema:
+        raise ConfigError("to_kafka(format='raw') needs a 'value' column (bytes or string)")
+    dlq = None
+    if errors is not None:
+        if not (isinstance(errors, str) and errors.startswith("dlq:") and len(errors) > 4):
+            raise ConfigError(
+                f"errors={errors!r}: use 'dlq:<topic>' to send error records to a dead-letter topic"
+            )
+        dlq = errors[4:]
+    return resolve_bootstrap(bootstrap_servers), keys, dlq

@@ -1,0 +1,667 @@
+"""``sn.from_kafka``: records from Kafka topics, decoded per batch, watermarked per partition.
+
+Messages are fetched with ``Consumer.consume(num_messages=...)`` (never one ``poll`` per
+record), their values joined and decoded by one ``pl.read_ndjson`` call; a message that does
+not decode goes to the error side output with its bytes, topic, partition and offset. Each
+record carries its partition (hidden), so windows keep a watermark per partition and take the
+minimum over partitions that are not idle.
+
+A runtime that shares the partitions out itself (the worker: one task per partition, offsets
+committed with the state) opens the source with an owner; :class:`KafkaReader` says what it
+then gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from itertools import compress
+from types import MappingProxyType
+from typing import Any, cast
+
+import numpy as np
+import polars as pl
+
+from streamnb.columns import DELETE, PARTITION
+from streamnb.definitions.durations import Duration, to_ms
+from streamnb.engine.core import Context, error_from_python
+from streamnb.engine.eventtime import split_valid
+from streamnb.engine.source import Part, PartOwner, Reader, Source
+from streamnb.exceptions import ConfigError, SourceError
+from streamnb.io.codecs import avro
+from streamnb.io.codecs.json import decode_ndjson, infer_json_schema
+from streamnb.io.kafka.client import _metadata, client_config, redact, resolve_bootstrap
+from streamnb.io.sources.records import check_timestamp
+
+RAW_SCHEMA = pl.Schema(
+    {
+        "key": pl.Binary(),
+        "value": pl.Binary(),
+        "topic": pl.String(),
+        "partition": pl.Int32(),
+        "offset": pl.Int64(),
+        "timestamp": pl.Datetime("ms", "UTC"),
+    }
+)
+FORMATS = ("json", "raw", "avro")
+_SAMPLE = 100  # records per partition to learn a JSON schema from
+
+
+class KafkaSource(Source):
+    """A Kafka topic (or several) as an unbounded source. Create it with ``sn.from_kafka``."""
+
+    def __init__(
+        self,
+        topic: str | Sequence[str],
+        *,
+        bootstrap_servers: str | None = None,
+        format: str = "json",
+        schema: Mapping[str, pl.DataType] | None = None,
+        timestamp: str | None = None,
+        start: str | datetime | Mapping[int, int] = "latest",
+        group_id: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        idle_timeout: Duration = "10s",
+        connect_timeout: Duration = "10s",
+        key_column: str | None = None,
+    ) -> None:
+        self.key_column = key_column  # tables: the message key as a column, tombstones delete
+        self.topics = [topic] if isinstance(topic, str) else list(topic)
+        if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
+            raise ConfigError(f"topic={topic!r} must be a topic name or a list of them")
+        if format not in FORMATS:
+            raise ConfigError(f"format={format!r} must be one of {list(FORMATS)}")
+        if not (
+            start in ("earliest", "latest", "committed") or isinstance(start, (datetime, Mapping))
+        ):
+            raise ConfigError(
+                f"start={start!r} must be 'earliest', 'latest', 'committed', a datetime or "
+                "{partition: offset}"
+            )
+        if start == "committed" and group_id is None:
+            raise ConfigError("start='committed' needs a group_id whose offsets to resume from")
+        if isinstance(start, Mapping) and len(self.topics) > 1:
+            raise ConfigError("start={partition: offset} works with one topic")
+        self.bootstrap = resolve_bootstrap(bootstrap_servers)
+        self.config = dict(config or {})
+        self.format, self.start, self.group_id = format, start, group_id
+        self.idle_ms = to_ms(idle_timeout, name="idle_timeout", allow_zero=False)
+        meta = _metadata(self.bootstrap, self.config, connect_timeout)
+        missing = [t for t in self.topics if t not in meta.topics]
+        if missing:
+            known = sorted(t for t in meta.topics if not t.startswith("__"))
+            raise ConfigError(
+                f"topic {missing[0]!r} does not exist at {self.bootstrap}; topics: {known}"
+            )
+        self.partitions = {t: sorted(meta.topics[t].partitions) for t in self.topics}
+        self.name = f"kafka[{','.join(self.topics)}]"
+        self.bounded = False
+        self.avro = None
+        if format == "raw":
+            self.value_schema: pl.Schema | None = RAW_SCHEMA
+        elif format == "avro":
+            self.avro = avro.parse_schema(schema)
+            self.value_schema = avro.polars_schema(self.avro)
+        elif schema is not None:
+            self.value_schema = pl.Schema(schema)
+        else:
+            self.value_schema = self._sample_schema() or None
+        self.time_column = timestamp or "timestamp"
+        self.kafka_time = timestamp is None or (format == "raw" and timestamp == "timestamp")
+        self.schema = self._output_schema()
+        self.event_time = check_timestamp(
+            self.time_column, self.schema, f"topic {self.topics[0]!r}"
+        )
+
+    def _output_schema(self) -> pl.Schema | None:
+        if self.value_schema is None:
+            return None
+        if self.key_column is not None:
+            return pl.Schema({self.key_column: pl.String(), **self._value_and_time()})
+        return self._value_and_time()
+
+    def _value_and_time(self) -> pl.Schema:
+        assert self.value_schema is not None
+        if self.format == "raw" or not self.kafka_time:
+            return self.value_schema
+        if "timestamp" in self.value_schema:
+            raise ConfigError(
+                "the records have a field 'timestamp', which would clash with the Kafka record "
+                "timestamp column; pass timestamp='timestamp' to use the field as event time"
+            )
+        return pl.Schema({**self.value_schema, "timestamp": pl.Datetime("ms", "UTC")})
+
+    def _sample_schema(self) -> pl.Schema:
+        """Learn a JSON schema from the newest records (empty schema if there are none)."""
+        from streamnb.io.kafka.client import peek
+
+        sample = peek(
+            self.topics[0],
+            _SAMPLE,
+            bootstrap_servers=self.bootstrap,
+            format="raw",
+            config=self.config,
+        )
+        return infer_json_schema([v for v in sample["value"].to_list() if v is not None])
+
+    def list_parts(self) -> list[Part]:
+        """The topics' partitions, ``(topic, partition)``: what a consumer group shares out."""
+        return [(t, p) for t, ps in self.partitions.items() for p in ps]
+
+    def open(
+        self,
+        ctx: Context,
+        *,
+        owner: PartOwner | None = None,
+        extra_topics: Sequence[str] = (),
+    ) -> KafkaReader:
+        """Start reading (see :class:`KafkaReader`); ``owner`` and ``extra_topics`` are for a
+        runtime that manages the group's partitions itself (the worker)."""
+        return KafkaReader(self, ctx, owner=owner, extra_topics=extra_topics)
+
+    def partition_scopes(self) -> frozenset[tuple[object, ...]]:
+        return frozenset(("kafka", t) for t in self.topics)
+
+    def in_group(self, group_id: str) -> KafkaSource:
+        """This source as a member of consumer group ``group_id`` (the worker's scale-out):
+        partitions are shared among the group's members and resume from its commits."""
+        member = copy.copy(self)
+        member.group_id = group_id
+        return member
+
+    def __repr__(self) -> str:
+        return (
+            f"KafkaSource({self.topics}, bootstrap={self.bootstrap!r}, format={self.format!r}, "
+            f"config={redact(self.config)})"
+        )
+
+
+class KafkaReader(Reader):
+    """One read of a :class:`KafkaSource` (``source.open(ctx, ...)`` makes it).
+
+    **On its own** (no ``owner``) it reads every partition of the topics, or, with the source's
+    ``group_id``, the group's share of them; it commits the offsets of each batch once the next
+    is asked for, and marks partitions that stay quiet for ``idle_timeout`` idle so that windows
+    do not wait for them.
+
+    **With an owner** (a :class:`~streamnb.engine.source.PartOwner`: the worker's runtime, one
+    task per partition) it is a member of the source's consumer group that leaves the offsets
+    to the owner:
+
+    * the owner is told of every assignment and revocation, after the reader's own bookkeeping
+      (:meth:`PartOwner.assigned`, :meth:`PartOwner.revoked`, with ``(topic, partition)``
+      pairs);
+    * it never commits by itself: the owner commits positions with the state they belong to,
+      through :meth:`commit` or, in a producer's transaction, with :meth:`group_metadata`;
+    * it marks no partition idle (each of the owner's tasks reads one partition);
+    * ``extra_topics`` (the worker's repartition topic) are read in the same subscription and
+      handed over undecoded in :attr:`extra_messages`.
+
+    What an owner uses: :meth:`read`, :attr:`extra_messages`, :attr:`positions`,
+    :meth:`set_position`, :meth:`seek`, :meth:`partition_id`, :meth:`partition_ids`,
+    :meth:`partition_of`, :meth:`commit`, :meth:`group_metadata` and :attr:`lags`.
+    """
+
+    def __init__(
+        self,
+        source: KafkaSource,
+        ctx: Context,
+        *,
+        owner: PartOwner | None = None,
+        extra_topics: Sequence[str] = (),
+    ) -> None:
+        from confluent_kafka import Consumer
+
+        if owner is not None and source.group_id is None:
+            raise ConfigError(
+                f"{source.name}: a reader whose partitions an owner manages is a consumer group "
+                "member; use source.in_group(group_id)"
+            )
+        if extra_topics and owner is None:
+            raise ConfigError(f"{source.name}: extra_topics are read only under an owner")
+        self.source, self.ctx = source, ctx
+        self.schema = source.value_schema
+        self.extra_messages: list[Any] = []
+        """The messages of ``extra_topics`` that the last :meth:`read` fetched, undecoded."""
+        self.lags: dict[tuple[str, int], int] = {}
+        """Records not read yet per ``(topic, partition)`` assigned, as last measured (every
+        half second, on the reading thread: a consumer is not thread-safe)."""
+        self._owner = owner
+        self._extra = frozenset(extra_topics)
+        group = source.group_id or f"streamnb-{uuid.uuid4()}"
+        self._consumer = Consumer(
+            client_config(
+                source.bootstrap,
+                source.config,
+                **{
+                    "group.id": group,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "latest" if source.start == "latest" else "earliest",
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": False,
+                    "session.timeout.ms": 10_000,
+                    "fetch.wait.max.ms": 50,
+                    # keep the local queue full, backing off only briefly when it is: with
+                    # librdkafka's defaults it idles up to 1 s per fill (3x slower catch-up);
+                    # 10 ms measured faster and cheaper than 0 (BENCHMARKS.md, mode 2)
+                    "queued.min.messages": 1_000_000,
+                    "fetch.queue.backoff.ms": 10,
+                },
+            )
+        )
+        # hidden partition ids: per topic, a lookup table from partition number to id
+        self._lut = {
+            t: np.array([ctx.partitions.id_for("kafka", t, p) for p in range(max(ps) + 1)])
+            for t, ps in source.partitions.items()
+        }
+        self._parts = {
+            int(pid): (t, p) for t, lut in self._lut.items() for p, pid in enumerate(lut.tolist())
+        }
+        self._opened = time.monotonic()
+        self._last_seen: dict[int, float] = {}
+        self._uncommitted: dict[tuple[str, int], int] = {}
+        self._positions: dict[tuple[str, int], int] = {}  # next offset to read, when known
+        self._started: set[tuple[str, int]] = set()  # partitions given their start position
+        self._lag: int | None = None
+        self._lag_measured = 0.0
+        if source.group_id is not None:
+            self._consumer.subscribe(
+                [*source.topics, *sorted(self._extra - set(source.topics))],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+            )
+        else:
+            self._assign(
+                self._start_offsets([(t, p) for t, ps in source.partitions.items() for p in ps])
+            )
+
+    # -- for an owner ------------------------------------------------------------------------
+    @property
+    def positions(self) -> Mapping[tuple[str, int], int]:
+        """The next offset to read per ``(topic, partition)``, where known: after a read, or
+        where an assignment or :meth:`set_position` said. What an owner commits."""
+        return MappingProxyType(self._positions)
+
+    def set_position(self, topic: str, partition: int, offset: int | None) -> None:
+        """Record where ``partition`` resumes (``None``: not known) without seeking, for an
+        owner that knows better than the reader (the group's commit it restored from)."""
+        if offset is None:
+            self._positions.pop((topic, partition), None)
+        else:
+            self._positions[(topic, partition)] = offset
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read ``partition`` from ``offset`` next (an owner rewinding to its checkpoint)."""
+        from confluent_kafka import TopicPartition
+
+        self._consumer.seek(TopicPartition(topic, partition, offset))
+        self._positions[(topic, partition)] = offset
+
+    def partition_id(self, topic: str, partition: int) -> int:
+        """The hidden partition id (the ``PARTITION`` column of the rows) of a partition."""
+        return int(self._lut[topic][partition])
+
+    def partition_ids(self, topic: str) -> list[int]:
+        """The hidden partition ids of every partition of ``topic`` (one of the source's)."""
+        return [int(pid) for pid in self._lut[topic]]
+
+    def partition_of(self, pid: int) -> tuple[str, int]:
+        """The ``(topic, partition)`` of a hidden partition id: where rows came from."""
+        return self._parts[pid]
+
+    def commit(self, offsets: Sequence[Any]) -> None:
+        """Commit ``offsets`` for the group now: confluent_kafka ``TopicPartition`` s holding
+        the next offset to read, and any metadata to keep with it. For an owner that commits
+        outside a transaction; raises :class:`SourceError` if the group refuses them."""
+        from confluent_kafka import KafkaException
+
+        try:
+            self._consumer.commit(offsets=list(offsets), asynchronous=False)
+        except KafkaException as exc:
+            raise SourceError(
+                f"{self.source.name}: cannot commit offsets for the group: {_reason(exc)}"
+            ) from exc
+
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata, for a producer's ``send_offsets_to_transaction``:
+        the offsets then commit with the transaction (exactly once)."""
+        return self._consumer.consumer_group_metadata()
+
+    # -- assignment --------------------------------------------------------------------------
+    def _start_offsets(self, partitions: list[tuple[str, int]]) -> list[Any]:
+        from confluent_kafka import (
+            OFFSET_BEGINNING,
+            OFFSET_END,
+            OFFSET_STORED,
+            KafkaException,
+            TopicPartition,
+        )
+
+        start = self.source.start
+        try:
+            if isinstance(start, datetime):
+                ms = int(start.timestamp() * 1000)
+                wanted = [TopicPartition(t, p, ms) for t, p in partitions]
+                return list(self._consumer.offsets_for_times(wanted, timeout=10))
+            if isinstance(start, Mapping):
+                return [TopicPartition(t, p, int(start.get(p, OFFSET_END))) for t, p in partitions]
+            if start == "latest":
+                # the end as of now, so "latest" means records produced after the query started
+                return [
+                    TopicPartition(
+                        t,
+                        p,
+                        self._consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1],
+                    )
+                    for t, p in partitions
+                ]
+        except KafkaException as exc:
+            raise SourceError(
+                f"{self.source.name}: cannot find the start offsets ({start!r}): {_reason(exc)}"
+            ) from exc
+        offset = OFFSET_BEGINNING if start == "earliest" else OFFSET_STORED
+        return [TopicPartition(t, p, offset) for t, p in partitions]
+
+    def _assign(self, offsets: list[Any]) -> None:
+        """Assign partitions at the given start offsets (absolute ones are remembered)."""
+        for tp in offsets:
+            if tp.offset >= 0:
+                self._positions[(tp.topic, tp.partition)] = tp.offset
+        self._consumer.assign(offsets)
+        ids = {
+            self.partition_id(tp.topic, tp.partition)
+            for tp in offsets
+            if tp.topic in self._lut and tp.partition < len(self._lut[tp.topic])
+        }
+        self.ctx.partitions.assigned |= ids
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        """A group member resumes from the group's commits (``auto.offset.reset`` where there
+        are none); an explicit datetime / offsets start applies to a partition of the source's
+        topics on its first assignment only, so a rebalance never rewinds it."""
+        pairs = [(tp.topic, tp.partition) for tp in partitions]
+        fresh = [pair for pair in pairs if pair not in self._started and pair[0] in self._lut]
+        self._started.update(fresh)
+        if isinstance(self.source.start, (datetime, Mapping)) and fresh:
+            explicit = {(tp.topic, tp.partition): tp for tp in self._start_offsets(fresh)}
+            self._assign(
+                [explicit.get(pair, tp) for pair, tp in zip(pairs, partitions, strict=True)]
+            )
+        else:
+            self._assign(partitions)
+        if self._owner is not None:
+            self._owner.assigned(pairs)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        if self._owner is None:
+            self._commit_processed(asynchronous=False)
+        ids = {
+            self.partition_id(tp.topic, tp.partition) for tp in partitions if tp.topic in self._lut
+        }
+        self.ctx.partitions.assigned -= ids
+        if self._owner is not None:
+            self._owner.revoked([(tp.topic, tp.partition) for tp in partitions])
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, max_records: int, timeout: float) -> pl.DataFrame | None:
+        """The next records of the source's topics, decoded (``None`` if there are none); the
+        extra topics' messages of the same fetch go to :attr:`extra_messages`."""
+        if self._owner is None:
+            self._commit_processed(asynchronous=True)  # the previous batch is processed by now
+        messages = self._messages(max_records, timeout)
+        self.extra_messages = []
+        if self._extra and messages:
+            from confluent_kafka import Message
+
+            extra = [t in self._extra for t in map(Message.topic, messages)]
+            if any(extra):
+                self.extra_messages = list(compress(messages, extra))
+                messages = list(compress(messages, (not e for e in extra)))
+                for m in self.extra_messages:
+                    self._positions[(m.topic(), m.partition())] = m.offset() + 1
+        return self._frame(messages)
+
+    def _messages(self, max_records: int, timeout: float) -> list[Any]:
+        """The next messages, without error events."""
+        from confluent_kafka import Message
+
+        messages = self._consumer.consume(num_messages=max_records, timeout=timeout)
+        if any(map(Message.error, messages)):
+            messages = self._without_errors(messages)
+        return messages
+
+    def _frame(self, messages: list[Any]) -> pl.DataFrame | None:
+        """``messages`` decoded into one frame (None if there are none)."""
+        from confluent_kafka import Message
+
+        now = time.monotonic()
+        n = len(messages)
+        numbers = np.fromiter(map(Message.partition, messages), dtype=np.int64, count=n)
+        topics = cast(list[str], list(map(Message.topic, messages))) if len(self._lut) > 1 else None
+        pids = self._partition_ids(numbers, topics)
+        if self._owner is None:  # an owner's tasks read one partition each: none to wait for
+            self._mark_idle(now, pids)
+        if now - self._lag_measured > 0.5:
+            self._lag_measured = now
+            self._measure_lag()
+        return self._decode(messages, numbers, topics, pids) if messages else None
+
+    def _without_errors(self, messages: list[Any]) -> list[Any]:
+        """Drop error events: fatal ones stop the query, others are reported and skipped."""
+        from confluent_kafka import KafkaError
+
+        good = []
+        for m in messages:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.fatal():
+                raise SourceError(f"Kafka consumer failed: {err.str()}")
+            elif err.code() != KafkaError._PARTITION_EOF:
+                self.ctx.error(
+                    error_from_python(
+                        self.source.name,
+                        None,
+                        err.str(),
+                        b"",
+                        topic=m.topic(),
+                        partition=m.partition(),
+                    )
+                )
+        return good
+
+    def _mark_idle(self, now: float, pids: np.ndarray) -> None:
+        parts = self.ctx.partitions
+        for pid in np.unique(pids).tolist():
+            self._last_seen[pid] = now
+        idle_after = self.source.idle_ms / 1000
+        mine = {int(p) for lut in self._lut.values() for p in lut} & parts.assigned
+        quiet = {p for p in mine if now - self._last_seen.get(p, self._opened) > idle_after}
+        parts.idle = (parts.idle - mine) | quiet  # other sources judge their own partitions
+
+    def _partition_ids(self, numbers: np.ndarray, topics: list[str] | None) -> np.ndarray:
+        """Each message's hidden partition id (a lookup per topic, vectorised)."""
+        if topics is None:
+            return next(iter(self._lut.values()))[numbers]
+        return np.array(
+            [self._lut[t][p] for t, p in zip(topics, numbers, strict=True)], dtype=np.int64
+        )
+
+    def _decode(
+        self, messages: list[Any], numbers: np.ndarray, topics: list[str] | None, pids: np.ndarray
+    ) -> pl.DataFrame | None:
+        from confluent_kafka import Message
+
+        n = len(messages)
+        offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
+        self._remember(topics, numbers, offsets)
+        stamps = np.empty(0, dtype=np.int64)
+        if self.source.kafka_time or self.source.format == "raw":  # only then: 1 call a record
+            stamps = np.fromiter(
+                (t for _, t in map(Message.timestamp, messages)), dtype=np.int64, count=n
+            )
+        if self.source.format == "raw":
+            df = pl.DataFrame(
+                {
+                    "key": pl.Series(list(map(Message.key, messages)), dtype=pl.Binary),
+                    "value": pl.Series(list(map(Message.value, messages)), dtype=pl.Binary),
+                    "topic": topics or [self.source.topics[0]] * n,
+                    "partition": pl.Series(numbers, dtype=pl.Int32),
+                    "offset": offsets,
+                    "timestamp": pl.Series(stamps).cast(pl.Datetime("ms", "UTC")),
+                }
+            )
+            keep = np.arange(n)
+        else:
+            values = list(map(Message.value, messages))
+            if self.schema is None:  # nothing to learn from at definition time: first batch
+                self.schema = infer_json_schema(values[: _SAMPLE * 10])
+            tombstones: list[int] = []
+            if self.source.key_column is not None and None in values:
+                tombstones = [i for i, v in enumerate(values) if v is None]
+                values = [b"" if v is None else v for v in values]  # blank: skipped silently
+            df, kept = self._decode_values(values, topics, numbers, offsets)
+            keep = np.array(kept, dtype=np.int64)
+            if self.source.key_column is not None:
+                df, keep = self._with_keys(df, keep, tombstones, messages)
+            if self.source.kafka_time:
+                df = df.with_columns(
+                    pl.Series("timestamp", stamps[keep]).cast(pl.Datetime("ms", "UTC"))
+                )
+        df = df.with_columns(pl.Series(PARTITION, pids[keep], dtype=pl.Int64))
+        df, errors = split_valid(
+            df, self.source.time_column, source=self.source.name, positions=pl.Series(offsets[keep])
+        )
+        if errors is not None:
+            self.ctx.error(errors)
+        return df
+
+    def _decode_values(
+        self,
+        values: list[bytes | None],
+        topics: list[str] | None,
+        numbers: np.ndarray,
+        offsets: np.ndarray,
+    ) -> tuple[pl.DataFrame, list[int]]:
+        assert self.schema is not None
+        source = self.source
+
+        def on_error(i: int, doc: bytes, why: str) -> None:
+            topic = topics[i] if topics else source.topics[0]
+            reason = f"{topic}/{int(numbers[i])}@{int(offsets[i])}: {why}"
+            self.ctx.error(
+                error_from_python(
+                    source.name,
+                    int(offsets[i]),
+                    reason,
+                    doc,
+                    topic=topic,
+                    partition=int(numbers[i]),
+                    offset=int(offsets[i]),
+                )
+            )
+
+        schema = self.schema
+
+        def decode(
+            docs: list[bytes], report: Callable[[int, bytes, str], None]
+        ) -> tuple[pl.DataFrame, list[int]]:
+            if source.avro is not None:
+                return avro.decode(docs, source.avro, schema, report)
+            return decode_ndjson(docs, schema, report)
+
+        if None in values:  # tombstones carry no record (tables handle them before)
+            for i, v in enumerate(values):
+                if v is None:
+                    on_error(i, b"", "null value (tombstone)")
+            present = [i for i, v in enumerate(values) if v is not None]
+            df, kept = decode(
+                [v for v in values if v is not None],
+                lambda j, doc, why: on_error(present[j], doc, why),
+            )
+            return df, [present[j] for j in kept]
+        return decode(cast(list[bytes], values), on_error)
+
+    def _with_keys(
+        self, df: pl.DataFrame, keep: np.ndarray, tombstones: list[int], messages: list[Any]
+    ) -> tuple[pl.DataFrame, np.ndarray]:
+        """Tables: the message key as a column, tombstones as delete rows, in arrival order."""
+        from confluent_kafka import Message
+
+        assert self.source.key_column is not None
+        rows = pl.concat(
+            [
+                df.with_columns(pl.lit(False).alias(DELETE)),
+                pl.DataFrame({DELETE: [True] * len(tombstones)}),
+            ],
+            how="diagonal_relaxed",
+        )
+        index = np.concatenate([keep, np.array(tombstones, dtype=np.int64)])
+        order = np.argsort(index, kind="stable")
+        keys = list(map(Message.key, messages))
+        picked = [keys[i] for i in index[order]]
+        column = pl.Series(
+            self.source.key_column,
+            [None if k is None else k.decode("utf-8", "replace") for k in picked],
+            dtype=pl.String,
+        )
+        return rows[order].with_columns(column), index[order]
+
+    # -- offsets -----------------------------------------------------------------------------
+    def _remember(self, topics: list[str] | None, numbers: np.ndarray, offsets: np.ndarray) -> None:
+        """The next offset per partition: for the lag, and to commit once processed."""
+        frame = pl.DataFrame(
+            {"t": topics or [self.source.topics[0]] * len(numbers), "p": numbers, "o": offsets}
+        )
+        for t, p, o in frame.group_by("t", "p").agg(pl.col("o").max()).iter_rows():
+            self._positions[(t, p)] = o + 1
+            if self.source.group_id is not None and self._owner is None:
+                self._uncommitted[(t, p)] = o + 1
+
+    def _commit_processed(self, *, asynchronous: bool) -> None:
+        """Commit what was read and processed (a reader without an owner, in a group)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        if not self._uncommitted:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()]
+        self._uncommitted = {}
+        # a failure means a rebalance moved the partition: its new owner resumes from its commit
+        with contextlib.suppress(KafkaException):
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    def lag(self) -> int | None:
+        return self._lag  # computed on the reader's thread: a consumer is not thread-safe
+
+    def _measure_lag(self) -> None:
+        lags = {}
+        try:
+            for tp in self._consumer.assignment():
+                low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    return  # no fetch answered yet: the lag is not known
+                position = self._positions.get((tp.topic, tp.partition), low)
+                lags[(tp.topic, tp.partition)] = max(high - max(position, low), 0)
+        except Exception:  # a rebalance in progress: keep the last figure
+            return
+        self.lags = lags
+        self._lag = sum(lags.values())
+
+    def close(self) -> None:
+        """Leave the group (an owner hears of the revocation) and close the consumer."""
+        if self._owner is None:
+            self._commit_processed(asynchronous=False)
+        self._consumer.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """A Kafka client error's own message."""
+    error: Any = exc.args[0] if exc.args else None
+    return str(error.str()) if hasattr(error, "str") else str(exc)

@@ -1,0 +1,61 @@
+"""The names of streamnb's modes and the shape of a query's status, for type checkers.
+
+Every option that takes one of a few words has a ``Literal`` type here, so an editor completes
+it and mypy catches a misspelling before the query runs (a wrong word still raises
+:class:`~streamnb.exceptions.ConfigError` at run time, naming the choices).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, TypedDict
+
+__all__ = [
+    "Emit",
+    "ErrorPolicy",
+    "Format",
+    "Guarantee",
+    "How",
+    "Kind",
+    "QueryState",
+    "SinkFormat",
+    "Status",
+]
+
+Emit = Literal["final", "update"]
+"""``window(emit=...)``: one row per window when it closes, or an upsert after each batch."""
+
+How = Literal["inner", "left"]
+"""``join(how=...)``."""
+
+Kind = Literal["bid", "auction", "person", "all"]
+"""``sn.nexmark(kind=...)``: which Nexmark events the generator yields."""
+
+Format = Literal["json", "csv", "parquet", "raw", "avro"]
+"""How a source's records are encoded (files: json, csv, parquet; Kafka: json, raw, avro)."""
+
+SinkFormat = Literal["json", "raw", "avro"]
+"""How ``to_kafka`` encodes the rows it writes."""
+
+Guarantee = Literal["at_least_once", "exactly_once"]
+"""``streamnb run --guarantee``: what a headless worker promises after a crash."""
+
+ErrorPolicy = Literal["keep", "fail"]
+"""``start(errors=...)``: bad records go to ``errors()`` (keep), or stop the query (fail)."""
+
+QueryState = Literal["running", "paused", "finished", "stopped", "failed"]
+"""``Query.status()["state"]``."""
+
+
+class Status(TypedDict):
+    """What ``Query.status()`` returns (workers add their own keys: tasks, checkpoints, ...)."""
+
+    name: str
+    state: QueryState
+    records_in: int
+    records_out: int
+    late: int
+    errors: int
+    watermark: datetime | int | None
+    lag: int | None
+    rate: float
