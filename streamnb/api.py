@@ -13,6 +13,7 @@ from streamnb.engine.source import Source
 from streamnb.io.sources.records import RecordsSource
 from streamnb.plan import Plan, SourceNode, TableNode
 from streamnb.stream import Stream
+from streamnb.types import FileFormat, KafkaFormat, Kind
 
 
 def _stream(source: Source) -> Stream:
@@ -54,7 +55,7 @@ def from_records(
 def nexmark(
     events: int | None = None,
     *,
-    kind: str = "bid",
+    kind: Kind = "bid",
     rate: float | None = None,
     event_rate: int = 100_000,
     seed: int = 0,
@@ -77,7 +78,7 @@ def nexmark(
 def from_files(
     path: str | Path,
     *,
-    format: str = "json",
+    format: FileFormat = "json",
     timestamp: str | None = None,
     batch_size: int = 50_000,
 ) -> Stream:
@@ -91,7 +92,7 @@ def from_kafka(
     topic: str | list[str],
     *,
     bootstrap_servers: str | None = None,
-    format: str = "json",
+    format: KafkaFormat = "json",
     schema: Mapping[str, Any] | None = None,
     timestamp: str | None = None,
     start: str | datetime | Mapping[int, int] = "latest",
@@ -166,7 +167,7 @@ def table_from_kafka(
     *,
     key: str = "key",
     bootstrap_servers: str | None = None,
-    format: str = "json",
+    format: KafkaFormat = "json",
     schema: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     connect_timeout: str | timedelta = "10s",

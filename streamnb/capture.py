@@ -65,6 +65,10 @@ class CapturedQuery:
             "rate": 0.0,
         }
 
+    @property
+    def version(self) -> int:
+        return 0
+
     def result(self) -> pl.DataFrame:
         return self.stream.schema.to_frame() if self.stream.schema is not None else pl.DataFrame()
 

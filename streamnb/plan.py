@@ -21,7 +21,7 @@ import polars as pl
 from streamnb.definitions.aggregates import Aggregation
 from streamnb.definitions.eventtime import EventTime
 from streamnb.definitions.windows import WindowSpec
-from streamnb.types import Emit, How
+from streamnb.types import Emit, How, JoinKind
 
 Transform = Callable[[Any], Any]
 """A per-record transformation of a batch (``pl.DataFrame`` at run time, ``pl.LazyFrame`` when
@@ -114,7 +114,7 @@ class GroupByNode(Node):
 class JoinNode(Node):
     """``inputs = (left, right)``; ``kind`` is stream_table, table_table, interval or window."""
 
-    kind: str
+    kind: JoinKind
     on: tuple[str, ...]
     how: How
     schemas: tuple[pl.Schema, pl.Schema] = field(repr=False)

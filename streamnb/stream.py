@@ -34,7 +34,7 @@ from streamnb.plan import (
     UnionNode,
     WindowNode,
 )
-from streamnb.types import Emit, ErrorPolicy, How
+from streamnb.types import Emit, ErrorPolicy, How, JoinKind, KafkaFormat
 
 __all__ = ["GroupedStream", "Stream", "WindowedStream", "register_frontend"]
 
@@ -347,6 +347,7 @@ class Stream:
         schemas = (visible_schema(self.schema), visible_schema(other.schema))
         meta = self._plan
         times = None
+        kind: JoinKind
         within_ms = grace_ms = 0
         if self.keys is not None and other.keys is not None:
             kind = "table_table"
@@ -445,7 +446,7 @@ class Stream:
         topic: str,
         *,
         bootstrap_servers: str | None = None,
-        format: str = "json",
+        format: KafkaFormat = "json",
         key: str | Sequence[str] | None = None,
         config: Mapping[str, Any] | None = None,
         errors: str | None = None,

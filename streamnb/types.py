@@ -13,12 +13,13 @@ from typing import Literal, TypedDict
 __all__ = [
     "Emit",
     "ErrorPolicy",
-    "Format",
+    "FileFormat",
     "Guarantee",
     "How",
+    "JoinKind",
+    "KafkaFormat",
     "Kind",
     "QueryState",
-    "SinkFormat",
     "Status",
 ]
 
@@ -31,11 +32,14 @@ How = Literal["inner", "left"]
 Kind = Literal["bid", "auction", "person", "all"]
 """``sn.nexmark(kind=...)``: which Nexmark events the generator yields."""
 
-Format = Literal["json", "csv", "parquet", "raw", "avro"]
-"""How a source's records are encoded (files: json, csv, parquet; Kafka: json, raw, avro)."""
+FileFormat = Literal["json", "csv", "parquet"]
+"""``from_files(format=...)``: JSON lines, CSV or Parquet."""
 
-SinkFormat = Literal["json", "raw", "avro"]
-"""How ``to_kafka`` encodes the rows it writes."""
+KafkaFormat = Literal["json", "raw", "avro"]
+"""How Kafka record values are encoded (``from_kafka``, ``table_from_kafka``, ``to_kafka``)."""
+
+JoinKind = Literal["stream_table", "table_table", "interval", "window"]
+"""Which join a ``join()`` is, from what is joined (plan nodes carry it)."""
 
 Guarantee = Literal["at_least_once", "exactly_once"]
 """``streamnb run --guarantee``: what a headless worker promises after a crash."""

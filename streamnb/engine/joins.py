@@ -33,6 +33,7 @@ from streamnb.columns import (
 from streamnb.definitions.eventtime import EventTime
 from streamnb.engine.core import POS_INF, Context, Delta, Operator
 from streamnb.engine.eventtime import WatermarkTracker, split_valid
+from streamnb.types import How
 
 
 def _apply(state: pl.DataFrame, delta: Delta, keys: list[str]) -> pl.DataFrame:
@@ -57,7 +58,7 @@ class StreamTableJoin(Operator):
 
     state_fields: ClassVar[tuple[str, ...]] = ("table",)
 
-    def __init__(self, on: Sequence[str], how: str, table_schema: pl.Schema) -> None:
+    def __init__(self, on: Sequence[str], how: How, table_schema: pl.Schema) -> None:
         self.on, self.how = list(on), how
         self.table: pl.DataFrame = table_schema.to_frame()
 
@@ -68,7 +69,7 @@ class StreamTableJoin(Operator):
         out = delta.rows.join(
             self.table,
             on=self.on,
-            how=self.how,  # type: ignore[arg-type]
+            how=self.how,
             maintain_order="left",
             suffix="_right",
         )
@@ -80,7 +81,7 @@ class TableTableJoin(Operator):
 
     state_fields: ClassVar[tuple[str, ...]] = ("states",)
 
-    def __init__(self, on: Sequence[str], how: str, schemas: tuple[pl.Schema, pl.Schema]) -> None:
+    def __init__(self, on: Sequence[str], how: How, schemas: tuple[pl.Schema, pl.Schema]) -> None:
         self.on, self.how = list(on), how
         self.states: list[pl.DataFrame] = [schemas[0].to_frame(), schemas[1].to_frame()]
 
@@ -96,7 +97,7 @@ class TableTableJoin(Operator):
         joined = left.join(
             self.states[1],
             on=self.on,
-            how=self.how,  # type: ignore[arg-type]
+            how=self.how,
             suffix="_right",
         )
         # keys with no joined row any more (deleted, or inner with no partner) are retracted
@@ -113,7 +114,7 @@ class IntervalJoin(Operator):
         self,
         *,
         on: Sequence[str],
-        how: str,
+        how: How,
         within_ms: int,
         grace_ms: int,
         times: tuple[EventTime, EventTime],
@@ -234,7 +235,7 @@ class WindowJoin(Operator):
 
     state_fields: ClassVar[tuple[str, ...]] = ("buffers", "latest_end")
 
-    def __init__(self, on: Sequence[str], how: str, schemas: tuple[pl.Schema, pl.Schema]) -> None:
+    def __init__(self, on: Sequence[str], how: How, schemas: tuple[pl.Schema, pl.Schema]) -> None:
         self.keys = ["window_start", "window_end", *on]
         self.how = how
         self.buffers = [schemas[0].to_frame(), schemas[1].to_frame()]

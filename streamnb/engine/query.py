@@ -30,17 +30,35 @@ def queries() -> list[Query]:
 
 
 class Observed(Protocol):
-    """What views (live tables, charts, status lines, metrics) observe of a running query:
-    a :class:`Query`, a worker's tasks, or a captured stand-in all offer it."""
+    """What views (live tables, charts, status lines, metrics) see of a running query, and the
+    controls they offer: a :class:`Query`, a worker's tasks and a captured stand-in all have it.
+    """
 
     name: str
     plan: Plan
     exception: BaseException | None
     views: dict[str, Any]
+    """Where the ui keeps what it shows of the query (``"table"``, ``"chart"``)."""
+
+    @property
+    def version(self) -> int:
+        """Increases whenever the result table changes (for cheap polling)."""
 
     def status(self) -> Status: ...
 
     def result(self) -> pl.DataFrame: ...
+
+    def late(self) -> pl.DataFrame: ...
+
+    def errors(self) -> pl.DataFrame: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def stop(self, timeout: float | None = ...) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 def _check_errors(errors: str) -> bool:

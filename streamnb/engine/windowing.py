@@ -33,6 +33,7 @@ from streamnb.definitions.aggregates import Aggregation
 from streamnb.definitions.eventtime import EventTime
 from streamnb.engine.core import POS_INF, Context, Delta, Operator
 from streamnb.engine.eventtime import WatermarkTracker, split_valid
+from streamnb.types import Emit
 
 _COMPACT_AFTER = 16
 
@@ -48,7 +49,7 @@ class WindowOperatorBase(Operator):
         event_time: EventTime,
         by: Sequence[str],
         grace_ms: int,
-        emit: str,
+        emit: Emit,
         agg: Aggregation,
         schema: pl.Schema,
         ctx: Context,

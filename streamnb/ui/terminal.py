@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import polars as pl
 
-from streamnb.engine.query import Query
+from streamnb.engine.query import Observed
 
 _HOME_AND_CLEAR = "\x1b[H\x1b[2J"
 
@@ -41,7 +41,7 @@ def status_line(status: Mapping[str, Any]) -> str:
     )
 
 
-def render(query: Query, view: Callable[[pl.DataFrame], pl.DataFrame] | None, rows: int) -> str:
+def render(query: Observed, view: Callable[[pl.DataFrame], pl.DataFrame] | None, rows: int) -> str:
     table = query.result()
     if view is not None:
         table = view(table)
@@ -50,7 +50,7 @@ def render(query: Query, view: Callable[[pl.DataFrame], pl.DataFrame] | None, ro
 
 
 def watch(
-    query: Query,
+    query: Observed,
     *,
     view: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     rows: int = 15,

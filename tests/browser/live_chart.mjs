@@ -4,7 +4,7 @@
 // with what it measured. It exits non-zero (with the reason on stderr) when a step fails.
 //
 // Environment: SNB_LAB_URL (http://127.0.0.1:PORT), SNB_TOKEN, SNB_NOTEBOOK (file name),
-// SNB_CELLS (JSON: {"setup": i, "chart": i, "pause": i, "resume": i, "show": i|null, "stop": i}),
+// SNB_CELLS (JSON: {"setup": i, "chart": i, "pause": i, "resume": i, "show": i, "stop": i}),
 // SNB_ARTIFACTS (screenshot folder), SNB_CHROMIUM (default /usr/bin/chromium),
 // SNB_DEADLINE_MS (total budget, default 100000).
 import { mkdirSync } from "node:fs";
@@ -275,8 +275,8 @@ try {
   result.trimmed = trimmed.marks;
   log(`trimmed chart: ${trimmed.marks} marks after ${trimmed.updates} updates`);
 
-  // -- the live table, if this build has one --------------------------------------------------
-  if (cells.show !== null && cells.show !== undefined) {
+  // -- the live table of stream.show() ---------------------------------------------------------
+  {
     const state = await runCell(cells.show);
     await sleep(2000);
     const views = state.outputs.filter(

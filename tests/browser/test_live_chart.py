@@ -78,16 +78,7 @@ for query in (q, k, r, globals().get("t")):
 """
 
 
-def _has_show() -> bool:
-    """Whether the live table (another part of the notebook layer) exists in this build."""
-    try:
-        widgets = importlib.import_module("streamnb.ui.notebook.widgets")
-    except ImportError:
-        return False
-    return callable(getattr(widgets, "show", None))
-
-
-def _notebook(with_show: bool) -> tuple[dict[str, Any], dict[str, int | None]]:
+def _notebook() -> tuple[dict[str, Any], dict[str, int]]:
     named = [
         ("setup", SETUP),
         ("chart", CHART),
@@ -96,7 +87,7 @@ def _notebook(with_show: bool) -> tuple[dict[str, Any], dict[str, int | None]]:
         ("again", AGAIN),
         ("keyed", KEYED),
         ("trim", TRIM),
-        *([("show", SHOW)] if with_show else []),
+        ("show", SHOW),
         ("stop", STOP),
     ]
     sources = [source for _, source in named]
@@ -113,9 +104,7 @@ def _notebook(with_show: bool) -> tuple[dict[str, Any], dict[str, int | None]]:
         },
         "cells": [{**c, "id": f"cell-{i}"} for i, c in enumerate(cells)],
     }
-    index: dict[str, int | None] = {name: i for i, (name, _) in enumerate(named)}
-    index.setdefault("show", None)
-    return nb, index
+    return nb, {name: i for i, (name, _) in enumerate(named)}
 
 
 def _free_port() -> int:
@@ -146,9 +135,9 @@ def _lab_settings(settings: Path) -> None:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, int | None], Path]]:
+def lab(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, int], Path]]:
     _ensure_deps()
-    nb, cells = _notebook(_has_show())
+    nb, cells = _notebook()
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     (notebooks / NOTEBOOK).write_text(json.dumps(nb, indent=1))
@@ -210,7 +199,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, int | None], Path]
 
 
 def test_live_chart_updates_in_place(
-    lab: tuple[str, str, dict[str, int | None], Path],
+    lab: tuple[str, str, dict[str, int], Path],
 ) -> None:
     url, token, cells, tmp_path = lab
     node = shutil.which("node")
@@ -251,8 +240,7 @@ def test_live_chart_updates_in_place(
     assert report["trimmed"] == 30
     assert not report["pageErrors"], f"uncaught page errors: {report['pageErrors']}"
     assert not report["consoleErrors"], f"console errors: {report['consoleErrors']}"
-    if cells["show"] is not None:
-        assert report.get("showWidget"), f"stream.show() displayed no widget: {report}"
+    assert report.get("showWidget"), f"stream.show() displayed no widget: {report}"
     print(
         f"\nlive chart: chart cell ran in {report['chartCellMs']} ms, first marks in the browser "
         f"{report['firstUpdateMs']} ms after running it; marks {report['marksAtTag']} -> "

@@ -173,7 +173,8 @@ def test_wait_on_a_bounded_source_finishes_and_result_equals_collect() -> None:
     assert q.status()["records_in"] == 18_400
     assert q.exception is None
     result = q.result()
-    assert result.height > 0
+    assert result["bids"].sum() + q.status()["late"] == 18_400  # every bid counted or late
+    assert result.height == result.select("window_start", "channel").n_unique()
     assert_frame_equal(result, stream.collect(timeout=TIMEOUT))
     assert q not in sn.queries()
 

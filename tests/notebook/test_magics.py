@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from polars.testing import assert_frame_equal
 
 import streamnb as sn
 from streamnb.capture import capturing
@@ -99,6 +100,17 @@ def test_cell_chart_evaluates_spec_in_the_user_namespace(
     q.wait(timeout=30)
 
 
+def test_cell_chart_runs_a_live_chart_of_the_query(run: Run) -> None:
+    run("import altair as alt")
+    spec = "alt.Chart().mark_bar().encode(x='window_start:T', y='bids:Q')"
+    q = run(f'%%stream real_chart --chart "{spec}"\n{BOUNDED}')
+    assert q.name == "real_chart" and q.chart_widget is not None
+    assert q.chart_widget.query is q and q.chart_widget.dataset == "data"
+    assert q.chart_widget.spec["mark"]["type"] == "bar"
+    assert q.wait(timeout=30)
+    assert_frame_equal(q.result(), run(BOUNDED).collect(timeout=30))
+
+
 def test_cell_to_kafka_attaches_the_sink(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     topics: list[str] = []
 
@@ -110,6 +122,23 @@ def test_cell_to_kafka_attaches_the_sink(run: Run, monkeypatch: pytest.MonkeyPat
     q = run(f"%%stream sunk --to-kafka out-topic\n{BOUNDED}")
     assert topics == ["out-topic"] and q.name == "sunk"
     q.wait(timeout=30)
+
+
+def test_cell_to_kafka_writes_the_results_to_the_topic(run: Run, bootstrap: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    topic = kafka.create_topic(AdminClient(kafka.client_config(bootstrap)), 1)
+    try:
+        run(f"%stream connect {bootstrap}")
+        q = run(f"%%stream to_topic --to-kafka {topic}\n{BOUNDED}")
+        assert q.wait(timeout=60)
+    finally:
+        kafka_client._defaults.clear()
+    written = kafka.consume_all(bootstrap, topic, min_count=q.result().height, timeout=30)
+    rows = pl.DataFrame([json.loads(r["value"] or b"null") for r in written])
+    expected = run(BOUNDED).collect(timeout=30)
+    assert rows.height == expected.height > 0
+    assert sorted(rows["bids"].to_list()) == sorted(expected["bids"].to_list())
 
 
 def test_cell_in_capture_mode_starts_nothing(run: Run) -> None:
@@ -251,16 +280,22 @@ def test_promote_writes_the_export_job_and_it_runs(run: Run, tmp_path: Path) -> 
     assert final["records_out"] == q.status()["records_out"] > 0
 
 
-def test_promote_keeps_the_kafka_sink(run: Run, tmp_path: Path) -> None:
+def test_promote_keeps_the_kafka_sink(
+    run: Run, tmp_path: Path, bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from confluent_kafka.admin import AdminClient
+
     from streamnb.plan import SinkNode
     from streamnb.promote import load_attribute
 
-    run(f"%%stream sink --to-kafka results\n{BOUNDED}").wait(timeout=30)
+    topic = kafka.create_topic(AdminClient(kafka.client_config(bootstrap)), 1)
+    monkeypatch.setenv("STREAMNB_KAFKA_BOOTSTRAP", bootstrap)
+    run(f"%%stream sink --to-kafka {topic}\n{BOUNDED}").wait(timeout=30)
     run(f"%stream promote sink --to {tmp_path / 'job.py'}")
     stream = load_attribute(f"{tmp_path / 'job.py'}:STREAM")
     root = stream.plan.root
     assert isinstance(root, SinkNode) and isinstance(root.sink, KafkaSink)
-    assert root.sink.topic == "results"
+    assert (root.sink.topic, root.sink.bootstrap) == (topic, bootstrap)
 
 
 def test_promote_translates_ipython_syntax(run: Run, tmp_path: Path) -> None:
@@ -269,7 +304,7 @@ def test_promote_translates_ipython_syntax(run: Run, tmp_path: Path) -> None:
     from streamnb.promote import load_attribute
 
     stream = load_attribute(f"{tmp_path / 'job.py'}:STREAM")  # `x = !echo 1` ran headless
-    assert stream.collect().height > 0
+    assert_frame_equal(stream.collect(timeout=30), run(BOUNDED).collect(timeout=30))
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -291,5 +326,12 @@ def test_unload_stops_the_magics_queries_and_leaves_no_thread(
     assert run("%stream list").height == 0
 
 
-def test_package_exposes_the_extension_hooks() -> None:
-    assert callable(sn.load_ipython_extension) and callable(sn.unload_ipython_extension)
+def test_package_hooks_register_and_remove_the_magics(shell: InteractiveShell) -> None:
+    shell.run_line_magic("unload_ext", "streamnb")
+    assert "stream" not in shell.magics_manager.magics["cell"]
+    sn.load_ipython_extension(shell)  # what %load_ext streamnb calls
+    assert {"stream"} <= set(shell.magics_manager.magics["cell"])
+    assert {"stream"} <= set(shell.magics_manager.magics["line"])
+    sn.unload_ipython_extension(shell)
+    assert "stream" not in shell.magics_manager.magics["line"]
+    shell.run_line_magic("load_ext", "streamnb")  # as the fixture expects to find it

@@ -84,7 +84,7 @@ def test_spec_from_a_vega_lite_dict() -> None:
 
 def test_a_bad_chart_fails_before_the_query_starts() -> None:
     before = {q.name for q in sn.queries()}
-    with pytest.raises(TypeError, match="Altair chart"):
+    with pytest.raises(sn.ConfigError, match="Altair chart"):
         sn.nexmark(rate=10).chart(object(), name="never-started")
     assert {q.name for q in sn.queries()} == before
 

@@ -22,6 +22,7 @@ from streamnb.engine.source import Sink
 from streamnb.exceptions import ConfigError
 from streamnb.io.codecs import avro
 from streamnb.io.kafka.client import client_config, resolve_bootstrap
+from streamnb.types import KafkaFormat
 
 FORMATS = ("json", "raw", "avro")
 
@@ -33,7 +34,7 @@ class KafkaSink(Sink):
 
     topic: str
     bootstrap: str
-    format: str
+    format: KafkaFormat
     key: tuple[str, ...]
     config: Mapping[str, Any] = field(repr=False)
     dlq: str | None = None
@@ -60,7 +61,7 @@ class KafkaSink(Sink):
 def kafka_sink(
     topic: str,
     *,
-    format: str,
+    format: KafkaFormat,
     key: str | Sequence[str] | None,
     errors: str | None,
     schema: pl.Schema | None,
@@ -95,7 +96,7 @@ class KafkaWriter(Operator):
         topic: str,
         *,
         bootstrap: str,
-        format: str,
+        format: KafkaFormat,
         key: Sequence[str],
         config: Mapping[str, Any],
         dlq: str | None,
@@ -246,7 +247,7 @@ def _dead_letters_to(dlq: str, ctx: Context) -> bool:
 
 
 def check_sink(
-    format: str,
+    format: KafkaFormat,
     *,
     key: str | Sequence[str] | None,
     errors: str | None,

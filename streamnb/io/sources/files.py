@@ -27,6 +27,7 @@ from streamnb.engine.source import PartOwner, Reader, Source, refuse_owner
 from streamnb.exceptions import ConfigError, SourceError
 from streamnb.io.codecs.json import why_not
 from streamnb.io.sources.records import check_timestamp
+from streamnb.types import FileFormat
 
 FORMATS = {"json": "json", "ndjson": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 """Accepted ``format=`` values and the format each one means."""
@@ -263,7 +264,7 @@ class FilesSource(Source):
         self,
         path: str | Path,
         *,
-        format: str = "json",
+        format: FileFormat = "json",
         timestamp: str | None = None,
         batch_size: int = 50_000,
     ) -> None:

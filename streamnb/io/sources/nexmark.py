@@ -23,6 +23,7 @@ from streamnb.definitions.eventtime import EventTime
 from streamnb.engine.core import Context
 from streamnb.engine.source import PartOwner, Reader, Source, refuse_owner
 from streamnb.exceptions import ConfigError
+from streamnb.types import Kind
 
 __all__ = ["CHUNK", "DEFAULT_BASE_MS", "SCHEMAS", "NexmarkSource", "generate"]
 
@@ -307,7 +308,7 @@ class NexmarkSource(Source):
         self,
         events: int | None = None,
         *,
-        kind: str = "bid",
+        kind: Kind = "bid",
         rate: float | None = None,
         event_rate: int = 100_000,
         seed: int = 0,

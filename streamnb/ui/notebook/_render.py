@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from streamnb.engine.query import Query
+from streamnb.engine.query import Observed
 from streamnb.ui.terminal import format_watermark, status_line
 
 _CELL_CHARS = 80
@@ -136,7 +136,7 @@ def snapshot_html(status: Mapping[str, Any], rows: pl.DataFrame, total: int) -> 
     return STYLE + status_html(status) + html_table(rows, caption=caption)
 
 
-def snapshot_text(query: Query, rows: pl.DataFrame) -> str:
+def snapshot_text(query: Observed, rows: pl.DataFrame) -> str:
     """A plain-text status line and table, for a terminal or a log."""
     with pl.Config(tbl_rows=max(rows.height, 1), tbl_cols=12, tbl_width_chars=120,
                    tbl_hide_dataframe_shape=True):  # fmt: skip

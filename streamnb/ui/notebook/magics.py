@@ -304,9 +304,9 @@ class StreamMagics(Magics):
         """Stop the queries started here and their views; leave no streamnb thread behind."""
         for query in self.queries.values():
             query.stop()
-            view = vars(query).get("widget")
-            if view is not None:
-                view.close()
+            for view in query.views.values():
+                if view is not None:
+                    view.close()
         self.queries.clear()
 
 

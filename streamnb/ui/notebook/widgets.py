@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from streamnb.engine.query import Query
+from streamnb.engine.query import Observed, Query
 from streamnb.exceptions import ConfigError
 from streamnb.stream import Stream
 from streamnb.types import Status
@@ -50,7 +50,7 @@ class _View:
 
     def __init__(
         self,
-        query: Query,
+        query: Observed,
         *,
         max_rows: int = 20,
         max_updates_per_second: float = 10,
@@ -268,13 +268,13 @@ class StaticView(_View):
 
 
 def display_query(
-    query: Query,
+    query: Observed,
     *,
     max_rows: int = 20,
     max_updates_per_second: float = 10,
     sort: str | Sequence[str] | None = None,
     descending: bool = True,
-) -> Query:
+) -> Observed:
     """Show a live table of an already running ``query``; return it (view as ``query.widget``)."""
     options: dict[str, Any] = {
         "max_rows": max_rows,
@@ -336,10 +336,11 @@ def show(
             raise ConfigError(f"show(sort=...): no column {column!r}; columns are {stream.columns}")
     _check_options(max_rows, max_updates_per_second)  # before anything starts
     query = stream.start(name)
-    return display_query(
+    display_query(
         query,
         max_rows=max_rows,
         max_updates_per_second=max_updates_per_second,
         sort=sort,
         descending=descending,
     )
+    return query

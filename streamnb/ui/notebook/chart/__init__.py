@@ -46,7 +46,7 @@ from streamnb.ui.notebook.chart.spec import chart_spec, static_mimebundle
 from streamnb.ui.notebook.chart.widget import Updater, _ended, _widget_class
 
 if TYPE_CHECKING:
-    from streamnb.engine.query import Query
+    from streamnb.engine.query import Observed, Query
     from streamnb.stream import Stream
 
 __all__ = [
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 
-def _display(query: Query, widget: Any, spec: dict[str, Any], wait: float, rate: float) -> None:
+def _display(query: Observed, widget: Any, spec: dict[str, Any], wait: float, rate: float) -> None:
     """Display ``widget`` with a static rendering (of the data that came within ``wait`` s).
 
     Then start its updater, which also re-renders the static part (a PNG) when no view opens.

@@ -57,8 +57,9 @@ def chart_spec(
             template.data = pl.DataFrame(schema=schema)
         spec = template.to_dict()
     else:
-        raise TypeError(
-            f"chart must be an Altair chart or a Vega-Lite dict, not {type(chart).__name__}"
+        raise ConfigError(
+            f"chart(chart=...) must be an Altair chart or a Vega-Lite dict, not "
+            f"{type(chart).__name__}"
         )
     datasets = spec.get("datasets")
     old = spec.get("data")

@@ -25,7 +25,7 @@ from streamnb.ui.notebook.chart.bundle import CSS, bundle_text
 from streamnb.ui.notebook.chart.feed import Feed
 
 if TYPE_CHECKING:
-    from streamnb.engine.query import Query
+    from streamnb.engine.query import Observed
 
 __all__ = ["GRACE_SECONDS", "POLL_SECONDS", "STATIC_EVERY_SECONDS", "Updater"]
 
@@ -53,7 +53,7 @@ def _widget_class() -> type:
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.updater: Updater | None = None
-            self.query: Query | None = None
+            self.query: Observed | None = None
             self._static: dict[str, Any] = {}
             self.on_msg(self._on_view_msg)
 
@@ -93,7 +93,7 @@ class Updater:
 
     def __init__(
         self,
-        query: Query,
+        query: Observed,
         send: Callable[[dict[str, Any]], None],
         *,
         rate: float,
@@ -220,7 +220,7 @@ class Updater:
         self._throttle.close(timeout=0)
 
 
-def _ended(query: Query) -> bool:
+def _ended(query: Observed) -> bool:
     """Whether ``query`` has ended (finished, stopped or failed), without blocking."""
     try:
         return query.wait(0)
