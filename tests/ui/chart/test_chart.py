@@ -1,6 +1,6 @@
 """The live chart's Python side: spec, rows, messages, throttle, headless runs, the JS bundle.
 
-The browser half (the same chart in JupyterLab and chromium) is tests/browser/.
+The browser half (the same chart in JupyterLab and chromium) is tests/ui/browser/.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from streamnb.ui.notebook import chart as live
 from streamnb.ui.notebook.chart import Feed, Updater, chart_spec, json_rows
 from streamnb.ui.notebook.chart.bundle import _bundle_digest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 T0_MS = 1_714_564_800_000
 

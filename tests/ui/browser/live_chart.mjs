@@ -1,5 +1,5 @@
 // Drives a real JupyterLab in Debian's chromium (playwright-core) through the live-chart
-// notebook that tests/browser/test_live_chart.py writes, and prints one line
+// notebook that tests/ui/browser/test_live_chart.py writes, and prints one line
 //   RESULT {...json...}
 // with what it measured. It exits non-zero (with the reason on stderr) when a step fails.
 //

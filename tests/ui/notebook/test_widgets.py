@@ -17,7 +17,7 @@ import streamnb as sn
 from streamnb.ui.notebook import _render, widgets
 from streamnb.ui.notebook._throttle import Throttle
 from streamnb.ui.notebook.widgets import LiveTable, StaticView, show
-from tests.notebook.conftest import wait_until
+from tests.ui.notebook.conftest import wait_until
 
 # -- the throttle ----------------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ def test_html_table_escapes_and_formats() -> None:
 
 def test_importing_streamnb_imports_no_widgets_or_ipython() -> None:
     code = "import sys, streamnb; print([m for m in ('ipywidgets', 'IPython') if m in sys.modules])"
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
     )

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
+ROOT = HERE.parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM = Path(os.environ.get("STREAMNB_CHROMIUM", "/usr/bin/chromium"))
 NOTEBOOK = "live_chart_test.ipynb"
