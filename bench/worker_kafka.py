@@ -252,6 +252,11 @@ def recovery(
     }
 
 
+def _seconds(value: float | None) -> str:
+    """A duration, or "–" when it was not observed (nothing left to read after the kill)."""
+    return "–" if value is None else f"{value:.2f} s"
+
+
 def report(
     args: argparse.Namespace, rows: list[dict[str, Any]], rec: dict[str, Any] | None, broker: Broker
 ) -> str:
@@ -296,8 +301,8 @@ def report(
             "| kill → partition owned again | state restore | kill → processing again "
             "| final output check |",
             "|---|---|---|---|",
-            f"| {rec['owned_s']:.2f} s | {rec['restore_ms']:.0f} ms | {rec['resumed_s']:.2f} s "
-            f"| {rec['check']} |",
+            f"| {_seconds(rec['owned_s'])} | {rec['restore_ms']:.0f} ms | "
+            f"{_seconds(rec['resumed_s'])} | {rec['check']} |",
             "",
             "Most of the time is the group noticing the dead member (its session timeout); "
             "the restore itself reads one snapshot from the changelog.",

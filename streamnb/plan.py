@@ -104,6 +104,17 @@ class WindowNode(Node):
         return f"window[{self.spec!r}, by={list(self.by)}, emit={self.emit}]"
 
 
+def window_output_keys(by: tuple[str, ...], emit: Emit) -> tuple[str, ...] | None:
+    """What ``emit`` means for a window's output, for every consumer of it (the result table,
+    sinks, live tables and charts read ``Plan.keys``, never ``emit``).
+
+    ``"final"``: an append stream, one row per window when it closes (no keys).
+    ``"update"``: an upsert changelog keyed by the window and its ``by`` keys; each batch's
+    changed rows replace theirs, and a session merged into another is deleted.
+    """
+    return ("window_start", "window_end", *by) if emit == "update" else None
+
+
 @dataclass(frozen=True, eq=False)
 class GroupByNode(Node):
     keys: tuple[str, ...]

@@ -33,6 +33,7 @@ from streamnb.plan import (
     SinkNode,
     UnionNode,
     WindowNode,
+    window_output_keys,
 )
 from streamnb.types import Emit, ErrorPolicy, How, JoinKind, KafkaFormat
 
@@ -577,9 +578,7 @@ class WindowedStream:
             out,
             stream.schema,
         )
-        keys = ("window_start", "window_end", *self._by) if self._emit == "update" else None
-        if isinstance(self._spec, Session) and self._emit == "final":
-            keys = None
+        keys = window_output_keys(self._by, self._emit)
         windowed = (
             self._by if self._emit == "final" and not isinstance(self._spec, Session) else None
         )
