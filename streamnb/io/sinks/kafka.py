@@ -58,36 +58,6 @@ class KafkaSink(Sink):
         )
 
 
-def kafka_sink(
-    topic: str,
-    *,
-    format: KafkaFormat,
-    key: str | Sequence[str] | None,
-    errors: str | None,
-    schema: pl.Schema | None,
-    table_keys: Sequence[str] | None,
-    bootstrap_servers: str | None,
-    config: Mapping[str, Any] | None,
-    avro_schema: Any = None,
-    headers: Mapping[str, str] | None = None,
-) -> KafkaSink:
-    """The sink ``to_kafka`` attaches, its arguments checked against the output ``schema``."""
-    bootstrap, keys, dlq = check_sink(
-        format,
-        key=key,
-        errors=errors,
-        schema=schema,
-        table_keys=table_keys,
-        bootstrap_servers=bootstrap_servers,
-        avro_schema=avro_schema,
-        headers=headers,
-    )
-    parsed = avro.parse_schema(avro_schema) if format == "avro" else None
-    return KafkaSink(
-        topic, bootstrap, format, tuple(keys), dict(config or {}), dlq, parsed, headers
-    )
-
-
 class KafkaWriter(Operator):
     """Writes each delta's rows to ``topic``; rows pass on unchanged."""
 
@@ -246,18 +216,20 @@ def _dead_letters_to(dlq: str, ctx: Context) -> bool:
     )
 
 
-def check_sink(
-    format: KafkaFormat,
+def kafka_sink(
+    topic: str,
     *,
+    format: KafkaFormat,
     key: str | Sequence[str] | None,
     errors: str | None,
     schema: pl.Schema | None,
     table_keys: Sequence[str] | None,
     bootstrap_servers: str | None,
+    config: Mapping[str, Any] | None,
     avro_schema: Any = None,
     headers: Mapping[str, str] | None = None,
-) -> tuple[str, list[str], str | None]:
-    """Validate ``to_kafka`` arguments; the bootstrap, key columns and dead-letter topic."""
+) -> KafkaSink:
+    """The sink ``to_kafka`` attaches, its arguments checked against the output ``schema``."""
     if format not in FORMATS:
         raise ConfigError(f"format={format!r} must be one of {list(FORMATS)}")
     if (format == "avro") != (avro_schema is not None):
@@ -282,4 +254,8 @@ def check_sink(
                 f"errors={errors!r}: use 'dlq:<topic>' to send error records to a dead-letter topic"
             )
         dlq = errors[4:]
-    return resolve_bootstrap(bootstrap_servers), keys, dlq
+    bootstrap = resolve_bootstrap(bootstrap_servers)
+    parsed = avro.parse_schema(avro_schema) if format == "avro" else None
+    return KafkaSink(
+        topic, bootstrap, format, tuple(keys), dict(config or {}), dlq, parsed, headers
+    )
