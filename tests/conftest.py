@@ -7,8 +7,8 @@ import os
 from hypothesis import HealthCheck, settings
 
 # One real Kafka broker per test session, shared by every test that asks for it
-# (tests/kafka, tests/notebook, ...); it starts only when a test needs it.
-pytest_plugins = ["tests.kafka.fixtures"]
+# (tests/io/kafka, tests/ui/notebook, tests/worker, ...); it starts only when a test needs it.
+pytest_plugins = ["tests.io.kafka.fixtures"]
 
 # 200 random cases per property in CI (the acceptance bar); STREAMNB_QUICK=1 for a fast loop.
 settings.register_profile(

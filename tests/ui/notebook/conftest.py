@@ -1,7 +1,7 @@
 """Fixtures for the notebook layer: a real IPython shell with the extension, thread hygiene.
 
 The shell is ``InteractiveShell.instance()`` with history off (TESTING.md); never mix it with
-``IPython.testing.globalipapp``. The Kafka broker fixtures (``tests/kafka/fixtures.py``) start
+``IPython.testing.globalipapp``. The Kafka broker fixtures (``tests/io/kafka/fixtures.py``) start
 only for the tests that ask for ``bootstrap``.
 """
 

@@ -26,7 +26,7 @@ from streamnb.io.sinks.kafka import KafkaSink
 from streamnb.stream import Stream
 from streamnb.ui.notebook.magics import StreamMagics
 from streamnb.ui.notebook.widgets import StaticView
-from tests.kafka import broker as kafka
+from tests.io.kafka import broker as kafka
 from tests.ui.notebook.conftest import streamnb_threads, wait_until
 
 Run = Callable[[str], Any]

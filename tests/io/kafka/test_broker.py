@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from tests.kafka.broker import (
+from tests.io.kafka.broker import (
     KAFKA_LOCAL,
     PRODUCER_DEFAULTS,
     KafkaBroker,

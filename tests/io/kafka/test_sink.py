@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 import streamnb as sn
-from tests.kafka.broker import KafkaRecord
-from tests.kafka.test_source import run_until
+from tests.io.kafka.broker import KafkaRecord
+from tests.io.kafka.test_source import run_until
 
 Consume = Callable[..., list[KafkaRecord]]
 

@@ -27,7 +27,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-KAFKA_LOCAL = Path(__file__).resolve().parents[2] / "scripts" / "kafka-local"
+KAFKA_LOCAL = Path(__file__).resolve().parents[3] / "scripts" / "kafka-local"
 # Generous enough for the first run, which downloads ~45 MB of jars with Maven.
 START_TIMEOUT_S = 600
 

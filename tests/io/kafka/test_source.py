@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 import streamnb as sn
-from tests.kafka.broker import KafkaBroker
+from tests.io.kafka.broker import KafkaBroker
 
 Produce = Callable[..., list[tuple[int, int]]]
 

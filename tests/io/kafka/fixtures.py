@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.kafka import broker as kafka
-from tests.kafka.broker import KafkaBroker, KafkaRecord
+from tests.io.kafka import broker as kafka
+from tests.io.kafka.broker import KafkaBroker, KafkaRecord
 
 
 @pytest.fixture(scope="session")
