@@ -125,7 +125,7 @@ def source_consumer_config(bootstrap: str, topic: str) -> dict[str, Any]:
     """
     if _SOURCE_CONFIG:
         return dict(_SOURCE_CONFIG)
-    import streamnb.io.sources.kafka as kafka_source
+    import streamnb.io.sources.kafka.reader as kafka_source
     from streamnb.engine.core import Context
 
     seen: list[dict[str, Any]] = []

@@ -1,183 +1,34 @@
-"""``sn.from_kafka``: records from Kafka topics, decoded per batch, watermarked per partition.
+"""Reading a Kafka source: :class:`KafkaReader`, what ``KafkaSource.open`` returns.
 
-Messages are fetched with ``Consumer.consume(num_messages=...)`` (never one ``poll`` per
-record), their values joined and decoded by one ``pl.read_ndjson`` call; a message that does
-not decode goes to the error side output with its bytes, topic, partition and offset. Each
-record carries its partition (hidden), so windows keep a watermark per partition and take the
-minimum over partitions that are not idle.
-
-A runtime that shares the partitions out itself (the worker: one task per partition, offsets
-committed with the state) opens the source with an owner; :class:`KafkaReader` says what it
-then gets.
+It owns the consumer: the assignment (every partition, or the group's share through its
+rebalances, an owner told of each), the reading loop (``Consumer.consume(num_messages=...)``,
+never one ``poll`` per record), hidden partition ids and idle partitions, the offsets
+(committed once processed, unless an owner commits them) and the lag. Turning a fetch into a
+frame is :mod:`.decode`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from itertools import compress
 from types import MappingProxyType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
 
-from streamnb.columns import DELETE, PARTITION
-from streamnb.definitions.durations import Duration, to_ms
 from streamnb.engine.core import Context, error_from_python
-from streamnb.engine.eventtime import split_valid
-from streamnb.engine.source import Part, PartOwner, Reader, Source
+from streamnb.engine.source import PartOwner, Reader
 from streamnb.exceptions import ConfigError, SourceError
-from streamnb.io.codecs import avro
-from streamnb.io.codecs.json import decode_ndjson, infer_json_schema
-from streamnb.io.kafka.client import _metadata, client_config, redact, resolve_bootstrap
-from streamnb.io.sources.records import check_timestamp
+from streamnb.io.kafka.client import client_config
+from streamnb.io.sources.kafka.decode import MessageDecoder
 
-RAW_SCHEMA = pl.Schema(
-    {
-        "key": pl.Binary(),
-        "value": pl.Binary(),
-        "topic": pl.String(),
-        "partition": pl.Int32(),
-        "offset": pl.Int64(),
-        "timestamp": pl.Datetime("ms", "UTC"),
-    }
-)
-FORMATS = ("json", "raw", "avro")
-_SAMPLE = 100  # records per partition to learn a JSON schema from
-
-
-class KafkaSource(Source):
-    """A Kafka topic (or several) as an unbounded source. Create it with ``sn.from_kafka``."""
-
-    def __init__(
-        self,
-        topic: str | Sequence[str],
-        *,
-        bootstrap_servers: str | None = None,
-        format: str = "json",
-        schema: Mapping[str, pl.DataType] | None = None,
-        timestamp: str | None = None,
-        start: str | datetime | Mapping[int, int] = "latest",
-        group_id: str | None = None,
-        config: Mapping[str, Any] | None = None,
-        idle_timeout: Duration = "10s",
-        connect_timeout: Duration = "10s",
-        key_column: str | None = None,
-    ) -> None:
-        self.key_column = key_column  # tables: the message key as a column, tombstones delete
-        self.topics = [topic] if isinstance(topic, str) else list(topic)
-        if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
-            raise ConfigError(f"topic={topic!r} must be a topic name or a list of them")
-        if format not in FORMATS:
-            raise ConfigError(f"format={format!r} must be one of {list(FORMATS)}")
-        if not (
-            start in ("earliest", "latest", "committed") or isinstance(start, (datetime, Mapping))
-        ):
-            raise ConfigError(
-                f"start={start!r} must be 'earliest', 'latest', 'committed', a datetime or "
-                "{partition: offset}"
-            )
-        if start == "committed" and group_id is None:
-            raise ConfigError("start='committed' needs a group_id whose offsets to resume from")
-        if isinstance(start, Mapping) and len(self.topics) > 1:
-            raise ConfigError("start={partition: offset} works with one topic")
-        self.bootstrap = resolve_bootstrap(bootstrap_servers)
-        self.config = dict(config or {})
-        self.format, self.start, self.group_id = format, start, group_id
-        self.idle_ms = to_ms(idle_timeout, name="idle_timeout", allow_zero=False)
-        meta = _metadata(self.bootstrap, self.config, connect_timeout)
-        missing = [t for t in self.topics if t not in meta.topics]
-        if missing:
-            known = sorted(t for t in meta.topics if not t.startswith("__"))
-            raise ConfigError(
-                f"topic {missing[0]!r} does not exist at {self.bootstrap}; topics: {known}"
-            )
-        self.partitions = {t: sorted(meta.topics[t].partitions) for t in self.topics}
-        self.name = f"kafka[{','.join(self.topics)}]"
-        self.bounded = False
-        self.avro = None
-        if format == "raw":
-            self.value_schema: pl.Schema | None = RAW_SCHEMA
-        elif format == "avro":
-            self.avro = avro.parse_schema(schema)
-            self.value_schema = avro.polars_schema(self.avro)
-        elif schema is not None:
-            self.value_schema = pl.Schema(schema)
-        else:
-            self.value_schema = self._sample_schema() or None
-        self.time_column = timestamp or "timestamp"
-        self.kafka_time = timestamp is None or (format == "raw" and timestamp == "timestamp")
-        self.schema = self._output_schema()
-        self.event_time = check_timestamp(
-            self.time_column, self.schema, f"topic {self.topics[0]!r}"
-        )
-
-    def _output_schema(self) -> pl.Schema | None:
-        if self.value_schema is None:
-            return None
-        if self.key_column is not None:
-            return pl.Schema({self.key_column: pl.String(), **self._value_and_time()})
-        return self._value_and_time()
-
-    def _value_and_time(self) -> pl.Schema:
-        assert self.value_schema is not None
-        if self.format == "raw" or not self.kafka_time:
-            return self.value_schema
-        if "timestamp" in self.value_schema:
-            raise ConfigError(
-                "the records have a field 'timestamp', which would clash with the Kafka record "
-                "timestamp column; pass timestamp='timestamp' to use the field as event time"
-            )
-        return pl.Schema({**self.value_schema, "timestamp": pl.Datetime("ms", "UTC")})
-
-    def _sample_schema(self) -> pl.Schema:
-        """Learn a JSON schema from the newest records (empty schema if there are none)."""
-        from streamnb.io.kafka.client import peek
-
-        sample = peek(
-            self.topics[0],
-            _SAMPLE,
-            bootstrap_servers=self.bootstrap,
-            format="raw",
-            config=self.config,
-        )
-        return infer_json_schema([v for v in sample["value"].to_list() if v is not None])
-
-    def list_parts(self) -> list[Part]:
-        """The topics' partitions, ``(topic, partition)``: what a consumer group shares out."""
-        return [(t, p) for t, ps in self.partitions.items() for p in ps]
-
-    def open(
-        self,
-        ctx: Context,
-        *,
-        owner: PartOwner | None = None,
-        extra_topics: Sequence[str] = (),
-    ) -> KafkaReader:
-        """Start reading (see :class:`KafkaReader`); ``owner`` and ``extra_topics`` are for a
-        runtime that manages the group's partitions itself (the worker)."""
-        return KafkaReader(self, ctx, owner=owner, extra_topics=extra_topics)
-
-    def partition_scopes(self) -> frozenset[tuple[object, ...]]:
-        return frozenset(("kafka", t) for t in self.topics)
-
-    def in_group(self, group_id: str) -> KafkaSource:
-        """This source as a member of consumer group ``group_id`` (the worker's scale-out):
-        partitions are shared among the group's members and resume from its commits."""
-        member = copy.copy(self)
-        member.group_id = group_id
-        return member
-
-    def __repr__(self) -> str:
-        return (
-            f"KafkaSource({self.topics}, bootstrap={self.bootstrap!r}, format={self.format!r}, "
-            f"config={redact(self.config)})"
-        )
+if TYPE_CHECKING:
+    from streamnb.io.sources.kafka.source import KafkaSource
 
 
 class KafkaReader(Reader):
@@ -224,7 +75,7 @@ class KafkaReader(Reader):
         if extra_topics and owner is None:
             raise ConfigError(f"{source.name}: extra_topics are read only under an owner")
         self.source, self.ctx = source, ctx
-        self.schema = source.value_schema
+        self._decoder = MessageDecoder(source, ctx)
         self.extra_messages: list[Any] = []
         """The messages of ``extra_topics`` that the last :meth:`read` fetched, undecoded."""
         self.lags: dict[tuple[str, int], int] = {}
@@ -278,6 +129,11 @@ class KafkaReader(Reader):
             self._assign(
                 self._start_offsets([(t, p) for t, ps in source.partitions.items() for p in ps])
             )
+
+    @property
+    def schema(self) -> pl.Schema | None:
+        """The value schema it decodes with (learnt from the first batch if the source had none)."""
+        return self._decoder.schema
 
     # -- for an owner ------------------------------------------------------------------------
     @property
@@ -448,7 +304,11 @@ class KafkaReader(Reader):
         if now - self._lag_measured > 0.5:
             self._lag_measured = now
             self._measure_lag()
-        return self._decode(messages, numbers, topics, pids) if messages else None
+        if not messages:
+            return None
+        offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
+        self._remember(topics, numbers, offsets)
+        return self._decoder.frame(messages, numbers, offsets, topics, pids)
 
     def _without_errors(self, messages: list[Any]) -> list[Any]:
         """Drop error events: fatal ones stop the query, others are reported and skipped."""
@@ -490,126 +350,6 @@ class KafkaReader(Reader):
         return np.array(
             [self._lut[t][p] for t, p in zip(topics, numbers, strict=True)], dtype=np.int64
         )
-
-    def _decode(
-        self, messages: list[Any], numbers: np.ndarray, topics: list[str] | None, pids: np.ndarray
-    ) -> pl.DataFrame | None:
-        from confluent_kafka import Message
-
-        n = len(messages)
-        offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
-        self._remember(topics, numbers, offsets)
-        stamps = np.empty(0, dtype=np.int64)
-        if self.source.kafka_time or self.source.format == "raw":  # only then: 1 call a record
-            stamps = np.fromiter(
-                (t for _, t in map(Message.timestamp, messages)), dtype=np.int64, count=n
-            )
-        if self.source.format == "raw":
-            df = pl.DataFrame(
-                {
-                    "key": pl.Series(list(map(Message.key, messages)), dtype=pl.Binary),
-                    "value": pl.Series(list(map(Message.value, messages)), dtype=pl.Binary),
-                    "topic": topics or [self.source.topics[0]] * n,
-                    "partition": pl.Series(numbers, dtype=pl.Int32),
-                    "offset": offsets,
-                    "timestamp": pl.Series(stamps).cast(pl.Datetime("ms", "UTC")),
-                }
-            )
-            keep = np.arange(n)
-        else:
-            values = list(map(Message.value, messages))
-            if self.schema is None:  # nothing to learn from at definition time: first batch
-                self.schema = infer_json_schema(values[: _SAMPLE * 10])
-            tombstones: list[int] = []
-            if self.source.key_column is not None and None in values:
-                tombstones = [i for i, v in enumerate(values) if v is None]
-                values = [b"" if v is None else v for v in values]  # blank: skipped silently
-            df, kept = self._decode_values(values, topics, numbers, offsets)
-            keep = np.array(kept, dtype=np.int64)
-            if self.source.key_column is not None:
-                df, keep = self._with_keys(df, keep, tombstones, messages)
-            if self.source.kafka_time:
-                df = df.with_columns(
-                    pl.Series("timestamp", stamps[keep]).cast(pl.Datetime("ms", "UTC"))
-                )
-        df = df.with_columns(pl.Series(PARTITION, pids[keep], dtype=pl.Int64))
-        df, errors = split_valid(
-            df, self.source.time_column, source=self.source.name, positions=pl.Series(offsets[keep])
-        )
-        if errors is not None:
-            self.ctx.error(errors)
-        return df
-
-    def _decode_values(
-        self,
-        values: list[bytes | None],
-        topics: list[str] | None,
-        numbers: np.ndarray,
-        offsets: np.ndarray,
-    ) -> tuple[pl.DataFrame, list[int]]:
-        assert self.schema is not None
-        source = self.source
-
-        def on_error(i: int, doc: bytes, why: str) -> None:
-            topic = topics[i] if topics else source.topics[0]
-            reason = f"{topic}/{int(numbers[i])}@{int(offsets[i])}: {why}"
-            self.ctx.error(
-                error_from_python(
-                    source.name,
-                    int(offsets[i]),
-                    reason,
-                    doc,
-                    topic=topic,
-                    partition=int(numbers[i]),
-                    offset=int(offsets[i]),
-                )
-            )
-
-        schema = self.schema
-
-        def decode(
-            docs: list[bytes], report: Callable[[int, bytes, str], None]
-        ) -> tuple[pl.DataFrame, list[int]]:
-            if source.avro is not None:
-                return avro.decode(docs, source.avro, schema, report)
-            return decode_ndjson(docs, schema, report)
-
-        if None in values:  # tombstones carry no record (tables handle them before)
-            for i, v in enumerate(values):
-                if v is None:
-                    on_error(i, b"", "null value (tombstone)")
-            present = [i for i, v in enumerate(values) if v is not None]
-            df, kept = decode(
-                [v for v in values if v is not None],
-                lambda j, doc, why: on_error(present[j], doc, why),
-            )
-            return df, [present[j] for j in kept]
-        return decode(cast(list[bytes], values), on_error)
-
-    def _with_keys(
-        self, df: pl.DataFrame, keep: np.ndarray, tombstones: list[int], messages: list[Any]
-    ) -> tuple[pl.DataFrame, np.ndarray]:
-        """Tables: the message key as a column, tombstones as delete rows, in arrival order."""
-        from confluent_kafka import Message
-
-        assert self.source.key_column is not None
-        rows = pl.concat(
-            [
-                df.with_columns(pl.lit(False).alias(DELETE)),
-                pl.DataFrame({DELETE: [True] * len(tombstones)}),
-            ],
-            how="diagonal_relaxed",
-        )
-        index = np.concatenate([keep, np.array(tombstones, dtype=np.int64)])
-        order = np.argsort(index, kind="stable")
-        keys = list(map(Message.key, messages))
-        picked = [keys[i] for i in index[order]]
-        column = pl.Series(
-            self.source.key_column,
-            [None if k is None else k.decode("utf-8", "replace") for k in picked],
-            dtype=pl.String,
-        )
-        return rows[order].with_columns(column), index[order]
 
     # -- offsets -----------------------------------------------------------------------------
     def _remember(self, topics: list[str] | None, numbers: np.ndarray, offsets: np.ndarray) -> None:
