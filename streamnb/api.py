@@ -9,9 +9,11 @@ from typing import Any
 
 import polars as pl
 
+from streamnb.columns import DELETE
 from streamnb.engine.source import Source
+from streamnb.exceptions import ConfigError
 from streamnb.io.sources.records import RecordsSource
-from streamnb.plan import Plan, SourceNode, TableNode
+from streamnb.plan import MapNode, Plan, SourceNode, TableNode
 from streamnb.stream import Stream
 from streamnb.types import FileFormat, KafkaFormat, Kind
 
@@ -154,12 +156,32 @@ def table_from_records(
     key: str | list[str],
     batch_size: int = 10_000,
     schema: Mapping[str, pl.DataType] | None = None,
+    deleted: str | None = None,
 ) -> Stream:
-    """A table replayed from records: each record is the new row of its ``key``."""
+    """A table replayed from records: each record is the new row of its ``key``.
+
+    ``deleted`` names a boolean column: a record where it is true is a tombstone (the key's
+    row is deleted; its other columns are ignored), as a null Kafka value is in
+    ``table_from_kafka``. The column is not part of the table. Joined as a table, it is read
+    to its end before any stream record is joined (docs/semantics.md §3.10).
+    """
     stream = from_records(data, batch_size=batch_size, schema=schema)
     keys = (key,) if isinstance(key, str) else tuple(key)
     stream._check_columns(keys, "table_from_records(key=...)")
-    return Stream(Plan(stream.plan.root, stream.schema, None, True, keys))
+    root, columns = stream.plan.root, stream.schema
+    if deleted is not None:
+        stream._check_columns([deleted], "table_from_records(deleted=...)")
+        if deleted in keys:
+            raise ConfigError(f"table_from_records(deleted={deleted!r}) cannot be a key column")
+        if columns is not None and columns[deleted] not in (pl.Boolean, pl.Null):
+            raise ConfigError(
+                f"table_from_records(deleted={deleted!r}): the column must be boolean, "
+                f"not {columns[deleted]}"
+            )
+        root = MapNode((root,), "deleted", lambda f: f.rename({deleted: DELETE}))
+        if columns is not None:
+            columns = pl.Schema({c: t for c, t in columns.items() if c != deleted})
+    return Stream(Plan(TableNode((root,), keys), columns, None, True, keys))
 
 
 def table_from_kafka(

@@ -63,6 +63,7 @@ class CapturedQuery:
             "watermark": None,
             "lag": None,
             "rate": 0.0,
+            "loading": {},
         }
 
     @property

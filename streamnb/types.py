@@ -63,3 +63,6 @@ class Status(TypedDict):
     watermark: datetime | int | None
     lag: int | None
     rate: float
+    loading: dict[str, float | None]
+    """Table sources still being bootstrapped (read to where they stood at the start), with
+    how far each is (0 to 1, when the source can tell); empty once every table is loaded."""

@@ -3,6 +3,10 @@
 A batch takes whatever a source has ready, up to ``max_batch`` records: an idle stream runs
 batches of a few records (low latency), a busy one batches of tens of thousands (throughput).
 The executor is synchronous; :class:`streamnb.engine.query.Query` runs it in a thread.
+
+Tables are bootstrapped (docs/semantics.md §3.10): the sources of a stream–table join's table
+side are read up to where they stood when the query started (a bounded one to its end) before
+any other source is read, as Kafka Streams reads a GlobalKTable before its tasks start.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import polars as pl
 from streamnb.engine.compile import build, runnable_source
 from streamnb.engine.core import Context, Delta, Operator
 from streamnb.engine.source import Reader
-from streamnb.plan import Node, SourceNode
+from streamnb.plan import JoinNode, Node, SourceNode
 
 DEFAULT_MAX_BATCH = 50_000
 
@@ -51,6 +55,16 @@ class Pipeline:
             if isinstance(node, SourceNode):
                 self.sources.append(step)
             stack.extend((child, step, i) for i, child in reversed(list(enumerate(node.inputs))))
+
+    def feeds_table(self, source: Step) -> bool:
+        """Whether ``source``'s records reach the table side of a stream–table join."""
+        step = source
+        while step.parent is not None:
+            node = step.parent.node
+            if isinstance(node, JoinNode) and node.kind == "stream_table" and step.side == 1:
+                return True
+            step = step.parent
+        return False
 
     def push(self, source: Step, rows: pl.DataFrame) -> None:
         self._deliver(source.parent, Delta(rows), source.side)
@@ -109,6 +123,7 @@ class Runner:
         self.ctx = ctx
         self.max_batch = max_batch
         self.readers: list[tuple[Step, Reader]] = []
+        self.loading: list[tuple[Step, Reader]] = []  # table sources still bootstrapping
         self.stop_event = threading.Event()
         self.resume_event = threading.Event()
         self.resume_event.set()
@@ -121,6 +136,7 @@ class Runner:
         for step in self.pipeline.sources:
             assert isinstance(step.node, SourceNode)  # Pipeline collects only those
             self.readers.append((step, runnable_source(step.node).open(self.ctx)))
+        self.loading = [(s, r) for s, r in self.readers if self.pipeline.feeds_table(s)]
 
     def close(self) -> None:
         # sinks flush first, so that sources commit only offsets whose output is out
@@ -142,9 +158,11 @@ class Runner:
                 continue
             if deadline is not None and time.monotonic() > deadline:
                 return False
-            wait = 0.1 if len(active) == 1 else 0.0
+            self.loading = [(s, r) for s, r in self.loading if not _loaded(s, r)]
+            reading = [pair for pair in active if pair in self.loading] or active
+            wait = 0.1 if len(reading) == 1 else 0.0
             got = 0
-            for source, reader in list(active):
+            for source, reader in reading:
                 rows = reader.read(self.max_batch, wait)
                 if rows is not None and rows.height:
                     got += rows.height
@@ -155,9 +173,14 @@ class Runner:
                     active.remove((source, reader))
                     self.pipeline.finish(source)
             self.rates.note(self.records_in)
-            if not got and len(active) > 1:
+            if not got and len(reading) > 1:
                 time.sleep(0.005)
         return True
+
+    def bootstrapping(self) -> dict[str, float | None]:
+        """The table sources still being read to where they stood at the start: how far each
+        is (a fraction, when the source can tell)."""
+        return {s.node.source.name: r.bootstrap_progress() for s, r in self.loading}  # type: ignore[attr-defined]
 
     def rate(self) -> float:
         """Records per second over the last few seconds."""
@@ -167,3 +190,10 @@ class Runner:
         lags = [reader.lag() for _, reader in self.readers]
         known = [x for x in lags if x is not None]
         return sum(known) if known else None
+
+
+def _loaded(source: Step, reader: Reader) -> bool:
+    """A table source is bootstrapped: a bounded one at its end, another once caught up."""
+    if reader.done:
+        return True
+    return not runnable_source(source.node).bounded and reader.caught_up()  # type: ignore[arg-type]

@@ -185,6 +185,7 @@ class Query:
             "watermark": self._watermark(),
             "lag": runner.lag(),
             "rate": round(runner.rate(), 1),
+            "loading": runner.bootstrapping(),
         }
 
     def _watermark(self) -> datetime | int | None:

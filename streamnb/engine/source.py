@@ -85,6 +85,16 @@ class Reader(ABC):
         """Records available but not yet read, when the source can tell."""
         return None
 
+    def caught_up(self) -> bool:
+        """Whether the reader has read everything that was there when it opened (a table
+        source is bootstrapped once it has). Sources without such an end are caught up at
+        once; bounded ones when they are ``done``."""
+        return True
+
+    def bootstrap_progress(self) -> float | None:
+        """How much of what was there when the reader opened it has read (0 to 1), if known."""
+        return None
+
     def close(self) -> None:
         """Release resources (files, consumers)."""
 

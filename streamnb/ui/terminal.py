@@ -28,6 +28,14 @@ def format_watermark(watermark: datetime | int | None) -> str:
     return f"{watermark:,}" if isinstance(watermark, int) else str(watermark)
 
 
+def loading_text(status: Mapping[str, Any]) -> str:
+    """The tables a query is still bootstrapping: ``loading table kafka[customers]: 61 %``."""
+    return ", ".join(
+        f"loading table {name}" + ("" if done is None else f": {done:.0%}".replace("%", " %"))
+        for name, done in (status.get("loading") or {}).items()
+    )
+
+
 def status_line(status: Mapping[str, Any]) -> str:
     """One line of a query's ``status()``: the console view, the worker's progress line and
     the notebook's text snapshots all print this."""
@@ -38,7 +46,7 @@ def status_line(status: Mapping[str, Any]) -> str:
         f"lag {'–' if lag is None else f'{lag:,}'}  "
         f"watermark {format_watermark(status['watermark'])}  "
         f"late {status['late']:,}  errors {status['errors']:,}"
-    )
+    ) + (f"  ({loading})" if (loading := loading_text(status)) else "")
 
 
 def render(query: Observed, view: Callable[[pl.DataFrame], pl.DataFrame] | None, rows: int) -> str:

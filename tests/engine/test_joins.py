@@ -53,7 +53,8 @@ def test_stream_table_join_meets_the_row_current_at_arrival(
     rows = [{"k": k, "w": w} for k, w in table]
     expected: list[dict[str, Any]] = []
     current: dict[Any, int] = {}
-    for side, row in arrival(events, rows, bl, br):
+    # a bounded table is read to its end before any stream record joins it (§3.10)
+    for side, row in [(1, r) for r in rows] + [(0, e) for e in events]:
         if side == 1:
             current[row["k"]] = row["w"]
         elif row["k"] is not None and row["k"] in current:
@@ -66,7 +67,7 @@ def test_stream_table_join_meets_the_row_current_at_arrival(
     )
     got = left.join(right, on="k", how=how).collect()  # type: ignore[arg-type]
     want = pl.DataFrame(expected, schema={"k": pl.String, "v": pl.Int64, "w": pl.Int64})
-    assert_frame_equal(got, want)  # in arrival order
+    assert_frame_equal(got, want)  # in the stream's order, whatever the batch sizes
 
 
 def test_a_running_aggregate_is_a_table() -> None:
@@ -74,10 +75,10 @@ def test_a_running_aggregate_is_a_table() -> None:
     counts = clicks.group_by("user").agg(pl.len().alias("clicks"))
     later = sn.from_records([{"user": u, "n": i} for i, u in enumerate("abcd")], batch_size=1)
     got = later.join(counts, on="user", how="left").collect()
-    # batches alternate: later[0], counts after clicks[0:2], later[1], counts after [2:4], ...
+    # the table side is bootstrapped: every click is counted before `later` is read (§3.10)
     assert got.to_dicts() == [
-        {"user": "a", "n": 0, "clicks": None},
-        {"user": "b", "n": 1, "clicks": 1},
+        {"user": "a", "n": 0, "clicks": 3},
+        {"user": "b", "n": 1, "clicks": 2},
         {"user": "c", "n": 2, "clicks": 1},
         {"user": "d", "n": 3, "clicks": None},
     ]
@@ -264,3 +265,60 @@ def test_join_definition_errors() -> None:
         s.join(table, on="nope")
     with pytest.raises(sn.ConfigError, match="table joins a table"):
         table.join(s, on="k")
+
+
+# -- tables are bootstrapped (docs/semantics.md §3.10) -----------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1_000, 7_919, 50_000])
+def test_a_bounded_table_is_read_to_its_end_before_the_stream_is_joined(batch: int) -> None:
+    n = 60_000
+    table = sn.table_from_records(
+        pl.DataFrame({"k": range(n), "v": [2 * i for i in range(n)]}), key="k", batch_size=batch
+    )
+    stream = sn.from_records(pl.DataFrame({"k": range(n)}), batch_size=batch)
+    joined = stream.join(table, on="k").collect()
+    assert joined.height == n
+    assert (joined["v"] == 2 * joined["k"]).all()
+
+
+def test_table_records_can_be_tombstones() -> None:
+    table = sn.table_from_records(
+        [
+            {"cid": 1, "name": "ann", "gone": False},
+            {"cid": 2, "name": "bob", "gone": None},
+            {"cid": 1, "name": None, "gone": True},  # ann leaves
+            {"cid": 3, "name": "cy", "gone": False},
+            {"cid": 3, "name": None, "gone": True},
+            {"cid": 3, "name": "cy again", "gone": False},  # and comes back
+        ],
+        key="cid",
+        deleted="gone",
+        batch_size=1,
+    )
+    assert table.columns == ["cid", "name"]
+    assert table.collect().sort("cid").to_dicts() == [
+        {"cid": 2, "name": "bob"},
+        {"cid": 3, "name": "cy again"},
+    ]
+    orders = sn.from_records([{"oid": i, "cid": c} for i, c in enumerate([1, 2, 3, 4])])
+    joined = orders.join(table, on="cid", how="left").collect()
+    assert joined["name"].to_list() == [None, "bob", "cy again", None]
+
+
+@pytest.mark.parametrize(
+    ("deleted", "message"),
+    [("nope", "no column 'nope'"), ("name", "must be boolean"), ("cid", "cannot be a key")],
+)
+def test_a_bad_tombstone_column_is_named(deleted: str, message: str) -> None:
+    rows = [{"cid": 1, "name": "ann", "flag": True}]
+    with pytest.raises(sn.ConfigError, match=message):
+        sn.table_from_records(rows, key="cid", deleted=deleted)
+
+
+def test_status_shows_no_table_loading_once_done() -> None:
+    table = sn.table_from_records([{"k": 1, "v": 1}], key="k")
+    query = sn.from_records([{"k": 1}]).join(table, on="k").start()
+    assert query.wait(timeout=30)
+    assert query.status()["loading"] == {}
+    assert query.result().to_dicts() == [{"k": 1, "v": 1}]

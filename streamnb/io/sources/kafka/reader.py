@@ -119,6 +119,8 @@ class KafkaReader(Reader):
         self._started: set[tuple[str, int]] = set()  # partitions given their start position
         self._lag: int | None = None
         self._lag_measured = 0.0
+        self._ends: dict[tuple[str, int], tuple[int, int]] | None = None  # (low, high) at start
+        self._progress: float | None = None
         if source.group_id is not None:
             self._consumer.subscribe(
                 [*source.topics, *sorted(self._extra - set(source.topics))],
@@ -393,6 +395,39 @@ class KafkaReader(Reader):
             return
         self.lags = lags
         self._lag = sum(lags.values())
+
+    # -- bootstrapping (tables) --------------------------------------------------------------
+    def caught_up(self) -> bool:
+        """Whether every partition has been read up to the end it had at the first call (the
+        query's start): a table is bootstrapped then. Called on the reading thread."""
+        from confluent_kafka import TopicPartition
+
+        if self._ends is None:
+            self._ends = {}
+            for tp in self._consumer.assignment():
+                try:
+                    low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+                except Exception as exc:  # the broker is gone: the read fails with the reason
+                    raise SourceError(
+                        f"cannot read the end offsets of {tp.topic}: {_reason(exc)}"
+                    ) from exc
+                if high > low:
+                    self._ends[(tp.topic, tp.partition)] = (low, high)
+        if not self._ends:
+            self._progress = 1.0
+            return True
+        positions = self._consumer.position([TopicPartition(t, p) for t, p in self._ends])
+        read = total = 0
+        for tp in positions:
+            low, high = self._ends[(tp.topic, tp.partition)]
+            at = tp.offset if tp.offset >= 0 else self._positions.get((tp.topic, tp.partition), low)
+            read += min(max(at, low), high) - low
+            total += high - low
+        self._progress = read / total
+        return read >= total
+
+    def bootstrap_progress(self) -> float | None:
+        return self._progress
 
     def close(self) -> None:
         """Leave the group (an owner hears of the revocation) and close the consumer."""
