@@ -760,7 +760,7 @@ def _profile_parts(raw: dict[Any, Any], total: float) -> dict[str, float]:
         return sum(v[3] for f, v in raw.items() if file_part in f[0] and f[2] == name)
 
     consume = sum(v[2] for f, v in raw.items() if f[0] == "~" and "'consume' of" in f[2])
-    read = cum("streamnb/io/sources/kafka.py", "read")
+    read = cum("streamnb/io/sources/kafka/reader.py", "read")
     decode = cum("streamnb/io/codecs/json.py", "decode_ndjson")
     push = cum("streamnb/engine/executor.py", "push")
     return {
