@@ -110,3 +110,13 @@ def test_a_plan_node_the_engine_cannot_run_is_named() -> None:
     bogus = SourceNode((), object())  # type: ignore[arg-type]
     with pytest.raises(sn.ConfigError, match="is not a source"):
         sn.Stream(stream.plan.then(bogus)).collect()
+
+
+def test_a_record_kafka_refuses_is_a_sink_error_naming_the_topic() -> None:
+    from confluent_kafka import Producer
+
+    from streamnb.io.kafka.client import produce
+
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9", "message.max.bytes": 1_000})
+    with pytest.raises(sn.exceptions.SinkError, match="cannot write to out-topic"):
+        produce(producer, "out-topic", b"x" * 10_000)

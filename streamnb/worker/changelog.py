@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from streamnb.exceptions import ConfigError, SourceError
+from streamnb.io.kafka.client import produce
 
 METADATA_PREFIX = "sn1:"
 SNAPSHOT_HEADER = "sn-snapshot"
@@ -78,18 +79,14 @@ class Changelog:
         """Produce a snapshot's records; the offset metadata that points at it."""
         headers = [(SNAPSHOT_HEADER, str(snapshot_id).encode())]
         for i, record in enumerate(records):
-            while True:
-                try:
-                    self.producer.produce(
-                        self.topic,
-                        record,
-                        key=str(i).encode(),
-                        partition=partition,
-                        headers=headers,
-                    )
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
+            produce(
+                self.producer,
+                self.topic,
+                record,
+                str(i).encode(),
+                partition=partition,
+                headers=headers,
+            )
         return f"{METADATA_PREFIX}{snapshot_id}:{len(records)}"
 
     def read(self, partition: int, snapshot_id: int, count: int) -> bytes:

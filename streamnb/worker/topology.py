@@ -26,6 +26,7 @@ from streamnb.definitions.eventtime import EventTime
 from streamnb.engine.core import Context, Delta, Operator
 from streamnb.engine.source import PartOwner, Reader, Sink, Source
 from streamnb.exceptions import ConfigError, SourceError
+from streamnb.io.kafka.client import produce
 from streamnb.plan import GroupByNode, JoinNode, Node, SinkNode, SourceNode, WindowNode
 
 
@@ -178,12 +179,7 @@ class RepartitionWriter(Operator):
     def _send(self, partition: int, frame: pl.DataFrame) -> None:
         buffer = io.BytesIO()
         frame.write_ipc(buffer)
-        while True:
-            try:
-                self.producer.produce(self.topic, buffer.getvalue(), partition=partition)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+        produce(self.producer, self.topic, buffer.getvalue(), partition=partition)
 
 
 def decode(messages: list[Any]) -> pl.DataFrame | None:

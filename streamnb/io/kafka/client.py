@@ -17,9 +17,9 @@ from typing import Any
 import polars as pl
 
 from streamnb.definitions.durations import Duration, to_ms
-from streamnb.exceptions import ConfigError, SourceError
+from streamnb.exceptions import ConfigError, SinkError, SourceError
 
-__all__ = ["client_config", "connect", "peek", "resolve_bootstrap", "topics"]
+__all__ = ["client_config", "connect", "peek", "produce", "resolve_bootstrap", "topics"]
 
 log = logging.getLogger("streamnb.kafka")
 
@@ -217,3 +217,29 @@ def peek(
     return decoded.with_columns(**{k: v.gather(picked) for k, v in meta_cols.items()}).sort(
         "_timestamp", "_partition", "_offset"
     )
+
+
+def produce(
+    producer: Any,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None = None,
+    **options: Any,
+) -> None:
+    """``producer.produce(...)``, waiting while the local queue is full (deliveries drain it);
+    a record the client refuses (too large, an unknown partition, a fenced producer) raises
+    :class:`SinkError` naming the topic."""
+    from confluent_kafka import KafkaException
+
+    if key is not None:
+        options["key"] = key
+    while True:
+        try:
+            producer.produce(topic, value, **options)
+            return
+        except BufferError:
+            producer.poll(0.05)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else exc
+            reason = error.str() if hasattr(error, "str") else str(exc)
+            raise SinkError(f"cannot write to {topic}: {reason}") from exc

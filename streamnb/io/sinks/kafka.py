@@ -21,7 +21,7 @@ from streamnb.engine.core import Context, Delta, Operator
 from streamnb.engine.source import Sink
 from streamnb.exceptions import ConfigError
 from streamnb.io.codecs import avro
-from streamnb.io.kafka.client import client_config, resolve_bootstrap
+from streamnb.io.kafka.client import client_config, produce, resolve_bootstrap
 from streamnb.types import KafkaFormat
 
 FORMATS = ("json", "raw", "avro")
@@ -143,17 +143,11 @@ class KafkaWriter(Operator):
         topic: str | None = None,
         headers: Sequence[Any] | None = None,
     ) -> None:
-        produce = self.producer.produce
-        target = topic or self.topic
+        producer, target = self.producer, topic or self.topic
         for i, value in enumerate(values):
             key = keys[i] if keys is not None else None
             extra = {"headers": headers[i]} if headers is not None else {}
-            while True:
-                try:
-                    produce(target, value, key, **extra)
-                    break
-                except BufferError:  # the local queue is full: let deliveries drain
-                    self.producer.poll(0.05)
+            produce(producer, target, value, key, **extra)
 
     def _failed(self, err: Any, msg: Any) -> None:
         from streamnb.engine.core import error_from_python
