@@ -200,7 +200,7 @@ class Plan:
         return replace(self, root=root, **known)
 
     def nodes(self) -> list[Node]:
-        return nodes(self.root)
+        return list(walk(self.root))
 
     def sources(self) -> list[SourceDefinition]:
         """The source definitions, left to right."""
@@ -211,16 +211,6 @@ class Plan:
 
     def explain(self) -> str:
         return explain(self.root)
-
-
-def nodes(root: Node) -> list[Node]:
-    """``root`` and every node below it."""
-    found, stack = [], [root]
-    while stack:
-        node = stack.pop()
-        found.append(node)
-        stack.extend(node.inputs)
-    return found
 
 
 def walk(root: Node) -> Iterator[Node]:
