@@ -4,11 +4,14 @@ Before the first record is read, :func:`ensure_topics` checks that every Kafka s
 (and dead-letter topic) exists, since a record for a missing topic would fail only at delivery,
 and creates the worker's internal topics (the changelog, the repartition topic) with as many
 partitions as the input topic, keeping them if they exist. :func:`producer_only` strips a
-source's consumer settings for the worker's producer and admin client.
+source's consumer settings for the worker's producer and admin client. A :class:`Purger`
+deletes the repartition records that downstream tasks have checkpointed past.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +25,10 @@ CHANGELOG_CONFIG = {"cleanup.policy": "compact", "segment.bytes": str(2**26)}
 """The changelog keeps the latest records of each key (a snapshot's chunks)."""
 
 REPARTITION_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1"}
-"""The repartition topic keeps everything: downstream tasks resume from their commits."""
+"""The repartition topic keeps what downstream tasks have not checkpointed past (they resume
+from their commits); the :class:`Purger` deletes the rest, so nothing expires unread."""
+
+log = logging.getLogger("streamnb.worker")
 
 _CONSUMER_ONLY = (
     "group.",
@@ -80,3 +86,41 @@ def ensure_topics(
         except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
                 raise SourceError(f"cannot create topic {name}: {exc}") from exc
+
+
+class Purger:
+    """Deletes the records of ``topic`` (a repartition topic) below the offsets its downstream
+    tasks have committed: a task restored on any worker resumes from its commit, so nothing
+    before it is read again (Kafka Streams purges its repartition topics the same way).
+
+    Deletion is asynchronous (the admin request runs while the worker goes on); a failure is
+    logged and retried with the next checkpoint's offsets."""
+
+    def __init__(self, source: KafkaSource, topic: str) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self.topic = topic
+        self._admin = AdminClient(client_config(source.bootstrap, producer_only(source.config)))
+        self._asked: dict[int, int] = {}  # partition -> offset already asked to delete below
+
+    def purge(self, committed: Mapping[int, int]) -> None:
+        """Delete below ``committed`` (partition -> offset) where it moved since the last call."""
+        from confluent_kafka import TopicPartition
+
+        wanted = [
+            TopicPartition(self.topic, p, offset)
+            for p, offset in committed.items()
+            if offset > self._asked.get(p, 0)
+        ]
+        if not wanted:
+            return
+        for tp in wanted:
+            self._asked[tp.partition] = tp.offset
+        for tp, future in self._admin.delete_records(wanted, request_timeout=30).items():
+            future.add_done_callback(functools.partial(self._done, tp))
+
+    def _done(self, tp: Any, future: Any) -> None:
+        error = future.exception()
+        if error is not None:  # asked again with the next checkpoint's offsets
+            log.warning("cannot purge %s/%d below %d: %s", tp.topic, tp.partition, tp.offset, error)
+            self._asked.pop(tp.partition, None)

@@ -54,7 +54,7 @@ from streamnb.io.sources.kafka import KafkaReader, KafkaSource
 from streamnb.plan import Plan
 from streamnb.types import QueryState, Status
 from streamnb.worker import topology
-from streamnb.worker.admin import CHANGELOG_CONFIG, REPARTITION_CONFIG, ensure_topics
+from streamnb.worker.admin import CHANGELOG_CONFIG, REPARTITION_CONFIG, Purger, ensure_topics
 from streamnb.worker.assignment import TP, Tasks
 from streamnb.worker.changelog import Instance
 from streamnb.worker.transactions import Checkpoints
@@ -112,6 +112,7 @@ class TaskWorker:
             else None
         )
         self.repartition = self.split.topic if self.split is not None else None
+        self.purger = Purger(self.source, self.repartition) if self.repartition else None
         self.instance = Instance(state_dir, group_id)
         # reads committed offsets (with their metadata) and the changelog; never subscribes
         self.restorer = Consumer(
@@ -236,6 +237,14 @@ class TaskWorker:
         assert self.reader is not None
         if not self.checkpoints.checkpoint(self.tasks.running, self.reader):
             self.tasks.rewind(self.reader)
+        elif self.purger is not None:
+            self.purger.purge(
+                {
+                    partition: task.committed
+                    for (topic, partition), task in self.tasks.running.items()
+                    if topic == self.purger.topic and task.committed is not None
+                }
+            )
 
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:

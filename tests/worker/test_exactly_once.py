@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 PARTITIONS = 3
 KEYS = 24
@@ -422,3 +422,30 @@ def test_a_paused_worker_is_fenced_exactly_once(workers: Any, bootstrap: str) ->
     got = committed_output(bootstrap, w.out, sum(want.values()), timeout=120)
     w.stop_all()
     assert_exact(got, want, w.logs())
+
+
+def test_consumed_repartition_records_are_purged(workers: Any, bootstrap: str) -> None:
+    w, topic = workers("exactly_once")
+    data = records(9_000)
+    Feeder(bootstrap, topic, data, rate=6_000).start().wait()
+    proc = w.start()
+    want = reference(data)
+    got = committed_output(bootstrap, w.out, sum(want.values()), timeout=120)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"look-{topic}"})
+    repartition = f"{w.group}-repartition"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the last checkpoints' deletions are asynchronous
+            marks = [
+                consumer.get_watermark_offsets(TopicPartition(repartition, p), timeout=10)
+                for p in range(PARTITIONS)
+            ]
+            if all(low > 0 for low, _ in marks) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+    finally:
+        consumer.close()
+    w.stop_all()
+    assert_exact(got, want, w.logs())
+    assert proc.returncode == 0, w.logs()
+    assert all(0 < low <= high for low, high in marks), (marks, w.logs())
