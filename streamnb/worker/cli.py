@@ -14,11 +14,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import polars as pl
 
 from streamnb.exceptions import StreamnbError
+from streamnb.types import Guarantee
 
 if TYPE_CHECKING:
     from streamnb.stream import Stream
@@ -106,9 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--query", help="the query's name in the notebook")
     run.add_argument("--name", help=argparse.SUPPRESS)
     run.add_argument("--sink", help="kafka:TOPIC, parquet:PATH or console")
-    run.add_argument(
-        "--guarantee", default="at_least_once", choices=["at_least_once", "exactly_once"]
-    )
+    run.add_argument("--guarantee", default="at_least_once", choices=get_args(Guarantee))
     run.add_argument(
         "--checkpoint-interval",
         default="1s",

@@ -16,19 +16,20 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 from streamnb.definitions.durations import Duration, to_ms
 from streamnb.exceptions import ConfigError
 from streamnb.io.sources.kafka import KafkaSource
 from streamnb.plan import Node, SourceNode
 from streamnb.stream import Stream
+from streamnb.types import Guarantee
 from streamnb.ui.terminal import status_line
 from streamnb.worker.metrics import MetricsServer
 
 log = logging.getLogger("streamnb.worker")
 
-GUARANTEES = ("at_least_once", "exactly_once")
+GUARANTEES: tuple[Guarantee, ...] = get_args(Guarantee)
 DEFAULT_CHECKPOINT_INTERVAL = "1s"
 
 
@@ -71,7 +72,7 @@ def start(
     stream: Stream,
     *,
     name: str,
-    guarantee: str = "at_least_once",
+    guarantee: Guarantee = "at_least_once",
     group_id: str | None = None,
     checkpoint_interval: Duration = DEFAULT_CHECKPOINT_INTERVAL,
     state_dir: Path | None = None,
@@ -118,7 +119,7 @@ def run(
     *,
     name: str,
     sink: str | None = None,
-    guarantee: str = "at_least_once",
+    guarantee: Guarantee = "at_least_once",
     group_id: str | None = None,
     checkpoint_interval: Duration = DEFAULT_CHECKPOINT_INTERVAL,
     state_dir: Path | None = None,

@@ -52,7 +52,7 @@ from streamnb.io.sinks.kafka import KafkaSink
 from streamnb.io.sinks.parquet import ParquetSink
 from streamnb.io.sources.kafka import KafkaReader, KafkaSource
 from streamnb.plan import Plan
-from streamnb.types import QueryState, Status
+from streamnb.types import Guarantee, QueryState, Status
 from streamnb.worker import topology
 from streamnb.worker.admin import CHANGELOG_CONFIG, REPARTITION_CONFIG, Purger, ensure_topics
 from streamnb.worker.assignment import TP, Tasks
@@ -88,7 +88,7 @@ class TaskWorker:
         *,
         name: str,
         group_id: str,
-        guarantee: str,
+        guarantee: Guarantee,
         checkpoint_interval_ms: int,
         state_dir: Path,
         max_batch: int = DEFAULT_MAX_BATCH,
