@@ -20,7 +20,7 @@ import polars as pl
 
 from streamnb.engine.compile import build, runnable_source
 from streamnb.engine.core import Context, Delta, Operator
-from streamnb.engine.source import Reader
+from streamnb.engine.source import Reader, Source
 from streamnb.plan import JoinNode, Node, SourceNode
 
 DEFAULT_MAX_BATCH = 50_000
@@ -123,7 +123,7 @@ class Runner:
         self.ctx = ctx
         self.max_batch = max_batch
         self.readers: list[tuple[Step, Reader]] = []
-        self.loading: list[tuple[Step, Reader]] = []  # table sources still bootstrapping
+        self.loading: list[_Table] = []  # table sources still bootstrapping
         self.stop_event = threading.Event()
         self.resume_event = threading.Event()
         self.resume_event.set()
@@ -135,8 +135,11 @@ class Runner:
     def open(self) -> None:
         for step in self.pipeline.sources:
             assert isinstance(step.node, SourceNode)  # Pipeline collects only those
-            self.readers.append((step, runnable_source(step.node).open(self.ctx)))
-        self.loading = [(s, r) for s, r in self.readers if self.pipeline.feeds_table(s)]
+            source = runnable_source(step.node)
+            reader = source.open(self.ctx)
+            self.readers.append((step, reader))
+            if self.pipeline.feeds_table(step):
+                self.loading.append(_Table(source, reader))
 
     def close(self) -> None:
         # sinks flush first, so that sources commit only offsets whose output is out
@@ -158,8 +161,9 @@ class Runner:
                 continue
             if deadline is not None and time.monotonic() > deadline:
                 return False
-            self.loading = [(s, r) for s, r in self.loading if not _loaded(s, r)]
-            reading = [pair for pair in active if pair in self.loading] or active
+            self.loading = [table for table in self.loading if not table.loaded()]
+            loading = {id(table.reader) for table in self.loading}
+            reading = [pair for pair in active if id(pair[1]) in loading] or active
             wait = 0.1 if len(reading) == 1 else 0.0
             got = 0
             for source, reader in reading:
@@ -180,7 +184,7 @@ class Runner:
     def bootstrapping(self) -> dict[str, float | None]:
         """The table sources still being read to where they stood at the start: how far each
         is (a fraction, when the source can tell)."""
-        return {s.node.source.name: r.bootstrap_progress() for s, r in self.loading}  # type: ignore[attr-defined]
+        return {t.source.name: t.reader.bootstrap_progress() for t in self.loading}
 
     def rate(self) -> float:
         """Records per second over the last few seconds."""
@@ -192,8 +196,13 @@ class Runner:
         return sum(known) if known else None
 
 
-def _loaded(source: Step, reader: Reader) -> bool:
-    """A table source is bootstrapped: a bounded one at its end, another once caught up."""
-    if reader.done:
-        return True
-    return not runnable_source(source.node).bounded and reader.caught_up()  # type: ignore[arg-type]
+@dataclass(frozen=True, eq=False)
+class _Table:
+    """A source of a stream–table join's table side, and its reader, while it bootstraps."""
+
+    source: Source
+    reader: Reader
+
+    def loaded(self) -> bool:
+        """A bounded source is loaded at its end, another once it has caught up."""
+        return self.reader.done or (not self.source.bounded and self.reader.caught_up())

@@ -6,9 +6,8 @@ Every wait is bounded, so a broken query fails the test instead of hanging it.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 
 import polars as pl
@@ -16,31 +15,16 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import streamnb as sn
+from tests.threads import stop_all_and_check_no_thread_left, streamnb_threads, wait_until
 
 STATES = {"running", "paused", "finished", "stopped", "failed"}
 TIMEOUT = 20.0
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
-
-
-def streamnb_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("streamnb:")]
-
-
 @pytest.fixture(autouse=True)
 def no_query_left_behind() -> Iterator[None]:
     yield
-    for q in sn.queries():
-        q.stop()
-    for t in streamnb_threads():
-        t.join(5)
-    assert streamnb_threads() == []
+    stop_all_and_check_no_thread_left()
 
 
 def paced() -> sn.Stream:

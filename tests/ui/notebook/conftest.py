@@ -7,8 +7,6 @@ only for the tests that ask for ``bootstrap``.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,32 +14,13 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
-import streamnb as sn
-
-TIMEOUT = 30.0
-
-
-def streamnb_threads(prefix: str = "streamnb") -> list[threading.Thread]:
-    """Live threads of queries (``streamnb:``) and, by default, of views (``streamnb-ui:``)."""
-    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+from tests.threads import stop_all_and_check_no_thread_left
 
 
 @pytest.fixture(autouse=True)
 def no_thread_left_behind() -> Iterator[None]:
     yield
-    for q in sn.queries():
-        q.stop()
-    for t in streamnb_threads():
-        t.join(10)
-    assert streamnb_threads() == []
+    stop_all_and_check_no_thread_left()
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from streamnb.stream import Stream
 from streamnb.ui.notebook.magics import StreamMagics
 from streamnb.ui.notebook.widgets import StaticView
 from tests.io.kafka import broker as kafka
-from tests.ui.notebook.conftest import streamnb_threads, wait_until
+from tests.threads import streamnb_threads, wait_until
 
 Run = Callable[[str], Any]
 PACED = "sn.nexmark(rate=2000)"  # unbounded, slow: runs until stopped

@@ -17,7 +17,7 @@ import streamnb as sn
 from streamnb.ui.notebook import _render, widgets
 from streamnb.ui.notebook._throttle import Throttle
 from streamnb.ui.notebook.widgets import LiveTable, StaticView, show
-from tests.ui.notebook.conftest import wait_until
+from tests.threads import wait_until
 
 # -- the throttle ----------------------------------------------------------------------------
 
