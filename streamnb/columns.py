@@ -28,6 +28,13 @@ DELETE = "__sn_delete"
 POSITION = "__sn_pos"
 """A record's position in its source (row number of a replay, line of a file), for errors."""
 
+ORDER = "__sn_order"
+"""Several inputs: a record's place in the event-time merge of a query's inputs; operators that
+take several inputs at once (union, stream–table join) interleave them by it."""
+
+VERSION = "__sn_version"
+"""Stream–table joins: a table version within a merged batch (the one a record joins)."""
+
 TARGET = "__sn_target"
 """Repartitioning: the partition of the repartition topic a row is sent to."""
 

@@ -79,6 +79,9 @@ class MapNode(Node):
     on_keys: Transform | None = None
     table_keys: tuple[str, ...] | None = None
     predicate: pl.Expr | None = None
+    opaque: bool = False
+    """User code (``map_batches``) that may drop or add records: streamnb's hidden columns
+    cannot follow them."""
 
     def describe(self) -> str:
         return self.label

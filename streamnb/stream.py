@@ -118,6 +118,7 @@ class Stream:
         *,
         rename: Mapping[str, str] | None = None,
         predicate: pl.Expr | None = None,
+        opaque: bool = False,
     ) -> Stream:
         meta = self._plan
         schema = None
@@ -139,6 +140,7 @@ class Stream:
             on_keys=on_keys,
             table_keys=meta.keys,
             predicate=predicate,
+            opaque=opaque,
         )
         windowed = meta.windowed
         if windowed is not None and (
@@ -224,7 +226,7 @@ class Stream:
                 out = out.with_columns(frame.select(hidden))
             return out
 
-        stream = self._map("map_batches", run)
+        stream = self._map("map_batches", run, opaque=True)
         if stream.schema is not None and stream.schema.len() == 0:
             plan = stream.plan  # the columns are known once data flows
             return Stream(Plan(plan.root, None, self._plan.event_time, plan.bounded, plan.keys))

@@ -51,6 +51,17 @@ QueryState = Literal["running", "paused", "finished", "stopped", "failed"]
 """``Query.status()["state"]``."""
 
 
+class HeldBack(TypedDict):
+    """The input that holds a query's other inputs back in the event-time merge."""
+
+    input: str
+    reason: str
+    """``"unread records"``: it is known to have records not read yet; ``"max_idle"``: it has
+    none, and the others wait for at most ``max_idle``."""
+    ms: float
+    """How long it has held them, in milliseconds."""
+
+
 class Status(TypedDict):
     """What ``Query.status()`` returns (workers add their own keys: tasks, checkpoints, ...)."""
 
@@ -66,3 +77,5 @@ class Status(TypedDict):
     loading: dict[str, float | None]
     """Table sources still being bootstrapped (read to where they stood at the start), with
     how far each is (0 to 1, when the source can tell); empty once every table is loaded."""
+    held_by: HeldBack | None
+    """Several inputs: the one whose records the event-time merge waits for, if any."""

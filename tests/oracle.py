@@ -9,9 +9,43 @@ each window's member rows, so the reference and the engine agree on what ``mean`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import polars as pl
+
+
+R = TypeVar("R")
+
+
+def merged(
+    inputs: Sequence[Sequence[R]], time: Callable[[R], int | None], ranks: Sequence[int] | None = None
+) -> list[tuple[int, R]]:
+    """Several inputs merged record by record as Kafka Streams' ``PartitionGroup`` does
+    (docs/semantics.md §3.9): the next record is always the head with the smallest event time;
+    ties go to the smaller rank (default: input order; tables rank before streams). A record
+    without an event time has its input's latest event time. Returns ``(input, record)``."""
+    ranks = list(ranks) if ranks is not None else list(range(len(inputs)))
+    heads = [0] * len(inputs)
+    latest = [-math.inf] * len(inputs)
+    out: list[tuple[int, R]] = []
+    while True:
+        best = None
+        for i, records in enumerate(inputs):
+            if heads[i] < len(records):
+                t = time(records[heads[i]])
+                key = (latest[i] if t is None else t, ranks[i])
+                if best is None or key < best[0]:
+                    best = (key, i)
+        if best is None:
+            return out
+        i = best[1]
+        record = inputs[i][heads[i]]
+        t = time(record)
+        latest[i] = max(latest[i], t if t is not None else -math.inf)
+        out.append((i, record))
+        heads[i] += 1
 
 
 @dataclass

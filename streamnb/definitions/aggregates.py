@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from streamnb.columns import SEQ, aggregate_input, aggregate_partial
+from streamnb.columns import ROW_INDEX, SEQ, aggregate_input, aggregate_partial
 from streamnb.exceptions import ConfigError
 
 SUPPORTED = "pl.len(), count, len, sum, min, max, mean, first, last, n_unique, std, var"
@@ -33,6 +33,9 @@ class _Kind:
     combine: Callable[[str], list[pl.Expr]]
     final: Callable[[str], pl.Expr]
     needs_seq: bool = False
+    running: Callable[[pl.Expr, str, list[str]], list[pl.Expr]] | None = None
+    """The partial of each record's group up to and including it, within one batch (over
+    the group columns); ``None`` when it has no such form (distinct values, moments)."""
 
 
 def _c(prefix: str, part: str) -> pl.Expr:
@@ -42,10 +45,17 @@ def _c(prefix: str, part: str) -> pl.Expr:
 def _sum_kind(agg: str) -> _Kind:
     """Aggregates whose partials combine with one function: count, sum, min, max."""
     combine = {"count": "sum", "sum": "sum", "min": "min", "max": "max"}[agg]
+    running = {
+        "count": lambda x: x.is_not_null().cum_sum(),
+        "sum": lambda x: x.fill_null(0).cum_sum(),
+        "min": lambda x: x.cum_min().forward_fill(),
+        "max": lambda x: x.cum_max().forward_fill(),
+    }[agg]
     return _Kind(
         partial=lambda x, p: [getattr(x, agg)().alias(f"{p}_v")],
         combine=lambda p: [getattr(_c(p, "v"), combine)().alias(f"{p}_v")],
         final=lambda p: _c(p, "v"),
+        running=lambda x, p, keys: [running(x).over(keys).alias(f"{p}_v")],
     )
 
 
@@ -54,12 +64,17 @@ _LEN = _Kind(
     partial=lambda x, p: [pl.len().alias(f"{p}_v")],
     combine=lambda p: [_c(p, "v").sum().alias(f"{p}_v")],
     final=lambda p: _c(p, "v"),
+    running=lambda x, p, keys: [pl.int_range(1, pl.len() + 1).over(keys).alias(f"{p}_v")],
 )
 
 _MEAN = _Kind(
     partial=lambda x, p: [x.sum().alias(f"{p}_s"), x.count().alias(f"{p}_n")],
     combine=lambda p: [_c(p, "s").sum().alias(f"{p}_s"), _c(p, "n").sum().alias(f"{p}_n")],
     final=lambda p: pl.when(_c(p, "n") > 0).then(_c(p, "s").cast(pl.Float64) / _c(p, "n")),
+    running=lambda x, p, keys: [
+        x.fill_null(0).cum_sum().over(keys).alias(f"{p}_s"),
+        x.is_not_null().cum_sum().over(keys).alias(f"{p}_n"),
+    ],
 )
 
 
@@ -78,6 +93,10 @@ def _arrival(end: str) -> _Kind:
         ],
         final=lambda p: _c(p, "v"),
         needs_seq=True,
+        running=lambda x, p, keys: [
+            (x.first().over(keys) if end == "first" else x).alias(f"{p}_v"),
+            (pl.col(SEQ).first().over(keys) if end == "first" else pl.col(SEQ)).alias(f"{p}_q"),
+        ],
     )
 
 
@@ -200,6 +219,8 @@ class Aggregation:
             raise column_error(exc, "agg()") from None
         self.names = names
         self.needs_seq = any(a.kind.needs_seq for a in aggs)
+        self.runs = all(a.kind.running is not None for a in aggs)
+        """Whether :meth:`running` can give every record's version of its group."""
         self._inputs = [
             (aggregate_input(i), a.source) for i, a in enumerate(aggs) if a.source is not None
         ]
@@ -237,3 +258,29 @@ class Aggregation:
     def combine(self, partials: pl.DataFrame, groups: Sequence[str]) -> pl.DataFrame:
         """Merge partial rows of the same group."""
         return partials.group_by(list(groups)).agg(self.combine_exprs())
+
+    def running(
+        self, prepared: pl.DataFrame, state: pl.DataFrame | None, groups: Sequence[str]
+    ) -> pl.DataFrame:
+        """Each record's group as it is right after the record: the groups and the final
+        aggregates, one row per record of ``prepared``, in order. ``state`` holds the groups'
+        partials before the batch. Needs :attr:`runs`."""
+        keys = list(groups)
+        inputs = iter(n for n, _ in self._inputs)
+        exprs: list[pl.Expr] = []
+        for i, a in enumerate(self._aggs):
+            assert a.kind.running is not None
+            source = pl.col(next(inputs)) if a.source is not None else pl.lit(1)
+            exprs += a.kind.running(source, self._prefix(i), keys)
+        row = pl.int_range(pl.len()).alias(ROW_INDEX)
+        partials = prepared.select(*keys, row, *exprs)
+        if state is not None and state.height:
+            before = prepared.select(*keys, row).join(state, on=keys, how="inner", nulls_equal=True)
+            if before.height:
+                partials = (
+                    pl.concat([before, partials], how="diagonal_relaxed")
+                    .group_by(ROW_INDEX, *keys)
+                    .agg(self.combine_exprs())
+                    .sort(ROW_INDEX)
+                )
+        return partials.select(*keys, *self.final_exprs())

@@ -219,9 +219,35 @@ class Operator:
         """A delta from input ``side`` (joins tell their inputs apart; others need not)."""
         return self.process(delta)
 
+    def process_merged(self, parts: list[tuple[int, Delta]]) -> Delta:
+        """Several inputs' parts of one merged batch (``(side, delta)``, by side), their
+        records numbered in merged order (``columns.ORDER``). Operators whose results depend
+        on how their inputs interleave override this; the others take each part in turn."""
+        out = [self.process_input(side, delta) for side, delta in parts]
+        rows = [d.rows for d in out if d.rows.height]
+        deletes = [d.deletes for d in out if d.deletes is not None and d.deletes.height]
+        return Delta(
+            pl.concat(rows, how="diagonal_relaxed") if rows else pl.DataFrame(),
+            pl.concat(deletes, how="diagonal_relaxed") if deletes else None,
+        )
+
     def finish(self) -> Delta | None:
         """The input ended (watermark +∞): emit what is left."""
         return None
 
     def close(self) -> None:
         """The query ended or was stopped: release resources, flush buffered output."""
+
+
+class Versioned:
+    """An operator that makes a table, and can emit each of its versions in merged order.
+
+    A stream–table join that takes a merged batch needs the table as it was at each stream
+    record: with ``versions`` set, the operator emits one row per change (in order, each
+    with the ``ORDER`` of the record that made it) instead of the last row per key.
+    """
+
+    versions: bool = False
+
+    def can_version(self) -> bool:
+        return True

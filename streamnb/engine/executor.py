@@ -18,10 +18,14 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from streamnb.columns import ORDER
+from streamnb.definitions.eventtime import EventTime
 from streamnb.engine.compile import build, runnable_source
-from streamnb.engine.core import Context, Delta, Operator
+from streamnb.engine.core import Context, Delta, Operator, Versioned
+from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS, Holder, Input, Merge, runs
 from streamnb.engine.source import Reader, Source
-from streamnb.plan import JoinNode, Node, SourceNode
+from streamnb.plan import EventTimeNode, JoinNode, MapNode, Node, SourceNode
+from streamnb.types import HeldBack
 
 DEFAULT_MAX_BATCH = 50_000
 
@@ -38,10 +42,19 @@ class Step:
     parent: Step | None
     side: int  # which input of the parent this step feeds (0 for unary parents)
     waiting: int  # inputs not yet finished
+    index: int = 0  # its place in Pipeline.steps
+    depth: int = 0  # steps between it and the root
 
 
 class Pipeline:
-    """The operators of one run of a plan, wired from the sources up to ``sink``."""
+    """The operators of one run of a plan, wired from the sources up to ``sink``.
+
+    With several inputs, the runner merges their records in event-time order
+    (:mod:`streamnb.engine.merge`) and delivers each merged batch in one of two ways:
+    :meth:`push_merged` (every input's part of the batch at once; operators that take
+    several inputs interleave them by the ``ORDER`` column) when every such operator can,
+    else one run of one input at a time (:meth:`push`), which is exact for any operator.
+    """
 
     def __init__(self, root: Node, ctx: Context, sink: Callable[[Delta], None]) -> None:
         self.sink = sink
@@ -51,10 +64,62 @@ class Pipeline:
         while stack:
             node, parent, side = stack.pop()
             step = Step(node, build(node, ctx), parent, side, len(node.inputs))
+            step.index = len(self.steps)
+            step.depth = 0 if parent is None else parent.depth + 1
             self.steps.append(step)
             if isinstance(node, SourceNode):
                 self.sources.append(step)
             stack.extend((child, step, i) for i, child in reversed(list(enumerate(node.inputs))))
+        self.merged = len(self.sources) > 1 and all(self._merges(step) for step in self.steps)
+        if self.merged:
+            for step in self.steps:
+                if self.feeds_table(step) and isinstance(step.op, Versioned):
+                    step.op.versions = True
+
+    def _merges(self, step: Step) -> bool:
+        """Whether ``step`` can take a merged batch of several inputs at once."""
+        node = step.node
+        if isinstance(node, MapNode) and node.opaque:  # may drop records: their ORDER too
+            return not any(len(s.node.inputs) > 1 for s in self._above(step))
+        if not isinstance(node, JoinNode):
+            return True
+        if node.kind == "interval":
+            return False
+        if node.kind == "stream_table":  # the table side must deliver every version
+            return all(_versions(s) for s in self.steps if self._below(s, step, 1))
+        return True  # window and table–table joins do not depend on the interleaving
+
+    def _above(self, step: Step) -> list[Step]:
+        out, parent = [], step.parent
+        while parent is not None:
+            out.append(parent)
+            parent = parent.parent
+        return out
+
+    def _below(self, step: Step, junction: Step, side: int) -> bool:
+        """Whether ``step`` is on ``junction``'s input ``side``."""
+        while step.parent is not None:
+            if step.parent is junction:
+                return step.side == side
+            step = step.parent
+        return False
+
+    def merge_time(self, source: Step, runnable: Source) -> EventTime | None:
+        """The event time ``source``'s records merge by: the source's own, else the column of
+        a ``with_watermark`` on its way to the first operator with several inputs, when the
+        source has that column. ``None``: its records are not synchronised."""
+        if runnable.event_time is not None:
+            return runnable.event_time
+        schema = runnable.schema
+        step = source.parent
+        while step is not None and len(step.node.inputs) == 1:
+            node = step.node
+            if isinstance(node, EventTimeNode):
+                if schema is not None and node.column in schema:
+                    return EventTime(node.column, 0, schema[node.column])
+                return None
+            step = step.parent
+        return None
 
     def feeds_table(self, source: Step) -> bool:
         """Whether ``source``'s records reach the table side of a stream–table join."""
@@ -69,6 +134,19 @@ class Pipeline:
     def push(self, source: Step, rows: pl.DataFrame) -> None:
         self._deliver(source.parent, Delta(rows), source.side)
 
+    def push_merged(self, parts: list[tuple[Step, pl.DataFrame]]) -> None:
+        """One merged batch: each source's part, its records numbered in merged order."""
+        inbox: dict[int, tuple[Step, list[tuple[int, Delta]]]] = {}
+        for source, rows in parts:
+            self._deliver(source.parent, Delta(rows), source.side, inbox)
+        while inbox:
+            # an operator with several inputs runs once all of its inputs below have run
+            at = max(inbox, key=lambda i: self.steps[i].depth)
+            step, received = inbox.pop(at)
+            delta = _combine(step, received)
+            if delta:
+                self._deliver(step.parent, delta, step.side, inbox)
+
     def finish(self, source: Step) -> None:
         """``source`` ended: flush every operator whose inputs have all ended."""
         step = source.parent
@@ -82,8 +160,17 @@ class Pipeline:
                     self._deliver(step.parent, out, step.side)
             step = step.parent
 
-    def _deliver(self, step: Step | None, delta: Delta, side: int) -> None:
+    def _deliver(
+        self,
+        step: Step | None,
+        delta: Delta,
+        side: int,
+        inbox: dict[int, tuple[Step, list[tuple[int, Delta]]]] | None = None,
+    ) -> None:
         while step is not None:
+            if inbox is not None and len(step.node.inputs) > 1:
+                inbox.setdefault(step.index, (step, []))[1].append((side, delta))
+                return
             if step.op is not None:
                 delta = step.op.process_input(side, delta)
                 if not delta:
@@ -91,6 +178,30 @@ class Pipeline:
             side = step.side
             step = step.parent
         self.sink(delta)
+
+
+def _versions(step: Step) -> bool:
+    """Whether ``step``, on a table's way to a stream–table join, passes on (or makes) every
+    version of the table, numbered in merged order."""
+    if isinstance(step.op, Versioned):
+        return step.op.can_version()
+    return step.op is None or isinstance(step.node, (MapNode, EventTimeNode))
+
+
+def _combine(step: Step, received: list[tuple[int, Delta]]) -> Delta:
+    """Run an operator with several inputs on its inputs' parts of one merged batch."""
+    received.sort(key=lambda part: part[0])
+    if step.op is not None:
+        return step.op.process_merged(received)
+    # a union: its inputs' records interleaved in merged order
+    rows = [d.rows for _, d in received if d.rows.height]
+    deletes = [d.deletes for _, d in received if d.deletes is not None and d.deletes.height]
+    merged = (
+        pl.concat(rows, how="diagonal_relaxed") if len(rows) > 1 else (rows or [pl.DataFrame()])[0]
+    )
+    if len(rows) > 1 and ORDER in merged.columns:
+        merged = merged.sort(ORDER)
+    return Delta(merged, pl.concat(deletes, how="diagonal_relaxed") if deletes else None)
 
 
 class RateMeter:
@@ -114,16 +225,28 @@ class RateMeter:
 
 
 class Runner:
-    """Drives a pipeline until its sources end, it is stopped, or a deadline passes."""
+    """Drives a pipeline until its sources end, it is stopped, or a deadline passes.
+
+    One input is pushed through as it is read. Several are merged in event-time order
+    (:mod:`streamnb.engine.merge`): each read goes into its input's queue, and what the merge
+    releases goes through the pipeline as one batch.
+    """
 
     def __init__(
-        self, pipeline: Pipeline, ctx: Context, max_batch: int = DEFAULT_MAX_BATCH
+        self,
+        pipeline: Pipeline,
+        ctx: Context,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_idle_ms: int = DEFAULT_MAX_IDLE_MS,
     ) -> None:
         self.pipeline = pipeline
         self.ctx = ctx
         self.max_batch = max_batch
+        self.max_idle_ms = max_idle_ms
         self.readers: list[tuple[Step, Reader]] = []
+        self.bounded: list[bool] = []
         self.loading: list[_Table] = []  # table sources still bootstrapping
+        self.merge: Merge | None = None
         self.stop_event = threading.Event()
         self.resume_event = threading.Event()
         self.resume_event.set()
@@ -133,13 +256,28 @@ class Runner:
         self.rates = RateMeter()
 
     def open(self) -> None:
-        for step in self.pipeline.sources:
+        inputs = []
+        n = len(self.pipeline.sources)
+        for index, step in enumerate(self.pipeline.sources):
             assert isinstance(step.node, SourceNode)  # Pipeline collects only those
             source = runnable_source(step.node)
             reader = source.open(self.ctx)
             self.readers.append((step, reader))
-            if self.pipeline.feeds_table(step):
+            self.bounded.append(source.bounded)
+            table = self.pipeline.feeds_table(step)
+            if table:
                 self.loading.append(_Table(source, reader))
+            idle = source.max_idle_ms if source.max_idle_ms is not None else self.max_idle_ms
+            inputs.append(
+                Input(
+                    source.name,
+                    self.pipeline.merge_time(step, source),
+                    rank=index if table else n + index,  # ties: table updates first
+                    max_idle=idle / 1000,
+                )
+            )
+        if len(inputs) > 1:
+            self.merge = Merge(inputs)
 
     def close(self) -> None:
         # sinks flush first, so that sources commit only offsets whose output is out
@@ -152,7 +290,7 @@ class Runner:
 
     def run(self, deadline: float | None = None) -> bool:
         """Process until done (True) or stopped / past ``deadline`` (False)."""
-        active = list(self.readers)
+        active = list(range(len(self.readers)))  # inputs the pipeline has not seen end
         while active:
             if self.stop_event.is_set():
                 return False
@@ -162,24 +300,85 @@ class Runner:
             if deadline is not None and time.monotonic() > deadline:
                 return False
             self.loading = [table for table in self.loading if not table.loaded()]
-            loading = {id(table.reader) for table in self.loading}
-            reading = [pair for pair in active if id(pair[1]) in loading] or active
-            wait = 0.1 if len(reading) == 1 else 0.0
-            got = 0
-            for source, reader in reading:
-                rows = reader.read(self.max_batch, wait)
-                if rows is not None and rows.height:
-                    got += rows.height
-                    self.records_in += rows.height
-                    self.batches += 1
-                    self.pipeline.push(source, rows)
-                if reader.done:
-                    active.remove((source, reader))
-                    self.pipeline.finish(source)
+            if self.merge is None or self.loading:
+                got = self._read_through(active)
+            else:
+                got = self._read_merged(active)
             self.rates.note(self.records_in)
-            if not got and len(reading) > 1:
+            if not got and len(active) > 1:
                 time.sleep(0.005)
         return True
+
+    def _read(self, i: int, wait: float) -> pl.DataFrame | None:
+        rows = self.readers[i][1].read(self.max_batch, wait)
+        if rows is None or rows.height == 0:
+            return None
+        self.records_in += rows.height
+        self.batches += 1
+        return rows
+
+    def _read_through(self, active: list[int]) -> int:
+        """One input, or tables bootstrapping: push what is read as it is read."""
+        loading = {id(table.reader) for table in self.loading}
+        reading = [i for i in active if id(self.readers[i][1]) in loading] or active
+        wait = 0.1 if len(reading) == 1 else 0.0
+        got = 0
+        for i in reading:
+            step, reader = self.readers[i]
+            rows = self._read(i, wait)
+            if rows is not None:
+                got += rows.height
+                if self.merge is not None:
+                    self.merge.note(i, rows)
+                self.pipeline.push(step, rows)
+            if reader.done:
+                if self.merge is not None:
+                    self.merge.finish(i)
+                active.remove(i)
+                self.pipeline.finish(step)
+        return got
+
+    def _read_merged(self, active: list[int]) -> int:
+        """Several inputs: queue what is read, push what the merge releases."""
+        merge = self.merge
+        assert merge is not None
+        got = 0
+        for i in active:
+            reader, queue = self.readers[i][1], merge.inputs[i]
+            if not queue.finished and queue.buffered < self.max_batch:
+                rows = self._read(i, 0.0)
+                if rows is not None:
+                    got += rows.height
+                    merge.offer(i, rows)
+                if reader.done:
+                    merge.finish(i)
+        released = merge.release([self._unread(i) for i in range(len(self.readers))])
+        if self.pipeline.merged:
+            self.pipeline.push_merged([(self.readers[i][0], rows) for i, rows in released])
+        else:
+            for i, rows in runs(released):
+                self.pipeline.push(self.readers[i][0], rows)
+        for i in list(active):
+            if merge.inputs[i].finished and not merge.inputs[i].buffered:
+                active.remove(i)
+                self.pipeline.finish(self.readers[i][0])
+        return got + sum(rows.height for _, rows in released)
+
+    def _unread(self, i: int) -> bool:
+        """Whether input ``i`` is known to have records it has not read yet."""
+        reader = self.readers[i][1]
+        return not reader.done if self.bounded[i] else reader.has_unread()
+
+    def held_by(self) -> HeldBack | None:
+        """The input that holds the others back in the event-time merge, and for how long."""
+        holder: Holder | None = self.merge.holder if self.merge is not None else None
+        if holder is None:
+            return None
+        return {
+            "input": holder.name,
+            "reason": holder.reason,
+            "ms": round((time.monotonic() - holder.since) * 1000, 1),
+        }
 
     def bootstrapping(self) -> dict[str, float | None]:
         """The table sources still being read to where they stood at the start: how far each

@@ -21,12 +21,15 @@ from typing import ClassVar
 import polars as pl
 
 from streamnb.columns import (
+    DELETE,
     JOIN_RIGHT_SEQ,
     JOIN_RIGHT_TIME,
     JOIN_SEQ,
     JOIN_TIME,
     MATCHED,
+    ORDER,
     PARTITION,
+    VERSION,
     WATERMARK,
     visible,
 )
@@ -54,7 +57,12 @@ def _apply(state: pl.DataFrame, delta: Delta, keys: list[str]) -> pl.DataFrame:
 
 
 class StreamTableJoin(Operator):
-    """Input 0: the stream; input 1: the table (an upsert changelog keyed by ``on``)."""
+    """Input 0: the stream; input 1: the table (an upsert changelog keyed by ``on``).
+
+    A merged batch (several inputs, :meth:`process_merged`) brings the table's every version
+    numbered in merged order: each stream record joins the latest version of its key before
+    it (an as-of join on ``ORDER``), or the table as it was before the batch.
+    """
 
     state_fields: ClassVar[tuple[str, ...]] = ("table",)
 
@@ -66,14 +74,81 @@ class StreamTableJoin(Operator):
         if side == 1:
             self.table = _apply(self.table, delta, self.on)
             return Delta(pl.DataFrame())
-        out = delta.rows.join(
-            self.table,
-            on=self.on,
-            how=self.how,
-            maintain_order="left",
-            suffix="_right",
+        return Delta(self._join(delta.rows, self.table))
+
+    def _join(
+        self, rows: pl.DataFrame, table: pl.DataFrame, on: list[str] | None = None
+    ) -> pl.DataFrame:
+        return rows.join(
+            table, on=on or self.on, how=self.how, maintain_order="left", suffix="_right"
         )
-        return Delta(out)
+
+    def process_merged(self, parts: list[tuple[int, Delta]]) -> Delta:
+        streams = [d.rows for side, d in parts if side == 0 and d.rows.height]
+        changes = [d for side, d in parts if side == 1 and d]
+        if not changes or not streams:
+            return super().process_merged(parts)
+        stream = pl.concat(streams, how="diagonal_relaxed") if len(streams) > 1 else streams[0]
+        columns = self.table.columns
+        upserts = [
+            visible(d.rows).select(columns).with_columns(d.rows.get_column(ORDER))
+            for d in changes
+            if d.rows.height
+        ]
+        deletes = [
+            d.deletes.select(*self.on, ORDER)
+            for d in changes
+            if d.deletes is not None and d.deletes.height
+        ]
+        versions = (
+            pl.concat(
+                [
+                    *(u.with_columns(pl.lit(False).alias(DELETE)) for u in upserts),
+                    *(x.with_columns(pl.lit(True).alias(DELETE)) for x in deletes),
+                ],
+                how="diagonal_relaxed",
+            )
+            .sort(ORDER)
+            .with_row_index(VERSION)
+            .with_columns(pl.col(VERSION).cast(pl.Int64))
+        )
+        # the latest version of each stream record's key before it, if the batch has one
+        latest = (
+            stream.select(*self.on, ORDER)
+            .join_asof(
+                versions.select(*self.on, ORDER, VERSION).drop_nulls(self.on),
+                on=ORDER,
+                by=self.on,
+                strategy="backward",
+                allow_exact_matches=False,
+            )
+            .get_column(VERSION)
+        )
+        stream = stream.with_columns(latest.alias(VERSION))
+        fresh = pl.col(VERSION).is_not_null()
+        joined = pl.concat(
+            [
+                self._join(stream.filter(~fresh).drop(VERSION), self.table),
+                self._join(
+                    stream.filter(fresh),
+                    versions.filter(~pl.col(DELETE)).select(*columns, VERSION),
+                    [*self.on, VERSION],
+                ).drop(VERSION),
+            ],
+            how="diagonal_relaxed",
+        ).sort(ORDER)
+        # the table after the batch: each key's last version
+        last = versions.unique(subset=self.on, keep="last", maintain_order=True)
+        gone = last.select(self.on)
+        kept = last.filter(~pl.col(DELETE)).select(columns)
+        self.table = pl.concat(
+            [self.table.join(gone, on=self.on, how="anti", nulls_equal=True), kept],
+            how="vertical_relaxed",
+        )
+        return Delta(joined.select(self._output_columns(stream)))
+
+    def _output_columns(self, stream: pl.DataFrame) -> list[str]:
+        return self._join(stream.clear().drop(VERSION), self.table.clear()).columns
 
 
 class TableTableJoin(Operator):

@@ -7,9 +7,9 @@ from typing import ClassVar
 
 import polars as pl
 
-from streamnb.columns import DELETE, MARKER, SEQ
+from streamnb.columns import DELETE, MARKER, ORDER, SEQ
 from streamnb.definitions.aggregates import Aggregation
-from streamnb.engine.core import Context, Delta, Operator
+from streamnb.engine.core import Context, Delta, Operator, Versioned
 from streamnb.engine.eventtime import split_valid
 
 Frame = pl.DataFrame | pl.LazyFrame
@@ -43,7 +43,8 @@ class MapOperator(Operator):
             deletes = self.on_keys(deletes)
         if self.predicate is not None and self.table_keys:
             keep = delta.rows.select(self.predicate.fill_null(False)).to_series()
-            dropped = delta.rows.filter(~keep).select(self.table_keys)
+            order = [ORDER] if ORDER in delta.rows.columns else []  # a table's versions
+            dropped = delta.rows.filter(~keep).select(*self.table_keys, *order)
             deletes = dropped if deletes is None else pl.concat([deletes, dropped])
             return Delta(delta.rows.filter(keep), deletes)
         return Delta(self.fn(delta.rows), deletes)
@@ -63,8 +64,12 @@ class EventTimeOperator(Operator):
         return Delta(rows, delta.deletes)
 
 
-class GroupByOperator(Operator):
-    """A running aggregate: one live row per key, emitted as an upsert when it changes."""
+class GroupByOperator(Operator, Versioned):
+    """A running aggregate: one live row per key, emitted as an upsert when it changes.
+
+    With ``versions`` (it makes the table of a stream–table join that takes merged batches)
+    it emits the row of each record's key as it was right after that record.
+    """
 
     state_fields: ClassVar[tuple[str, ...]] = ("state", "seq")
 
@@ -82,20 +87,32 @@ class GroupByOperator(Operator):
                 return Delta(pl.DataFrame())
         rows = rows.with_columns(pl.int_range(self.seq, self.seq + rows.height).alias(SEQ))
         self.seq += rows.height
-        partial = self.agg.partial(self.agg.prepare(rows, self.keys), self.keys)
+        prepared = self.agg.prepare(rows, self.keys)
+        versions = None
+        if self.versions and ORDER in rows.columns:
+            versions = self.agg.running(prepared, self.state, self.keys).with_columns(
+                rows.get_column(ORDER)
+            )
+        partial = self.agg.partial(prepared, self.keys)
         merged = partial if self.state is None else pl.concat([self.state, partial])
         self.state = self.agg.combine(merged, self.keys) if self.state is not None else partial
+        if versions is not None:
+            return Delta(versions)
         changed = self.state.join(
             partial.select(self.keys), on=self.keys, how="semi", nulls_equal=True
         )
         return Delta(changed.select(*self.keys, *self.agg.final_exprs()).sort(self.keys))
 
+    def can_version(self) -> bool:
+        return self.agg.runs
 
-class TableOperator(Operator):
+
+class TableOperator(Operator, Versioned):
     """Turns a table source's rows into an upsert changelog: tombstone rows become deletes.
 
     Only the last change of a key within a batch counts, so deletes and upserts of one batch
-    never contradict each other.
+    never contradict each other; with ``versions``, every change counts, each numbered by
+    its ``ORDER``.
     """
 
     def __init__(self, keys: Sequence[str]) -> None:
@@ -105,6 +122,11 @@ class TableOperator(Operator):
         rows = delta.rows
         if DELETE not in rows.columns:
             return delta
+        if self.versions and ORDER in rows.columns:
+            deleted = rows.get_column(DELETE).fill_null(False)
+            return Delta(
+                rows.filter(~deleted).drop(DELETE), rows.filter(deleted).select(*self.keys, ORDER)
+            )
         rows = rows.unique(subset=self.keys, keep="last", maintain_order=True)
         deleted = rows.get_column(DELETE).fill_null(False)
         return Delta(rows.filter(~deleted).drop(DELETE), rows.filter(deleted).select(self.keys))

@@ -186,6 +186,7 @@ class Query:
             "lag": runner.lag(),
             "rate": round(runner.rate(), 1),
             "loading": runner.bootstrapping(),
+            "held_by": runner.held_by(),
         }
 
     def _watermark(self) -> datetime | int | None:

@@ -45,12 +45,16 @@ class Source(ABC):
         True when it ends by itself (then ``collect()`` is allowed).
     event_time
         The event-time column the source sets, if any (``timestamp=`` or Nexmark).
+    max_idle_ms
+        Merging several inputs by event time: how long this one, with nothing read and
+        nothing known to be unread, holds the others back (``None``: the query's default).
     """
 
     name: str
     schema: pl.Schema | None
     bounded: bool
     event_time: EventTime | None = None
+    max_idle_ms: int | None = None
 
     def partition_scopes(self) -> frozenset[tuple[object, ...]]:
         """The ``Partitions`` scopes of the partitions this source's records carry."""
@@ -84,6 +88,12 @@ class Reader(ABC):
     def lag(self) -> int | None:
         """Records available but not yet read, when the source can tell."""
         return None
+
+    def has_unread(self) -> bool:
+        """Whether the reader knows of records it has not read yet (Kafka: a position below
+        its partition's end offset). Such an input holds the others back in the
+        event-time merge however long it takes; one that is not, for at most ``max_idle``."""
+        return False
 
     def caught_up(self) -> bool:
         """Whether the reader has read everything that was there when it opened (a table

@@ -203,6 +203,7 @@ class TaskWorker:
             "lag": sum(lag.values()) if lag else None,
             "rate": round(self.rates.rate(), 1),
             "loading": {},
+            "held_by": None,
             "tasks": sorted(p for t, p in self.tasks.running if t == self.topic),
             "checkpoints": checkpoints.count,
             "checkpoint_ms": round(checkpoints.checkpoint_ms, 2),

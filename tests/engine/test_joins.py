@@ -1,8 +1,7 @@
-"""Joins against plain-Python record-at-a-time references, for random arrival orders.
+"""Joins against plain-Python record-at-a-time references, for random batch sizes.
 
-Two bounded sources are read in turns, one batch each, so the arrival order of a join's
-inputs is known from the batch sizes; the reference replays exactly that order record by
-record.
+A join's inputs are merged by event time (docs/semantics.md §3.9), whatever the batch sizes:
+the reference replays that merge (:func:`tests.oracle.merged`) record by record.
 """
 
 from __future__ import annotations
@@ -17,19 +16,9 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 import streamnb as sn
+from tests.oracle import merged
 
 KEYS = st.sampled_from(["a", "b", "c", None])
-
-
-def arrival(left: list[Any], right: list[Any], bl: int, br: int) -> list[tuple[int, Any]]:
-    """The order the executor delivers two sources in: one batch of each, in turns."""
-    out: list[tuple[int, Any]] = []
-    i = j = 0
-    while i < len(left) or j < len(right):
-        out += [(0, r) for r in left[i : i + bl]]
-        out += [(1, r) for r in right[j : j + br]]
-        i, j = i + bl, j + br
-    return out
 
 
 def canonical(df: pl.DataFrame) -> pl.DataFrame:
@@ -157,7 +146,7 @@ def test_interval_join_matches_reference(
     br: int,
 ) -> None:
     want, late = interval_reference(
-        arrival(left, right, bl, br), within=within, grace=grace, delay=delay, how=how
+        merged([left, right], lambda r: r["t"]), within=within, grace=grace, delay=delay, how=how
     )
     ls = sn.from_records(left, batch_size=bl, schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64})
     rs = sn.from_records(
