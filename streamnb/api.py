@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 
 from streamnb.columns import DELETE
+from streamnb.definitions.durations import Duration, to_ms
 from streamnb.engine.source import Source
 from streamnb.exceptions import ConfigError
 from streamnb.io.sources.records import RecordsSource
@@ -18,7 +19,9 @@ from streamnb.stream import Stream
 from streamnb.types import FileFormat, KafkaFormat, Kind
 
 
-def _stream(source: Source) -> Stream:
+def _stream(source: Source, max_idle: Duration | None = None) -> Stream:
+    if max_idle is not None:
+        source.max_idle_ms = to_ms(max_idle, name="max_idle")
     return Stream(Plan(SourceNode((), source), source.schema, source.event_time, source.bounded))
 
 
@@ -62,18 +65,21 @@ def nexmark(
     event_rate: int = 100_000,
     seed: int = 0,
     base_time: datetime | int | None = None,
+    max_idle: Duration | None = None,
 ) -> Stream:
     """The built-in Nexmark generator (persons, auctions, bids), event time ``dateTime``.
 
     ``events=None`` runs forever; ``rate`` paces it to that many events per wall-clock
-    second; ``event_rate`` is events per second of event time.
+    second; ``event_rate`` is events per second of event time; ``max_idle`` as in
+    :func:`from_kafka`.
     """
     from streamnb.io.sources.nexmark import NexmarkSource
 
     return _stream(
         NexmarkSource(
             events, kind=kind, rate=rate, event_rate=event_rate, seed=seed, base_time=base_time
-        )
+        ),
+        max_idle,
     )
 
 
@@ -102,6 +108,7 @@ def from_kafka(
     config: Mapping[str, Any] | None = None,
     idle_timeout: str | timedelta = "10s",
     connect_timeout: str | timedelta = "10s",
+    max_idle: Duration | None = None,
 ) -> Stream:
     """Records of Kafka topic(s): every partition, a watermark per partition.
 
@@ -131,6 +138,10 @@ def from_kafka(
         A partition without records for this long (wall clock) stops holding the watermark.
     connect_timeout
         How long to wait for the broker before raising ``SourceError``.
+    max_idle
+        Joined or unioned with other inputs, which are merged by event time: how long
+        this one, with nothing read and nothing known to be unread, holds the others back
+        (default: the query's, ``start(max_idle=...)``, 100 ms).
     """
     from streamnb.io.sources.kafka import KafkaSource
 
@@ -146,7 +157,8 @@ def from_kafka(
             config=config,
             idle_timeout=idle_timeout,
             connect_timeout=connect_timeout,
-        )
+        ),
+        max_idle,
     )
 
 
@@ -193,10 +205,14 @@ def table_from_kafka(
     schema: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     connect_timeout: str | timedelta = "10s",
+    max_idle: Duration | None = None,
 ) -> Stream:
     """The latest value per message key of a topic, read from the beginning.
 
     The message key (UTF-8) becomes column ``key``; a tombstone (a null value) deletes it.
+    Joined with a stream, it is read to its end offsets as of the start before any stream
+    record is joined; later updates merge with the stream by event time (the Kafka record
+    timestamp), ``max_idle`` as in :func:`from_kafka`.
     """
     from streamnb.io.sources.kafka import KafkaSource
 
@@ -210,5 +226,5 @@ def table_from_kafka(
         connect_timeout=connect_timeout,
         key_column=key,
     )
-    stream = _stream(source)
+    stream = _stream(source, max_idle)
     return Stream(Plan(TableNode((stream.plan.root,), (key,)), stream.schema, None, False, (key,)))

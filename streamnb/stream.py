@@ -527,15 +527,26 @@ class Stream:
         errors: ErrorPolicy = "keep",
         keep: int | None = 100_000,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_idle: Duration = "100ms",
     ) -> Query:
         """Run in a background thread and return the :class:`Query` at once.
 
         ``keep`` bounds the rows an unbounded append stream keeps in ``result()``.
-        A running query with the same ``name`` is stopped and replaced.
+        ``max_idle``: several inputs are merged by event time; one with nothing read and
+        nothing known to be unread holds the others back for at most this long (a source's
+        own ``max_idle=`` wins). A running query with the same ``name`` is stopped and
+        replaced.
         """
         if (stand_in := capture(self, name)) is not None:  # the worker rebuilding a notebook
             return cast(Query, stand_in)
-        return Query(self._plan, name, errors=errors, keep=keep, max_batch=max_batch)._launch()
+        return Query(
+            self._plan,
+            name,
+            errors=errors,
+            keep=keep,
+            max_batch=max_batch,
+            max_idle_ms=to_ms(max_idle, name="max_idle"),
+        )._launch()
 
 
 class WindowedStream:

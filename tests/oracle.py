@@ -11,16 +11,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import polars as pl
-
 
 R = TypeVar("R")
 
 
 def merged(
-    inputs: Sequence[Sequence[R]], time: Callable[[R], int | None], ranks: Sequence[int] | None = None
+    inputs: Sequence[Sequence[R]],
+    time: Callable[[R], int | None],
+    ranks: Sequence[int] | None = None,
 ) -> list[tuple[int, R]]:
     """Several inputs merged record by record as Kafka Streams' ``PartitionGroup`` does
     (docs/semantics.md §3.9): the next record is always the head with the smallest event time;
@@ -46,6 +47,47 @@ def merged(
         latest[i] = max(latest[i], t if t is not None else -math.inf)
         out.append((i, record))
         heads[i] += 1
+
+
+def interval_reference(
+    order: list[tuple[int, dict[str, Any]]], *, within: int, grace: int, delay: int, how: str
+) -> tuple[list[dict[str, Any]], list[dict]]:
+    """An interval join record by record over ``(side, record)`` in order: the joined rows
+    and the late records."""
+    seen = -math.inf
+    buffers: list[list[dict[str, Any]]] = [[], []]
+    matched: dict[int, bool] = {}
+    out: list[dict[str, Any]] = []
+    late: list[dict] = []
+    for side, row in order:
+        w = seen - delay
+        t = row["t"]
+        if t + within + grace <= w:
+            late.append(row)
+        else:
+            for partner in buffers[1 - side]:
+                kept = partner["t"] + within + grace > w
+                if (
+                    kept
+                    and row["k"] is not None
+                    and partner["k"] == row["k"]
+                    and abs(partner["t"] - t) <= within
+                ):
+                    left, right = (row, partner) if side == 0 else (partner, row)
+                    out.append({**left, "t_right": right["t"], "x": right["x"]})
+                    matched[id(left)] = True
+            buffers[side].append(row)
+            matched.setdefault(id(row), False)
+        seen = max(seen, t)
+        w = seen - delay
+        for s in (0, 1):
+            for gone in [r for r in buffers[s] if r["t"] + within + grace <= w]:
+                buffers[s].remove(gone)
+                if s == 0 and how == "left" and not matched[id(gone)]:
+                    out.append({**gone, "t_right": None, "x": None})
+    if how == "left":
+        out += [{**r, "t_right": None, "x": None} for r in buffers[0] if not matched[id(r)]]
+    return out, late
 
 
 @dataclass

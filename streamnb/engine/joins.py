@@ -86,25 +86,44 @@ class StreamTableJoin(Operator):
     def process_merged(self, parts: list[tuple[int, Delta]]) -> Delta:
         streams = [d.rows for side, d in parts if side == 0 and d.rows.height]
         changes = [d for side, d in parts if side == 1 and d]
-        if not changes or not streams:
+        if not changes:
             return super().process_merged(parts)
-        stream = pl.concat(streams, how="diagonal_relaxed") if len(streams) > 1 else streams[0]
+        versions = self._versions(changes)
+        out = pl.DataFrame()
+        if streams:
+            stream = pl.concat(streams, how="diagonal_relaxed") if len(streams) > 1 else streams[0]
+            out = self._join_as_of(stream, versions)
+        # the table after the batch: each key's last version
+        last = versions.unique(subset=self.on, keep="last", maintain_order=True)
+        kept = last.filter(~pl.col(DELETE)).select(self.table.columns)
+        self.table = pl.concat(
+            [self.table.join(last.select(self.on), on=self.on, how="anti", nulls_equal=True), kept],
+            how="vertical_relaxed",
+        )
+        return Delta(out)
+
+    def _versions(self, changes: list[Delta]) -> pl.DataFrame:
+        """The table's changes in a merged batch, in merged order: its columns, ``ORDER``,
+        ``DELETE`` (a tombstone) and ``VERSION`` (their number)."""
         columns = self.table.columns
-        upserts = [
-            visible(d.rows).select(columns).with_columns(d.rows.get_column(ORDER))
-            for d in changes
-            if d.rows.height
-        ]
-        deletes = [
-            d.deletes.select(*self.on, ORDER)
-            for d in changes
-            if d.deletes is not None and d.deletes.height
-        ]
-        versions = (
+        return (
             pl.concat(
                 [
-                    *(u.with_columns(pl.lit(False).alias(DELETE)) for u in upserts),
-                    *(x.with_columns(pl.lit(True).alias(DELETE)) for x in deletes),
+                    self.table.clear().with_columns(  # every column, even without upserts
+                        pl.lit(None, pl.Int64).alias(ORDER), pl.lit(False).alias(DELETE)
+                    ),
+                    *(
+                        visible(d.rows)
+                        .select(columns)
+                        .with_columns(d.rows.get_column(ORDER), pl.lit(False).alias(DELETE))
+                        for d in changes
+                        if d.rows.height
+                    ),
+                    *(
+                        d.deletes.select(*self.on, ORDER).with_columns(pl.lit(True).alias(DELETE))
+                        for d in changes
+                        if d.deletes is not None and d.deletes.height
+                    ),
                 ],
                 how="diagonal_relaxed",
             )
@@ -112,7 +131,10 @@ class StreamTableJoin(Operator):
             .with_row_index(VERSION)
             .with_columns(pl.col(VERSION).cast(pl.Int64))
         )
-        # the latest version of each stream record's key before it, if the batch has one
+
+    def _join_as_of(self, stream: pl.DataFrame, versions: pl.DataFrame) -> pl.DataFrame:
+        """Each stream record joined with its key's latest version before it in the batch,
+        or with the table as it was before the batch."""
         latest = (
             stream.select(*self.on, ORDER)
             .join_asof(
@@ -121,34 +143,21 @@ class StreamTableJoin(Operator):
                 by=self.on,
                 strategy="backward",
                 allow_exact_matches=False,
+                check_sortedness=False,  # ORDER is sorted; polars cannot tell within groups
             )
             .get_column(VERSION)
         )
         stream = stream.with_columns(latest.alias(VERSION))
         fresh = pl.col(VERSION).is_not_null()
+        upserts = versions.filter(~pl.col(DELETE)).select(*self.table.columns, VERSION)
         joined = pl.concat(
             [
                 self._join(stream.filter(~fresh).drop(VERSION), self.table),
-                self._join(
-                    stream.filter(fresh),
-                    versions.filter(~pl.col(DELETE)).select(*columns, VERSION),
-                    [*self.on, VERSION],
-                ).drop(VERSION),
+                self._join(stream.filter(fresh), upserts, [*self.on, VERSION]).drop(VERSION),
             ],
             how="diagonal_relaxed",
         ).sort(ORDER)
-        # the table after the batch: each key's last version
-        last = versions.unique(subset=self.on, keep="last", maintain_order=True)
-        gone = last.select(self.on)
-        kept = last.filter(~pl.col(DELETE)).select(columns)
-        self.table = pl.concat(
-            [self.table.join(gone, on=self.on, how="anti", nulls_equal=True), kept],
-            how="vertical_relaxed",
-        )
-        return Delta(joined.select(self._output_columns(stream)))
-
-    def _output_columns(self, stream: pl.DataFrame) -> list[str]:
-        return self._join(stream.clear().drop(VERSION), self.table.clear()).columns
+        return joined.select(self._join(stream.clear().drop(VERSION), self.table.clear()).columns)
 
 
 class TableTableJoin(Operator):

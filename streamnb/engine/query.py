@@ -13,6 +13,7 @@ import polars as pl
 from streamnb.columns import visible
 from streamnb.engine.core import NEG_INF, Context, Delta
 from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, Runner
+from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS
 from streamnb.engine.result import ResultTable
 from streamnb.exceptions import ConfigError, QueryFailed
 from streamnb.plan import Plan
@@ -70,11 +71,19 @@ def _check_errors(errors: str) -> bool:
 class Execution:
     """One run of a plan: pipeline, runner, result table and side outputs."""
 
-    def __init__(self, plan: Plan, *, errors: str, keep: int | None, max_batch: int) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        errors: str,
+        keep: int | None,
+        max_batch: int,
+        max_idle_ms: int = DEFAULT_MAX_IDLE_MS,
+    ) -> None:
         self.ctx = Context(fail_on_error=_check_errors(errors))
         self.table = ResultTable(plan.schema, plan.keys, keep)
         self.pipeline = Pipeline(plan.root, self.ctx, self._sink)
-        self.runner = Runner(self.pipeline, self.ctx, max_batch=max_batch)
+        self.runner = Runner(self.pipeline, self.ctx, max_batch=max_batch, max_idle_ms=max_idle_ms)
         self.event_time = plan.status_time
         self.output_time = plan.event_time  # a plain stream's own event time
 
@@ -105,6 +114,7 @@ class Query:
         errors: ErrorPolicy = "keep",
         keep: int | None = 100_000,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_idle_ms: int = DEFAULT_MAX_IDLE_MS,
     ) -> None:
         self.name = name if name is not None else f"query-{next(_names)}"
         if not isinstance(self.name, str) or not self.name:
@@ -113,7 +123,11 @@ class Query:
         self.exception: BaseException | None = None
         self.views: dict[str, Any] = {}
         self._exec = Execution(
-            plan, errors=errors, keep=keep if not plan.bounded else None, max_batch=max_batch
+            plan,
+            errors=errors,
+            keep=keep if not plan.bounded else None,
+            max_batch=max_batch,
+            max_idle_ms=max_idle_ms,
         )
         self._state: QueryState = "running"
         self._done = threading.Event()

@@ -6,7 +6,6 @@ the reference replays that merge (:func:`tests.oracle.merged`) record by record.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import polars as pl
@@ -16,7 +15,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 import streamnb as sn
-from tests.oracle import merged
+from tests.oracle import interval_reference, merged
 
 KEYS = st.sampled_from(["a", "b", "c", None])
 
@@ -74,45 +73,6 @@ def test_a_running_aggregate_is_a_table() -> None:
 
 
 # -- interval join -----------------------------------------------------------------------------
-
-
-def interval_reference(
-    order: list[tuple[int, dict[str, Any]]], *, within: int, grace: int, delay: int, how: str
-) -> tuple[list[dict[str, Any]], list[dict]]:
-    seen = -math.inf
-    buffers: list[list[dict[str, Any]]] = [[], []]
-    matched: dict[int, bool] = {}
-    out: list[dict[str, Any]] = []
-    late: list[dict] = []
-    for side, row in order:
-        w = seen - delay
-        t = row["t"]
-        if t + within + grace <= w:
-            late.append(row)
-        else:
-            for partner in buffers[1 - side]:
-                kept = partner["t"] + within + grace > w
-                if (
-                    kept
-                    and row["k"] is not None
-                    and partner["k"] == row["k"]
-                    and abs(partner["t"] - t) <= within
-                ):
-                    left, right = (row, partner) if side == 0 else (partner, row)
-                    out.append({**left, "t_right": right["t"], "x": right["x"]})
-                    matched[id(left)] = True
-            buffers[side].append(row)
-            matched.setdefault(id(row), False)
-        seen = max(seen, t)
-        w = seen - delay
-        for s in (0, 1):
-            for gone in [r for r in buffers[s] if r["t"] + within + grace <= w]:
-                buffers[s].remove(gone)
-                if s == 0 and how == "left" and not matched[id(gone)]:
-                    out.append({**gone, "t_right": None, "x": None})
-    if how == "left":
-        out += [{**r, "t_right": None, "x": None} for r in buffers[0] if not matched[id(r)]]
-    return out, late
 
 
 @st.composite

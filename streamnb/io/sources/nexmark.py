@@ -376,6 +376,11 @@ class _NexmarkReader(Reader):
         self.done = self.end is not None and stop >= self.end
         return df
 
+    def has_unread(self) -> bool:
+        """Records are due: always, unpaced; paced, once their wall time has come."""
+        rate = self.source.rate
+        return not self.done and (rate is None or self._due(rate) > self.position)
+
     def lag(self) -> int | None:
         if self.source.rate is not None:
             return max(0, self._due(self.source.rate) - self.position)

@@ -118,6 +118,7 @@ class KafkaReader(Reader):
         self._positions: dict[tuple[str, int], int] = {}  # next offset to read, when known
         self._started: set[tuple[str, int]] = set()  # partitions given their start position
         self._lag: int | None = None
+        self._last_records = 0.0  # when a fetch last brought records (monotonic)
         self._lag_measured = 0.0
         self._ends: dict[tuple[str, int], tuple[int, int]] | None = None  # (low, high) at start
         self._progress: float | None = None
@@ -308,6 +309,7 @@ class KafkaReader(Reader):
             self._measure_lag()
         if not messages:
             return None
+        self._last_records = now
         offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
         self._remember(topics, numbers, offsets)
         return self._decoder.frame(messages, numbers, offsets, topics, pids)
@@ -382,6 +384,13 @@ class KafkaReader(Reader):
     def lag(self) -> int | None:
         return self._lag  # computed on the reader's thread: a consumer is not thread-safe
 
+    def has_unread(self) -> bool:
+        """Whether a partition's position is below its end offset (as the last fetch saw
+        it). A transaction's commit marker takes an offset too and is never delivered, so
+        the claim lapses once no fetch has brought a record for :data:`UNREAD_LAPSE` s."""
+        self._measure_lag()
+        return bool(self._lag) and time.monotonic() - self._last_records < UNREAD_LAPSE
+
     def _measure_lag(self) -> None:
         lags = {}
         try:
@@ -434,6 +443,11 @@ class KafkaReader(Reader):
         if self._owner is None:
             self._commit_processed(asynchronous=False)
         self._consumer.close()
+
+
+UNREAD_LAPSE = 1.0
+"""Seconds after which an end offset above the position, with no records coming, no longer
+counts as unread records (see :meth:`KafkaReader.has_unread`)."""
 
 
 def _reason(exc: BaseException) -> str:
