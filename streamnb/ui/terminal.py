@@ -28,12 +28,22 @@ def format_watermark(watermark: datetime | int | None) -> str:
     return f"{watermark:,}" if isinstance(watermark, int) else str(watermark)
 
 
-def loading_text(status: Mapping[str, Any]) -> str:
-    """The tables a query is still bootstrapping: ``loading table kafka[customers]: 61 %``."""
-    return ", ".join(
+HELD_SHOWN_MS = 250
+"""An input that holds the others back for longer than this shows in the status line."""
+
+
+def notes_text(status: Mapping[str, Any]) -> str:
+    """What a query waits for: the tables it is still bootstrapping (``loading table
+    kafka[customers]: 61 %``) and the input the event-time merge waits for (``waiting for
+    kafka[persons] (unread records) 1.2 s``)."""
+    notes = [
         f"loading table {name}" + ("" if done is None else f": {done:.0%}".replace("%", " %"))
         for name, done in (status.get("loading") or {}).items()
-    )
+    ]
+    held = status.get("held_by")
+    if held and held["ms"] >= HELD_SHOWN_MS:
+        notes.append(f"waiting for {held['input']} ({held['reason']}) {held['ms'] / 1000:.1f} s")
+    return ", ".join(notes)
 
 
 def status_line(status: Mapping[str, Any]) -> str:
@@ -46,7 +56,7 @@ def status_line(status: Mapping[str, Any]) -> str:
         f"lag {'–' if lag is None else f'{lag:,}'}  "
         f"watermark {format_watermark(status['watermark'])}  "
         f"late {status['late']:,}  errors {status['errors']:,}"
-    ) + (f"  ({loading})" if (loading := loading_text(status)) else "")
+    ) + (f"  ({notes})" if (notes := notes_text(status)) else "")
 
 
 def render(query: Observed, view: Callable[[pl.DataFrame], pl.DataFrame] | None, rows: int) -> str:

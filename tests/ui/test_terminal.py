@@ -38,3 +38,12 @@ def test_tables_still_loading_show_in_the_line_and_the_bar() -> None:
     assert status_line(loading).endswith(f"({expected})")
     assert expected in status_html(loading)
     assert "loading" not in status_line(status()) and "loading" not in status_html(status())
+
+
+def test_an_input_holding_the_others_back_shows_in_the_line_and_the_bar() -> None:
+    held = status(held_by={"input": "kafka[persons]", "reason": "unread records", "ms": 1234.0})
+    expected = "waiting for kafka[persons] (unread records) 1.2 s"
+    assert status_line(held).endswith(f"({expected})")
+    assert expected in status_html(held)
+    brief = status(held_by={"input": "kafka[persons]", "reason": "max_idle", "ms": 20.0})
+    assert "waiting" not in status_line(brief) and "waiting" not in status_line(status())

@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 
 from streamnb.engine.query import Observed
-from streamnb.ui.terminal import format_watermark, loading_text, status_line
+from streamnb.ui.terminal import format_watermark, notes_text, status_line
 
 _CELL_CHARS = 80
 _STATE_COLORS = {
@@ -122,8 +122,8 @@ def status_html(status: Mapping[str, Any], exception: BaseException | None = Non
         f'<b style="color:{color}">{html.escape(state)}</b></span>'
     ]
     parts += [f"<span>{label} <b>{html.escape(value)}</b></span>" for label, value in items]
-    if loading := loading_text(status):
-        parts.append(f"<span><b>{html.escape(loading)}</b></span>")
+    if notes := notes_text(status):
+        parts.append(f"<span><b>{html.escape(notes)}</b></span>")
     if exception is not None:
         parts.append(
             f'<div style="color:#cf222e">{html.escape(type(exception).__name__)}: '
