@@ -25,6 +25,10 @@ trackers take the time in; the row itself is dropped, never aggregated)."""
 DELETE = "__sn_delete"
 """Table sources: True marks a tombstone (the key's row is deleted)."""
 
+OFFSET = "__sn_offset"
+"""Kafka, read by the worker: a record's offset (a task that holds records back in its
+event-time merge commits the offset of the first one it has not processed)."""
+
 POSITION = "__sn_pos"
 """A record's position in its source (row number of a replay, line of a file), for errors."""
 

@@ -147,6 +147,36 @@ class Pipeline:
             if delta:
                 self._deliver(step.parent, delta, step.side, inbox)
 
+    def deliver(self, released: list[tuple[Step, pl.DataFrame]]) -> None:
+        """What an event-time merge released: at once when every operator can take a merged
+        batch, else run by run of one input."""
+        if self.merged:
+            self.push_merged(released)
+        else:
+            for source, rows in runs(released):
+                self.push(source, rows)
+
+    def merge(self, max_idle_ms: int) -> Merge | None:
+        """The event-time merge of this pipeline's inputs (``None`` for one input): ranks put
+        table inputs first, then the plan's input order."""
+        if len(self.sources) < 2:
+            return None
+        inputs = []
+        for index, step in enumerate(self.sources):
+            assert isinstance(step.node, SourceNode)  # Pipeline collects only those
+            source = runnable_source(step.node)
+            idle = source.max_idle_ms if source.max_idle_ms is not None else max_idle_ms
+            table = self.feeds_table(step)
+            inputs.append(
+                Input(
+                    source.name,
+                    self.merge_time(step, source),
+                    rank=index if table else len(self.sources) + index,
+                    max_idle=idle / 1000,
+                )
+            )
+        return Merge(inputs)
+
     def finish(self, source: Step) -> None:
         """``source`` ended: flush every operator whose inputs have all ended."""
         step = source.parent
@@ -256,28 +286,15 @@ class Runner:
         self.rates = RateMeter()
 
     def open(self) -> None:
-        inputs = []
-        n = len(self.pipeline.sources)
-        for index, step in enumerate(self.pipeline.sources):
+        for step in self.pipeline.sources:
             assert isinstance(step.node, SourceNode)  # Pipeline collects only those
             source = runnable_source(step.node)
             reader = source.open(self.ctx)
             self.readers.append((step, reader))
             self.bounded.append(source.bounded)
-            table = self.pipeline.feeds_table(step)
-            if table:
+            if self.pipeline.feeds_table(step):
                 self.loading.append(_Table(source, reader))
-            idle = source.max_idle_ms if source.max_idle_ms is not None else self.max_idle_ms
-            inputs.append(
-                Input(
-                    source.name,
-                    self.pipeline.merge_time(step, source),
-                    rank=index if table else n + index,  # ties: table updates first
-                    max_idle=idle / 1000,
-                )
-            )
-        if len(inputs) > 1:
-            self.merge = Merge(inputs)
+        self.merge = self.pipeline.merge(self.max_idle_ms)
 
     def close(self) -> None:
         # sinks flush first, so that sources commit only offsets whose output is out
@@ -353,11 +370,7 @@ class Runner:
                 if reader.done:
                     merge.finish(i)
         released = merge.release([self._unread(i) for i in range(len(self.readers))])
-        if self.pipeline.merged:
-            self.pipeline.push_merged([(self.readers[i][0], rows) for i, rows in released])
-        else:
-            for i, rows in runs(released):
-                self.pipeline.push(self.readers[i][0], rows)
+        self.pipeline.deliver([(self.readers[i][0], rows) for i, rows in released])
         for i in list(active):
             if merge.inputs[i].finished and not merge.inputs[i].buffered:
                 active.remove(i)

@@ -21,9 +21,9 @@ synchronised: its records go at once, in arrival order.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import polars as pl
@@ -229,24 +229,32 @@ class Merge:
         return out
 
 
-def runs(released: list[tuple[int, pl.DataFrame]]) -> list[tuple[int, pl.DataFrame]]:
+K = TypeVar("K", bound=Hashable)
+
+
+def runs(released: list[tuple[K, pl.DataFrame]]) -> list[tuple[K, pl.DataFrame]]:
     """The released records as runs of one input each, in merged order (for pipelines whose
     operators cannot take a merged batch at once)."""
     if len(released) <= 1:
         return [(i, rows.drop(ORDER)) for i, rows in released]
     index = (
-        pl.concat([rows.select(ORDER, pl.lit(i, pl.Int32).alias("input")) for i, rows in released])
+        pl.concat(
+            [
+                rows.select(ORDER, pl.lit(n, pl.Int32).alias("input"))
+                for n, (_, rows) in enumerate(released)
+            ]
+        )
         .sort(ORDER)
         .with_row_index("at")
     )
     starts = index.filter(pl.col("input").ne_missing(pl.col("input").shift(1)))
-    frames = {i: rows.drop(ORDER) for i, rows in released}
-    taken = dict.fromkeys(frames, 0)  # rows of each input already in a run
+    frames = [rows.drop(ORDER) for _, rows in released]
+    taken = [0] * len(frames)  # rows of each input already in a run
     out = []
     ats = starts.get_column("at").to_list()
-    for i, at, end in zip(
+    for n, at, end in zip(
         starts.get_column("input").to_list(), ats, [*ats[1:], index.height], strict=True
     ):
-        out.append((i, frames[i].slice(taken[i], end - at)))
-        taken[i] += end - at
+        out.append((released[n][0], frames[n].slice(taken[n], end - at)))
+        taken[n] += end - at
     return out

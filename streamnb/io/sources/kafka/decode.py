@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import polars as pl
 
-from streamnb.columns import DELETE, PARTITION
+from streamnb.columns import DELETE, OFFSET, PARTITION
 from streamnb.engine.core import Context, error_from_python
 from streamnb.engine.eventtime import split_valid
 from streamnb.io.codecs import avro
@@ -54,9 +54,10 @@ class MessageDecoder:
         records to learn from at definition time), the one learnt from the first batch.
     """
 
-    def __init__(self, source: KafkaSource, ctx: Context) -> None:
+    def __init__(self, source: KafkaSource, ctx: Context, *, offsets: bool = False) -> None:
         self.source, self.ctx = source, ctx
         self.schema = source.value_schema
+        self.offsets = offsets  # add each record's offset as the hidden column OFFSET
 
     def frame(
         self,
@@ -108,6 +109,8 @@ class MessageDecoder:
                     pl.Series("timestamp", stamps[keep]).cast(pl.Datetime("ms", "UTC"))
                 )
         df = df.with_columns(pl.Series(PARTITION, pids[keep], dtype=pl.Int64))
+        if self.offsets:
+            df = df.with_columns(pl.Series(OFFSET, offsets[keep], dtype=pl.Int64))
         df, errors = split_valid(
             df, self.source.time_column, source=self.source.name, positions=pl.Series(offsets[keep])
         )

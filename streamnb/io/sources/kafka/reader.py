@@ -50,7 +50,11 @@ class KafkaReader(Reader):
       through :meth:`commit` or, in a producer's transaction, with :meth:`group_metadata`;
     * it marks no partition idle (each of the owner's tasks reads one partition);
     * ``extra_topics`` (the worker's repartition topic) are read in the same subscription and
-      handed over undecoded in :attr:`extra_messages`.
+      handed over undecoded in :attr:`extra_messages`;
+    * ``members`` (the query's other Kafka sources) are read in the same subscription, so the
+      group gives one member partition p of every co-partitioned topic (librdkafka's range
+      assignor); each is decoded by its own source, into :attr:`member_frames`;
+    * every row carries its offset (hidden column ``OFFSET``).
 
     What an owner uses: :meth:`read`, :attr:`extra_messages`, :attr:`positions`,
     :meth:`set_position`, :meth:`seek`, :meth:`partition_id`, :meth:`partition_ids`,
@@ -64,6 +68,7 @@ class KafkaReader(Reader):
         *,
         owner: PartOwner | None = None,
         extra_topics: Sequence[str] = (),
+        members: Sequence[KafkaSource] = (),
     ) -> None:
         from confluent_kafka import Consumer
 
@@ -72,10 +77,15 @@ class KafkaReader(Reader):
                 f"{source.name}: a reader whose partitions an owner manages is a consumer group "
                 "member; use source.in_group(group_id)"
             )
-        if extra_topics and owner is None:
-            raise ConfigError(f"{source.name}: extra_topics are read only under an owner")
+        if (extra_topics or members) and owner is None:
+            raise ConfigError(f"{source.name}: extra_topics and members are read under an owner")
         self.source, self.ctx = source, ctx
-        self._decoder = MessageDecoder(source, ctx)
+        self.sources = [source, *members]
+        self._decoders = [MessageDecoder(s, ctx, offsets=owner is not None) for s in self.sources]
+        self._decoder = self._decoders[0]
+        self._source_of = {t: i for i, s in enumerate(self.sources) for t in s.topics}
+        self.member_frames: list[pl.DataFrame | None] = [None] * len(members)
+        """What the last :meth:`read` fetched of each member source, decoded."""
         self.extra_messages: list[Any] = []
         """The messages of ``extra_topics`` that the last :meth:`read` fetched, undecoded."""
         self.lags: dict[tuple[str, int], int] = {}
@@ -107,7 +117,8 @@ class KafkaReader(Reader):
         # hidden partition ids: per topic, a lookup table from partition number to id
         self._lut = {
             t: np.array([ctx.partitions.id_for("kafka", t, p) for p in range(max(ps) + 1)])
-            for t, ps in source.partitions.items()
+            for s in self.sources
+            for t, ps in s.partitions.items()
         }
         self._parts = {
             int(pid): (t, p) for t, lut in self._lut.items() for p, pid in enumerate(lut.tolist())
@@ -123,8 +134,9 @@ class KafkaReader(Reader):
         self._ends: dict[tuple[str, int], tuple[int, int]] | None = None  # (low, high) at start
         self._progress: float | None = None
         if source.group_id is not None:
+            topics = [t for s in self.sources for t in s.topics]
             self._consumer.subscribe(
-                [*source.topics, *sorted(self._extra - set(source.topics))],
+                [*topics, *sorted(self._extra - set(topics))],
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
             )
@@ -273,6 +285,7 @@ class KafkaReader(Reader):
             self._commit_processed(asynchronous=True)  # the previous batch is processed by now
         messages = self._messages(max_records, timeout)
         self.extra_messages = []
+        self.member_frames = [None] * (len(self.sources) - 1)
         if self._extra and messages:
             from confluent_kafka import Message
 
@@ -312,7 +325,26 @@ class KafkaReader(Reader):
         self._last_records = now
         offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
         self._remember(topics, numbers, offsets)
-        return self._decoder.frame(messages, numbers, offsets, topics, pids)
+        if len(self.sources) == 1:
+            return self._decoder.frame(messages, numbers, offsets, topics, pids)
+        assert topics is not None  # several sources: several topics
+        which = np.fromiter(map(self._source_of.__getitem__, topics), dtype=np.int64, count=n)
+        frames: list[pl.DataFrame | None] = []
+        for i, decoder in enumerate(self._decoders):
+            mine = np.flatnonzero(which == i)
+            frames.append(
+                decoder.frame(
+                    [messages[j] for j in mine.tolist()],
+                    numbers[mine],
+                    offsets[mine],
+                    [topics[j] for j in mine.tolist()],
+                    pids[mine],
+                )
+                if len(mine)
+                else None
+            )
+        self.member_frames = frames[1:]
+        return frames[0]
 
     def _without_errors(self, messages: list[Any]) -> list[Any]:
         """Drop error events: fatal ones stop the query, others are reported and skipped."""
@@ -383,6 +415,11 @@ class KafkaReader(Reader):
 
     def lag(self) -> int | None:
         return self._lag  # computed on the reader's thread: a consumer is not thread-safe
+
+    def has_unread_at(self, topic: str, partition: int) -> bool:
+        """:meth:`has_unread` for one partition (as last measured)."""
+        lapsed = time.monotonic() - self._last_records >= UNREAD_LAPSE
+        return self.lags.get((topic, partition), 0) > 0 and not lapsed
 
     def has_unread(self) -> bool:
         """Whether a partition's position is below its end offset (as the last fetch saw

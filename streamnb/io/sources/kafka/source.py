@@ -136,10 +136,12 @@ class KafkaSource(Source):
         *,
         owner: PartOwner | None = None,
         extra_topics: Sequence[str] = (),
+        members: Sequence[KafkaSource] = (),
     ) -> KafkaReader:
-        """Start reading (see :class:`KafkaReader`); ``owner`` and ``extra_topics`` are for a
-        runtime that manages the group's partitions itself (the worker)."""
-        return KafkaReader(self, ctx, owner=owner, extra_topics=extra_topics)
+        """Start reading (see :class:`KafkaReader`); ``owner``, ``extra_topics`` and
+        ``members`` are for a runtime that manages the group's partitions itself (the
+        worker)."""
+        return KafkaReader(self, ctx, owner=owner, extra_topics=extra_topics, members=members)
 
     def partition_scopes(self) -> frozenset[tuple[object, ...]]:
         return frozenset(("kafka", t) for t in self.topics)
