@@ -18,16 +18,21 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
+
+from streamnb.columns import OFFSET, PARTITION
 from streamnb.engine import checkpoint
 from streamnb.engine.core import NEG_INF, Context, Delta, Partitions
 from streamnb.engine.executor import Pipeline, Step
+from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS, Merge
 from streamnb.exceptions import SourceError
 from streamnb.io.sources.kafka import KafkaReader
-from streamnb.plan import Plan
+from streamnb.plan import JoinNode, Plan
 from streamnb.worker.changelog import METADATA_PREFIX, Changelog, parse_pointer
+from streamnb.worker.inputs import GlobalTable, is_table
 from streamnb.worker.topology import Split
 
 log = logging.getLogger("streamnb.worker")
@@ -38,22 +43,66 @@ TP = tuple[str, int]
 
 @dataclass(eq=False)
 class Task:
-    """One partition's share of the query."""
+    """One partition's share of the query.
 
-    topic: str
+    ``sources``: the source step each input topic's records go to (an input task: partition
+    ``partition`` of every stream topic; a downstream task: its repartition partition);
+    ``tables``: the source steps of the global tables. With several inputs, ``merge`` holds
+    records back until their turn in event time (:mod:`streamnb.engine.merge`).
+    """
+
+    topic: str  # the first input topic, or the repartition topic
     partition: int
     pipeline: Pipeline
     ctx: Context
-    source: Step
-    position: int | None = None  # next input offset to read, once known
-    committed: int | None = None  # input offset of the last checkpoint
+    sources: dict[str, Step]
+    tables: list[tuple[GlobalTable, Step]]
+    merge: Merge | None = None
+    positions: dict[TP, int | None] = field(default_factory=dict)  # next offsets to commit
+    committed: dict[TP, int | None] = field(default_factory=dict)  # of the last checkpoint
     pointer: str = METADATA_PREFIX  # offset metadata: the last snapshot, "sn1:<id>:<records>"
     snapshot_id: int = 0
     dirty: bool = False
 
+    @property
+    def key(self) -> TP:
+        return (self.topic, self.partition)
+
     def watermark(self) -> int:
         values = [w for w in self.ctx.watermarks.values() if w > NEG_INF]
         return max(values) if values else NEG_INF
+
+    def offer(self, step: Step, rows: pl.DataFrame) -> None:
+        """Records of one input: processed now, or queued for the event-time merge."""
+        if self.merge is None:
+            self.pipeline.push(step, rows)
+        else:
+            self.merge.offer(self.pipeline.sources.index(step), rows)
+        self.dirty = True
+
+    def release(self, unread: Callable[[Step], bool]) -> None:
+        """Process what the merge lets through (``unread``: an input has records to read)."""
+        if self.merge is None:
+            return
+        steps = self.pipeline.sources
+        released = self.merge.release([unread(step) for step in steps])
+        if released:
+            self.pipeline.deliver([(steps[i], rows) for i, rows in released])
+
+    def held(self, step: Step) -> dict[int, int]:
+        """The first offset per hidden partition id of the records of ``step``'s input that
+        the merge still holds: where a restart must resume them."""
+        if self.merge is None:
+            return {}
+        queue = self.merge.inputs[self.pipeline.sources.index(step)]
+        if not queue.frames:
+            return {}
+        first = (
+            pl.concat([f.select(PARTITION, OFFSET) for f in queue.frames])
+            .group_by(PARTITION)
+            .agg(pl.col(OFFSET).min())
+        )
+        return dict(first.iter_rows())
 
 
 class Tasks:
@@ -61,6 +110,9 @@ class Tasks:
 
     ``ctx`` is the worker's context: tasks share its side outputs and partition ids, and write
     through its (current) producer. ``emit`` receives the results of the tasks that make them.
+    Tasks are keyed by their first input topic (or the repartition topic) and partition; an
+    input task commits the offsets of every input topic's partition, each with the pointer
+    to its last snapshot.
     """
 
     def __init__(
@@ -69,53 +121,76 @@ class Tasks:
         *,
         plan: Plan,
         split: Split | None,
-        topic: str,
+        topics: list[str],
+        tables: dict[int, GlobalTable],
         ctx: Context,
         changelog: Changelog,
         restorer: Any,
         emit: Callable[[Delta], None],
     ) -> None:
-        self.name, self.plan, self.split, self.topic = name, plan, split, topic
+        self.name, self.plan, self.split = name, plan, split
+        self.topics, self.topic, self.tables = topics, topics[0], tables
         self.ctx, self.changelog, self.restorer, self.emit = ctx, changelog, restorer, emit
         self.running: dict[TP, Task] = {}
         self.suspended: dict[TP, Task] = {}  # revoked, kept in case they come back unchanged
         self.restores = 0
         self.restore_ms = 0.0  # the last restore of a task
 
+    def key_of(self, tp: TP) -> TP:
+        """The task that reads partition ``tp``."""
+        return (self.topic, tp[1]) if tp[0] in self.topics else tp
+
+    def partitions_of(self, key: TP) -> list[TP]:
+        """The partitions task ``key`` reads."""
+        return [(t, key[1]) for t in self.topics] if key[0] == self.topic else [key]
+
     def assign(self, partitions: Sequence[TP], reader: KafkaReader) -> None:
         """The group gave us ``partitions``: reuse a suspended task if nobody moved it on,
         else restore it from the last checkpoint."""
-        committed = self._committed(partitions)
-        for key in partitions:
-            offset, pointer = committed[key]
+        keys = sorted({self.key_of(tp) for tp in partitions})
+        committed = self._committed([tp for key in keys for tp in self.partitions_of(key)])
+        for key in keys:
+            offsets, pointer = self._checkpoint_of(key, committed)
             kept = self.suspended.pop(key, None)
-            if kept is not None and kept.committed == offset and kept.pointer == pointer:
+            if kept is not None and kept.committed == offsets and kept.pointer == pointer:
                 self.running[key] = kept
                 continue
-            self.running[key] = self._restore(key, offset, pointer, reader)
+            self.running[key] = self._restore(key, offsets, pointer, reader)
         self.suspended.clear()
-        for key in partitions:  # forget positions from an earlier ownership
-            reader.set_position(*key, self.running[key].committed)
+        for key in keys:  # forget positions from an earlier ownership
+            for tp, offset in self.running[key].committed.items():
+                reader.set_position(*tp, offset)
         log.info("%s: tasks %s", self.name, sorted(f"{t}/{p}" for t, p in self.running))
 
     def suspend(self, partitions: Sequence[TP]) -> None:
         """``partitions`` leave us (checkpointed by the caller): keep their tasks aside."""
-        for key in partitions:
+        for key in {self.key_of(tp) for tp in partitions}:
             task = self.running.pop(key, None)
             if task is not None:
                 self.suspended[key] = task
 
     def rewind(self, reader: KafkaReader) -> None:
         """Every task back to its last committed checkpoint, input included."""
-        partitions = list(self.running)
+        keys = list(self.running)
         self.running.clear()
-        committed = self._committed(partitions)
-        for key in partitions:
-            offset, pointer = committed[key]
-            self.running[key] = self._restore(key, offset, pointer, reader)
-            if offset is not None:
-                with contextlib.suppress(Exception):
-                    reader.seek(*key, offset)
+        committed = self._committed([tp for key in keys for tp in self.partitions_of(key)])
+        for key in keys:
+            offsets, pointer = self._checkpoint_of(key, committed)
+            self.running[key] = self._restore(key, offsets, pointer, reader)
+            for tp, offset in offsets.items():
+                if offset is not None:
+                    with contextlib.suppress(Exception):
+                        reader.seek(*tp, offset)
+
+    def _checkpoint_of(
+        self, key: TP, committed: dict[TP, tuple[int | None, str]]
+    ) -> tuple[dict[TP, int | None], str]:
+        """Task ``key``'s committed offsets, and the newest snapshot any of them points at
+        (a checkpoint writes the same pointer with each)."""
+        mine = {tp: committed[tp] for tp in self.partitions_of(key)}
+        pointers = [pointer for _, pointer in mine.values()]
+        newest = max(pointers, key=lambda p: (parse_pointer(p) or (-1, 0))[0])
+        return {tp: offset for tp, (offset, _) in mine.items()}, newest
 
     def _committed(self, partitions: Sequence[TP]) -> dict[TP, tuple[int | None, str]]:
         """The group's committed offset and its metadata (the snapshot pointer) per partition."""
@@ -137,11 +212,13 @@ class Tasks:
             for tp in found
         }
 
-    def _restore(self, key: TP, offset: int | None, pointer: str, reader: KafkaReader) -> Task:
+    def _restore(
+        self, key: TP, offsets: dict[TP, int | None], pointer: str, reader: KafkaReader
+    ) -> Task:
         started = time.monotonic()
         task = self._new_task(key, reader)
         partition = task.partition
-        task.committed, task.pointer, task.position = offset, pointer, offset
+        task.committed, task.pointer, task.positions = dict(offsets), pointer, dict(offsets)
         where = parse_pointer(pointer)
         if where is not None:
             task.snapshot_id = where[0]
@@ -150,14 +227,20 @@ class Tasks:
                 tracker = getattr(step.op, "tracker", None)
                 if tracker is not None:
                     task.ctx.watermarks[id(step.op)] = tracker.current
+        for table, step in task.tables:  # the global tables as this worker holds them now
+            rows = table.rows()
+            if rows is not None:
+                task.pipeline.push(step, rows)
+                if task.merge is not None:
+                    task.merge.note(task.pipeline.sources.index(step), rows)
         self.restores += 1
         self.restore_ms = (time.monotonic() - started) * 1000
         log.info(
-            "%s: task %s/%d restored at offset %s from %s in %.0f ms",
+            "%s: task %s/%d restored at offsets %s from %s in %.0f ms",
             self.name,
             task.topic,
             partition,
-            offset,
+            offsets,
             pointer,
             self.restore_ms,
         )
@@ -170,11 +253,10 @@ class Tasks:
         inputs = set(reader.partition_ids(self.topic))
         sink: Callable[[Delta], None]
         if self.split is None:
-            root, assigned, sink = (
-                self.plan.root,
-                inputs & {reader.partition_id(topic, partition)},
-                self.emit,
-            )
+            # a task's inputs arrive as one partition (its first topic's): merged by event
+            # time, they have one watermark, as a Kafka Streams task has one stream time
+            ids = {reader.partition_id(self.topic, partition)}
+            root, assigned, sink = self.plan.root, ids, self.emit
         elif topic == self.topic:
             root, assigned, sink = self.split.upstream, set(), _discard
         else:
@@ -189,7 +271,36 @@ class Tasks:
             ),
         )
         pipeline = Pipeline(root, ctx, sink)
-        return Task(topic, partition, pipeline, ctx, pipeline.sources[0])
+        sources: dict[str, Step] = {}
+        tables: list[tuple[GlobalTable, Step]] = []
+        for step in pipeline.sources:
+            source = getattr(step.node, "source", None)
+            if is_table(source):
+                tables.append((self.tables[id(source)], step))
+                _forget_table(step)
+            elif topic == self.topic:
+                sources.update((t, step) for t in getattr(source, "topics", ()))
+            else:
+                sources[topic] = step
+        return Task(
+            topic,
+            partition,
+            pipeline,
+            ctx,
+            sources,
+            tables,
+            merge=pipeline.merge(DEFAULT_MAX_IDLE_MS),
+        )
+
+
+def _forget_table(step: Step) -> None:
+    """A global table's join keeps no state in checkpoints: a restored task gets the table
+    from the worker."""
+    while step.parent is not None:
+        if step.side == 1 and isinstance(step.parent.node, JoinNode):
+            step.parent.op.state_fields = ()  # type: ignore[misc, union-attr]
+            return
+        step = step.parent
 
 
 def _discard(delta: Delta) -> None:

@@ -79,11 +79,12 @@ def start(
 ) -> Any:
     """Start ``stream`` (its sink attached) the way the worker runs it; a ``Query``-like handle.
 
-    A query whose only source is one Kafka topic runs as checkpointed tasks, one per partition
+    A query over Kafka topics runs as checkpointed tasks, one per partition number
     (:mod:`streamnb.worker.tasks`); any other query runs as in the notebook, its Kafka sources
     (if any) in consumer group ``group_id``, committing after each batch.
     """
     from streamnb.worker.changelog import default_state_dir
+    from streamnb.worker.inputs import inputs
     from streamnb.worker.tasks import TaskWorker, has_kafka_sink, partitioned_source
 
     if guarantee not in GUARANTEES:
@@ -93,9 +94,14 @@ def start(
     tasks = partitioned_source(stream.plan)
     if guarantee == "exactly_once":
         if not tasks:
+            try:
+                inputs(stream.plan)
+                reason = "its output goes to files, which are not transactional"
+            except ConfigError as exc:
+                reason = str(exc)
             raise ConfigError(
-                "--guarantee exactly_once needs a query whose only source is one Kafka topic "
-                "(its offsets commit in the output's transaction)"
+                "--guarantee exactly_once runs a query as checkpointed tasks over Kafka "
+                f"topics, its offsets committed in the output's transaction: {reason}"
             )
         if not has_kafka_sink(stream.plan):
             raise ConfigError(

@@ -31,6 +31,7 @@ This module holds :class:`TaskWorker`: the read loop, the routing of rows to tas
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -43,20 +44,21 @@ import polars as pl
 
 from streamnb.columns import PARTITION, visible
 from streamnb.engine.core import NEG_INF, Context, Delta
-from streamnb.engine.executor import DEFAULT_MAX_BATCH, RateMeter
+from streamnb.engine.executor import DEFAULT_MAX_BATCH, RateMeter, Step
 from streamnb.engine.result import ResultTable
 from streamnb.engine.source import Part
 from streamnb.exceptions import ConfigError, QueryFailed
 from streamnb.io.kafka.client import client_config
 from streamnb.io.sinks.kafka import KafkaSink
 from streamnb.io.sinks.parquet import ParquetSink
-from streamnb.io.sources.kafka import KafkaReader, KafkaSource
+from streamnb.io.sources.kafka import KafkaReader
 from streamnb.plan import Plan
 from streamnb.types import Guarantee, QueryState, Status
 from streamnb.worker import topology
 from streamnb.worker.admin import CHANGELOG_CONFIG, REPARTITION_CONFIG, Purger, ensure_topics
-from streamnb.worker.assignment import TP, Tasks
+from streamnb.worker.assignment import TP, Task, Tasks
 from streamnb.worker.changelog import Instance
+from streamnb.worker.inputs import GlobalTable, inputs
 from streamnb.worker.transactions import Checkpoints
 
 log = logging.getLogger("streamnb.worker")
@@ -76,7 +78,7 @@ class WorkerStatus(Status):
 
 
 class TaskWorker:
-    """Runs ``plan`` (one Kafka source) as tasks in a background thread; a ``Query``'s API.
+    """Runs ``plan`` (Kafka topics) as tasks in a background thread; a ``Query``'s API.
 
     It is the :class:`~streamnb.engine.source.PartOwner` of its Kafka reader: the group's
     assignments and revocations come to :meth:`assigned` and :meth:`revoked`.
@@ -101,9 +103,11 @@ class TaskWorker:
         self.exactly_once = guarantee == "exactly_once"
         self.interval = checkpoint_interval_ms / 1000
         self.max_batch = max_batch
-        self.source = kafka_source(plan).in_group(group_id)
+        self.inputs = inputs(plan)
+        streams = [s.in_group(group_id) for s in self.inputs.streams]
+        self.source, self.members = streams[0], streams[1:]
         self.topic = self.source.topics[0]
-        self.partitions = len(self.source.partitions[self.topic])
+        self.partitions = self.inputs.partitions
         # several partitions and state: key the state by repartitioning (one task per
         # repartition partition holds it); otherwise each input partition's task holds its own
         self.split = (
@@ -129,6 +133,7 @@ class TaskWorker:
             )
         )
         self.ctx = Context()
+        self.global_tables: dict[int, GlobalTable] = {}  # by id of the plan's table source
         self.checkpoints = Checkpoints(
             name,
             source=self.source,
@@ -141,7 +146,8 @@ class TaskWorker:
             name,
             plan=plan,
             split=self.split,
-            topic=self.topic,
+            topics=self.inputs.topics,
+            tables=self.global_tables,
             ctx=self.ctx,
             changelog=self.checkpoints.changelog,
             restorer=self.restorer,
@@ -155,6 +161,7 @@ class TaskWorker:
         self._done = threading.Event()
         self.rates = RateMeter()
         self.reader: KafkaReader | None = None
+        self._bootstrapped = False
         self._thread = threading.Thread(target=self._run, name=f"streamnb:{name}", daemon=True)
 
     # -- Query API -----------------------------------------------------------------------------
@@ -202,7 +209,11 @@ class TaskWorker:
             "watermark": self._watermark(),
             "lag": sum(lag.values()) if lag else None,
             "rate": round(self.rates.rate(), 1),
-            "loading": {},
+            "loading": {
+                t.source.name: t.reader.bootstrap_progress()
+                for t in self.global_tables.values()
+                if not self._bootstrapped
+            },
             "held_by": None,
             "tasks": sorted(p for t, p in self.tasks.running if t == self.topic),
             "checkpoints": checkpoints.count,
@@ -236,14 +247,16 @@ class TaskWorker:
     def checkpoint(self) -> None:
         """Checkpoint every task; after an aborted transaction, rewind them to the last one."""
         assert self.reader is not None
+        self._positions()
         if not self.checkpoints.checkpoint(self.tasks.running, self.reader):
             self.tasks.rewind(self.reader)
         elif self.purger is not None:
+            topic = self.purger.topic
             self.purger.purge(
                 {
-                    partition: task.committed
-                    for (topic, partition), task in self.tasks.running.items()
-                    if topic == self.purger.topic and task.committed is not None
+                    partition: offset
+                    for (t, partition), task in self.tasks.running.items()
+                    if t == topic and (offset := task.committed.get((t, partition))) is not None
                 }
             )
 
@@ -251,21 +264,28 @@ class TaskWorker:
     def _run(self) -> None:
         try:
             self.checkpoints.begin()
+            self._bootstrap()
             extra = [self.repartition] if self.repartition is not None else []
-            self.reader = reader = self.source.open(self.ctx, owner=self, extra_topics=extra)
+            self.reader = reader = self.source.open(
+                self.ctx, owner=self, extra_topics=extra, members=self.members
+            )
             last = time.monotonic()
             while not self._stop.is_set():
-                rows = reader.read(self.max_batch, 0.1)
-                if rows is not None and rows.height:
-                    self._process(rows)
+                rows = reader.read(self.max_batch, 0.1 if not self.global_tables else 0.02)
+                for frame in (rows, *reader.member_frames):
+                    if frame is not None and frame.height:
+                        self._process(frame)
+                for table in self.global_tables.values():
+                    if (changes := table.read(self.max_batch)) is not None:
+                        self._offer_table(table, changes)
                 if reader.extra_messages:
                     repartitioned = topology.decode(reader.extra_messages)
                     if repartitioned is not None:
                         self._process_repartitioned(repartitioned)
+                for task in self.tasks.running.values():
+                    task.release(functools.partial(self._unread, task))
                 self.rates.note(self.records_in)
-                self.partition_lag = {
-                    p: lag for (t, p), lag in reader.lags.items() if t == self.topic
-                }
+                self.partition_lag = self._lag_by_partition()
                 if time.monotonic() - last >= self.interval:
                     self.checkpoint()
                     last = time.monotonic()
@@ -279,6 +299,38 @@ class TaskWorker:
             self._close()
             self._done.set()
 
+    def _bootstrap(self) -> None:
+        """Read every global table up to the end offsets it had at the start (Kafka Streams
+        reads its GlobalKTables before its tasks start)."""
+        for source in self.inputs.tables:
+            self.global_tables[id(source)] = GlobalTable(source, self.ctx)
+        pending = list(self.global_tables.values())
+        while pending and not self._stop.is_set():
+            for table in pending:
+                table.read(self.max_batch)
+            pending = [t for t in pending if not t.loaded()]
+        self._bootstrapped = True
+        log.info("%s: %d global tables loaded", self.name, len(self.global_tables))
+
+    def _lag_by_partition(self) -> dict[int, int]:
+        """Records not read yet per input partition number, over the input topics."""
+        assert self.reader is not None
+        topics, lag = set(self.inputs.topics), dict[int, int]()
+        for (topic, partition), n in self.reader.lags.items():
+            if topic in topics:
+                lag[partition] = lag.get(partition, 0) + n
+        return lag
+
+    def _unread(self, task: Task, step: Step) -> bool:
+        """Whether the input of ``step`` in ``task`` is known to have records to read."""
+        assert self.reader is not None
+        source = getattr(step.node, "source", None)
+        for table, table_step in task.tables:
+            if table_step is step:
+                return table.reader.has_unread()
+        topics = [t for t, s in task.sources.items() if s is step]
+        return any(self.reader.has_unread_at(t, task.partition) for t in topics) or (source is None)
+
     def _close(self) -> None:
         self.checkpoints.finish(failed=self._state == "failed")
         if self.reader is not None:
@@ -289,59 +341,63 @@ class TaskWorker:
         self.instance.release()
 
     def _process(self, rows: pl.DataFrame) -> None:
+        """Records of the input topics, to the tasks of their partitions."""
         assert self.reader is not None
         self.records_in += rows.height
+        several = len(self.inputs.topics) > 1
         for (pid,), part in rows.partition_by(PARTITION, as_dict=True, maintain_order=True).items():
-            self._push(self.reader.partition_of(int(pid)), part)
-        self._positions()
+            topic, partition = self.reader.partition_of(int(pid))
+            task = self.tasks.running.get((self.topic, partition))
+            if task is None:  # records fetched before their partition was revoked
+                continue
+            # merged by event time, a task's inputs are one partition (its first topic's)
+            as_one = pl.lit(self.reader.partition_id(self.topic, partition), pl.Int64)
+            task.offer(
+                task.sources[topic], part.with_columns(as_one.alias(PARTITION)) if several else part
+            )
+
+    def _offer_table(self, table: GlobalTable, changes: pl.DataFrame) -> None:
+        """A global table's changes, to every task (each holds the whole table)."""
+        for task in self.tasks.running.values():
+            for held, step in task.tables:
+                if held is table:
+                    task.offer(step, changes)
 
     def _process_repartitioned(self, rows: pl.DataFrame) -> None:
         assert self.repartition is not None
         for (q,), part in rows.partition_by(
             topology.TASK, as_dict=True, maintain_order=True, include_key=False
         ).items():
-            self._push((self.repartition, int(q)), part)
-        self._positions()
-
-    def _push(self, key: TP, rows: pl.DataFrame) -> None:
-        task = self.tasks.running.get(key)
-        if task is None:  # records fetched before their partition was revoked
-            return
-        task.pipeline.push(task.source, rows)
-        task.dirty = True
+            task = self.tasks.running.get((self.repartition, int(q)))
+            if task is not None:  # None: records fetched before their partition was revoked
+                task.offer(task.sources[self.repartition], part)
 
     def _positions(self) -> None:
+        """Each task's next offsets to commit: where the reader is, or, for records its
+        event-time merge still holds, the first of them."""
         assert self.reader is not None
         positions = self.reader.positions
-        for key, task in self.tasks.running.items():
-            position = positions.get(key)
-            if position is not None:
-                task.position = position
+        for task in self.tasks.running.values():
+            for tp in list(task.positions) or self.tasks.partitions_of(task.key):
+                task.positions[tp] = positions.get(tp, task.positions.get(tp))
+            for step in {id(s): s for s in task.sources.values()}.values():
+                for pid, offset in task.held(step).items():
+                    tp = self.reader.partition_of(int(pid))
+                    if tp in task.positions:
+                        task.positions[tp] = offset
 
     def _emit(self, delta: Delta) -> None:
         self.table.add(Delta(visible(delta.rows), delta.deletes))
 
 
-def kafka_source(plan: Plan) -> KafkaSource:
-    """The one Kafka source of ``plan`` (:class:`ConfigError` if it has another shape)."""
-    sources = plan.sources()
-    if len(sources) != 1 or not isinstance(sources[0], KafkaSource):
-        raise ConfigError(
-            "the worker runs a query as tasks when its only source is one Kafka topic; "
-            f"this one reads {[s.name for s in sources]}"
-        )
-    return sources[0]
-
-
 def partitioned_source(plan: Plan) -> bool:
-    """Whether the worker runs ``plan`` as tasks: its only source is one Kafka topic."""
-    sources = plan.sources()
-    return (
-        len(sources) == 1
-        and isinstance(sources[0], KafkaSource)
-        and len(sources[0].topics) == 1
-        and not any(isinstance(s, ParquetSink) for s in plan.sinks())
-    )
+    """Whether the worker runs ``plan`` as tasks: its sources are Kafka topics (streams
+    co-partitioned, tables global) and its sinks are not files."""
+    try:
+        inputs(plan)
+    except ConfigError:
+        return False
+    return not any(isinstance(s, ParquetSink) for s in plan.sinks())
 
 
 def has_kafka_sink(plan: Plan) -> bool:

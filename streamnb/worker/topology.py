@@ -27,7 +27,17 @@ from streamnb.engine.core import Context, Delta, Operator
 from streamnb.engine.source import PartOwner, Reader, Sink, Source
 from streamnb.exceptions import ConfigError, SourceError
 from streamnb.io.kafka.client import produce
-from streamnb.plan import GroupByNode, JoinNode, Node, SinkNode, SourceNode, WindowNode
+from streamnb.plan import (
+    GroupByNode,
+    JoinNode,
+    Node,
+    SinkNode,
+    SourceNode,
+    WindowNode,
+    source_nodes,
+    walk,
+)
+from streamnb.worker.inputs import is_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,39 +52,65 @@ class Split:
 
 
 def split(root: Node, topic: str, partitions: int) -> Split | None:
-    """``root`` cut in two for repartitioning through ``topic``; None if it keeps no state."""
-    path = _path_to_source(root)
-    stateful = [n for n in path if isinstance(n, (WindowNode, GroupByNode, JoinNode))]
+    """``root`` cut in two for repartitioning through ``topic``; None if it needs none.
+
+    The cut goes below the first stateful operator above the query's inputs: the chain from
+    the root down to its first operator with several inputs (or its source). A stream–table
+    join with a global table (``table_from_kafka``) is not in the way: every task holds the
+    whole table. A query whose state all sits below the inputs' meeting point (a window join,
+    an interval join) is not cut: its co-partitioned tasks hold that state.
+    """
+    chain = _chain(root)
+    meeting = chain[-1] if len(chain[-1].inputs) > 1 else None  # where the inputs meet
+    stateful = [n for n in chain if _stateful(n) and n is not meeting]
     if not stateful:
         return None
-    first = stateful[-1]  # path runs from the root down: the last is the first in data order
-    if isinstance(first, JoinNode) or len(stateful) > 1:
+    first = stateful[-1]  # the chain runs from the root down: the last is the first in data order
+    (below,) = first.inputs
+    inner = [n for n in walk(below) if _stateful(n)]
+    if len(stateful) > 1 or inner:
         raise ConfigError(
-            f"{first.describe()}: over a topic of {partitions} partitions the worker "
-            "repartitions once, before one window or group_by; this query needs more "
-            "(read a topic of one partition)"
+            f"{(inner or stateful)[0].describe()}: over topics of {partitions} partitions the "
+            "worker repartitions once, before one window or group_by; this query needs more "
+            "(read topics of one partition)"
         )
     if isinstance(first, WindowNode):
         keys, event_time = first.by, first.event_time
     else:
         assert isinstance(first, GroupByNode)
         keys, event_time = first.keys, None
-    (below,) = first.inputs
     upstream = SinkNode((below,), RepartitionSink(topic, partitions, keys, event_time))
-    scopes = path[-1].source.partition_scopes() if isinstance(path[-1], SourceNode) else None
-    placeholder = SourceNode((), _Repartitioned(scopes or frozenset()))
+    scopes: frozenset[tuple[object, ...]] = frozenset().union(
+        *(n.source.partition_scopes() for n in source_nodes(below) if not is_table(n.source))
+    )
+    placeholder = SourceNode((), _Repartitioned(scopes))
     downstream = _replace(root, first, dataclasses.replace(first, inputs=(placeholder,)))
     return Split(upstream, downstream, keys, event_time, topic)
 
 
-def _path_to_source(root: Node) -> list[Node]:
-    path, node = [root], root
-    while node.inputs:
-        if len(node.inputs) > 1:
-            raise ConfigError(f"{node.describe()}: the worker reads one source per query")
+def _chain(root: Node) -> list[Node]:
+    """The nodes from the root down to the first that several inputs meet in (or a source);
+    a global-table join is passed through on its stream side."""
+    chain, node = [root], root
+    while node.inputs and (len(node.inputs) == 1 or global_join(node)):
         node = node.inputs[0]
-        path.append(node)
-    return path
+        chain.append(node)
+    return chain
+
+
+def global_join(node: Node) -> bool:
+    """A stream–table join whose table is a ``table_from_kafka`` (every task holds it)."""
+    return (
+        isinstance(node, JoinNode)
+        and node.kind == "stream_table"
+        and all(is_table(n.source) for n in source_nodes(node.inputs[1]))
+    )
+
+
+def _stateful(node: Node) -> bool:
+    return isinstance(node, (WindowNode, GroupByNode)) or (
+        isinstance(node, JoinNode) and not global_join(node)
+    )
 
 
 def _replace(node: Node, old: Node, new: Node) -> Node:

@@ -117,25 +117,24 @@ class Checkpoints:
             task.snapshot_id += 1
             task.pointer = self.changelog.write(task.partition, task.snapshot_id, records)
             snapshots.add(key)
+        # every partition of a task that moved or was snapshotted, each with the snapshot's
+        # pointer (a restore takes the newest pointer among a task's partitions)
         moved = [
-            (task, task.position)
-            for task in tasks.values()
-            if task.position is not None
-            and (task.position != task.committed or (task.topic, task.partition) in snapshots)
+            (task, tp, position)
+            for key, task in tasks.items()
+            for tp, position in task.positions.items()
+            if position is not None and (position != task.committed.get(tp) or key in snapshots)
         ]
         if not moved:
             return True
         committing = time.monotonic()
         committed = self._commit(
-            [
-                TopicPartition(task.topic, task.partition, position, metadata=task.pointer)
-                for task, position in moved
-            ],
+            [TopicPartition(*tp, position, metadata=task.pointer) for task, tp, position in moved],
             reader,
         )
         if committed:
-            for task, position in moved:
-                task.committed = position
+            for task, tp, position in moved:
+                task.committed[tp] = position
         done = time.monotonic()
         self.count += 1
         self.checkpoint_ms = (done - started) * 1000

@@ -32,8 +32,9 @@ CELLS = [
     "     .window(sn.Hopping('2s', '1s'), by='channel')\n"
     "     .agg(pl.len().alias('n'), pl.col('price').max().alias('top')))",
     "import os\n"
-    "q = sn.queries()[0] if sn.queries() else None\n"
-    "if q is not None:\n"
+    "# the query the cell above started (it may have finished already); none in a job\n"
+    "q = globals().get('_')\n"
+    "if isinstance(q, sn.Query):\n"
     "    q.wait(60)\n"
     "    q.result().write_parquet(os.environ['PARITY_OUT'])",
 ]
