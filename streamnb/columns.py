@@ -97,6 +97,15 @@ JOIN_RIGHT_TIME = "__sn_jtr"
 JOIN_RIGHT_SEQ = "__sn_jseqr"
 """Interval joins: the right record's arrival number."""
 
+JOIN_RIGHT_ORDER = "__sn_jor"
+"""Interval joins over a merged batch: the right record's ``ORDER``."""
+
+JOIN_RIGHT_WATERMARK = "__sn_jwr"
+"""Interval joins over a merged batch: the watermark before the right record."""
+
+JOIN_SIDE = "__sn_jside"
+"""Interval joins over a merged batch: which input a record came from."""
+
 MATCHED = "__sn_matched"
 """Left interval joins: the left record has met a partner."""
 

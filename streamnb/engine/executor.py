@@ -83,11 +83,11 @@ class Pipeline:
             return not any(len(s.node.inputs) > 1 for s in self._above(step))
         if not isinstance(node, JoinNode):
             return True
-        if node.kind == "interval":
-            return False
         if node.kind == "stream_table":  # the table side must deliver every version
             return all(_versions(s) for s in self.steps if self._below(s, step, 1))
-        return True  # window and table–table joins do not depend on the interleaving
+        # interval joins interleave their inputs by ORDER; window and table–table joins do not
+        # depend on the interleaving
+        return True
 
     def _above(self, step: Step) -> list[Step]:
         out, parent = [], step.parent

@@ -22,15 +22,19 @@ import polars as pl
 
 from streamnb.columns import (
     DELETE,
+    JOIN_RIGHT_ORDER,
     JOIN_RIGHT_SEQ,
     JOIN_RIGHT_TIME,
+    JOIN_RIGHT_WATERMARK,
     JOIN_SEQ,
+    JOIN_SIDE,
     JOIN_TIME,
     MATCHED,
     ORDER,
     PARTITION,
     VERSION,
     WATERMARK,
+    is_hidden,
     visible,
 )
 from streamnb.definitions.eventtime import EventTime
@@ -293,6 +297,102 @@ class IntervalJoin(Operator):
         return frame.drop(MATCHED, strict=False).rename(
             {JOIN_TIME: JOIN_RIGHT_TIME, JOIN_SEQ: JOIN_RIGHT_SEQ}
         )
+
+    def process_merged(self, parts: list[tuple[int, Delta]]) -> Delta:
+        """Both inputs' records of a merged batch at once, as one after the other in ``ORDER``:
+        each record's watermark is that of the merged sequence before it, and a record pairs
+        with the partners that came before it (in earlier batches or earlier in this one)
+        and were still kept at its moment."""
+        sides: dict[int, pl.DataFrame] = {}
+        for side, delta in parts:
+            rows, errors = split_valid(delta.rows, self.times[side].column, source="join")
+            if errors is not None:
+                self.ctx.error(errors)
+            if rows.height:
+                sides[side] = rows
+        if len(sides) < 2 or any(ORDER not in rows.columns for rows in sides.values()):
+            return super().process_merged([(side, Delta(rows)) for side, rows in sides.items()])
+        # the merged sequence: times, watermark before each record, arrival numbers
+        sequence = pl.concat(
+            [
+                rows.select(
+                    ORDER,
+                    self.times[side].values(rows).alias(JOIN_TIME),
+                    *([PARTITION] if PARTITION in rows.columns else []),
+                    pl.lit(side, pl.Int8).alias(JOIN_SIDE),
+                )
+                for side, rows in sides.items()
+            ],
+            how="diagonal_relaxed",
+        ).sort(ORDER)
+        parts_column = sequence.get_column(PARTITION) if PARTITION in sequence.columns else None
+        wm = self.tracker.before_each(sequence.get_column(JOIN_TIME), parts_column)
+        self.ctx.watermarks[id(self)] = self.tracker.current
+        sequence = sequence.select(
+            ORDER,
+            JOIN_TIME,
+            wm.alias(WATERMARK),
+            pl.int_range(self.seq, self.seq + sequence.height).alias(JOIN_SEQ),
+        )
+        self.seq += sequence.height
+        late = pl.col(JOIN_TIME) + self.within + self.grace <= pl.col(WATERMARK)
+        live = []
+        for side in (0, 1):
+            stamped = (
+                visible(sides[side])
+                .with_columns(sides[side].get_column(ORDER))
+                .join(sequence, on=ORDER, how="left", maintain_order="left")
+            )
+            if (gone := stamped.filter(late)).height:
+                self.ctx.late.add(visible(gone))
+            live.append(stamped.filter(~late))
+        left, right = live
+        keep = self.within + self.grace
+        buffered = [b.with_columns(pl.lit(-1, pl.Int64).alias(ORDER)) for b in self.buffers]
+        # left records arriving: right partners buffered, or earlier in the batch
+        pool = pl.concat([buffered[1], right.drop(WATERMARK)], how="diagonal_relaxed")
+        by_left = left.join(
+            self._as_right(pool).rename({ORDER: JOIN_RIGHT_ORDER}), on=self.on, suffix="_right"
+        ).filter(
+            (pl.col(JOIN_RIGHT_ORDER) < pl.col(ORDER))
+            & ((pl.col(JOIN_TIME) - pl.col(JOIN_RIGHT_TIME)).abs() <= self.within)
+            & (pl.col(JOIN_RIGHT_TIME) + keep > pl.col(WATERMARK))
+        )
+        # right records arriving: left partners buffered, or earlier in the batch
+        pool = pl.concat([buffered[0].drop(MATCHED), left.drop(WATERMARK)], how="diagonal_relaxed")
+        arriving = self._as_right(right).rename(
+            {ORDER: JOIN_RIGHT_ORDER, WATERMARK: JOIN_RIGHT_WATERMARK}
+        )
+        by_right = pool.join(arriving, on=self.on, suffix="_right").filter(
+            (pl.col(ORDER) < pl.col(JOIN_RIGHT_ORDER))
+            & ((pl.col(JOIN_TIME) - pl.col(JOIN_RIGHT_TIME)).abs() <= self.within)
+            & (pl.col(JOIN_TIME) + keep > pl.col(JOIN_RIGHT_WATERMARK))
+        )
+        pairs = pl.concat(
+            [
+                by_left.with_columns(pl.col(ORDER).alias(JOIN_SIDE)),
+                by_right.with_columns(pl.col(JOIN_RIGHT_ORDER).alias(JOIN_SIDE)),
+            ],
+            how="diagonal_relaxed",
+        ).sort(JOIN_SIDE, JOIN_SEQ, JOIN_RIGHT_SEQ)  # by arriving record, then partner
+        matched = pairs.get_column(JOIN_SEQ).unique().implode()
+        self.buffers[0] = pl.concat(
+            [
+                self.buffers[0].with_columns(
+                    (pl.col(MATCHED) | pl.col(JOIN_SEQ).is_in(matched)).alias(MATCHED)
+                ),
+                left.drop(WATERMARK, ORDER).with_columns(
+                    pl.col(JOIN_SEQ).is_in(matched).alias(MATCHED)
+                ),
+            ],
+            how="vertical_relaxed",
+        )
+        self.buffers[1] = pl.concat(
+            [self.buffers[1], right.drop(WATERMARK, ORDER)], how="vertical_relaxed"
+        )
+        out = [pairs.select(c for c in pairs.columns if not is_hidden(c))]
+        out.extend(self._evict(self.tracker.current))
+        return Delta(pl.concat(out, how="diagonal_relaxed") if len(out) > 1 else out[0])
 
     def _evict(self, watermark: int) -> list[pl.DataFrame]:
         """Drop records no partner can reach any more; a left join emits unmatched ones."""

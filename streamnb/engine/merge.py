@@ -52,6 +52,7 @@ class Input:
     frames: list[pl.DataFrame] = field(default_factory=list)
     keys: list[np.ndarray] = field(default_factory=list)
     latest: int = NEG_INF  # the running maximum of its event times (ns)
+    released_latest: int = NEG_INF  # the same up to its last released record
     finished: bool = False
     empty_since: float | None = None  # when its queue ran empty while it could still send
 
@@ -114,6 +115,13 @@ class Merge:
         if rows.height and inp.time is not None:
             inp.sort_keys(rows)
 
+    def forget_queued(self) -> None:
+        """Drop every queued record (they will be read again: a worker resuming a task from
+        its last commit); each input's running maximum goes back to its last released record,
+        so the records come back with the same keys."""
+        for inp in self.inputs:
+            inp.frames, inp.keys, inp.latest = [], [], inp.released_latest
+
     def finish(self, i: int) -> None:
         self.inputs[i].finished = True
 
@@ -150,6 +158,7 @@ class Merge:
                 else inp.frames[0]
             )
             taken.append((i, rows.head(n), keys[:n]))
+            inp.released_latest = int(keys[n - 1])
             inp.frames = [rows.slice(n)] if n < len(keys) else []
             inp.keys = [keys[n:]] if n < len(keys) else []
         self._note_holder(blocked, unread, now)

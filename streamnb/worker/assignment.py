@@ -58,6 +58,7 @@ class Task:
     sources: dict[str, Step]
     tables: list[tuple[GlobalTable, Step]]
     merge: Merge | None = None
+    as_partition: int | None = None  # the hidden partition id its inputs' rows arrive as
     positions: dict[TP, int | None] = field(default_factory=dict)  # next offsets to commit
     committed: dict[TP, int | None] = field(default_factory=dict)  # of the last checkpoint
     pointer: str = METADATA_PREFIX  # offset metadata: the last snapshot, "sn1:<id>:<records>"
@@ -75,10 +76,17 @@ class Task:
     def offer(self, step: Step, rows: pl.DataFrame) -> None:
         """Records of one input: processed now, or queued for the event-time merge."""
         if self.merge is None:
-            self.pipeline.push(step, rows)
+            self.pipeline.push(step, self._as_one(rows))
         else:
             self.merge.offer(self.pipeline.sources.index(step), rows)
         self.dirty = True
+
+    def _as_one(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """Several topics read by one task arrive as one partition: merged by event time,
+        they have one watermark, as a Kafka Streams task has one stream time."""
+        if self.as_partition is None:
+            return rows
+        return rows.with_columns(pl.lit(self.as_partition, pl.Int64).alias(PARTITION))
 
     def release(self, unread: Callable[[Step], bool]) -> None:
         """Process what the merge lets through (``unread``: an input has records to read)."""
@@ -87,7 +95,7 @@ class Task:
         steps = self.pipeline.sources
         released = self.merge.release([unread(step) for step in steps])
         if released:
-            self.pipeline.deliver([(steps[i], rows) for i, rows in released])
+            self.pipeline.deliver([(steps[i], self._as_one(rows)) for i, rows in released])
 
     def held(self, step: Step) -> dict[int, int]:
         """The first offset per hidden partition id of the records of ``step``'s input that
@@ -153,6 +161,8 @@ class Tasks:
             offsets, pointer = self._checkpoint_of(key, committed)
             kept = self.suspended.pop(key, None)
             if kept is not None and kept.committed == offsets and kept.pointer == pointer:
+                if kept.merge is not None:  # what it held is read again from the commit
+                    kept.merge.forget_queued()
                 self.running[key] = kept
                 continue
             self.running[key] = self._restore(key, offsets, pointer, reader)
@@ -252,11 +262,9 @@ class Tasks:
         topic, partition = key
         inputs = set(reader.partition_ids(self.topic))
         sink: Callable[[Delta], None]
+        own = reader.partition_id(self.topic, partition)  # an input task's, as one
         if self.split is None:
-            # a task's inputs arrive as one partition (its first topic's): merged by event
-            # time, they have one watermark, as a Kafka Streams task has one stream time
-            ids = {reader.partition_id(self.topic, partition)}
-            root, assigned, sink = self.plan.root, ids, self.emit
+            root, assigned, sink = self.plan.root, {own}, self.emit
         elif topic == self.topic:
             root, assigned, sink = self.split.upstream, set(), _discard
         else:
@@ -290,6 +298,7 @@ class Tasks:
             sources,
             tables,
             merge=pipeline.merge(DEFAULT_MAX_IDLE_MS),
+            as_partition=own if topic == self.topic and len(self.topics) > 1 else None,
         )
 
 

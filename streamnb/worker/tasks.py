@@ -344,17 +344,12 @@ class TaskWorker:
         """Records of the input topics, to the tasks of their partitions."""
         assert self.reader is not None
         self.records_in += rows.height
-        several = len(self.inputs.topics) > 1
         for (pid,), part in rows.partition_by(PARTITION, as_dict=True, maintain_order=True).items():
             topic, partition = self.reader.partition_of(int(pid))
             task = self.tasks.running.get((self.topic, partition))
             if task is None:  # records fetched before their partition was revoked
                 continue
-            # merged by event time, a task's inputs are one partition (its first topic's)
-            as_one = pl.lit(self.reader.partition_id(self.topic, partition), pl.Int64)
-            task.offer(
-                task.sources[topic], part.with_columns(as_one.alias(PARTITION)) if several else part
-            )
+            task.offer(task.sources[topic], part)
 
     def _offer_table(self, table: GlobalTable, changes: pl.DataFrame) -> None:
         """A global table's changes, to every task (each holds the whole table)."""

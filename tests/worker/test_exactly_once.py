@@ -117,12 +117,21 @@ class Feeder:
 class Workers:
     """`streamnb run job.py:stream` processes of one consumer group."""
 
-    def __init__(self, tmp: Path, bootstrap: str, topic: str, out: str, guarantee: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        bootstrap: str,
+        topic: str,
+        out: str,
+        guarantee: str,
+        job: str = JOB,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.job = tmp / "job.py"
-        self.job.write_text(JOB)
+        self.job.write_text(job)
         self.tmp, self.out, self.guarantee = tmp, out, guarantee
         self.group = f"eos-{topic}"
-        self.env = {**os.environ, "EOS_INPUT": topic, "EOS_BOOTSTRAP": bootstrap}
+        self.env = {**os.environ, "EOS_INPUT": topic, "EOS_BOOTSTRAP": bootstrap, **(env or {})}
         self.env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), self.env.get("PYTHONPATH", "")])
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -197,9 +206,14 @@ def workers(
 
 
 def committed_output(
-    bootstrap: str, topic: str, want: int, timeout: float
+    bootstrap: str,
+    topic: str,
+    want: int,
+    timeout: float,
+    fields: tuple[str, ...] = ("window_start", "window_end", "k", "n", "total"),
 ) -> list[tuple[Any, ...]]:
-    """The output rows, read ``read_committed``, once ``want`` arrived (and 3 s more)."""
+    """The output rows (their ``fields``), read ``read_committed``, once ``want`` arrived
+    (and 3 s more)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -217,7 +231,7 @@ def committed_output(
             for m in consumer.consume(1000, timeout=0.5):
                 if m.error() is None:
                     r = json.loads(m.value())
-                    rows.append((r["window_start"], r["window_end"], r["k"], r["n"], r["total"]))
+                    rows.append(tuple(r[f] for f in fields))
             if len(rows) >= want and settle is None:
                 settle = time.monotonic() + 3  # any duplicate would show up by then
             if settle is not None and time.monotonic() > settle:

@@ -1,0 +1,332 @@
+"""Queries over several topics as workers against the real broker: `kill -9` three times under
+exactly_once, and workers joining and leaving. The output, read `read_committed`, must equal
+a reference computed from the inputs exactly (no duplicate, no loss).
+
+The topics have 3 partitions each and are keyed alike, so task p of a worker reads partition
+p of every topic and merges them by event time; a table is read whole by every worker. The
+four shapes of issue 12:
+
+* an enrichment (orders joined with a table of customers) windowed by a column of the table,
+  so the windows are repartitioned by it;
+* a union of two topics, windowed by key (repartitioned);
+* Nexmark q8's shape: a window join of persons and auctions from two topics;
+* an interval join of two topics.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from confluent_kafka import Producer
+
+from tests.oracle import interval_reference, merged
+from tests.worker.test_exactly_once import Workers, assert_exact, committed_output
+
+PARTITIONS = 3
+KEYS = 24
+WINDOW_MS = 10_000
+T0 = 1_700_000_000_000
+
+CONFIG = """
+config = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+common = dict(bootstrap_servers=os.environ["EOS_BOOTSTRAP"], timestamp="t", start="earliest",
+              config=config, max_idle="2s")
+"""
+
+JOBS = {
+    "enrich": """
+import os
+import polars as pl
+import streamnb as sn
+"""
+    + CONFIG
+    + """
+orders = sn.from_kafka(os.environ["EOS_A"], schema={"cid": pl.String, "t": pl.Int64, "v": pl.Int64},
+                       **common)
+customers = sn.table_from_kafka(os.environ["EOS_TABLE"], key="cid", schema={"region": pl.String},
+                                bootstrap_servers=os.environ["EOS_BOOTSTRAP"], config=config)
+stream = (
+    orders.join(customers, on="cid")
+    .window(sn.Tumbling("10s"), by="region")
+    .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
+)
+""",
+    "union": """
+import os
+import polars as pl
+import streamnb as sn
+"""
+    + CONFIG
+    + """
+schema = {"k": pl.String, "t": pl.Int64, "v": pl.Int64}
+a = sn.from_kafka(os.environ["EOS_A"], schema=schema, **common)
+b = sn.from_kafka(os.environ["EOS_B"], schema=schema, **common)
+stream = (
+    a.union(b).window(sn.Tumbling("10s"), by="k")
+    .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
+)
+""",
+    "q8": """
+import os
+import polars as pl
+import streamnb as sn
+"""
+    + CONFIG
+    + """
+persons = sn.from_kafka(os.environ["EOS_A"], schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64},
+                        **common)
+auctions = sn.from_kafka(os.environ["EOS_B"], schema={"k": pl.String, "t": pl.Int64, "x": pl.Int64},
+                         **common)
+people = persons.window(sn.Tumbling("10s"), by="k").agg(pl.col("v").first().alias("first"))
+sellers = auctions.window(sn.Tumbling("10s"), by="k").agg(pl.len().alias("auctions"))
+stream = people.join(sellers, on="k")
+""",
+    "interval": """
+import os
+import polars as pl
+import streamnb as sn
+"""
+    + CONFIG
+    + """
+a = sn.from_kafka(os.environ["EOS_A"], schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64},
+                  **common)
+b = sn.from_kafka(os.environ["EOS_B"], schema={"k": pl.String, "t": pl.Int64, "x": pl.Int64},
+                  **common)
+stream = a.join(b, on="k", within="1s")
+""",
+}
+
+FIELDS = {
+    "enrich": ("window_start", "window_end", "region", "n", "total"),
+    "union": ("window_start", "window_end", "k", "n", "total"),
+    "q8": ("window_start", "window_end", "k", "first", "auctions"),
+    "interval": ("k", "t", "v", "t_right", "x"),
+}
+
+
+def keyed(i: pl.Series, spread: int) -> pl.Series:
+    return pl.Series([f"key-{x}" for x in (i * spread % KEYS).to_list()])
+
+
+def partition_of(keys: pl.Series) -> pl.Series:
+    return keys.str.extract(r"(\d+)").cast(pl.Int64) % PARTITIONS
+
+
+def inputs(shape: str, n: int) -> dict[str, pl.DataFrame]:
+    """The records of each input topic (``k``/``cid``, ``t``, a value, ``partition``), in
+    event-time order; topic ``A`` and ``B`` interleave in time."""
+    i = pl.int_range(0, n, eager=True)
+    if shape == "enrich":
+        cid = pl.Series([f"c-{x}" for x in (i * 7 % KEYS).to_list()])
+        return {
+            "A": pl.DataFrame({"cid": cid, "t": T0 + i * 37, "v": i}).with_columns(
+                partition=partition_of(cid)
+            )
+        }
+    k = keyed(i, 7)
+    a = pl.DataFrame({"k": k, "t": T0 + i * 37, "v": i})
+    j = pl.int_range(0, n // 2, eager=True)
+    kb = keyed(j, 5)
+    b = pl.DataFrame({"k": kb, "t": T0 + j * 74 + 11, ("v" if shape == "union" else "x"): j})
+    return {
+        "A": a.with_columns(partition=partition_of(k)),
+        "B": b.with_columns(partition=partition_of(kb)),
+    }
+
+
+def customers() -> pl.DataFrame:
+    return pl.DataFrame(
+        {"cid": [f"c-{i}" for i in range(KEYS)], "region": [f"r-{i % 5}" for i in range(KEYS)]}
+    )
+
+
+def reference(shape: str, data: dict[str, pl.DataFrame]) -> Counter[tuple[Any, ...]]:
+    """What the query emits once every input record is processed, by the rules of its tasks:
+    task p merges partition p of every topic by event time (one watermark: the largest time
+    it has seen); repartitioned windows close at the minimum of the tasks' watermarks."""
+    everything = pl.concat([f.select("partition", "t") for f in data.values()])
+    task_marks = everything.group_by("partition").agg(pl.col("t").max())
+    if shape in ("enrich", "union"):
+        rows = data["A"]
+        key = "k"
+        if shape == "enrich":
+            rows, key = rows.join(customers(), on="cid"), "region"
+        else:
+            rows = pl.concat([rows, data["B"]])
+        closed = task_marks["t"].min()
+        windows = (
+            rows.with_columns(window_start=pl.col("t") // WINDOW_MS * WINDOW_MS)
+            .group_by("window_start", key)
+            .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
+            .with_columns(window_end=pl.col("window_start") + WINDOW_MS)
+            .filter(pl.col("window_end") <= closed)
+        )
+        return Counter(windows.select(FIELDS[shape]).iter_rows())
+    if shape == "q8":
+        # each branch's window closes at the largest time its own input has shown in the task
+        def closed(frame: pl.DataFrame, agg: pl.Expr) -> pl.DataFrame:
+            marks = frame.group_by("partition").agg(pl.col("t").max().alias("mark"))
+            return (
+                frame.with_columns(window_start=pl.col("t") // WINDOW_MS * WINDOW_MS)
+                .group_by("partition", "window_start", "k")
+                .agg(agg)
+                .with_columns(window_end=pl.col("window_start") + WINDOW_MS)
+                .join(marks, on="partition")
+                .filter(pl.col("window_end") <= pl.col("mark"))
+                .drop("mark", "partition")
+            )
+
+        people = closed(data["A"], pl.col("v").first().alias("first"))
+        sellers = closed(data["B"], pl.len().alias("auctions"))
+        return Counter(
+            people.join(sellers, on=["window_start", "window_end", "k"])
+            .select(FIELDS[shape])
+            .iter_rows()
+        )
+    out: Counter[tuple[Any, ...]] = Counter()
+    for p in range(PARTITIONS):
+        a = data["A"].filter(pl.col("partition") == p).drop("partition").to_dicts()
+        b = data["B"].filter(pl.col("partition") == p).drop("partition").to_dicts()
+        joined, _ = interval_reference(
+            merged([a, b], lambda r: r["t"]), within=1000, grace=0, delay=0, how="inner"
+        )
+        out.update(tuple(r[f] for f in FIELDS[shape]) for r in joined)
+    return out
+
+
+class Feeder:
+    """Produces every input's records, interleaved in event-time order, at about ``rate``
+    records per second (keyed, to the partition of their key)."""
+
+    def __init__(
+        self, bootstrap: str, topics: dict[str, str], data: dict[str, pl.DataFrame], rate: float
+    ) -> None:
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        rows = []
+        for name, frame in data.items():
+            key = "cid" if "cid" in frame.columns else "k"
+            for record in frame.iter_rows(named=True):
+                p = record.pop("partition")
+                rows.append((record["t"], topics[name], record[key], p, record))
+        self.rows = sorted(rows, key=lambda r: r[0])
+        self.rate = rate
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.done = threading.Event()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        chunk = 200
+        for at in range(0, len(self.rows), chunk):
+            for _, topic, key, p, record in self.rows[at : at + chunk]:
+                self.producer.produce(
+                    topic, json.dumps(record).encode(), key=key.encode(), partition=p
+                )
+            self.producer.poll(0)
+            ahead = (at + chunk) / self.rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        self.producer.flush(30)
+        self.done.set()
+
+    def start(self) -> Feeder:
+        self.thread.start()
+        return self
+
+    def wait(self, timeout: float = 120) -> None:
+        assert self.done.wait(timeout), "the feeder did not finish"
+
+
+@pytest.fixture
+def several(
+    tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
+) -> Iterator[Callable[[str, str], tuple[Workers, dict[str, str]]]]:
+    made: list[Workers] = []
+
+    def make(shape: str, guarantee: str) -> tuple[Workers, dict[str, str]]:
+        topics = {"A": make_topic(PARTITIONS), "B": make_topic(PARTITIONS)}
+        env = {"EOS_A": topics["A"], "EOS_B": topics["B"]}
+        if shape == "enrich":
+            table = make_topic(1)
+            env["EOS_TABLE"] = table
+            producer = Producer({"bootstrap.servers": bootstrap})
+            for cid, region in customers().iter_rows():
+                producer.produce(table, json.dumps({"region": region}).encode(), key=cid.encode())
+            producer.flush(30)
+        w = Workers(tmp_path, bootstrap, topics["A"], make_topic(1), guarantee, JOBS[shape], env)
+        made.append(w)
+        return w, topics
+
+    yield make
+    for w in made:
+        w.stop_all()
+
+
+@pytest.mark.parametrize("shape", list(JOBS))
+def test_kill_9_three_times_exactly_once(several: Any, bootstrap: str, shape: str) -> None:
+    w, topics = several(shape, "exactly_once")
+    data = inputs(shape, 24_000)
+    feeder = Feeder(bootstrap, topics, data, rate=3_000).start()
+    proc = w.start()
+    for delay in (1.0, 1.6, 2.3):
+        w.wait_owning(proc)
+        time.sleep(delay)  # processing, a checkpoint every 300 ms: mid-transaction
+        assert proc.poll() is None, w.logs()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = w.start()
+    feeder.wait()
+    want = reference(shape, data)
+    assert sum(want.values()) > 50
+    got = committed_output(bootstrap, w.out, sum(want.values()), 120, FIELDS[shape])
+    w.stop_all()
+    assert_exact(got, want, w.logs())
+    assert [p.returncode for p in w.procs] == [-signal.SIGKILL] * 3 + [0], w.logs()
+
+
+@pytest.mark.parametrize("shape", ["enrich", "interval"])
+def test_workers_join_and_leave_exactly_once(several: Any, bootstrap: str, shape: str) -> None:
+    w, topics = several(shape, "exactly_once")
+    data = inputs(shape, 24_000)
+    feeder = Feeder(bootstrap, topics, data, rate=2_500).start()
+    first = w.start("state-a")
+    time.sleep(2.5)
+    second = w.start("state-b")
+    time.sleep(2.5)
+    third = w.start("state-c")
+    time.sleep(3.0)
+    second.send_signal(signal.SIGTERM)  # a clean leave: the group rebalances at once
+    assert second.wait(60) == 0, w.logs()
+    time.sleep(1.5)
+    third.send_signal(signal.SIGTERM)
+    assert third.wait(60) == 0, w.logs()
+    feeder.wait()
+    want = reference(shape, data)
+    got = committed_output(bootstrap, w.out, sum(want.values()), 120, FIELDS[shape])
+    assert first.poll() is None, w.logs()
+    w.stop_all()
+    assert_exact(got, want, w.logs())
+
+
+def test_topics_that_are_not_co_partitioned_are_named(
+    tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    import streamnb as sn
+    from streamnb.exceptions import ConfigError
+    from streamnb.worker.run import start
+
+    schema = {"k": pl.String, "t": pl.Int64}
+    three, two = make_topic(3), make_topic(2)
+    a = sn.from_kafka(three, bootstrap_servers=bootstrap, schema=schema, timestamp="t")
+    b = sn.from_kafka(two, bootstrap_servers=bootstrap, schema=schema, timestamp="t")
+    query = a.union(b).to_kafka(make_topic(1), bootstrap_servers=bootstrap)
+    with pytest.raises(ConfigError, match=rf"{three} \(3\), {two} \(2\) partitions"):
+        start(query, name="apart", guarantee="exactly_once", state_dir=tmp_path)
