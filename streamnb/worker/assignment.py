@@ -33,7 +33,7 @@ from streamnb.io.sources.kafka import KafkaReader
 from streamnb.plan import JoinNode, Plan
 from streamnb.worker.changelog import METADATA_PREFIX, Changelog, parse_pointer
 from streamnb.worker.inputs import GlobalTable, is_table
-from streamnb.worker.topology import Split
+from streamnb.worker.topology import RepartitionWriter, Split
 
 log = logging.getLogger("streamnb.worker")
 
@@ -58,12 +58,15 @@ class Task:
     sources: dict[str, Step]
     tables: list[tuple[GlobalTable, Step]]
     merge: Merge | None = None
-    as_partition: int | None = None  # the hidden partition id its inputs' rows arrive as
+    pid: int = 0  # an input task's hidden partition id (its first topic's partition)
+    as_one: bool = False  # its inputs' rows arrive as that one partition (several topics)
     positions: dict[TP, int | None] = field(default_factory=dict)  # next offsets to commit
     committed: dict[TP, int | None] = field(default_factory=dict)  # of the last checkpoint
     pointer: str = METADATA_PREFIX  # offset metadata: the last snapshot, "sn1:<id>:<records>"
     snapshot_id: int = 0
     dirty: bool = False
+    last_input: float = field(default_factory=time.monotonic)  # when records last came
+    idle_sent: bool = False  # an idle marker went downstream since
 
     @property
     def key(self) -> TP:
@@ -80,13 +83,25 @@ class Task:
         else:
             self.merge.offer(self.pipeline.sources.index(step), rows)
         self.dirty = True
+        self.last_input, self.idle_sent = time.monotonic(), False
+
+    def send_idle(self) -> bool:
+        """Tell the downstream tasks that this input task's partition is idle (once, until
+        records come again); True if an idle marker went out."""
+        writers = [s.op for s in self.pipeline.steps if isinstance(s.op, RepartitionWriter)]
+        if self.idle_sent or not writers:
+            return False
+        for writer in writers:
+            writer.send_idle(self.pid)
+        self.idle_sent = True
+        return True
 
     def _as_one(self, rows: pl.DataFrame) -> pl.DataFrame:
         """Several topics read by one task arrive as one partition: merged by event time,
         they have one watermark, as a Kafka Streams task has one stream time."""
-        if self.as_partition is None:
+        if not self.as_one:
             return rows
-        return rows.with_columns(pl.lit(self.as_partition, pl.Int64).alias(PARTITION))
+        return rows.with_columns(pl.lit(self.pid, pl.Int64).alias(PARTITION))
 
     def release(self, unread: Callable[[Step], bool]) -> None:
         """Process what the merge lets through (``unread``: an input has records to read)."""
@@ -298,7 +313,8 @@ class Tasks:
             sources,
             tables,
             merge=pipeline.merge(DEFAULT_MAX_IDLE_MS),
-            as_partition=own if topic == self.topic and len(self.topics) > 1 else None,
+            pid=own,
+            as_one=topic == self.topic and len(self.topics) > 1,
         )
 
 

@@ -116,6 +116,7 @@ class TaskWorker:
             else None
         )
         self.repartition = self.split.topic if self.split is not None else None
+        self.idle_after = min(s.idle_ms for s in self.inputs.streams) / 1000
         self.purger = Purger(self.source, self.repartition) if self.repartition else None
         self.instance = Instance(state_dir, group_id)
         # reads committed offsets (with their metadata) and the changelog; never subscribes
@@ -284,6 +285,7 @@ class TaskWorker:
                         self._process_repartitioned(repartitioned)
                 for task in self.tasks.running.values():
                     task.release(functools.partial(self._unread, task))
+                self._idle_inputs()
                 self.rates.note(self.records_in)
                 self.partition_lag = self._lag_by_partition()
                 if time.monotonic() - last >= self.interval:
@@ -311,6 +313,16 @@ class TaskWorker:
             pending = [t for t in pending if not t.loaded()]
         self._bootstrapped = True
         log.info("%s: %d global tables loaded", self.name, len(self.global_tables))
+
+    def _idle_inputs(self) -> None:
+        """Input tasks without records for the inputs' idle timeout send an idle marker
+        downstream, so that their partition no longer holds the windows back."""
+        if self.split is None or self.split.event_time is None:
+            return
+        now = time.monotonic()
+        for (topic, _), task in self.tasks.running.items():
+            if topic == self.topic and now - task.last_input > self.idle_after and task.send_idle():
+                self.checkpoints.produced = True  # committed with the next checkpoint
 
     def _lag_by_partition(self) -> dict[int, int]:
         """Records not read yet per input partition number, over the input topics."""
@@ -359,13 +371,18 @@ class TaskWorker:
                     task.offer(step, changes)
 
     def _process_repartitioned(self, rows: pl.DataFrame) -> None:
-        assert self.repartition is not None
+        assert self.split is not None
+        topic, event_time = self.split.topic, self.split.event_time
         for (q,), part in rows.partition_by(
             topology.TASK, as_dict=True, maintain_order=True, include_key=False
         ).items():
-            task = self.tasks.running.get((self.repartition, int(q)))
-            if task is not None:  # None: records fetched before their partition was revoked
-                task.offer(task.sources[self.repartition], part)
+            task = self.tasks.running.get((topic, int(q)))
+            if task is None:  # records fetched before their partition was revoked
+                continue
+            if event_time is not None:
+                part = topology.idle_markers(part, event_time, task.ctx.partitions)  # noqa: PLW2901
+            if part.height:
+                task.offer(task.sources[topic], part)
 
     def _positions(self) -> None:
         """Each task's next offsets to commit: where the reader is, or, for records its

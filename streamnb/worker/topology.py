@@ -10,7 +10,10 @@ target partition, with the hidden partition column of their input partition.
 Watermarks: after its rows, each upstream batch sends every target partition a *marker* row
 carrying the latest event time the upstream task has sent on; downstream operators take it in
 like any record of that input partition, then drop it. A downstream watermark is so the
-minimum over the input partitions, as in the notebook, never ahead of it.
+minimum over the input partitions, as in the notebook, never ahead of it. An upstream task
+whose input had no records for its ``idle_timeout`` sends an *idle marker* (a marker without a
+time): downstream tasks then leave its partition out of the minimum until it sends again, as
+the notebook leaves out an idle Kafka partition.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import polars as pl
 
 from streamnb.columns import MARKER, PARTITION, TARGET, TASK
 from streamnb.definitions.eventtime import EventTime
-from streamnb.engine.core import Context, Delta, Operator
+from streamnb.engine.core import Context, Delta, Operator, Partitions
 from streamnb.engine.source import PartOwner, Reader, Sink, Source
 from streamnb.exceptions import ConfigError, SourceError
 from streamnb.io.kafka.client import produce
@@ -212,10 +215,60 @@ class RepartitionWriter(Operator):
             pl.lit(True).alias(MARKER),
         )
 
+    def send_idle(self, pid: int) -> None:
+        """Input partition ``pid`` has had no records for its idle timeout: tell every
+        downstream task to stop waiting for it (a marker without a time); its next records
+        make it count again."""
+        if self.et is None:
+            return
+        idle = pl.DataFrame(
+            {
+                self.et.column: pl.Series([None], dtype=self.et.dtype),
+                PARTITION: pl.Series([pid], dtype=pl.Int64),
+                MARKER: [True],
+            }
+        )
+        for q in range(self.partitions):
+            self._send(q, idle)
+
     def _send(self, partition: int, frame: pl.DataFrame) -> None:
         buffer = io.BytesIO()
         frame.write_ipc(buffer)
         produce(self.producer, self.topic, buffer.getvalue(), partition=partition)
+
+
+def idle_markers(rows: pl.DataFrame, event_time: EventTime, partitions: Partitions) -> pl.DataFrame:
+    """A downstream task's repartitioned rows without their idle markers, which mark their
+    input partitions idle in ``partitions`` (a partition's records mark it live again). When
+    a partition went idle, a no-op marker of a live one follows, so that windows take the
+    lower watermark in at once."""
+    if MARKER not in rows.columns:
+        idle_rows = pl.Series([False] * rows.height)
+    else:
+        idle_rows = (
+            rows.get_column(MARKER).fill_null(False) & rows.get_column(event_time.column).is_null()
+        )
+    last = (
+        rows.select(PARTITION, idle_rows.alias("idle"))
+        .group_by(PARTITION, maintain_order=True)
+        .agg(pl.col("idle").last())
+    )
+    went_idle = set(last.filter("idle").get_column(PARTITION).to_list()) - partitions.idle
+    partitions.idle = (partitions.idle | went_idle) - set(
+        last.filter(~pl.col("idle")).get_column(PARTITION).to_list()
+    )
+    rows = rows.filter(~idle_rows)
+    live = sorted(partitions.assigned - partitions.idle)
+    if went_idle and live:
+        tick = pl.DataFrame(
+            {
+                event_time.column: pl.Series([0]).cast(event_time.dtype),
+                PARTITION: pl.Series([live[0]], dtype=pl.Int64),
+                MARKER: [True],
+            }
+        )
+        rows = pl.concat([rows, tick], how="diagonal_relaxed")
+    return rows
 
 
 def decode(messages: list[Any]) -> pl.DataFrame | None:

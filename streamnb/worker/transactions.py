@@ -78,6 +78,7 @@ class Checkpoints:
         self.changelog = Changelog(changelog_topic, self.producer, restorer)
         ctx.producer = self.producer
         self.undelivered, self.last_delivery_error = 0, ""
+        self.produced = False  # output written outside any offset move (idle markers)
         self.count = 0
         self.checkpoint_ms = 0.0
         self.commit_ms = 0.0
@@ -125,7 +126,7 @@ class Checkpoints:
             for tp, position in task.positions.items()
             if position is not None and (position != task.committed.get(tp) or key in snapshots)
         ]
-        if not moved:
+        if not moved and not self.produced:
             return True
         committing = time.monotonic()
         committed = self._commit(
@@ -133,6 +134,7 @@ class Checkpoints:
             reader,
         )
         if committed:
+            self.produced = False
             for task, tp, position in moved:
                 task.committed[tp] = position
         done = time.monotonic()
@@ -165,11 +167,15 @@ class Checkpoints:
                     f"({self.last_delivery_error or 'flush timed out'}); offsets not committed, "
                     "a restart resumes from the last checkpoint"
                 )
-            reader.commit(offsets)
+            if offsets:
+                reader.commit(offsets)
             return True
         metadata = reader.group_metadata()
         try:
-            _bounded(lambda: self.producer.send_offsets_to_transaction(offsets, metadata, 30), 45)
+            if offsets:
+                _bounded(
+                    lambda: self.producer.send_offsets_to_transaction(offsets, metadata, 30), 45
+                )
             _bounded(lambda: self.producer.commit_transaction(60), 75)
         except _Stuck:
             # librdkafka can wait forever for a group coordinator that went away with a
