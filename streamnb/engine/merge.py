@@ -195,46 +195,23 @@ class Merge:
     def _ordered(
         self, taken: list[tuple[int, pl.DataFrame, np.ndarray]]
     ) -> list[tuple[int, pl.DataFrame]]:
-        """Number the released records in merged order (ORDER), per input."""
-        if not taken:
-            return []
-        if len(taken) == 1:
-            i, rows, _ = taken[0]
-            out = [
-                (
-                    i,
-                    rows.with_columns(
-                        pl.int_range(self.order, self.order + rows.height, dtype=pl.Int64).alias(
-                            ORDER
-                        )
-                    ),
-                )
-            ]
-            self.order += rows.height
-            return out
-        index = pl.DataFrame(
-            {
-                "input": np.concatenate(
-                    [np.full(len(k), n, dtype=np.int32) for n, (_, _, k) in enumerate(taken)]
-                ),
-                "key": np.concatenate([k for _, _, k in taken]),
-                "rank": np.concatenate(
-                    [np.full(len(k), self.inputs[i].rank, dtype=np.int32) for i, _, k in taken]
-                ),
-            }
-        )
-        # a stable sort: within an input, keys never decrease, so its records keep their order
-        positions = (
-            index.with_row_index("row")
-            .sort("key", "rank", maintain_order=True)
-            .with_row_index(ORDER)
-        )
-        order = positions.sort("row").get_column(ORDER).cast(pl.Int64) + self.order
-        self.order += index.height
-        out, start = [], 0
+        """Number the released records in merged order (``ORDER``), per input.
+
+        Every input's keys are sorted, so a record's place is its index in its input plus,
+        for every other input, how many of its records come first: a binary search (those
+        with a smaller key, and those with an equal one when that input ranks first)."""
+        out = []
         for i, rows, keys in taken:
-            out.append((i, rows.with_columns(order.slice(start, len(keys)).alias(ORDER))))
-            start += len(keys)
+            place = np.arange(len(keys), dtype=np.int64) + self.order
+            rank = self.inputs[i].rank
+            for j, _, other in taken:
+                if j != i:
+                    side: Literal["left", "right"] = (
+                        "right" if self.inputs[j].rank < rank else "left"
+                    )
+                    place += np.searchsorted(other, keys, side=side)
+            out.append((i, rows.with_columns(pl.Series(ORDER, place))))
+        self.order += sum(len(keys) for _, _, keys in taken)
         return out
 
 
