@@ -41,10 +41,10 @@ from typing import Any
 
 import benchutil
 import polars as pl
-from benchutil import CpuMeter, fmt_rate
+from benchutil import CpuMeter
 from nexmark_joins import STATES, TEN_S, q3, q8, q8_reference
 from nexmark_kafka import Broker, encode, load_topic
-from worker_kafka import create_topic, read_output
+from worker_kafka import create_topic, guarantee_rows, read_output
 
 import streamnb as sn
 from streamnb.io.sources.nexmark import SCHEMAS, generate
@@ -259,22 +259,12 @@ def report(
         "| output tail | other load (cores) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        others = "?" if r["others"] is None else f"{r['others']:.2f}"
-        lines.append(
-            f"| {r['query']} | {r['guarantee']} | {fmt_rate(r['rate'])} | "
-            f"{fmt_rate(r['cpu_rate'])} | {r['checkpoints']} | {r['commit_ms']:.1f} | "
-            f"{r['check']} | {r['tail_rows']:,} rows, {r['tail_ms']:.0f} ms | {others} |"
-        )
-    by = {(r["query"], r["guarantee"]): r for r in rows}
-    lines.append("")
-    for name in args.queries.split(","):
-        a, e = by.get((name, "at_least_once")), by.get((name, "exactly_once"))
-        if a and e:
-            lines.append(
-                f"- {name}: exactly-once runs at {e['rate'] / a['rate']:.0%} of at-least-once "
-                f"({fmt_rate(e['rate'])} vs {fmt_rate(a['rate'])} records/s)."
-            )
+    lines += guarantee_rows(
+        rows,
+        args.queries.split(","),
+        "records/s",
+        lambda r: f"{r['tail_rows']:,} rows, {r['tail_ms']:.0f} ms",
+    )
     lines += [
         "",
         "*records/s*: persons + auctions over the wall time from `start()` until "

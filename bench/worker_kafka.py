@@ -35,6 +35,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,35 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f} s"
 
 
+def guarantee_rows(
+    rows: list[dict[str, Any]],
+    queries: list[str],
+    unit: str,
+    extra: Callable[[dict[str, Any]], str] | None = None,
+) -> list[str]:
+    """The table rows of a throughput run (``extra``: more cells of a row), then a line per
+    query comparing exactly-once with at-least-once."""
+    lines = []
+    for r in rows:
+        others = "?" if r["others"] is None else f"{r['others']:.2f}"
+        more = f" {extra(r)} |" if extra is not None else ""
+        lines.append(
+            f"| {r['query']} | {r['guarantee']} | {fmt_rate(r['rate'])} | "
+            f"{fmt_rate(r['cpu_rate'])} | {r['checkpoints']} | {r['commit_ms']:.1f} | "
+            f"{r['check']} |{more} {others} |"
+        )
+    by = {(r["query"], r["guarantee"]): r for r in rows}
+    lines.append("")
+    for name in queries:
+        a, e = by.get((name, "at_least_once")), by.get((name, "exactly_once"))
+        if a and e:
+            lines.append(
+                f"- {name}: exactly-once runs at {e['rate'] / a['rate']:.0%} of at-least-once "
+                f"({fmt_rate(e['rate'])} vs {fmt_rate(a['rate'])} {unit})."
+            )
+    return lines
+
+
 def report(
     args: argparse.Namespace, rows: list[dict[str, Any]], rec: dict[str, Any] | None, broker: Broker
 ) -> str:
@@ -275,22 +305,7 @@ def report(
         "| other load (cores) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        others = "?" if r["others"] is None else f"{r['others']:.2f}"
-        lines.append(
-            f"| {r['query']} | {r['guarantee']} | {fmt_rate(r['rate'])} | "
-            f"{fmt_rate(r['cpu_rate'])} | {r['checkpoints']} | {r['commit_ms']:.1f} | "
-            f"{r['check']} | {others} |"
-        )
-    by = {(r["query"], r["guarantee"]): r for r in rows}
-    lines.append("")
-    for name in args.queries.split(","):
-        a, e = by.get((name, "at_least_once")), by.get((name, "exactly_once"))
-        if a and e:
-            lines.append(
-                f"- {name}: exactly-once runs at {e['rate'] / a['rate']:.0%} of at-least-once "
-                f"({fmt_rate(e['rate'])} vs {fmt_rate(a['rate'])} events/s)."
-            )
+    lines += guarantee_rows(rows, args.queries.split(","), "events/s")
     if rec is not None:
         lines += [
             "",

@@ -239,36 +239,24 @@ class RepartitionWriter(Operator):
 
 def idle_markers(rows: pl.DataFrame, event_time: EventTime, partitions: Partitions) -> pl.DataFrame:
     """A downstream task's repartitioned rows without their idle markers, which mark their
-    input partitions idle in ``partitions`` (a partition's records mark it live again). When
-    a partition went idle, a no-op marker of a live one follows, so that windows take the
-    lower watermark in at once."""
+    input partitions idle in ``partitions``; a partition's records mark it live again. As in
+    the notebook, windows take the lower watermark in with the next rows that come."""
     if MARKER not in rows.columns:
-        idle_rows = pl.Series([False] * rows.height)
-    else:
-        idle_rows = (
-            rows.get_column(MARKER).fill_null(False) & rows.get_column(event_time.column).is_null()
-        )
+        return rows
+    idle_rows = (
+        rows.get_column(MARKER).fill_null(False) & rows.get_column(event_time.column).is_null()
+    )
+    if not idle_rows.any() and not partitions.idle:
+        return rows
     last = (
         rows.select(PARTITION, idle_rows.alias("idle"))
         .group_by(PARTITION, maintain_order=True)
         .agg(pl.col("idle").last())
     )
-    went_idle = set(last.filter("idle").get_column(PARTITION).to_list()) - partitions.idle
-    partitions.idle = (partitions.idle | went_idle) - set(
-        last.filter(~pl.col("idle")).get_column(PARTITION).to_list()
-    )
-    rows = rows.filter(~idle_rows)
-    live = sorted(partitions.assigned - partitions.idle)
-    if went_idle and live:
-        tick = pl.DataFrame(
-            {
-                event_time.column: pl.Series([0]).cast(event_time.dtype),
-                PARTITION: pl.Series([live[0]], dtype=pl.Int64),
-                MARKER: [True],
-            }
-        )
-        rows = pl.concat([rows, tick], how="diagonal_relaxed")
-    return rows
+    went_idle = set(last.filter("idle").get_column(PARTITION).to_list())
+    live = set(last.filter(~pl.col("idle")).get_column(PARTITION).to_list())
+    partitions.idle = (partitions.idle | went_idle) - live
+    return rows.filter(~idle_rows)
 
 
 def decode(messages: list[Any]) -> pl.DataFrame | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,7 +28,12 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.oracle import interval_reference, merged
-from tests.worker.test_exactly_once import Workers, assert_exact, committed_output
+from tests.worker.test_exactly_once import (
+    MessageFeeder,
+    Workers,
+    assert_exact,
+    committed_output,
+)
 
 PARTITIONS = 3
 KEYS = 24
@@ -203,46 +207,20 @@ def reference(shape: str, data: dict[str, pl.DataFrame]) -> Counter[tuple[Any, .
     return out
 
 
-class Feeder:
-    """Produces every input's records, interleaved in event-time order, at about ``rate``
-    records per second (keyed, to the partition of their key)."""
-
-    def __init__(
-        self, bootstrap: str, topics: dict[str, str], data: dict[str, pl.DataFrame], rate: float
-    ) -> None:
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-        rows = []
-        for name, frame in data.items():
-            key = "cid" if "cid" in frame.columns else "k"
-            for record in frame.iter_rows(named=True):
-                p = record.pop("partition")
-                rows.append((record["t"], topics[name], record[key], p, record))
-        self.rows = sorted(rows, key=lambda r: r[0])
-        self.rate = rate
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.done = threading.Event()
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        chunk = 200
-        for at in range(0, len(self.rows), chunk):
-            for _, topic, key, p, record in self.rows[at : at + chunk]:
-                self.producer.produce(
-                    topic, json.dumps(record).encode(), key=key.encode(), partition=p
-                )
-            self.producer.poll(0)
-            ahead = (at + chunk) / self.rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-        self.producer.flush(30)
-        self.done.set()
-
-    def start(self) -> Feeder:
-        self.thread.start()
-        return self
-
-    def wait(self, timeout: float = 120) -> None:
-        assert self.done.wait(timeout), "the feeder did not finish"
+def feed(
+    bootstrap: str, topics: dict[str, str], data: dict[str, pl.DataFrame], rate: float
+) -> MessageFeeder:
+    """Every input's records, interleaved in event-time order, keyed, to the partition of
+    their key, at about ``rate`` records per second."""
+    messages = []
+    for name, frame in data.items():
+        key = "cid" if "cid" in frame.columns else "k"
+        for record in frame.iter_rows(named=True):
+            p = record.pop("partition")
+            value = json.dumps(record).encode()
+            messages.append((record["t"], (topics[name], record[key].encode(), p, value)))
+    messages.sort(key=lambda m: m[0])
+    return MessageFeeder(bootstrap, [m for _, m in messages], rate)
 
 
 @pytest.fixture
@@ -274,7 +252,7 @@ def several(
 def test_kill_9_three_times_exactly_once(several: Any, bootstrap: str, shape: str) -> None:
     w, topics = several(shape, "exactly_once")
     data = inputs(shape, 24_000)
-    feeder = Feeder(bootstrap, topics, data, rate=3_000).start()
+    feeder = feed(bootstrap, topics, data, rate=3_000).start()
     proc = w.start()
     for delay in (1.0, 1.6, 2.3):
         w.wait_owning(proc)
@@ -296,7 +274,7 @@ def test_kill_9_three_times_exactly_once(several: Any, bootstrap: str, shape: st
 def test_workers_join_and_leave_exactly_once(several: Any, bootstrap: str, shape: str) -> None:
     w, topics = several(shape, "exactly_once")
     data = inputs(shape, 24_000)
-    feeder = Feeder(bootstrap, topics, data, rate=2_500).start()
+    feeder = feed(bootstrap, topics, data, rate=2_500).start()
     first = w.start("state-a")
     time.sleep(2.5)
     second = w.start("state-b")
