@@ -22,7 +22,7 @@ from streamnb.columns import ORDER
 from streamnb.definitions.eventtime import EventTime
 from streamnb.engine.compile import build, runnable_source
 from streamnb.engine.core import Context, Delta, Operator, Versioned
-from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS, Holder, Input, Merge, runs
+from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS, Input, Merge, runs
 from streamnb.engine.source import Reader, Source
 from streamnb.plan import EventTimeNode, JoinNode, MapNode, Node, SourceNode
 from streamnb.types import HeldBack
@@ -384,14 +384,7 @@ class Runner:
 
     def held_by(self) -> HeldBack | None:
         """The input that holds the others back in the event-time merge, and for how long."""
-        holder: Holder | None = self.merge.holder if self.merge is not None else None
-        if holder is None:
-            return None
-        return {
-            "input": holder.name,
-            "reason": holder.reason,
-            "ms": round((time.monotonic() - holder.since) * 1000, 1),
-        }
+        return self.merge.held_by() if self.merge is not None else None
 
     def bootstrapping(self) -> dict[str, float | None]:
         """The table sources still being read to where they stood at the start: how far each

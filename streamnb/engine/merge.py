@@ -31,6 +31,7 @@ import polars as pl
 from streamnb.columns import ORDER
 from streamnb.definitions.eventtime import EventTime
 from streamnb.engine.core import NEG_INF
+from streamnb.types import HeldBack
 
 DEFAULT_MAX_IDLE_MS = 100
 """How long an input with nothing buffered and nothing known to be unread holds the others."""
@@ -95,6 +96,17 @@ class Merge:
         self.inputs = list(inputs)
         self.order = 0  # the ORDER of the next released record
         self.holder: Holder | None = None
+
+    def held_by(self) -> HeldBack | None:
+        """The input that holds the others back, why, and for how long (``status()``)."""
+        holder = self.holder
+        if holder is None:
+            return None
+        return {
+            "input": holder.name,
+            "reason": holder.reason,
+            "ms": round((time.monotonic() - holder.since) * 1000, 1),
+        }
 
     def offer(self, i: int, rows: pl.DataFrame) -> None:
         """Queue input ``i``'s newly read records."""

@@ -53,7 +53,7 @@ from streamnb.io.sinks.kafka import KafkaSink
 from streamnb.io.sinks.parquet import ParquetSink
 from streamnb.io.sources.kafka import KafkaReader
 from streamnb.plan import Plan
-from streamnb.types import Guarantee, QueryState, Status
+from streamnb.types import Guarantee, HeldBack, QueryState, Status
 from streamnb.worker import topology
 from streamnb.worker.admin import CHANGELOG_CONFIG, REPARTITION_CONFIG, Purger, ensure_topics
 from streamnb.worker.assignment import TP, Task, Tasks
@@ -215,7 +215,7 @@ class TaskWorker:
                 for t in self.global_tables.values()
                 if not self._bootstrapped
             },
-            "held_by": None,
+            "held_by": self._held_by(),
             "tasks": sorted(p for t, p in self.tasks.running if t == self.topic),
             "checkpoints": checkpoints.count,
             "checkpoint_ms": round(checkpoints.checkpoint_ms, 2),
@@ -225,6 +225,15 @@ class TaskWorker:
             "snapshot_bytes": checkpoints.snapshot_bytes,
             "lag_by_partition": dict(lag),
         }
+
+    def _held_by(self) -> HeldBack | None:
+        """The input held back longest by a task's event-time merge."""
+        held = [
+            h
+            for task in list(self.tasks.running.values())
+            if task.merge is not None and (h := task.merge.held_by()) is not None
+        ]
+        return max(held, key=lambda h: h["ms"], default=None)
 
     def _watermark(self) -> datetime | int | None:
         """The minimum over the tasks that have one, as the query's event time shows it."""

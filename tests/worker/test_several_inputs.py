@@ -308,3 +308,33 @@ def test_topics_that_are_not_co_partitioned_are_named(
     query = a.union(b).to_kafka(make_topic(1), bootstrap_servers=bootstrap)
     with pytest.raises(ConfigError, match=rf"{three} \(3\), {two} \(2\) partitions"):
         start(query, name="apart", guarantee="exactly_once", state_dir=tmp_path)
+
+
+def test_a_worker_says_which_input_its_tasks_wait_for(
+    tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    import uuid
+
+    import streamnb as sn
+    from streamnb.worker.run import start
+    from tests.threads import wait_until
+
+    schema = {"k": pl.String, "t": pl.Int64}
+    busy, quiet = make_topic(1), make_topic(1)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for t in range(10):
+        producer.produce(busy, json.dumps({"k": "a", "t": T0 + t}).encode())
+    producer.flush(30)
+    common = dict(bootstrap_servers=bootstrap, schema=schema, timestamp="t", start="earliest")
+    a = sn.from_kafka(busy, **common)  # type: ignore[arg-type]
+    b = sn.from_kafka(quiet, max_idle="60s", **common)  # type: ignore[arg-type]
+    worker = start(a.union(b), name="held", group_id=f"held-{uuid.uuid4()}", state_dir=tmp_path)
+    try:
+        wait_until(lambda: (worker.status()["held_by"] or {}).get("ms", 0) > 300)
+        held = worker.status()["held_by"]
+        assert held is not None
+        assert (held["input"], held["reason"]) == (f"kafka[{quiet}]", "max_idle")
+        assert worker.status()["records_in"] == 10
+        assert worker.status()["records_out"] == 0  # the merge waits for the quiet input
+    finally:
+        worker.stop()
