@@ -226,7 +226,51 @@ def test_a_stream_joins_a_running_aggregate_as_of_each_record(
     assert_frame_equal(got, pl.DataFrame(want, schema=schema), check_dtypes=False)
 
 
-# -- interval joins (run by runs of one input) ------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(
+    auctions=timed("v"),
+    persons=timed("w"),
+    seed=st.integers(0, 2**32),
+)
+def test_a_table_without_running_versions_is_joined_run_by_run(
+    auctions: pl.DataFrame, persons: pl.DataFrame, seed: int
+) -> None:
+    """A distinct count has no cumulative form: the pipeline takes the merged batch as runs
+    of one input each (``merge.runs``), exact all the same."""
+
+    def apply(table: dict[Any, dict[str, Any]], row: dict[str, Any]) -> None:
+        seen = table.get(row["k"], {"seen": set()})["seen"] | {row["w"]}
+        table[row["k"]] = {"seen": seen, "n": len(seen)}
+
+    order = merged([auctions.to_dicts(), persons.to_dicts()], lambda r: r["t"], [1, 0])
+    want = [
+        {k: v for k, v in r.items() if k != "seen"} for r in enrich(order, "left", apply, ("n",))
+    ]
+    people = stream_of(Jittery(persons, name="persons", time="t", seed=seed + 1, bounded=False))
+    table = people.group_by("k").agg(pl.col("w").n_unique().alias("n"))
+    left = stream_of(Jittery(auctions, name="auctions", time="t", seed=seed))
+    joined = left.join(table, on="k", how="left")
+    got, _ = run(joined)
+    schema = {"k": pl.String, "t": pl.Int64, "v": pl.Int64, "n": pl.UInt32}
+    assert_frame_equal(got, pl.DataFrame(want, schema=schema), check_dtypes=False)
+
+
+def test_which_pipelines_take_merged_batches() -> None:
+    from streamnb.engine.core import Context
+    from streamnb.engine.executor import Pipeline
+
+    def merged_mode(stream: Stream) -> bool:
+        return Pipeline(stream.plan.root, Context(), lambda d: None).merged
+
+    a = sn.from_records([{"k": "a", "t": 1, "w": 1}], timestamp="t")
+    b = sn.from_records([{"k": "a", "t": 1, "w": 1}], timestamp="t")
+    assert merged_mode(a.union(b))
+    assert merged_mode(a.join(b.group_by("k").agg(pl.col("w").last()), on="k"))
+    assert not merged_mode(a.join(b.group_by("k").agg(pl.col("w").n_unique()), on="k"))
+    assert not merged_mode(a.map_batches(lambda f: f.head(0)).union(b))
+
+
+# -- interval joins ---------------------------------------------------------------------------
 
 
 @settings(max_examples=150, deadline=None)
