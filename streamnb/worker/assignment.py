@@ -57,6 +57,7 @@ class Task:
     ctx: Context
     sources: dict[str, Step]
     tables: list[tuple[GlobalTable, Step]]
+    changelog: Changelog | None = None  # where its snapshots go
     merge: Merge | None = None
     pid: int = 0  # an input task's hidden partition id (its first topic's partition)
     as_one: bool = False  # its inputs' rows arrive as that one partition (several topics)
@@ -147,13 +148,13 @@ class Tasks:
         topics: list[str],
         tables: dict[int, GlobalTable],
         ctx: Context,
-        changelog: Changelog,
+        changelogs: Callable[[str], Changelog],
         restorer: Any,
         emit: Callable[[Delta], None],
     ) -> None:
         self.name, self.plan, self.split = name, plan, split
         self.topics, self.topic, self.tables = topics, topics[0], tables
-        self.ctx, self.changelog, self.restorer, self.emit = ctx, changelog, restorer, emit
+        self.ctx, self.changelogs, self.restorer, self.emit = ctx, changelogs, restorer, emit
         self.running: dict[TP, Task] = {}
         self.suspended: dict[TP, Task] = {}  # revoked, kept in case they come back unchanged
         self.restores = 0
@@ -247,7 +248,8 @@ class Tasks:
         where = parse_pointer(pointer)
         if where is not None:
             task.snapshot_id = where[0]
-            checkpoint.restore(task.pipeline, self.changelog.read(partition, *where))
+            assert task.changelog is not None
+            checkpoint.restore(task.pipeline, task.changelog.read(partition, *where))
             for step in task.pipeline.steps:  # the status shows the restored watermark
                 tracker = getattr(step.op, "tracker", None)
                 if tracker is not None:
@@ -278,12 +280,22 @@ class Tasks:
         inputs = set(reader.partition_ids(self.topic))
         sink: Callable[[Delta], None]
         own = reader.partition_id(self.topic, partition)  # an input task's, as one
+        stage = None
         if self.split is None:
             root, assigned, sink = self.plan.root, {own}, self.emit
         elif topic == self.topic:
             root, assigned, sink = self.split.upstream, set(), _discard
-        else:
-            root, assigned, sink = self.split.downstream, inputs, self.emit
+        else:  # a stage after a repartition: its watermark spans the tasks that feed it
+            stage = self.split.index(topic)
+            last = stage == len(self.split.stages) - 1
+            root, sink = self.split.stages[stage].root, self.emit if last else _discard
+            feeding = self.split.topics[stage - 1] if stage else None
+            assigned = (
+                {self.ctx.partitions.id_for("kafka", feeding, q) for q in range(len(inputs))}
+                if feeding is not None
+                else inputs
+            )
+            own = self.ctx.partitions.id_for("kafka", topic, partition)
         ctx = Context(
             late=self.ctx.late,
             errors=self.ctx.errors,
@@ -305,6 +317,10 @@ class Tasks:
                 sources.update((t, step) for t in getattr(source, "topics", ()))
             else:
                 sources[topic] = step
+        if stage is not None:  # its rows go on as its own partition
+            for step in pipeline.steps:
+                if isinstance(step.op, RepartitionWriter):
+                    step.op.pid = own
         return Task(
             topic,
             partition,
@@ -312,6 +328,7 @@ class Tasks:
             ctx,
             sources,
             tables,
+            changelog=self.changelogs(topic),
             merge=pipeline.merge(DEFAULT_MAX_IDLE_MS),
             pid=own,
             as_one=topic == self.topic and len(self.topics) > 1,

@@ -115,9 +115,9 @@ class TaskWorker:
             if self.partitions > 1
             else None
         )
-        self.repartition = self.split.topic if self.split is not None else None
+        self.repartitions = self.split.topics if self.split is not None else []
         self.idle_after = min(s.idle_ms for s in self.inputs.streams) / 1000
-        self.purger = Purger(self.source, self.repartition) if self.repartition else None
+        self.purgers = [Purger(self.source, topic) for topic in self.repartitions]
         self.instance = Instance(state_dir, group_id)
         # reads committed offsets (with their metadata) and the changelog; never subscribes
         self.restorer = Consumer(
@@ -150,7 +150,7 @@ class TaskWorker:
             topics=self.inputs.topics,
             tables=self.global_tables,
             ctx=self.ctx,
-            changelog=self.checkpoints.changelog,
+            changelogs=lambda topic: self.checkpoints.changelog_named(self._changelog_of(topic)),
             restorer=self.restorer,
             emit=self._emit,
         )
@@ -169,15 +169,22 @@ class TaskWorker:
     def start(self) -> TaskWorker:
         """Check the topics (a missing output topic raises here), then run in the background."""
         try:
-            internal = {self.checkpoints.changelog.topic: CHANGELOG_CONFIG}
-            if self.repartition is not None:
-                internal[self.repartition] = REPARTITION_CONFIG
+            internal = {self._changelog_of(self.topic): CHANGELOG_CONFIG}
+            for topic in self.repartitions:
+                internal[topic] = REPARTITION_CONFIG
+                internal[self._changelog_of(topic)] = CHANGELOG_CONFIG
             ensure_topics(self.plan, self.source, internal, self.partitions)
         except BaseException:
             self._close()
             raise
         self._thread.start()
         return self
+
+    def _changelog_of(self, topic: str) -> str:
+        """The changelog topic of the tasks that read ``topic``: one per stateful stage (the
+        input tasks, or the first stage after a repartition, use ``<group>-changelog``)."""
+        stage = self.repartitions.index(topic) if topic in self.repartitions else 0
+        return f"{self.group}-changelog" + (f"-{stage + 1}" if stage else "")
 
     def stop(self, timeout: float | None = 60.0) -> None:
         """Stop after the current batch, checkpoint, and wait for the thread to end."""
@@ -260,24 +267,24 @@ class TaskWorker:
         self._positions()
         if not self.checkpoints.checkpoint(self.tasks.running, self.reader):
             self.tasks.rewind(self.reader)
-        elif self.purger is not None:
-            topic = self.purger.topic
-            self.purger.purge(
-                {
-                    partition: offset
-                    for (t, partition), task in self.tasks.running.items()
-                    if t == topic and (offset := task.committed.get((t, partition))) is not None
-                }
-            )
+        else:
+            for purger in self.purgers:
+                topic = purger.topic
+                purger.purge(
+                    {
+                        partition: offset
+                        for (t, partition), task in self.tasks.running.items()
+                        if t == topic and (offset := task.committed.get((t, partition))) is not None
+                    }
+                )
 
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
             self.checkpoints.begin()
             self._bootstrap()
-            extra = [self.repartition] if self.repartition is not None else []
             self.reader = reader = self.source.open(
-                self.ctx, owner=self, extra_topics=extra, members=self.members
+                self.ctx, owner=self, extra_topics=self.repartitions, members=self.members
             )
             last = time.monotonic()
             while not self._stop.is_set():
@@ -289,9 +296,8 @@ class TaskWorker:
                     if (changes := table.read(self.max_batch)) is not None:
                         self._offer_table(table, changes)
                 if reader.extra_messages:
-                    repartitioned = topology.decode(reader.extra_messages)
-                    if repartitioned is not None:
-                        self._process_repartitioned(repartitioned)
+                    for topic, rows in topology.decode(reader.extra_messages).items():
+                        self._process_repartitioned(topic, rows)
                 for task in self.tasks.running.values():
                     task.release(functools.partial(self._unread, task))
                 self._idle_inputs()
@@ -326,7 +332,7 @@ class TaskWorker:
     def _idle_inputs(self) -> None:
         """Input tasks without records for the inputs' idle timeout send an idle marker
         downstream, so that their partition no longer holds the windows back."""
-        if self.split is None or self.split.event_time is None:
+        if self.split is None or self.split.stages[0].event_time is None:
             return
         now = time.monotonic()
         for (topic, _), task in self.tasks.running.items():
@@ -379,9 +385,9 @@ class TaskWorker:
                 if held is table:
                     task.offer(step, changes)
 
-    def _process_repartitioned(self, rows: pl.DataFrame) -> None:
+    def _process_repartitioned(self, topic: str, rows: pl.DataFrame) -> None:
         assert self.split is not None
-        topic, event_time = self.split.topic, self.split.event_time
+        event_time = self.split.stages[self.split.index(topic)].event_time
         for (q,), part in rows.partition_by(
             topology.TASK, as_dict=True, maintain_order=True, include_key=False
         ).items():

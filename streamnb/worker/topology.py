@@ -44,51 +44,86 @@ from streamnb.worker.inputs import is_table
 
 
 @dataclasses.dataclass(frozen=True)
-class Split:
-    """A plan cut at its first stateful operator."""
+class Stage:
+    """A part of a plan after a repartition: a task per partition of ``topic`` runs ``root``
+    (a repartition source, a stateful operator, what follows it up to the next repartition
+    or the end)."""
 
-    upstream: Node  # source, stateless operators, then the repartition sink
-    downstream: Node  # a repartition source, the stateful operator and everything after
-    keys: tuple[str, ...]
-    event_time: EventTime | None
-    topic: str  # the repartition topic between the halves
+    topic: str
+    root: Node
+    event_time: EventTime | None  # the time of the markers it reads (its operator's)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A plan cut below each of its stateful operators (a chain of repartitions)."""
+
+    upstream: Node  # sources, the merge, stateless operators, then the first repartition
+    stages: tuple[Stage, ...]  # in data order
+
+    @property
+    def topics(self) -> list[str]:
+        return [stage.topic for stage in self.stages]
+
+    def index(self, topic: str) -> int:
+        """The stage that reads ``topic``."""
+        return self.topics.index(topic)
 
 
 def split(root: Node, topic: str, partitions: int) -> Split | None:
-    """``root`` cut in two for repartitioning through ``topic``; None if it needs none.
+    """``root`` cut for repartitioning through ``topic`` (and ``topic-2``, ``topic-3``, ... for
+    a chain); None if it needs none.
 
-    The cut goes below the first stateful operator above the query's inputs: the chain from
-    the root down to its first operator with several inputs (or its source). A stream–table
-    join with a global table (``table_from_kafka``) is not in the way: every task holds the
-    whole table. A query whose state all sits below the inputs' meeting point (a window join,
-    an interval join) is not cut: its co-partitioned tasks hold that state.
+    The first cut goes below the first stateful operator above the query's inputs: the chain
+    from the root down to its first operator with several inputs (or its source). A
+    stream–table join with a global table (``table_from_kafka``) is not in the way: every task
+    holds the whole table. A query whose state all sits below the inputs' meeting point (a
+    window join, an interval join) is not cut: its co-partitioned tasks hold that state. Each
+    further stateful operator on the chain (a ``group_by`` of window results) gets a
+    repartition of its own, by its own keys.
     """
     chain = _chain(root)
     meeting = chain[-1] if len(chain[-1].inputs) > 1 else None  # where the inputs meet
-    stateful = [n for n in chain if _stateful(n) and n is not meeting]
-    if not stateful:
+    ordered = [n for n in reversed(chain) if _stateful(n) and n is not meeting]  # data order
+    if not ordered:
         return None
-    first = stateful[-1]  # the chain runs from the root down: the last is the first in data order
-    (below,) = first.inputs
+    (below,) = ordered[0].inputs
     inner = [n for n in walk(below) if _stateful(n)]
-    if len(stateful) > 1 or inner:
+    if inner:
         raise ConfigError(
-            f"{(inner or stateful)[0].describe()}: over topics of {partitions} partitions the "
-            "worker repartitions once, before one window or group_by; this query needs more "
-            "(read topics of one partition)"
+            f"{inner[0].describe()}: over topics of {partitions} partitions the worker "
+            "repartitions before the windows and group_bys above where the inputs meet, not "
+            "below; read topics of one partition"
         )
-    if isinstance(first, WindowNode):
-        keys, event_time = first.by, first.event_time
-    else:
-        assert isinstance(first, GroupByNode)
-        keys, event_time = first.keys, None
-    upstream = SinkNode((below,), RepartitionSink(topic, partitions, keys, event_time))
+    topics = [topic, *(f"{topic}-{i + 1}" for i in range(1, len(ordered)))]
     scopes: frozenset[tuple[object, ...]] = frozenset().union(
         *(n.source.partition_scopes() for n in source_nodes(below) if not is_table(n.source))
     )
-    placeholder = SourceNode((), _Repartitioned(scopes))
-    downstream = _replace(root, first, dataclasses.replace(first, inputs=(placeholder,)))
-    return Split(upstream, downstream, keys, event_time, topic)
+    upstream = SinkNode((below,), _sink(topics[0], partitions, ordered[0]))
+    stages = []
+    for i, op in enumerate(ordered):
+        placeholder = SourceNode((), _Repartitioned(scopes))
+        following = ordered[i + 1] if i + 1 < len(ordered) else None
+        top = following.inputs[0] if following is not None else root
+        body = _replace(top, op, dataclasses.replace(op, inputs=(placeholder,)))
+        if following is not None:
+            body = SinkNode((body,), _sink(topics[i + 1], partitions, following))
+        stages.append(Stage(topics[i], body, _keys_and_time(op)[1]))
+        scopes = frozenset({("kafka", topics[i])})  # the next stage reads this one's tasks
+    return Split(upstream, tuple(stages))
+
+
+def _keys_and_time(op: Node) -> tuple[tuple[str, ...], EventTime | None]:
+    if isinstance(op, WindowNode):
+        return op.by, op.event_time
+    assert isinstance(op, GroupByNode)
+    return op.keys, None
+
+
+def _sink(topic: str, partitions: int, op: Node) -> RepartitionSink:
+    """The repartition in front of stateful operator ``op``: by its keys, markers in its time."""
+    keys, event_time = _keys_and_time(op)
+    return RepartitionSink(topic, partitions, keys, event_time)
 
 
 def _chain(root: Node) -> list[Node]:
@@ -179,11 +214,16 @@ class RepartitionWriter(Operator):
         self.topic, self.partitions, self.keys, self.et = topic, partitions, list(keys), event_time
         self.producer = ctx.producer
         self.latest: int | None = None  # the latest event time sent on
+        self.pid: int | None = None
+        """The partition id its rows go out as: a later stage's task's own (its rows come out
+        of a stateful operator, without the input's); None keeps the rows' own."""
 
     def process(self, delta: Delta) -> Delta:
         rows = delta.rows
         if rows.height == 0:
             return Delta(pl.DataFrame())
+        if self.pid is not None:
+            rows = rows.with_columns(pl.lit(self.pid, pl.Int64).alias(PARTITION))
         target = (
             (pl.struct(self.keys).hash(seed=0) % self.partitions).cast(pl.Int32)
             if self.keys
@@ -259,11 +299,14 @@ def idle_markers(rows: pl.DataFrame, event_time: EventTime, partitions: Partitio
     return rows.filter(~idle_rows)
 
 
-def decode(messages: list[Any]) -> pl.DataFrame | None:
-    """Repartition records back into rows, each with the partition it arrived on (``TASK``)."""
-    frames = [
-        pl.read_ipc(io.BytesIO(m.value())).with_columns(pl.lit(m.partition(), pl.Int32).alias(TASK))
-        for m in messages
-        if m.value()
-    ]
-    return pl.concat(frames, how="diagonal_relaxed") if frames else None
+def decode(messages: list[Any]) -> dict[str, pl.DataFrame]:
+    """Repartition records back into rows per repartition topic, each with the partition it
+    arrived on (``TASK``)."""
+    frames: dict[str, list[pl.DataFrame]] = {}
+    for m in messages:
+        if m.value():
+            frame = pl.read_ipc(io.BytesIO(m.value()))
+            frames.setdefault(m.topic(), []).append(
+                frame.with_columns(pl.lit(m.partition(), pl.Int32).alias(TASK))
+            )
+    return {t: pl.concat(f, how="diagonal_relaxed") for t, f in frames.items()}

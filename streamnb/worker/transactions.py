@@ -75,7 +75,9 @@ class Checkpoints:
             settings["message.timeout.ms"] = 0  # retry until delivered: lose nothing
         self._config = client_config(source.bootstrap, producer_only(source.config), **settings)
         self.producer = Producer(self._config)
+        self.restorer = restorer
         self.changelog = Changelog(changelog_topic, self.producer, restorer)
+        self.changelogs = {changelog_topic: self.changelog}
         ctx.producer = self.producer
         self.undelivered, self.last_delivery_error = 0, ""
         self.produced = False  # output written outside any offset move (idle markers)
@@ -83,6 +85,13 @@ class Checkpoints:
         self.checkpoint_ms = 0.0
         self.commit_ms = 0.0
         self.snapshot_bytes = 0
+
+    def changelog_named(self, topic: str) -> Changelog:
+        """The changelog in ``topic`` (a chain of repartitions has one per stateful stage:
+        their tasks share partition numbers)."""
+        if topic not in self.changelogs:
+            self.changelogs[topic] = Changelog(topic, self.producer, self.restorer)
+        return self.changelogs[topic]
 
     def begin(self) -> None:
         """Start the first transaction (exactly_once): initialising the producer aborts the
@@ -116,7 +125,8 @@ class Checkpoints:
             records = checkpoint.chunks(data)
             written += len(data)
             task.snapshot_id += 1
-            task.pointer = self.changelog.write(task.partition, task.snapshot_id, records)
+            assert task.changelog is not None  # every task of a worker has one
+            task.pointer = task.changelog.write(task.partition, task.snapshot_id, records)
             snapshots.add(key)
         # every partition of a task that moved or was snapshotted, each with the snapshot's
         # pointer (a restore takes the newest pointer among a task's partitions)
@@ -207,7 +217,9 @@ class Checkpoints:
         from confluent_kafka import KafkaException, Producer
 
         self.producer = Producer(self._config)
-        self.changelog.producer = self.ctx.producer = self.producer
+        self.ctx.producer = self.producer
+        for changelog in self.changelogs.values():
+            changelog.producer = self.producer
         for attempt in range(20):
             try:
                 self.producer.init_transactions(30)

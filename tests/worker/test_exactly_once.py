@@ -416,15 +416,21 @@ def test_a_missing_output_topic_is_named_before_anything_runs(
             guarantee="exactly_once",
             state_dir=tmp_path,
         )
-    twice = (
-        stream.window(sn.Tumbling("1s"), by="k")
+    other = sn.from_kafka(
+        make_topic(2),
+        bootstrap_servers=bootstrap,
+        start="earliest",
+        schema={"k": pl.String, "t": pl.Int64},
+        timestamp="t",
+    )
+    joined_then_windowed = (
+        stream.join(other, on="k", within="1s")
+        .window(sn.Tumbling("1s"), by="k")
         .agg(pl.len().alias("n"))
-        .group_by("n")
-        .agg(pl.len().alias("windows"))
         .to_kafka(make_topic(1), bootstrap_servers=bootstrap)
     )
-    with pytest.raises(ConfigError, match="repartitions once"):
-        start(twice, name="twice", guarantee="at_least_once", state_dir=tmp_path)
+    with pytest.raises(ConfigError, match="not below"):
+        start(joined_then_windowed, name="below", guarantee="at_least_once", state_dir=tmp_path)
     with pytest.raises(ConfigError, match="exactly_once needs a Kafka sink"):
         start(stream, name="no-sink", guarantee="exactly_once", state_dir=tmp_path)
 
@@ -497,3 +503,48 @@ def test_an_idle_input_partition_does_not_hold_the_windows_back(
     finally:
         w.stop_all()
     assert_exact(got, want, w.logs())
+
+
+CHAIN_JOB = JOB.replace(
+    '.agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))',
+    '.agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))\n'
+    '    .group_by("n").agg(pl.len().alias("windows"), pl.col("total").sum().alias("sum"))',
+)
+
+
+def test_a_chain_of_repartitions_kill_9_exactly_once(
+    tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    """Windows per key, then a running count of windows per size: two repartition topics and
+    two changelogs; killed once mid-stream, the last committed row per size is exact."""
+    topic, out = make_topic(PARTITIONS), make_topic(1)
+    w = Workers(tmp_path, bootstrap, topic, out, "exactly_once", CHAIN_JOB)
+    try:
+        data = records(24_000)
+        feeder = Feeder(bootstrap, topic, data, rate=3_000).start()
+        proc = w.start()
+        w.wait_owning(proc)
+        time.sleep(2.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        w.start()
+        feeder.wait()
+        windows = pl.DataFrame(
+            list(reference(data).elements()), schema=["ws", "we", "k", "n", "total"], orient="row"
+        )
+        want = (
+            windows.group_by("n")
+            .agg(pl.len().alias("windows"), pl.col("total").sum().alias("sum"))
+            .sort("n")
+        )
+        deadline, got = time.monotonic() + 90, pl.DataFrame()
+        while time.monotonic() < deadline:
+            rows = committed_output(bootstrap, out, 1, 5, ("n", "windows", "sum"))
+            got = pl.DataFrame(rows, schema=["n", "windows", "sum"], orient="row")
+            got = got.unique(subset="n", keep="last", maintain_order=True).sort("n")
+            if got.equals(want.cast(got.schema)):
+                break
+            time.sleep(1)
+    finally:
+        w.stop_all()
+    assert got.equals(want.cast(got.schema)), f"{got}\n{want}\n{w.logs()}"

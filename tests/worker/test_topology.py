@@ -16,16 +16,18 @@ import streamnb as sn
 from streamnb.columns import PARTITION, visible
 from streamnb.engine.core import Context, Delta, Partitions
 from streamnb.engine.executor import Pipeline
-from streamnb.exceptions import ConfigError
-from streamnb.plan import SinkNode, SourceNode, WindowNode
+from streamnb.plan import GroupByNode, SinkNode, SourceNode, WindowNode
 from streamnb.worker import topology
 
 INPUTS, TARGETS = 3, 4
 
 
 class Message:
-    def __init__(self, value: bytes, partition: int) -> None:
-        self._value, self._partition = value, partition
+    def __init__(self, topic: str, value: bytes, partition: int) -> None:
+        self._topic, self._value, self._partition = topic, value, partition
+
+    def topic(self) -> str:
+        return self._topic
 
     def value(self) -> bytes:
         return self._value
@@ -35,13 +37,13 @@ class Message:
 
 
 class Producer:
-    """Keeps what is produced, per partition, in order."""
+    """Keeps what is produced, per topic and partition, in order."""
 
     def __init__(self) -> None:
-        self.sent: dict[int, list[Message]] = defaultdict(list)
+        self.sent: dict[tuple[str, int], list[Message]] = defaultdict(list)
 
     def produce(self, topic: str, value: bytes, partition: int) -> None:
-        self.sent[partition].append(Message(value, partition))
+        self.sent[(topic, partition)].append(Message(topic, value, partition))
 
     def poll(self, timeout: float) -> int:
         return 0
@@ -84,9 +86,12 @@ def run_single(stream: sn.Stream, feed: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def run_split(stream: sn.Stream, feed: list[pl.DataFrame]) -> pl.DataFrame:
+    """Upstream pipelines per input partition, then each stage's per repartition partition
+    (as the worker's tasks), each reading what has arrived on its topic after every batch."""
     cut = topology.split(stream.plan.root, "rep", TARGETS)
     assert cut is not None
     producer = Producer()
+    shared = Partitions(ids={("input", p): p for p in range(INPUTS)})  # the rows' own ids
     upstream = {
         p: Pipeline(cut.upstream, Context(producer=producer), lambda d: None) for p in range(INPUTS)
     }
@@ -95,21 +100,37 @@ def run_split(stream: sn.Stream, feed: list[pl.DataFrame]) -> pl.DataFrame:
     def emit(delta: Delta) -> None:
         out.append(visible(delta.rows))
 
-    downstream = {
-        q: Pipeline(
-            cut.downstream, Context(partitions=Partitions(assigned=set(range(INPUTS)))), emit
+    stages: list[dict[int, Pipeline]] = []
+    for k, stage in enumerate(cut.stages):
+        feeding = (
+            set(range(INPUTS))
+            if k == 0
+            else {shared.id_for("kafka", cut.topics[k - 1], q) for q in range(TARGETS)}
         )
-        for q in range(TARGETS)
-    }
-    read = dict.fromkeys(range(TARGETS), 0)
+        pipelines = {}
+        for q in range(TARGETS):
+            ctx = Context(
+                producer=producer,
+                partitions=Partitions(ids=shared.ids, assigned=feeding, scopes=shared.scopes),
+            )
+            last = k == len(cut.stages) - 1
+            pipelines[q] = Pipeline(stage.root, ctx, emit if last else lambda d: None)
+            for step in pipelines[q].steps:
+                if isinstance(step.op, topology.RepartitionWriter):
+                    step.op.pid = shared.id_for("kafka", stage.topic, q)
+        stages.append(pipelines)
+    read: dict[tuple[str, int], int] = defaultdict(int)
     for batch in feed:
         p = batch[PARTITION][0]
         upstream[p].push(upstream[p].sources[0], batch)
-        for q, messages in producer.sent.items():  # downstream reads what has arrived
-            frame = topology.decode(messages[read[q] :])
-            read[q] = len(messages)
-            if frame is not None:
-                downstream[q].push(downstream[q].sources[0], frame.drop(topology.TASK))
+        for stage, pipelines in zip(cut.stages, stages, strict=True):
+            for q, pipeline in pipelines.items():  # each reads what has arrived
+                messages = producer.sent[(stage.topic, q)]
+                frames = topology.decode(messages[read[(stage.topic, q)] :])
+                read[(stage.topic, q)] = len(messages)
+                if stage.topic in frames:
+                    rows = frames[stage.topic].drop(topology.TASK)
+                    pipeline.push(pipeline.sources[0], rows)
     return pl.concat(out)
 
 
@@ -134,10 +155,9 @@ def test_marker_rows_carry_the_latest_time_of_their_partition() -> None:
     pipeline = Pipeline(cut.upstream, Context(producer=producer), lambda d: None)
     batch = data.filter(pl.col(PARTITION) == 1)
     pipeline.push(pipeline.sources[0], batch)
-    assert sorted(producer.sent) == list(range(TARGETS))  # every target hears of the time
+    assert sorted(producer.sent) == [("rep", q) for q in range(TARGETS)]  # all hear the time
     for messages in producer.sent.values():
-        frame = topology.decode(messages)
-        assert frame is not None
+        frame = topology.decode(messages)["rep"]
         marker = frame.filter(pl.col("__sn_marker").fill_null(False))
         assert marker.select("t", PARTITION).rows() == [(batch["t"].max(), 1)]
 
@@ -146,12 +166,35 @@ def test_split_cuts_before_the_first_stateful_operator() -> None:
     bids = sn.from_records([{"k": "a", "t": 1, "v": 1}], timestamp="t")
     assert topology.split(bids.filter(pl.col("v") > 0).plan.root, "rep", 2) is None
     cut = topology.split(query(bids.filter(pl.col("v") > 0)).plan.root, "rep", 2)
-    assert cut is not None and cut.keys == ("k",)
+    assert cut is not None and cut.topics == ["rep"]
     assert isinstance(cut.upstream, SinkNode)
     assert isinstance(cut.upstream.sink, topology.RepartitionSink)
-    assert cut.upstream.sink.topic == cut.topic == "rep" and cut.upstream.sink.keys == ("k",)
-    window: Any = cut.downstream
+    assert cut.upstream.sink.topic == "rep" and cut.upstream.sink.keys == ("k",)
+    window: Any = cut.stages[0].root
     assert isinstance(window, WindowNode) and isinstance(window.inputs[0], SourceNode)
-    twice = query(bids).group_by("k").agg(pl.len().alias("windows"))
-    with pytest.raises(ConfigError, match="repartitions once"):
-        topology.split(twice.plan.root, "rep", 2)
+    # a chain: each stateful operator behind a repartition by its own keys
+    twice = query(bids).group_by("n").agg(pl.len().alias("windows"))
+    chain = topology.split(twice.plan.root, "rep", 2)
+    assert chain is not None and chain.topics == ["rep", "rep-2"]
+    first: Any = chain.stages[0].root
+    assert isinstance(first, SinkNode) and first.sink.keys == ("n",) and first.sink.topic == "rep-2"
+    second: Any = chain.stages[1].root
+    assert isinstance(second, GroupByNode) and isinstance(second.inputs[0], SourceNode)
+
+
+@pytest.mark.parametrize("size", [7, 300])
+def test_a_chain_of_repartitions_equals_a_single_pipeline(size: int) -> None:
+    """Windows by ``k``, then a running count of windows per size: two repartitions."""
+    data = records(4)
+    stream = (
+        query(sn.from_records(data.drop(PARTITION), timestamp="t"))
+        .group_by("n")
+        .agg(pl.len().alias("windows"), pl.col("v").sum().alias("v"))
+    )
+    feed = batches(data, size)
+    single, split = run_split(stream, feed), run_single(stream, feed)
+    last = [
+        f.unique(subset="n", keep="last", maintain_order=True).sort("n") for f in (split, single)
+    ]
+    assert last[0].height > 3
+    assert last[0].equals(last[1])
