@@ -8,8 +8,9 @@ partition comes back with the same checkpoint. After an aborted transaction, :me
 takes every task back to its last checkpoint, input included.
 
 Without repartitioning, a task per input partition runs the whole plan. With it
-(:mod:`.topology`), a task per input partition runs the upstream half (into the repartition
-topic) and a task per repartition partition the downstream half (state and results).
+(:mod:`.topology`), a task per input partition runs the upstream part (into the first
+repartition topic) and, for each stage after a repartition, a task per partition of that
+topic runs the stage (state; the last one makes the results).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Repartitioning: a query over a topic of several partitions, cut in two at its first stateful
-operator, with a Kafka topic between the halves (Kafka Streams' repartition topics).
+"""Repartitioning: a query over a topic of several partitions, cut below each of its stateful
+operators, with a Kafka topic between the parts (Kafka Streams' repartition topics).
 
 Upstream tasks (one per input partition) run the stateless operators and send each row to the
 partition of the repartition topic that its grouping keys hash to, so that every key's state
@@ -14,6 +14,10 @@ minimum over the input partitions, as in the notebook, never ahead of it. An ups
 whose input had no records for its ``idle_timeout`` sends an *idle marker* (a marker without a
 time): downstream tasks then leave its partition out of the minimum until it sends again, as
 the notebook leaves out an idle Kafka partition.
+
+A chain (a ``group_by`` of window results) repeats the cut: each stage after a repartition
+runs one stateful operator and what follows it up to the next repartition topic; its rows go
+on as its own task's partition, so the next stage's watermark spans the tasks that feed it.
 """
 
 from __future__ import annotations
