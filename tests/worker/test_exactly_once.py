@@ -265,18 +265,24 @@ def assert_exact(got: list[tuple[Any, ...]], want: Counter[tuple[Any, ...]], log
     )
 
 
-def test_kill_9_three_times_exactly_once(workers: Any, bootstrap: str) -> None:
-    w, topic = workers("exactly_once")
-    data = records(60_000)
-    feeder = Feeder(bootstrap, topic, data, rate=1_500).start()
+def kill_9_three_times(w: Workers) -> None:
+    """Start a worker and kill it with SIGKILL three times, each a while after it owns its
+    partitions (a checkpoint every 300 ms: mid-transaction); the fourth runs on."""
     proc = w.start()
     for delay in (1.0, 1.6, 2.3):
         w.wait_owning(proc)
-        time.sleep(delay)  # processing, a checkpoint every 300 ms: mid-transaction
+        time.sleep(delay)
         assert proc.poll() is None, w.logs()
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         proc = w.start()
+
+
+def test_kill_9_three_times_exactly_once(workers: Any, bootstrap: str) -> None:
+    w, topic = workers("exactly_once")
+    data = records(60_000)
+    feeder = Feeder(bootstrap, topic, data, rate=1_500).start()
+    kill_9_three_times(w)
     feeder.wait()
     want = reference(data)
     got = committed_output(bootstrap, w.out, sum(want.values()), timeout=120)
@@ -314,21 +320,28 @@ def test_kill_9_at_least_once_loses_nothing(workers: Any, bootstrap: str) -> Non
     assert not short, f"{len(short)} windows lost records, e.g. {short[:2]}\n{w.logs()}"
 
 
-def test_workers_join_and_leave_exactly_once(workers: Any, bootstrap: str) -> None:
-    w, topic = workers("exactly_once")
-    data = records(24_000)
-    feeder = Feeder(bootstrap, topic, data, rate=2_000).start()
+def join_and_leave(w: Workers) -> subprocess.Popen[bytes]:
+    """A first worker; a second and a third join, then leave with SIGTERM (a clean leave: the
+    group rebalances at once). Returns the first, still running."""
     first = w.start("state-a")
     time.sleep(2.5)
     second = w.start("state-b")
     time.sleep(2.5)
     third = w.start("state-c")
     time.sleep(3.0)
-    second.send_signal(signal.SIGTERM)  # a clean leave: the group rebalances at once
+    second.send_signal(signal.SIGTERM)
     assert second.wait(60) == 0, w.logs()
     time.sleep(1.5)
     third.send_signal(signal.SIGTERM)
     assert third.wait(60) == 0, w.logs()
+    return first
+
+
+def test_workers_join_and_leave_exactly_once(workers: Any, bootstrap: str) -> None:
+    w, topic = workers("exactly_once")
+    data = records(24_000)
+    feeder = Feeder(bootstrap, topic, data, rate=2_000).start()
+    first = join_and_leave(w)
     feeder.wait()
     want = reference(data)
     got = committed_output(bootstrap, w.out, sum(want.values()), timeout=120)

@@ -33,6 +33,8 @@ from tests.worker.test_exactly_once import (
     Workers,
     assert_exact,
     committed_output,
+    join_and_leave,
+    kill_9_three_times,
 )
 
 PARTITIONS = 3
@@ -253,14 +255,7 @@ def test_kill_9_three_times_exactly_once(several: Any, bootstrap: str, shape: st
     w, topics = several(shape, "exactly_once")
     data = inputs(shape, 24_000)
     feeder = feed(bootstrap, topics, data, rate=3_000).start()
-    proc = w.start()
-    for delay in (1.0, 1.6, 2.3):
-        w.wait_owning(proc)
-        time.sleep(delay)  # processing, a checkpoint every 300 ms: mid-transaction
-        assert proc.poll() is None, w.logs()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        proc = w.start()
+    kill_9_three_times(w)
     feeder.wait()
     want = reference(shape, data)
     assert sum(want.values()) > 50
@@ -275,17 +270,7 @@ def test_workers_join_and_leave_exactly_once(several: Any, bootstrap: str, shape
     w, topics = several(shape, "exactly_once")
     data = inputs(shape, 24_000)
     feeder = feed(bootstrap, topics, data, rate=2_500).start()
-    first = w.start("state-a")
-    time.sleep(2.5)
-    second = w.start("state-b")
-    time.sleep(2.5)
-    third = w.start("state-c")
-    time.sleep(3.0)
-    second.send_signal(signal.SIGTERM)  # a clean leave: the group rebalances at once
-    assert second.wait(60) == 0, w.logs()
-    time.sleep(1.5)
-    third.send_signal(signal.SIGTERM)
-    assert third.wait(60) == 0, w.logs()
+    first = join_and_leave(w)
     feeder.wait()
     want = reference(shape, data)
     got = committed_output(bootstrap, w.out, sum(want.values()), 120, FIELDS[shape])
