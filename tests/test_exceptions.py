@@ -98,8 +98,8 @@ def test_the_repartitioned_half_cannot_be_read_on_its_own() -> None:
     windowed = stream.window(sn.Tumbling("1s"), by="k").agg(pl.len())
     cut = split(windowed.plan.root, "rep", 2)
     assert cut is not None
-    (placeholder,) = source_nodes(cut.downstream)
-    runner = Runner(Pipeline(cut.downstream, Context(), lambda d: None), Context())
+    (placeholder,) = source_nodes(cut.stages[0].root)
+    runner = Runner(Pipeline(cut.stages[0].root, Context(), lambda d: None), Context())
     with pytest.raises(sn.SourceError, match="cannot be opened"):
         runner.open()
     assert isinstance(placeholder.source, Source)
