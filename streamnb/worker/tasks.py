@@ -405,9 +405,9 @@ class TaskWorker:
         assert self.reader is not None
         positions = self.reader.positions
         for task in self.tasks.running.values():
-            for tp in list(task.positions) or self.tasks.partitions_of(task.key):
-                task.positions[tp] = positions.get(tp, task.positions.get(tp))
-            for step in {id(s): s for s in task.sources.values()}.values():
+            for tp in task.positions:  # every partition the task reads, since its restore
+                task.positions[tp] = positions.get(tp, task.positions[tp])
+            for step in set(task.sources.values()):
                 for pid, offset in task.held(step).items():
                     tp = self.reader.partition_of(int(pid))
                     if tp in task.positions:

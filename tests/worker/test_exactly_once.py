@@ -265,6 +265,17 @@ def assert_exact(got: list[tuple[Any, ...]], want: Counter[tuple[Any, ...]], log
     )
 
 
+def kill_9_once(w: Workers, after: float) -> None:
+    """Start a worker, kill it with SIGKILL ``after`` seconds past owning its partitions, and
+    start another."""
+    proc = w.start()
+    w.wait_owning(proc)
+    time.sleep(after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    w.start()
+
+
 def kill_9_three_times(w: Workers) -> None:
     """Start a worker and kill it with SIGKILL three times, each a while after it owns its
     partitions (a checkpoint every 300 ms: mid-transaction); the fourth runs on."""
@@ -296,12 +307,7 @@ def test_kill_9_at_least_once_loses_nothing(workers: Any, bootstrap: str) -> Non
     w, topic = workers("at_least_once")
     data = records(12_000)
     feeder = Feeder(bootstrap, topic, data, rate=2_000).start()
-    proc = w.start()
-    w.wait_owning(proc)
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    w.start()
+    kill_9_once(w, after=1.5)
     feeder.wait()
     want = reference(data)
     got = committed_output(bootstrap, w.out, sum(want.values()), timeout=120)
@@ -535,12 +541,7 @@ def test_a_chain_of_repartitions_kill_9_exactly_once(
     try:
         data = records(24_000)
         feeder = Feeder(bootstrap, topic, data, rate=3_000).start()
-        proc = w.start()
-        w.wait_owning(proc)
-        time.sleep(2.5)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        w.start()
+        kill_9_once(w, after=2.5)
         feeder.wait()
         windows = pl.DataFrame(
             list(reference(data).elements()), schema=["ws", "we", "k", "n", "total"], orient="row"
