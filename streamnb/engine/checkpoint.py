@@ -31,20 +31,22 @@ def stateful(pipeline: Pipeline) -> bool:
     return any(step.op is not None and step.op.state_fields for step in pipeline.steps)
 
 
-def snapshot(pipeline: Pipeline) -> bytes:
-    """The state of every operator of ``pipeline``."""
+def snapshot(pipeline: Pipeline, extra: Any = None) -> bytes:
+    """The state of every operator of ``pipeline`` (and ``extra``, the runner's own: records
+    it holds back, say)."""
     ops: list[Any] = [
         step.op.snapshot() if step.op is not None and step.op.state_fields else None
         for step in pipeline.steps
     ]
     return pickle.dumps(
-        {"format": FORMAT, "plan": fingerprint(pipeline), "ops": ops},
+        {"format": FORMAT, "plan": fingerprint(pipeline), "ops": ops, "extra": extra},
         protocol=pickle.HIGHEST_PROTOCOL,
     )
 
 
-def restore(pipeline: Pipeline, data: bytes) -> None:
-    """Put the state saved by :func:`snapshot` back into a freshly built ``pipeline``."""
+def restore(pipeline: Pipeline, data: bytes) -> Any:
+    """Put the state saved by :func:`snapshot` back into a freshly built ``pipeline``; the
+    ``extra`` saved with it."""
     saved = pickle.loads(data)  # the query's own changelog, written by snapshot()
     plan = fingerprint(pipeline)
     if saved.get("format") != FORMAT or saved.get("plan") != plan:
@@ -56,6 +58,7 @@ def restore(pipeline: Pipeline, data: bytes) -> None:
         if state is not None:
             assert step.op is not None
             step.op.restore(state)
+    return saved.get("extra")
 
 
 def chunks(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:

@@ -29,6 +29,7 @@ from streamnb.columns import (
     JOIN_SEQ,
     JOIN_SIDE,
     JOIN_TIME,
+    MARKER,
     MATCHED,
     ORDER,
     PARTITION,
@@ -242,6 +243,9 @@ class IntervalJoin(Operator):
         parts = rows.get_column(PARTITION) if PARTITION in rows.columns else None
         wm = self.tracker.before_each(times, parts)
         self.ctx.watermarks[id(self)] = self.tracker.current
+        if MARKER in rows.columns:  # watermark-only rows: their times are taken in, no more
+            data = ~rows.get_column(MARKER).fill_null(False)
+            rows, times, wm = rows.filter(data), times.filter(data), wm.filter(data)
         stamped = visible(rows).with_columns(
             times.alias(JOIN_TIME), pl.int_range(self.seq, self.seq + rows.height).alias(JOIN_SEQ)
         )
@@ -335,6 +339,9 @@ class IntervalJoin(Operator):
             pl.int_range(self.seq, self.seq + sequence.height).alias(JOIN_SEQ),
         )
         self.seq += sequence.height
+        for side, rows in sides.items():  # watermark-only rows: their times are taken in
+            if MARKER in rows.columns:
+                sides[side] = rows.filter(~pl.col(MARKER).fill_null(False))
         late = pl.col(JOIN_TIME) + self.within + self.grace <= pl.col(WATERMARK)
         live = []
         for side in (0, 1):

@@ -21,9 +21,9 @@ synchronised: its records go at once, in arrival order.
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import polars as pl
@@ -127,12 +127,37 @@ class Merge:
         if rows.height and inp.time is not None:
             inp.sort_keys(rows)
 
-    def forget_queued(self) -> None:
-        """Drop every queued record (they will be read again: a worker resuming a task from
-        its last commit); each input's running maximum goes back to its last released record,
-        so the records come back with the same keys."""
-        for inp in self.inputs:
+    def forget_queued(self, inputs: Iterable[int]) -> None:
+        """Drop the queued records of ``inputs`` (they will be read again: a worker resuming a
+        task from its last commit); each one's running maximum goes back to its last released
+        record, so the records come back with the same keys."""
+        for i in inputs:
+            inp = self.inputs[i]
             inp.frames, inp.keys, inp.latest = [], [], inp.released_latest
+
+    def snapshot(self) -> dict[str, Any]:
+        """The queued records and where each input stands (for a checkpoint that keeps what
+        cannot be read again from an offset)."""
+        return {
+            "order": self.order,
+            "inputs": [
+                (
+                    pl.concat(inp.frames, how="vertical_relaxed") if inp.frames else None,
+                    np.concatenate(inp.keys) if inp.keys else None,
+                    inp.latest,
+                    inp.released_latest,
+                )
+                for inp in self.inputs
+            ],
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Back to what :meth:`snapshot` saved."""
+        self.order = saved["order"]
+        for inp, (frame, keys, latest, released) in zip(self.inputs, saved["inputs"], strict=True):
+            inp.frames = [frame] if frame is not None else []
+            inp.keys = [keys] if keys is not None else []
+            inp.latest, inp.released_latest = latest, released
 
     def finish(self, i: int) -> None:
         self.inputs[i].finished = True

@@ -11,6 +11,15 @@ Without repartitioning, a task per input partition runs the whole plan. With it
 (:mod:`.topology`), a task per input partition runs the upstream part (into the first
 repartition topic) and, for each stage after a repartition, a task per partition of that
 topic runs the stage (state; the last one makes the results).
+
+An input task p reads partition p of every co-partitioned input topic; inputs that are not
+co-partitioned get a task per partition of each topic. A stage's task q reads partition q of
+each of its topics (two where such inputs meet).
+
+What a task's merge holds back at a checkpoint: an input task commits, per partition, the
+offset of the first record still held, and reads them again after a restore. A stage task
+cannot (a repartition record carries a batch of rows under one offset, some of them maybe
+released): its held rows go into its snapshot instead, and it commits where it has read.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ class Task:
     tables: list[tuple[GlobalTable, Step]]
     changelog: Changelog | None = None  # where its snapshots go
     merge: Merge | None = None
+    stage: int | None = None  # the stage after a repartition it runs; None: an input task
     pid: int = 0  # an input task's hidden partition id (its first topic's partition)
     as_one: bool = False  # its inputs' rows arrive as that one partition (several topics)
     positions: dict[TP, int | None] = field(default_factory=dict)  # next offsets to commit
@@ -90,7 +100,11 @@ class Task:
     def send_idle(self) -> bool:
         """Tell the downstream tasks that this input task's partition is idle (once, until
         records come again); True if an idle marker went out."""
-        writers = [s.op for s in self.pipeline.steps if isinstance(s.op, RepartitionWriter)]
+        writers = [
+            s.op
+            for s in self.pipeline.steps
+            if isinstance(s.op, RepartitionWriter) and s.op.et is not None
+        ]
         if self.idle_sent or not writers:
             return False
         for writer in writers:
@@ -114,10 +128,21 @@ class Task:
         if released:
             self.pipeline.deliver([(steps[i], self._as_one(rows)) for i, rows in released])
 
+    def stream_inputs(self) -> list[int]:
+        """The merge's inputs that this task's stream topics feed."""
+        fed = {id(step) for step in self.sources.values()}
+        return [i for i, step in enumerate(self.pipeline.sources) if id(step) in fed]
+
+    def in_flight(self) -> Any:
+        """What a stage task's merge holds back, for its snapshot (None: nothing to keep)."""
+        if self.merge is None or self.stage is None:
+            return None
+        return self.merge.snapshot()
+
     def held(self, step: Step) -> dict[int, int]:
         """The first offset per hidden partition id of the records of ``step``'s input that
-        the merge still holds: where a restart must resume them."""
-        if self.merge is None:
+        an input task's merge still holds: where a restart must resume them."""
+        if self.merge is None or self.stage is not None:
             return {}
         queue = self.merge.inputs[self.pipeline.sources.index(step)]
         if not queue.frames:
@@ -135,9 +160,9 @@ class Tasks:
 
     ``ctx`` is the worker's context: tasks share its side outputs and partition ids, and write
     through its (current) producer. ``emit`` receives the results of the tasks that make them.
-    Tasks are keyed by their first input topic (or the repartition topic) and partition; an
-    input task commits the offsets of every input topic's partition, each with the pointer
-    to its last snapshot.
+    ``groups``: the input topics an input task reads together (:attr:`Inputs.groups`). Tasks
+    are keyed by the first topic they read and their partition; a task commits the offsets of
+    each partition it reads, each with the pointer to its last snapshot.
     """
 
     def __init__(
@@ -146,7 +171,8 @@ class Tasks:
         *,
         plan: Plan,
         split: Split | None,
-        topics: list[str],
+        groups: list[tuple[str, ...]],
+        partitions: int,
         tables: dict[int, GlobalTable],
         ctx: Context,
         changelogs: Callable[[str], Changelog],
@@ -154,7 +180,11 @@ class Tasks:
         emit: Callable[[Delta], None],
     ) -> None:
         self.name, self.plan, self.split = name, plan, split
-        self.topics, self.topic, self.tables = topics, topics[0], tables
+        self.groups, self.partitions, self.tables = groups, partitions, tables
+        self.topics = [t for group in groups for t in group]  # the input topics
+        self.group = {t: group for group in groups for t in group}  # what a task reads
+        for stage in split.stages if split is not None else ():
+            self.group.update((t, stage.topics) for t in stage.topics)
         self.ctx, self.changelogs, self.restorer, self.emit = ctx, changelogs, restorer, emit
         self.running: dict[TP, Task] = {}
         self.suspended: dict[TP, Task] = {}  # revoked, kept in case they come back unchanged
@@ -163,11 +193,15 @@ class Tasks:
 
     def key_of(self, tp: TP) -> TP:
         """The task that reads partition ``tp``."""
-        return (self.topic, tp[1]) if tp[0] in self.topics else tp
+        return (self.group[tp[0]][0], tp[1]) if tp[0] in self.group else tp
 
     def partitions_of(self, key: TP) -> list[TP]:
         """The partitions task ``key`` reads."""
-        return [(t, key[1]) for t in self.topics] if key[0] == self.topic else [key]
+        return [(t, key[1]) for t in self.group.get(key[0], (key[0],))]
+
+    def inputs(self) -> list[Task]:
+        """The running input tasks."""
+        return [task for task in self.running.values() if task.stage is None]
 
     def assign(self, partitions: Sequence[TP], reader: KafkaReader) -> None:
         """The group gave us ``partitions``: reuse a suspended task if nobody moved it on,
@@ -178,8 +212,10 @@ class Tasks:
             offsets, pointer = self._checkpoint_of(key, committed)
             kept = self.suspended.pop(key, None)
             if kept is not None and kept.committed == offsets and kept.pointer == pointer:
-                if kept.merge is not None:  # what it held is read again from the commit
-                    kept.merge.forget_queued()
+                if kept.merge is not None and kept.stage is None:
+                    # what its streams held is read again from the commit; a global table's
+                    # changes are not, and a stage task's held rows are in its snapshot
+                    kept.merge.forget_queued(kept.stream_inputs())
                 self.running[key] = kept
                 continue
             self.running[key] = self._restore(key, offsets, pointer, reader)
@@ -250,7 +286,9 @@ class Tasks:
         if where is not None:
             task.snapshot_id = where[0]
             assert task.changelog is not None
-            checkpoint.restore(task.pipeline, task.changelog.read(partition, *where))
+            in_flight = checkpoint.restore(task.pipeline, task.changelog.read(partition, *where))
+            if in_flight is not None and task.merge is not None:
+                task.merge.restore(in_flight)
             for step in task.pipeline.steps:  # the status shows the restored watermark
                 tracker = getattr(step.op, "tracker", None)
                 if tracker is not None:
@@ -278,24 +316,27 @@ class Tasks:
         """The task of input partition ``key`` (upstream half when repartitioning), or of a
         repartition partition (downstream half: its watermark spans every input partition)."""
         topic, partition = key
-        inputs = set(reader.partition_ids(self.topic))
         sink: Callable[[Delta], None]
-        own = reader.partition_id(self.topic, partition)  # an input task's, as one
         stage = None
-        if self.split is None:
-            root, assigned, sink = self.plan.root, {own}, self.emit
-        elif topic == self.topic:
-            root, assigned, sink = self.split.upstream, set(), _discard
-        else:  # a stage after a repartition: its watermark spans the tasks that feed it
+        if topic not in self.topics:
+            assert self.split is not None
             stage = self.split.index(topic)
+        if stage is None:
+            own = reader.partition_id(topic, partition)  # the task's rows arrive as this one
+            if self.split is None:
+                root, assigned, sink = self.plan.root, {own}, self.emit
+            else:
+                root, assigned, sink = self.split.upstream_of(topic), set(), _discard
+        else:  # a stage after a repartition: its watermark spans the tasks that feed it
+            assert self.split is not None
             last = stage == len(self.split.stages) - 1
             root, sink = self.split.stages[stage].root, self.emit if last else _discard
-            feeding = self.split.topics[stage - 1] if stage else None
-            assigned = (
-                {self.ctx.partitions.id_for("kafka", feeding, q) for q in range(len(inputs))}
-                if feeding is not None
-                else inputs
-            )
+            if stage:
+                feeding = self.split.stages[stage - 1].topic
+                ids = self.ctx.partitions.id_for
+                assigned = {ids("kafka", feeding, q) for q in range(self.partitions)}
+            else:
+                assigned = {pid for group in self.groups for pid in reader.partition_ids(group[0])}
             own = self.ctx.partitions.id_for("kafka", topic, partition)
         ctx = Context(
             late=self.ctx.late,
@@ -309,19 +350,26 @@ class Tasks:
         pipeline = Pipeline(root, ctx, sink)
         sources: dict[str, Step] = {}
         tables: list[tuple[GlobalTable, Step]] = []
+        reads = self.group[topic]
         for step in pipeline.sources:
             source = getattr(step.node, "source", None)
             if is_table(source):
                 tables.append((self.tables[id(source)], step))
                 _forget_table(step)
-            elif topic == self.topic:
-                sources.update((t, step) for t in getattr(source, "topics", ()))
-            else:
-                sources[topic] = step
+            elif stage is None:
+                sources.update((t, step) for t in getattr(source, "topics", ()) if t in reads)
+            elif getattr(source, "topic", None) in reads:
+                sources[source.topic] = step  # type: ignore[union-attr]
         if stage is not None:  # its rows go on as its own partition
             for step in pipeline.steps:
                 if isinstance(step.op, RepartitionWriter):
                     step.op.pid = own
+        merge = pipeline.merge(DEFAULT_MAX_IDLE_MS)
+        if merge is not None:  # inputs that other tasks read (a topic read apart) hold nothing
+            fed = {id(step) for step in [*sources.values(), *(s for _, s in tables)]}
+            for i, step in enumerate(pipeline.sources):
+                if id(step) not in fed:
+                    merge.finish(i)
         return Task(
             topic,
             partition,
@@ -330,9 +378,10 @@ class Tasks:
             sources,
             tables,
             changelog=self.changelogs(topic),
-            merge=pipeline.merge(DEFAULT_MAX_IDLE_MS),
+            merge=merge,
+            stage=stage,
             pid=own,
-            as_one=topic == self.topic and len(self.topics) > 1,
+            as_one=stage is None and len(reads) > 1,
         )
 
 

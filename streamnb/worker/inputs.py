@@ -3,10 +3,12 @@ global tables every task holds (Kafka Streams' model).
 
 * **Streams**: every Kafka source that is not a ``table_from_kafka``. One consumer reads them
   all in the worker's group, so librdkafka's range assignor gives one member partition p of
-  every topic. Their topics must be *co-partitioned* (the same number of partitions): task p
+  every topic. When their topics are *co-partitioned* (the same number of partitions), task p
   reads partition p of each and merges them by event time. Records that must meet in a task
   (a join's key, the key of a window below a join) must so be keyed alike by their producers,
-  as Kafka Streams requires of the inputs of a join.
+  as Kafka Streams requires of the inputs of a join. Topics that are not co-partitioned are
+  read *apart*: a task per partition of each topic, and where they meet in state, both sides
+  are repartitioned by the join keys (:mod:`.topology`).
 * **Global tables**: each ``table_from_kafka`` is read whole by every worker (no group), to
   the end offsets it had at the start before any task processes a record, then on; every task
   holds the whole table, as a Kafka Streams GlobalKTable. Their join state is never
@@ -39,9 +41,37 @@ class Inputs:
         return [t for s in self.streams for t in s.topics]
 
     @property
+    def counts(self) -> dict[str, int]:
+        """The partitions of each stream topic."""
+        return {t: len(s.partitions[t]) for s in self.streams for t in s.topics}
+
+    @property
     def partitions(self) -> int:
-        """The partitions of each stream topic (they are co-partitioned)."""
-        return len(self.streams[0].partitions[self.streams[0].topics[0]])
+        """The partitions of the widest stream topic: the tasks' partition numbers, and the
+        partitions of the repartition and changelog topics."""
+        return max(self.counts.values())
+
+    @property
+    def copartitioned(self) -> bool:
+        """Whether every stream topic has the same number of partitions."""
+        return len(set(self.counts.values())) == 1
+
+    @property
+    def groups(self) -> list[tuple[str, ...]]:
+        """The topics an input task reads partition p of: all of them when co-partitioned,
+        else one each."""
+        if self.copartitioned:
+            return [tuple(self.topics)]
+        return [(t,) for t in self.topics]
+
+    def not_copartitioned(self, why: str) -> ConfigError:
+        """The error for inputs that are not co-partitioned and cannot be repartitioned."""
+        listed = ", ".join(f"{t} ({n})" for t, n in self.counts.items())
+        return ConfigError(
+            f"the query's topics are not co-partitioned: {listed} partitions, and the worker "
+            f"cannot repartition them: {why}. Copy one into a topic with as many partitions "
+            "as the other"
+        )
 
 
 def is_table(source: object) -> bool:
@@ -51,8 +81,7 @@ def is_table(source: object) -> bool:
 
 def inputs(plan: Plan) -> Inputs:
     """The inputs of ``plan``; :class:`ConfigError` if the worker cannot run them as tasks: a
-    source that is not Kafka, no stream topic, or stream topics that are not co-partitioned
-    (the message names the topics and their partition counts)."""
+    source that is not Kafka, no stream topic, or a topic read twice."""
     streams: list[KafkaSource] = []
     tables: list[KafkaSource] = []
     for node in source_nodes(plan.root):
@@ -70,13 +99,6 @@ def inputs(plan: Plan) -> Inputs:
     counts = {t: len(s.partitions[t]) for s in streams for t in s.topics}
     if len(counts) < sum(len(s.topics) for s in streams):
         raise ConfigError(f"the query reads a topic twice ({sorted(counts)}): read it once")
-    if len(set(counts.values())) > 1:
-        listed = ", ".join(f"{t} ({n})" for t, n in counts.items())
-        raise ConfigError(
-            f"the query's topics are not co-partitioned: {listed} partitions. Task p reads "
-            "partition p of every topic, so they need the same number of partitions (and "
-            "records that meet keyed alike); copy one into a topic with as many partitions"
-        )
     return Inputs(streams, tables)
 
 

@@ -110,11 +110,7 @@ class TaskWorker:
         self.partitions = self.inputs.partitions
         # several partitions and state: key the state by repartitioning (one task per
         # repartition partition holds it); otherwise each input partition's task holds its own
-        self.split = (
-            topology.split(plan.root, f"{group_id}-repartition", self.partitions)
-            if self.partitions > 1
-            else None
-        )
+        self.split = topology.for_inputs(plan.root, self.inputs, f"{group_id}-repartition")
         self.repartitions = self.split.topics if self.split is not None else []
         self.idle_after = min(s.idle_ms for s in self.inputs.streams) / 1000
         self.purgers = [Purger(self.source, topic) for topic in self.repartitions]
@@ -147,7 +143,8 @@ class TaskWorker:
             name,
             plan=plan,
             split=self.split,
-            topics=self.inputs.topics,
+            groups=self.inputs.groups,
+            partitions=self.partitions,
             tables=self.global_tables,
             ctx=self.ctx,
             changelogs=lambda topic: self.checkpoints.changelog_named(self._changelog_of(topic)),
@@ -223,7 +220,7 @@ class TaskWorker:
                 if not self._bootstrapped
             },
             "held_by": self._held_by(),
-            "tasks": sorted(p for t, p in self.tasks.running if t == self.topic),
+            "tasks": sorted({task.partition for task in self.tasks.inputs()}),
             "checkpoints": checkpoints.count,
             "checkpoint_ms": round(checkpoints.checkpoint_ms, 2),
             "commit_ms": round(checkpoints.commit_ms, 2),
@@ -269,12 +266,12 @@ class TaskWorker:
             self.tasks.rewind(self.reader)
         else:
             for purger in self.purgers:
-                topic = purger.topic
                 purger.purge(
                     {
                         partition: offset
-                        for (t, partition), task in self.tasks.running.items()
-                        if t == topic and (offset := task.committed.get((t, partition))) is not None
+                        for task in self.tasks.running.values()
+                        for (t, partition), offset in task.committed.items()
+                        if t == purger.topic and offset is not None
                     }
                 )
 
@@ -332,11 +329,11 @@ class TaskWorker:
     def _idle_inputs(self) -> None:
         """Input tasks without records for the inputs' idle timeout send an idle marker
         downstream, so that their partition no longer holds the windows back."""
-        if self.split is None or self.split.stages[0].event_time is None:
+        if self.split is None:
             return
         now = time.monotonic()
-        for (topic, _), task in self.tasks.running.items():
-            if topic == self.topic and now - task.last_input > self.idle_after and task.send_idle():
+        for task in self.tasks.inputs():
+            if now - task.last_input > self.idle_after and task.send_idle():
                 self.checkpoints.produced = True  # committed with the next checkpoint
 
     def _lag_by_partition(self) -> dict[int, int]:
@@ -373,7 +370,7 @@ class TaskWorker:
         self.records_in += rows.height
         for (pid,), part in rows.partition_by(PARTITION, as_dict=True, maintain_order=True).items():
             topic, partition = self.reader.partition_of(int(pid))
-            task = self.tasks.running.get((self.topic, partition))
+            task = self.tasks.running.get(self.tasks.key_of((topic, partition)))
             if task is None:  # records fetched before their partition was revoked
                 continue
             task.offer(task.sources[topic], part)
@@ -387,11 +384,11 @@ class TaskWorker:
 
     def _process_repartitioned(self, topic: str, rows: pl.DataFrame) -> None:
         assert self.split is not None
-        event_time = self.split.stages[self.split.index(topic)].event_time
+        event_time = self.split.stages[self.split.index(topic)].event_time(topic)
         for (q,), part in rows.partition_by(
             topology.TASK, as_dict=True, maintain_order=True, include_key=False
         ).items():
-            task = self.tasks.running.get((topic, int(q)))
+            task = self.tasks.running.get(self.tasks.key_of((topic, int(q))))
             if task is None:  # records fetched before their partition was revoked
                 continue
             if event_time is not None:

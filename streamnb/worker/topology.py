@@ -18,6 +18,13 @@ the notebook leaves out an idle Kafka partition.
 A chain (a ``group_by`` of window results) repeats the cut: each stage after a repartition
 runs one stateful operator and what follows it up to the next repartition topic; its rows go
 on as its own task's partition, so the next stage's watermark spans the tasks that feed it.
+
+Inputs that are not co-partitioned (topics of different partition counts) meet in the first
+stage instead: each side of the operator they meet in (a window join, an interval join) is
+cut below its own first stateful operator, or at the meeting by the join keys, into a
+repartition topic of its own. Every topic has as many partitions as the widest input; task q
+of the stage reads partition q of each side's topic and merges them by event time, so records
+of equal keys meet whichever partition of whichever topic they came from.
 """
 
 from __future__ import annotations
@@ -44,18 +51,27 @@ from streamnb.plan import (
     source_nodes,
     walk,
 )
-from streamnb.worker.inputs import is_table
+from streamnb.worker.inputs import Inputs, is_table
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """A part of a plan after a repartition: a task per partition of ``topic`` runs ``root``
-    (a repartition source, a stateful operator, what follows it up to the next repartition
-    or the end)."""
+    """A part of a plan after a repartition: a task per partition of ``topics`` runs ``root``
+    (repartition sources, a stateful operator, what follows it up to the next repartition or
+    the end). Most stages read one topic; the stage where inputs that are not co-partitioned
+    meet reads one per side, task q partition q of each."""
 
-    topic: str
+    topics: tuple[str, ...]
     root: Node
-    event_time: EventTime | None  # the time of the markers it reads (its operator's)
+    event_times: tuple[EventTime | None, ...]  # per topic: the time of the markers it reads
+
+    @property
+    def topic(self) -> str:
+        """Its first topic: its tasks are keyed by it."""
+        return self.topics[0]
+
+    def event_time(self, topic: str) -> EventTime | None:
+        return self.event_times[self.topics.index(topic)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,19 +80,42 @@ class Split:
 
     upstream: Node  # sources, the merge, stateless operators, then the first repartition
     stages: tuple[Stage, ...]  # in data order
+    sides: dict[str, Node] = dataclasses.field(default_factory=dict)
+    """Inputs read apart (not co-partitioned) into a stage of several topics: per input topic,
+    the upstream part its tasks run (its side's, into that side's repartition topic)."""
 
     @property
     def topics(self) -> list[str]:
-        return [stage.topic for stage in self.stages]
+        """Every repartition topic, in data order."""
+        return [topic for stage in self.stages for topic in stage.topics]
 
     def index(self, topic: str) -> int:
         """The stage that reads ``topic``."""
-        return self.topics.index(topic)
+        return next(i for i, stage in enumerate(self.stages) if topic in stage.topics)
+
+    def upstream_of(self, topic: str) -> Node:
+        """What the tasks of input topic ``topic`` run."""
+        return self.sides.get(topic, self.upstream)
 
 
-def split(root: Node, topic: str, partitions: int) -> Split | None:
+def for_inputs(root: Node, inputs: Inputs, topic: str) -> Split | None:
+    """:func:`split` for a worker reading ``inputs``: none over topics of one partition; a
+    plan that cannot be cut over topics that are not co-partitioned is a :class:`ConfigError`
+    naming the topics and their partition counts."""
+    if inputs.partitions == 1:
+        return None
+    try:
+        return split(root, topic, inputs.partitions, apart=not inputs.copartitioned)
+    except ConfigError as exc:
+        if inputs.copartitioned:
+            raise
+        raise inputs.not_copartitioned(str(exc)) from exc
+
+
+def split(root: Node, topic: str, partitions: int, *, apart: bool = False) -> Split | None:
     """``root`` cut for repartitioning through ``topic`` (and ``topic-2``, ``topic-3``, ... for
-    a chain); None if it needs none.
+    a chain); None if it needs none. ``apart``: the inputs are not co-partitioned, so where
+    they meet in a stateful operator, each side is repartitioned (:func:`_split_sides`).
 
     The first cut goes below the first stateful operator above the query's inputs: the chain
     from the root down to its first operator with several inputs (or its source). A
@@ -89,6 +128,8 @@ def split(root: Node, topic: str, partitions: int) -> Split | None:
     chain = _chain(root)
     meeting = chain[-1] if len(chain[-1].inputs) > 1 else None  # where the inputs meet
     ordered = [n for n in reversed(chain) if _stateful(n) and n is not meeting]  # data order
+    if apart and meeting is not None and _stateful(meeting):
+        return _split_sides(root, meeting, ordered, topic, partitions)
     if not ordered:
         return None
     (below,) = ordered[0].inputs
@@ -104,17 +145,95 @@ def split(root: Node, topic: str, partitions: int) -> Split | None:
         *(n.source.partition_scopes() for n in source_nodes(below) if not is_table(n.source))
     )
     upstream = SinkNode((below,), _sink(topics[0], partitions, ordered[0]))
+    placeholder = SourceNode((), _Repartitioned(topics[0], scopes, _keys_and_time(ordered[0])[1]))
+    first = dataclasses.replace(ordered[0], inputs=(placeholder,))
+    return Split(upstream, _chain_stages(root, ordered, first, topics, partitions))
+
+
+def _chain_stages(
+    root: Node,
+    ordered: list[Node],
+    first: Node,
+    topics: list[str],
+    partitions: int,
+) -> tuple[Stage, ...]:
+    """The stages of the stateful operators ``ordered`` (in data order): the first one's body
+    is ``first`` (its inputs already placeholders), each further one reads the stage before
+    it through the next topic of ``topics``."""
     stages = []
     for i, op in enumerate(ordered):
-        placeholder = SourceNode((), _Repartitioned(scopes))
         following = ordered[i + 1] if i + 1 < len(ordered) else None
         top = following.inputs[0] if following is not None else root
-        body = _replace(top, op, dataclasses.replace(op, inputs=(placeholder,)))
+        body = _replace(top, op, first)
         if following is not None:
             body = SinkNode((body,), _sink(topics[i + 1], partitions, following))
-        stages.append(Stage(topics[i], body, _keys_and_time(op)[1]))
-        scopes = frozenset({("kafka", topics[i])})  # the next stage reads this one's tasks
-    return Split(upstream, tuple(stages))
+            scopes = frozenset({("kafka", topics[i])})  # it reads this stage's tasks
+            time = _keys_and_time(following)[1]
+            placeholder = SourceNode((), _Repartitioned(topics[i + 1], scopes, time))
+            first = dataclasses.replace(following, inputs=(placeholder,))
+        times = tuple(
+            n.source.event_time for n in source_nodes(body) if isinstance(n.source, _Repartitioned)
+        )
+        names = tuple(
+            n.source.topic for n in source_nodes(body) if isinstance(n.source, _Repartitioned)
+        )
+        stages.append(Stage(names, body, times))
+    return tuple(stages)
+
+
+def _split_sides(
+    root: Node, meeting: Node, ordered: list[Node], topic: str, partitions: int
+) -> Split:
+    """Inputs that are not co-partitioned meeting in a stateful operator (a window join, an
+    interval join): each side is cut below its own first stateful operator (a window), or at
+    the meeting by the join keys, into a topic of its own (``topic``, ``topic-right``); the
+    first stage's tasks read partition q of both and merge them. Each side's keys hash by
+    position, so that equal join keys meet whatever the columns are called."""
+    assert isinstance(meeting, JoinNode)
+    topics = [topic, *(f"{topic}-{i + 1}" for i in range(1, len(ordered) + 1))]
+    side_topics = (topic, f"{topic}-right")
+    sides: dict[str, Node] = {}
+    upstreams: list[Node] = []
+    cut_inputs = []
+    for i, side in enumerate(meeting.inputs):
+        chain = _chain(side)
+        inner = [n for n in chain if _stateful(n)]
+        op = inner[-1] if inner else None  # its first stateful operator, in data order
+        below = op.inputs[0] if op is not None else side
+        above = chain[: chain.index(op)] if op is not None else []
+        deeper = [n for n in walk(below) if _stateful(n)]
+        deeper += [n for n in above if global_join(n)]  # the stage would need the table
+        if op is not None and len(op.inputs) > 1:
+            deeper.insert(0, op)  # inputs meeting in state on one side
+        if deeper:
+            raise ConfigError(
+                f"{deeper[0].describe()}: the worker repartitions each side of "
+                f"{meeting.describe()} once, below its first stateful operator; this side "
+                "needs more"
+            )
+        if op is not None:
+            keys, time = _keys_and_time(op)
+        else:
+            keys, time = meeting.on, meeting.times[i] if meeting.times else None
+        scopes = frozenset().union(
+            *(n.source.partition_scopes() for n in source_nodes(below) if not is_table(n.source))
+        )
+        sink = RepartitionSink(side_topics[i], partitions, tuple(keys), time, positional=True)
+        upstream = SinkNode((below,), sink)
+        upstreams.append(upstream)
+        streams = [n.source for n in source_nodes(below) if not is_table(n.source)]
+        sides.update((t, upstream) for source in streams for t in getattr(source, "topics", ()))
+        idle = [getattr(source, "max_idle_ms", None) for source in streams]
+        max_idle = max((m for m in idle if m is not None), default=None)
+        placeholder = SourceNode((), _Repartitioned(side_topics[i], scopes, time, max_idle))
+        cut_inputs.append(
+            _replace(side, op, dataclasses.replace(op, inputs=(placeholder,)))
+            if op is not None
+            else placeholder
+        )
+    first = dataclasses.replace(meeting, inputs=tuple(cut_inputs))
+    stages = _chain_stages(root, [meeting, *ordered], first, topics, partitions)
+    return Split(upstreams[0], stages, sides)
 
 
 def _keys_and_time(op: Node) -> tuple[tuple[str, ...], EventTime | None]:
@@ -162,16 +281,23 @@ def _replace(node: Node, old: Node, new: Node) -> Node:
 
 
 class _Repartitioned(Source):
-    """Placeholder source of a downstream half: the worker pushes the rows itself; they carry
-    the partitions (``scopes``) of the original source."""
+    """Placeholder source of a downstream half: the worker pushes the rows of ``topic`` itself;
+    they carry the partitions (``scopes``) of the original sources, and merge with another
+    side's by ``event_time``."""
 
-    name = "repartition"
     bounded = False
     schema = None
-    event_time = None
 
-    def __init__(self, scopes: frozenset[tuple[object, ...]]) -> None:
-        self.scopes = scopes
+    def __init__(
+        self,
+        topic: str,
+        scopes: frozenset[tuple[object, ...]],
+        event_time: EventTime | None = None,
+        max_idle_ms: int | None = None,
+    ) -> None:
+        self.topic, self.scopes = topic, scopes
+        self.event_time, self.max_idle_ms = event_time, max_idle_ms
+        self.name = f"repartition[{topic}]"
 
     def partition_scopes(self) -> frozenset[tuple[object, ...]]:
         return self.scopes
@@ -191,12 +317,16 @@ class RepartitionSink(Sink):
     partitions: int
     keys: tuple[str, ...]
     event_time: EventTime | None
+    positional: bool = False
+    """Hash the keys by position, not name (the sides of a join meet by position)."""
 
     def describe(self) -> str:
         return f"repartition[{self.topic}, by={list(self.keys)}]"
 
     def open(self, ctx: Context) -> Operator:
-        return RepartitionWriter(self.topic, self.partitions, self.keys, self.event_time, ctx)
+        return RepartitionWriter(
+            self.topic, self.partitions, self.keys, self.event_time, ctx, positional=self.positional
+        )
 
 
 class RepartitionWriter(Operator):
@@ -209,6 +339,8 @@ class RepartitionWriter(Operator):
         keys: tuple[str, ...],
         event_time: EventTime | None,
         ctx: Context,
+        *,
+        positional: bool = False,
     ) -> None:
         if ctx.producer is None:
             raise ConfigError(
@@ -217,6 +349,7 @@ class RepartitionWriter(Operator):
             )
         self.topic, self.partitions, self.keys, self.et = topic, partitions, list(keys), event_time
         self.producer = ctx.producer
+        self.positional = positional
         self.latest: int | None = None  # the latest event time sent on
         self.pid: int | None = None
         """The partition id its rows go out as: a later stage's task's own (its rows come out
@@ -228,8 +361,13 @@ class RepartitionWriter(Operator):
             return Delta(pl.DataFrame())
         if self.pid is not None:
             rows = rows.with_columns(pl.lit(self.pid, pl.Int64).alias(PARTITION))
+        fields = (
+            [pl.col(k).alias(f"_{i}") for i, k in enumerate(self.keys)]
+            if self.positional
+            else self.keys
+        )
         target = (
-            (pl.struct(self.keys).hash(seed=0) % self.partitions).cast(pl.Int32)
+            (pl.struct(fields).hash(seed=0) % self.partitions).cast(pl.Int32)
             if self.keys
             else pl.lit(0, pl.Int32)
         )

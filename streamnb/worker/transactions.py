@@ -121,7 +121,7 @@ class Checkpoints:
             task.dirty = False
             if not checkpoint.stateful(task.pipeline):
                 continue
-            data = checkpoint.snapshot(task.pipeline)
+            data = checkpoint.snapshot(task.pipeline, task.in_flight())
             records = checkpoint.chunks(data)
             written += len(data)
             task.snapshot_id += 1

@@ -322,3 +322,43 @@ def test_bounded_inputs_are_merged_whatever_their_batch_sizes() -> None:
     odds = sn.from_records([{"t": t} for t in range(1, 200, 2)], timestamp="t", batch_size=3)
     got = evens.union(odds).collect()
     assert got.get_column("t").to_list() == list(range(200))
+
+
+def _merge_of_a_table_and_a_stream() -> Any:
+    from streamnb.engine.merge import Input, Merge
+
+    time = EventTime("t", 0, pl.Int64)
+    return Merge(
+        [Input("table", time, rank=0, max_idle=0.1), Input("s", time, rank=2, max_idle=0.1)]
+    )
+
+
+def test_forgetting_queued_records_keeps_a_table_s_changes() -> None:
+    """A task resumed from its commit reads its streams again, never a global table's."""
+    merge = _merge_of_a_table_and_a_stream()
+    merge.offer(1, pl.DataFrame({"k": ["a"], "t": [10]}))
+    merge.offer(0, pl.DataFrame({"k": ["a"], "t": [50]}))
+    released = merge.release([False, True])  # the stream at 10 may still send before 50
+    assert [(i, rows["t"].to_list()) for i, rows in released] == [(1, [10])]
+    merge.forget_queued([1])
+    assert merge.inputs[0].buffered == 1  # the table's change is still there
+    merge.offer(1, pl.DataFrame({"k": ["b"], "t": [60]}))  # the stream, read again
+    released = merge.release([False, True])
+    assert [(i, rows["t"].to_list()) for i, rows in released] == [(0, [50])]
+
+
+def test_a_merge_snapshot_restores_what_it_held() -> None:
+    held = _merge_of_a_table_and_a_stream()
+    held.offer(0, pl.DataFrame({"k": ["a"], "t": [50]}))
+    held.offer(1, pl.DataFrame({"k": ["a", "b", "c"], "t": [10, 70, 60]}))
+    held.release([True, True])  # 50 and 10 go; 70 and 60 wait for the table
+    restored = _merge_of_a_table_and_a_stream()
+    restored.restore(held.snapshot())
+    outs = []
+    for merge in (held, restored):
+        merge.offer(1, pl.DataFrame({"k": ["d"], "t": [65]}))  # keyed by the running max: 70
+        merge.offer(0, pl.DataFrame({"k": ["x"], "t": [80]}))
+        outs.append([(i, rows.to_dicts()) for i, rows in merge.release([True, True])])
+    assert outs[0] == outs[1]
+    assert [[r["k"] for r in rows] for _, rows in outs[1]] == [["b", "c", "d"]]
+    assert outs[1][0][1][0]["__sn_order"] == 2  # numbered on from the snapshot

@@ -11,6 +11,11 @@ four shapes of issue 12:
 * a union of two topics, windowed by key (repartitioned);
 * Nexmark q8's shape: a window join of persons and auctions from two topics;
 * an interval join of two topics.
+
+The union, q8 and interval shapes run again over topics that are *not* co-partitioned (3 and
+2 partitions, each keyed by its own count): the worker repartitions them (the union above
+where it meets; q8 below each side's window, the interval join at the join, by its keys), and
+the stage's tasks merge both sides.
 """
 
 from __future__ import annotations
@@ -122,13 +127,13 @@ def keyed(i: pl.Series, spread: int) -> pl.Series:
     return pl.Series([f"key-{x}" for x in (i * spread % KEYS).to_list()])
 
 
-def partition_of(keys: pl.Series) -> pl.Series:
-    return keys.str.extract(r"(\d+)").cast(pl.Int64) % PARTITIONS
+def partition_of(keys: pl.Series, partitions: int = PARTITIONS) -> pl.Series:
+    return keys.str.extract(r"(\d+)").cast(pl.Int64) % partitions
 
 
-def inputs(shape: str, n: int) -> dict[str, pl.DataFrame]:
+def inputs(shape: str, n: int, b_partitions: int = PARTITIONS) -> dict[str, pl.DataFrame]:
     """The records of each input topic (``k``/``cid``, ``t``, a value, ``partition``), in
-    event-time order; topic ``A`` and ``B`` interleave in time."""
+    event-time order; topic ``A`` and ``B`` (of ``b_partitions``) interleave in time."""
     i = pl.int_range(0, n, eager=True)
     if shape == "enrich":
         cid = pl.Series([f"c-{x}" for x in (i * 7 % KEYS).to_list()])
@@ -144,7 +149,7 @@ def inputs(shape: str, n: int) -> dict[str, pl.DataFrame]:
     b = pl.DataFrame({"k": kb, "t": T0 + j * 74 + 11, ("v" if shape == "union" else "x"): j})
     return {
         "A": a.with_columns(partition=partition_of(k)),
-        "B": b.with_columns(partition=partition_of(kb)),
+        "B": b.with_columns(partition=partition_of(kb, b_partitions)),
     }
 
 
@@ -249,6 +254,66 @@ def several(
         w.stop_all()
 
 
+def reference_apart(shape: str, data: dict[str, pl.DataFrame]) -> Counter[tuple[Any, ...]]:
+    """What the query emits over topics read apart: a stage's watermark is the minimum over
+    every partition of the topics that feed it (each one's largest time), per side for a
+    side's window; every record is on time (each partition is in event-time order), so the
+    interval join is the whole join."""
+
+    def marks(frame: pl.DataFrame) -> int:
+        return int(frame.group_by("partition").agg(pl.col("t").max())["t"].min())  # type: ignore[arg-type]
+
+    def closed(frame: pl.DataFrame, mark: int, *agg: pl.Expr) -> pl.DataFrame:
+        return (
+            frame.with_columns(window_start=pl.col("t") // WINDOW_MS * WINDOW_MS)
+            .group_by("window_start", "k")
+            .agg(*agg)
+            .with_columns(window_end=pl.col("window_start") + WINDOW_MS)
+            .filter(pl.col("window_end") <= mark)
+        )
+
+    a, b = data["A"], data["B"]
+    if shape == "union":
+        rows = pl.concat([a, b])
+        windows = closed(
+            rows, min(marks(a), marks(b)), pl.len().alias("n"), pl.col("v").sum().alias("total")
+        )
+    elif shape == "q8":
+        people = closed(a, marks(a), pl.col("v").first().alias("first"))
+        sellers = closed(b, marks(b), pl.len().alias("auctions"))
+        windows = people.join(sellers, on=["window_start", "window_end", "k"])
+    else:
+        windows = (
+            a.drop("partition")
+            .join(b.drop("partition"), on="k", suffix="_right")
+            .filter((pl.col("t") - pl.col("t_right")).abs() <= 1000)
+        )
+    return Counter(windows.select(FIELDS[shape]).iter_rows())
+
+
+@pytest.fixture
+def apart(
+    tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
+) -> Iterator[Callable[[str], tuple[Workers, dict[str, str]]]]:
+    made: list[Workers] = []
+
+    def make(shape: str) -> tuple[Workers, dict[str, str]]:
+        topics = {"A": make_topic(PARTITIONS), "B": make_topic(APART)}
+        env = {"EOS_A": topics["A"], "EOS_B": topics["B"]}
+        w = Workers(
+            tmp_path, bootstrap, topics["A"], make_topic(1), "exactly_once", JOBS[shape], env
+        )
+        made.append(w)
+        return w, topics
+
+    yield make
+    for w in made:
+        w.stop_all()
+
+
+APART = 2  # topic B's partitions in the tests of topics that are not co-partitioned
+
+
 @pytest.mark.parametrize("shape", list(JOBS))
 def test_kill_9_three_times_exactly_once(several: Any, bootstrap: str, shape: str) -> None:
     w, topics = several(shape, "exactly_once")
@@ -278,7 +343,24 @@ def test_workers_join_and_leave_exactly_once(several: Any, bootstrap: str, shape
     assert_exact(got, want, w.logs())
 
 
-def test_topics_that_are_not_co_partitioned_are_named(
+@pytest.mark.parametrize("shape", ["union", "q8", "interval"])
+def test_topics_not_co_partitioned_kill_9_three_times(
+    apart: Any, bootstrap: str, shape: str
+) -> None:
+    w, topics = apart(shape)
+    data = inputs(shape, 24_000, b_partitions=APART)
+    feeder = feed(bootstrap, topics, data, rate=3_000).start()
+    kill_9_three_times(w)
+    feeder.wait()
+    want = reference_apart(shape, data)
+    assert sum(want.values()) > 50
+    got = committed_output(bootstrap, w.out, sum(want.values()), 120, FIELDS[shape])
+    w.stop_all()
+    assert_exact(got, want, w.logs())
+    assert [p.returncode for p in w.procs] == [-signal.SIGKILL] * 3 + [0], w.logs()
+
+
+def test_topics_that_cannot_be_repartitioned_are_named(
     tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
 ) -> None:
     import streamnb as sn
@@ -286,11 +368,17 @@ def test_topics_that_are_not_co_partitioned_are_named(
     from streamnb.worker.run import start
 
     schema = {"k": pl.String, "t": pl.Int64}
-    three, two = make_topic(3), make_topic(2)
-    a = sn.from_kafka(three, bootstrap_servers=bootstrap, schema=schema, timestamp="t")
-    b = sn.from_kafka(two, bootstrap_servers=bootstrap, schema=schema, timestamp="t")
-    query = a.union(b).to_kafka(make_topic(1), bootstrap_servers=bootstrap)
-    with pytest.raises(ConfigError, match=rf"{three} \(3\), {two} \(2\) partitions"):
+    three, two, one = make_topic(3), make_topic(2), make_topic(2)
+    common = dict(bootstrap_servers=bootstrap, schema=schema, timestamp="t")
+    a = sn.from_kafka(three, **common)  # type: ignore[arg-type]
+    b = sn.from_kafka(two, **common)  # type: ignore[arg-type]
+    counts = sn.from_kafka(one, **common).group_by("k").agg(pl.len().alias("n"))  # type: ignore[arg-type]
+    # the right side of the interval join meets a table of its own first: state on a side
+    query = a.join(b.join(counts, on="k"), on="k", within="1s")
+    query = query.to_kafka(make_topic(1), bootstrap_servers=bootstrap)
+    with pytest.raises(
+        ConfigError, match=rf"{three} \(3\), {two} \(2\), {one} \(2\) partitions.*join\["
+    ):
         start(query, name="apart", guarantee="exactly_once", state_dir=tmp_path)
 
 

@@ -198,3 +198,48 @@ def test_a_chain_of_repartitions_equals_a_single_pipeline(size: int) -> None:
     ]
     assert last[0].height > 3
     assert last[0].equals(last[1])
+
+
+def test_inputs_read_apart_meet_in_a_stage_of_both_sides() -> None:
+    """Not co-partitioned, an interval join's sides go to topics of their own, by the join
+    keys taken by position; a window join's sides are cut below their windows."""
+    schema = {"k": pl.String, "t": pl.Int64}
+    a = sn.from_records([{"k": "a", "t": 1}], schema=schema, timestamp="t")
+    b = sn.from_records([{"k": "a", "t": 1}], schema=schema, timestamp="t")
+    joined = a.join(b, on="k", within="1s")
+    assert topology.split(joined.plan.root, "rep", 3) is None  # co-partitioned: not cut
+    cut = topology.split(joined.plan.root, "rep", 3, apart=True)
+    assert cut is not None and cut.topics == ["rep", "rep-right"]
+    (stage,) = cut.stages
+    assert stage.topics == ("rep", "rep-right") and stage.topic == "rep"
+    assert [t.column if t else None for t in stage.event_times] == ["t", "t"]
+    sinks: Any = [node for node in (cut.upstream,)]
+    assert sinks[0].sink.topic == "rep" and sinks[0].sink.positional
+    windows = (
+        a.window(sn.Tumbling("10s"), by="k")
+        .agg(pl.len().alias("n"))
+        .join(b.window(sn.Tumbling("10s"), by="k").agg(pl.len().alias("m")), on="k")
+    )
+    cut = topology.split(windows.plan.root, "rep", 3, apart=True)
+    assert cut is not None
+    join: Any = cut.stages[0].root
+    assert all(isinstance(side, WindowNode) for side in join.inputs)
+    assert all(isinstance(side.inputs[0], SourceNode) for side in join.inputs)
+
+
+def test_positional_keys_send_equal_keys_of_both_sides_to_one_partition() -> None:
+    left = pl.DataFrame({"id": [f"p-{i}" for i in range(50)], "t": list(range(50))})
+    right = left.rename({"id": "seller"})
+    producer = Producer()
+    for frame, key, topic in ((left, "id", "l"), (right, "seller", "r")):
+        sink = topology.RepartitionSink(topic, 4, (key,), None, positional=True)
+        sink.open(Context(producer=producer)).process(
+            Delta(frame.with_columns(pl.lit(0).alias(PARTITION)))
+        )
+    where = {
+        (topic, row[0]): q
+        for (topic, q), messages in producer.sent.items()
+        for row in topology.decode(messages)[topic].iter_rows()
+    }
+    assert len(set(where.values())) > 1
+    assert all(where[("l", f"p-{i}")] == where[("r", f"p-{i}")] for i in range(50))
