@@ -42,6 +42,7 @@ from tests.worker.test_exactly_once import (
 )
 
 PARTITIONS = 3
+APART = 2  # topic B's partitions in the tests of topics that are not co-partitioned
 KEYS = 24
 WINDOW_MS = 10_000
 T0 = 1_700_000_000_000
@@ -232,11 +233,13 @@ def feed(
 @pytest.fixture
 def several(
     tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
-) -> Iterator[Callable[[str, str], tuple[Workers, dict[str, str]]]]:
+) -> Iterator[Callable[..., tuple[Workers, dict[str, str]]]]:
     made: list[Workers] = []
 
-    def make(shape: str, guarantee: str) -> tuple[Workers, dict[str, str]]:
-        topics = {"A": make_topic(PARTITIONS), "B": make_topic(PARTITIONS)}
+    def make(
+        shape: str, guarantee: str, b_partitions: int = PARTITIONS
+    ) -> tuple[Workers, dict[str, str]]:
+        topics = {"A": make_topic(PARTITIONS), "B": make_topic(b_partitions)}
         env = {"EOS_A": topics["A"], "EOS_B": topics["B"]}
         if shape == "enrich":
             table = make_topic(1)
@@ -291,37 +294,20 @@ def reference_apart(shape: str, data: dict[str, pl.DataFrame]) -> Counter[tuple[
     return Counter(windows.select(FIELDS[shape]).iter_rows())
 
 
-@pytest.fixture
-def apart(
-    tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
-) -> Iterator[Callable[[str], tuple[Workers, dict[str, str]]]]:
-    made: list[Workers] = []
-
-    def make(shape: str) -> tuple[Workers, dict[str, str]]:
-        topics = {"A": make_topic(PARTITIONS), "B": make_topic(APART)}
-        env = {"EOS_A": topics["A"], "EOS_B": topics["B"]}
-        w = Workers(
-            tmp_path, bootstrap, topics["A"], make_topic(1), "exactly_once", JOBS[shape], env
-        )
-        made.append(w)
-        return w, topics
-
-    yield make
-    for w in made:
-        w.stop_all()
-
-
-APART = 2  # topic B's partitions in the tests of topics that are not co-partitioned
-
-
-@pytest.mark.parametrize("shape", list(JOBS))
-def test_kill_9_three_times_exactly_once(several: Any, bootstrap: str, shape: str) -> None:
-    w, topics = several(shape, "exactly_once")
-    data = inputs(shape, 24_000)
+@pytest.mark.parametrize(
+    ("shape", "b_partitions"),
+    [*((shape, PARTITIONS) for shape in JOBS), *((s, APART) for s in ("union", "q8", "interval"))],
+)
+def test_kill_9_three_times_exactly_once(
+    several: Any, bootstrap: str, shape: str, b_partitions: int
+) -> None:
+    """Co-partitioned, and (topic B of 2 partitions) read apart and repartitioned."""
+    w, topics = several(shape, "exactly_once", b_partitions)
+    data = inputs(shape, 24_000, b_partitions)
     feeder = feed(bootstrap, topics, data, rate=3_000).start()
     kill_9_three_times(w)
     feeder.wait()
-    want = reference(shape, data)
+    want = (reference if b_partitions == PARTITIONS else reference_apart)(shape, data)
     assert sum(want.values()) > 50
     got = committed_output(bootstrap, w.out, sum(want.values()), 120, FIELDS[shape])
     w.stop_all()
@@ -341,23 +327,6 @@ def test_workers_join_and_leave_exactly_once(several: Any, bootstrap: str, shape
     assert first.poll() is None, w.logs()
     w.stop_all()
     assert_exact(got, want, w.logs())
-
-
-@pytest.mark.parametrize("shape", ["union", "q8", "interval"])
-def test_topics_not_co_partitioned_kill_9_three_times(
-    apart: Any, bootstrap: str, shape: str
-) -> None:
-    w, topics = apart(shape)
-    data = inputs(shape, 24_000, b_partitions=APART)
-    feeder = feed(bootstrap, topics, data, rate=3_000).start()
-    kill_9_three_times(w)
-    feeder.wait()
-    want = reference_apart(shape, data)
-    assert sum(want.values()) > 50
-    got = committed_output(bootstrap, w.out, sum(want.values()), 120, FIELDS[shape])
-    w.stop_all()
-    assert_exact(got, want, w.logs())
-    assert [p.returncode for p in w.procs] == [-signal.SIGKILL] * 3 + [0], w.logs()
 
 
 def test_topics_that_cannot_be_repartitioned_are_named(
