@@ -49,6 +49,9 @@ TASK = "__sn_task"
 SEQ = "__sn_seq"
 """A record's arrival number at a stateful operator (orders ``first`` / ``last``)."""
 
+SLOT = "__sn_slot"
+"""Keyed state: a found group's place in its batch, while its partials are combined."""
+
 WINDOW_START = "__sn_ws"
 """Windows: the start of the window (or session) a row belongs to."""
 

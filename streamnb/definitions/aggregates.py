@@ -8,6 +8,9 @@ batch without ever revisiting records:
 * ``combine``  – merge any number of partial rows of the same group into one,
 * ``final``    – turn the merged partial columns into the value polars would have computed.
 
+Most kinds can also merge *two* partial rows of a group element-wise (``pair``: the state's
+row and a batch's, side by side), which keyed state uses instead of a group_by.
+
 Aggregations that cannot be decomposed this way (median, quantile, ...) are rejected when the
 query is defined, with a message naming them.
 """
@@ -36,6 +39,24 @@ class _Kind:
     running: Callable[[pl.Expr, str, list[str]], list[pl.Expr]] | None = None
     """The partial of each record's group up to and including it, within one batch (over
     the group columns); ``None`` when it has no such form (distinct values, moments)."""
+    pair: Callable[[str], list[pl.Expr]] | None = None
+    """``combine`` of an earlier partial row (its columns) and a later one (the same columns
+    suffixed with :data:`LATER`), element-wise; ``None``: only by ``combine``."""
+
+
+LATER = "__later"
+"""The suffix of the later partial's columns in a ``pair`` combine."""
+
+
+def _l(prefix: str, part: str) -> pl.Expr:
+    return pl.col(f"{prefix}_{part}{LATER}")
+
+
+def _summed(*parts: str) -> Callable[[str], list[pl.Expr]]:
+    """Partials that combine by a sum (nulls count as nothing, as in a group's sum)."""
+    return lambda p: [
+        pl.sum_horizontal(_c(p, part), _l(p, part)).alias(f"{p}_{part}") for part in parts
+    ]
 
 
 def _c(prefix: str, part: str) -> pl.Expr:
@@ -51,11 +72,13 @@ def _sum_kind(agg: str) -> _Kind:
         "min": lambda x: x.cum_min().forward_fill(),
         "max": lambda x: x.cum_max().forward_fill(),
     }[agg]
+    horizontal = {"sum": pl.sum_horizontal, "min": pl.min_horizontal, "max": pl.max_horizontal}
     return _Kind(
         partial=lambda x, p: [getattr(x, agg)().alias(f"{p}_v")],
         combine=lambda p: [getattr(_c(p, "v"), combine)().alias(f"{p}_v")],
         final=lambda p: _c(p, "v"),
         running=lambda x, p, keys: [running(x).over(keys).alias(f"{p}_v")],
+        pair=lambda p: [horizontal[combine](_c(p, "v"), _l(p, "v")).alias(f"{p}_v")],
     )
 
 
@@ -65,6 +88,7 @@ _LEN = _Kind(
     combine=lambda p: [_c(p, "v").sum().alias(f"{p}_v")],
     final=lambda p: _c(p, "v"),
     running=lambda x, p, keys: [pl.int_range(1, pl.len() + 1).over(keys).alias(f"{p}_v")],
+    pair=_summed("v"),
 )
 
 _MEAN = _Kind(
@@ -75,6 +99,7 @@ _MEAN = _Kind(
         x.fill_null(0).cum_sum().over(keys).alias(f"{p}_s"),
         x.is_not_null().cum_sum().over(keys).alias(f"{p}_n"),
     ],
+    pair=_summed("s", "n"),
 )
 
 
@@ -96,6 +121,10 @@ def _arrival(end: str) -> _Kind:
         running=lambda x, p, keys: [
             (x.first().over(keys) if end == "first" else x).alias(f"{p}_v"),
             (pl.col(SEQ).first().over(keys) if end == "first" else pl.col(SEQ)).alias(f"{p}_q"),
+        ],
+        # arrival numbers grow: the earlier row holds the first record, the later the last
+        pair=lambda p: [
+            (_c if end == "first" else _l)(p, part).alias(f"{p}_{part}") for part in ("v", "q")
         ],
     )
 
@@ -244,6 +273,13 @@ class Aggregation:
 
     def combine_exprs(self) -> list[pl.Expr]:
         return [e for i, a in enumerate(self._aggs) for e in a.kind.combine(self._prefix(i))]
+
+    def pair_exprs(self) -> list[pl.Expr] | None:
+        """The element-wise combine of an earlier partial row and a later one (its columns
+        suffixed with :data:`LATER`); ``None`` when an aggregate has none."""
+        if any(a.kind.pair is None for a in self._aggs):
+            return None
+        return [e for i, a in enumerate(self._aggs) for e in a.kind.pair(self._prefix(i))]  # type: ignore[misc]
 
     def final_exprs(self) -> list[pl.Expr]:
         return [

@@ -41,24 +41,15 @@ from streamnb.columns import (
 from streamnb.definitions.eventtime import EventTime
 from streamnb.engine.core import POS_INF, Context, Delta, Operator
 from streamnb.engine.eventtime import WatermarkTracker, split_valid
+from streamnb.engine.state import KeyedTable, worth_keying
 from streamnb.types import How
 
 
-def _apply(state: pl.DataFrame, delta: Delta, keys: list[str]) -> pl.DataFrame:
+def _apply(table: KeyedTable, delta: Delta) -> None:
     """A keyed table after a change: deleted keys removed, upserted rows replacing theirs."""
     if delta.deletes is not None and delta.deletes.height:
-        state = state.join(delta.deletes.select(keys), on=keys, how="anti", nulls_equal=True)
-    rows = visible(delta.rows)
-    if rows.height:
-        rows = rows.unique(subset=keys, keep="last", maintain_order=True)
-        if state is not None:
-            state = pl.concat(
-                [state.join(rows.select(keys), on=keys, how="anti", nulls_equal=True), rows],
-                how="diagonal_relaxed",
-            )
-        else:
-            state = rows
-    return state
+        table.delete(delta.deletes)
+    table.upsert(visible(delta.rows))
 
 
 class StreamTableJoin(Operator):
@@ -73,13 +64,29 @@ class StreamTableJoin(Operator):
 
     def __init__(self, on: Sequence[str], how: How, table_schema: pl.Schema) -> None:
         self.on, self.how = list(on), how
-        self.table: pl.DataFrame = table_schema.to_frame()
+        self.keyed = KeyedTable(self.on, table_schema)
+
+    @property
+    def table(self) -> pl.DataFrame:
+        """The table's rows (what a checkpoint saves)."""
+        return self.keyed.frame()
+
+    @table.setter
+    def table(self, frame: pl.DataFrame) -> None:
+        self.keyed.load(frame)
 
     def process_input(self, side: int, delta: Delta) -> Delta:
         if side == 1:
-            self.table = _apply(self.table, delta, self.on)
+            _apply(self.keyed, delta)
             return Delta(pl.DataFrame())
-        return Delta(self._join(delta.rows, self.table))
+        return Delta(self._join(delta.rows, self._rows_for(delta.rows)))
+
+    def _rows_for(self, stream: pl.DataFrame) -> pl.DataFrame:
+        """The table's rows of ``stream``'s keys (a null key joins nothing); a small table
+        whole."""
+        if not worth_keying(len(self.keyed.store), stream.height):
+            return self.keyed.frame()
+        return self.keyed.rows_of(stream.select(self.on).drop_nulls().unique())
 
     def _join(
         self, rows: pl.DataFrame, table: pl.DataFrame, on: list[str] | None = None
@@ -100,21 +107,20 @@ class StreamTableJoin(Operator):
             out = self._join_as_of(stream, versions)
         # the table after the batch: each key's last version
         last = versions.unique(subset=self.on, keep="last", maintain_order=True)
-        kept = last.filter(~pl.col(DELETE)).select(self.table.columns)
-        self.table = pl.concat(
-            [self.table.join(last.select(self.on), on=self.on, how="anti", nulls_equal=True), kept],
-            how="vertical_relaxed",
-        )
+        deleted = last.get_column(DELETE)
+        self.keyed.delete(last.filter(deleted))
+        self.keyed.upsert(last.filter(~deleted).select(self.keyed.empty().columns))
         return Delta(out)
 
     def _versions(self, changes: list[Delta]) -> pl.DataFrame:
         """The table's changes in a merged batch, in merged order: its columns, ``ORDER``,
         ``DELETE`` (a tombstone) and ``VERSION`` (their number)."""
-        columns = self.table.columns
+        empty = self.keyed.empty()
+        columns = empty.columns
         return (
             pl.concat(
                 [
-                    self.table.clear().with_columns(  # every column, even without upserts
+                    empty.with_columns(  # every column, even without upserts
                         pl.lit(None, pl.Int64).alias(ORDER), pl.lit(False).alias(DELETE)
                     ),
                     *(
@@ -154,15 +160,16 @@ class StreamTableJoin(Operator):
         )
         stream = stream.with_columns(latest.alias(VERSION))
         fresh = pl.col(VERSION).is_not_null()
-        upserts = versions.filter(~pl.col(DELETE)).select(*self.table.columns, VERSION)
+        table = self.keyed.empty()
+        upserts = versions.filter(~pl.col(DELETE)).select(*table.columns, VERSION)
         joined = pl.concat(
             [
-                self._join(stream.filter(~fresh).drop(VERSION), self.table),
+                self._join(stream.filter(~fresh).drop(VERSION), self._rows_for(stream)),
                 self._join(stream.filter(fresh), upserts, [*self.on, VERSION]).drop(VERSION),
             ],
             how="diagonal_relaxed",
         ).sort(ORDER)
-        return joined.select(self._join(stream.clear().drop(VERSION), self.table.clear()).columns)
+        return joined.select(self._join(stream.clear().drop(VERSION), table).columns)
 
 
 class TableTableJoin(Operator):
@@ -172,19 +179,29 @@ class TableTableJoin(Operator):
 
     def __init__(self, on: Sequence[str], how: How, schemas: tuple[pl.Schema, pl.Schema]) -> None:
         self.on, self.how = list(on), how
-        self.states: list[pl.DataFrame] = [schemas[0].to_frame(), schemas[1].to_frame()]
+        self.tables = [KeyedTable(self.on, schemas[0]), KeyedTable(self.on, schemas[1])]
+
+    @property
+    def states(self) -> list[pl.DataFrame]:
+        """Both tables' rows (what a checkpoint saves)."""
+        return [table.frame() for table in self.tables]
+
+    @states.setter
+    def states(self, frames: list[pl.DataFrame]) -> None:
+        for table, frame in zip(self.tables, frames, strict=True):
+            table.load(frame)
 
     def process_input(self, side: int, delta: Delta) -> Delta:
-        self.states[side] = _apply(self.states[side], delta, self.on)
+        _apply(self.tables[side], delta)
         touched = [
             f.select(self.on) for f in (delta.rows, delta.deletes) if f is not None and f.height
         ]
         if not touched:
             return Delta(pl.DataFrame())
-        keys = pl.concat(touched).unique()
-        left = self.states[0].join(keys, on=self.on, how="semi", nulls_equal=True)
+        keys = pl.concat(touched).unique(maintain_order=True)
+        left = self.tables[0].rows_of(keys)
         joined = left.join(
-            self.states[1],
+            self.tables[1].rows_of(keys.drop_nulls()),
             on=self.on,
             how=self.how,
             suffix="_right",

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 
-from streamnb.columns import DELETE, MARKER, ORDER, SEQ
-from streamnb.definitions.aggregates import Aggregation
+from streamnb.columns import DELETE, MARKER, ORDER, SEQ, SLOT
+from streamnb.definitions.aggregates import LATER, Aggregation
 from streamnb.engine.core import Context, Delta, Operator, Versioned
 from streamnb.engine.eventtime import split_valid
+from streamnb.engine.state import KeyedState, key_hashes, worth_keying
 
 Frame = pl.DataFrame | pl.LazyFrame
 Transform = Callable[[pl.DataFrame], pl.DataFrame]
@@ -69,6 +71,12 @@ class GroupByOperator(Operator, Versioned):
 
     With ``versions`` (it makes the table of a stream–table join that takes merged batches)
     it emits the row of each record's key as it was right after that record.
+
+    While it holds few groups, their partials are one frame, merged with each batch's by a
+    group_by (O(state) per batch, the fastest while the state is small). Once it holds many
+    more than a batch brings (:func:`~streamnb.engine.state.worth_keying`), they move to a
+    :class:`~streamnb.engine.state.KeyedState`, where a batch looks up and updates only its
+    own groups, whatever the number held.
     """
 
     state_fields: ClassVar[tuple[str, ...]] = ("state", "seq")
@@ -76,8 +84,20 @@ class GroupByOperator(Operator, Versioned):
     def __init__(self, keys: Sequence[str], agg: Aggregation) -> None:
         self.keys = list(keys)
         self.agg = agg
-        self.state: pl.DataFrame | None = None
+        self.whole: pl.DataFrame | None = None  # while the state is small
+        self.store: KeyedState | None = None  # once it is not
         self.seq = 0
+
+    @property
+    def state(self) -> pl.DataFrame | None:
+        """The groups' partials, one row per group (what a checkpoint saves)."""
+        return self.store.frame() if self.store is not None else self.whole
+
+    @state.setter
+    def state(self, frame: pl.DataFrame | None) -> None:
+        self.whole, self.store = frame, None
+        if frame is not None and worth_keying(frame.height, 0):
+            self.whole, self.store = None, KeyedState.of(frame, self.keys)
 
     def process(self, delta: Delta) -> Delta:
         rows = delta.rows
@@ -85,23 +105,64 @@ class GroupByOperator(Operator, Versioned):
             rows = rows.filter(~pl.col(MARKER).fill_null(False)).drop(MARKER)
             if rows.height == 0:
                 return Delta(pl.DataFrame())
-        rows = rows.with_columns(pl.int_range(self.seq, self.seq + rows.height).alias(SEQ))
+        if self.agg.needs_seq:
+            rows = rows.with_columns(pl.int_range(self.seq, self.seq + rows.height).alias(SEQ))
         self.seq += rows.height
         prepared = self.agg.prepare(rows, self.keys)
-        versions = None
-        if self.versions and ORDER in rows.columns:
-            versions = self.agg.running(prepared, self.state, self.keys).with_columns(
-                rows.get_column(ORDER)
-            )
         partial = self.agg.partial(prepared, self.keys)
-        merged = partial if self.state is None else pl.concat([self.state, partial])
-        self.state = self.agg.combine(merged, self.keys) if self.state is not None else partial
-        if versions is not None:
-            return Delta(versions)
-        changed = self.state.join(
+        before: pl.DataFrame | None
+        if self.store is not None:
+            changed, before = self._update(partial)
+        else:
+            changed, before = self._update_whole(partial)
+        if self.versions and ORDER in rows.columns:
+            versions = self.agg.running(prepared, before, self.keys)
+            return Delta(versions.with_columns(rows.get_column(ORDER)))
+        return Delta(changed.select(*self.keys, *self.agg.final_exprs()).sort(self.keys))
+
+    def _update(self, partial: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Fold one batch's partials into the keyed state: the changed groups' partials, and
+        the found groups' partials before the batch."""
+        assert self.store is not None
+        keys = partial.select(self.keys)
+        hashes = key_hashes(keys, self.keys)
+        found = self.store.lookup(keys, hashes)
+        columns = [c for c in partial.columns if c not in self.keys]
+        new = np.ones(partial.height, dtype=bool)
+        new[found.index] = False
+        hit = partial[found.index]
+        combined = hit.select(columns)
+        if hit.height:
+            pair = self.agg.pair_exprs()
+            if pair is not None:  # the state's row and the batch's, side by side
+                later = hit.select(pl.col(c).alias(c + LATER) for c in columns)
+                combined = found.rows.select(columns).hstack(later).select(pair)
+            else:
+                slot = pl.int_range(hit.height, dtype=pl.Int64).alias(SLOT)
+                both = pl.concat(
+                    [found.rows.with_columns(slot), hit.with_columns(slot)],
+                    how="vertical_relaxed",
+                )
+                combined = self.agg.combine(both, [SLOT]).sort(SLOT).select(columns)
+            self.store.update(found, combined, columns)
+        fresh = partial.filter(pl.Series(new))
+        self.store.insert(fresh, hashes[new])
+        changed = pl.concat([hit.select(self.keys).hstack(combined), fresh], how="vertical_relaxed")
+        return changed, found.rows
+
+    def _update_whole(self, partial: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """:meth:`_update` for a small state, one frame re-grouped with each batch."""
+        before = self.whole
+        if before is None:
+            self.whole = partial
+        else:
+            self.whole = self.agg.combine(pl.concat([before, partial]), self.keys)
+        changed = self.whole.join(
             partial.select(self.keys), on=self.keys, how="semi", nulls_equal=True
         )
-        return Delta(changed.select(*self.keys, *self.agg.final_exprs()).sort(self.keys))
+        if worth_keying(self.whole.height, partial.height):
+            self.store, self.whole = KeyedState.of(self.whole, self.keys), None
+        return changed, before
 
     def can_version(self) -> bool:
         return self.agg.runs

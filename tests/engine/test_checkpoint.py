@@ -21,6 +21,8 @@ from streamnb.engine.core import Context, Delta
 from streamnb.engine.executor import Pipeline
 from streamnb.exceptions import ConfigError
 
+pytestmark = pytest.mark.usefixtures("state_modes")  # both state representations
+
 BATCH = 7
 
 

@@ -17,6 +17,8 @@ from polars.testing import assert_frame_equal
 import streamnb as sn
 from tests.oracle import interval_reference, merged
 
+pytestmark = pytest.mark.usefixtures("state_modes")  # both state representations
+
 KEYS = st.sampled_from(["a", "b", "c", None])
 
 

@@ -30,6 +30,8 @@ from streamnb.stream import Stream
 from tests.oracle import interval_reference, merged, reference
 from tests.threads import wait_until
 
+pytestmark = pytest.mark.usefixtures("state_modes")  # both state representations
+
 KEYS = ["a", "b", "c", None]
 
 

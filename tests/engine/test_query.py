@@ -17,6 +17,8 @@ from polars.testing import assert_frame_equal
 import streamnb as sn
 from tests.threads import stop_all_and_check_no_thread_left, streamnb_threads, wait_until
 
+pytestmark = pytest.mark.usefixtures("state_modes")  # both state representations
+
 STATES = {"running", "paused", "finished", "stopped", "failed"}
 TIMEOUT = 20.0
 
