@@ -83,11 +83,22 @@ class KeyedState:
     # -- reading ----------------------------------------------------------------------------------
     def lookup(self, keys: pl.DataFrame, hashes: np.ndarray) -> Found:
         """The rows of ``keys`` (a frame of unique keys, ``hashes`` theirs) held here."""
-        index, ids = self._find(keys, hashes)
+        if not self.by_join:
+            rows = self._probe(hashes)
+            index = np.flatnonzero(rows >= 0)
+            ids = rows[index]
+            found = self._gather(ids)
+            if self._same(keys, index, found):
+                return self._live(index, ids, found)
+            self.by_join = True
+        index, ids = self._joined(keys)
+        return self._live(index, ids, self._gather(ids))
+
+    def _live(self, index: np.ndarray, ids: np.ndarray, rows: pl.DataFrame) -> Found:
         if self.dead:
             live = self.alive[ids]
-            index, ids = index[live], ids[live]
-        return Found(index, self._gather(ids), ids)
+            index, ids, rows = index[live], ids[live], rows.filter(pl.Series(live))
+        return Found(index, rows, ids)
 
     def _find(self, keys: pl.DataFrame, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Which of ``keys`` have a row (deleted ones too), and their row numbers."""
@@ -95,9 +106,13 @@ class KeyedState:
             rows = self._probe(hashes)
             index = np.flatnonzero(rows >= 0)
             ids = rows[index]
-            if self._same(keys, index, ids):
+            if self._same(keys, index, self._gather(ids, self.keys)):
                 return index, ids
             self.by_join = True
+        return self._joined(keys)
+
+    def _joined(self, keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_find` by a join of ``keys`` with every key held (exact, O(state))."""
         if not self.count or not keys.height:
             empty = np.empty(0, dtype=np.int64)
             return empty, empty
@@ -112,11 +127,10 @@ class KeyedState:
             pairs.get_column("row").to_numpy().astype(np.int64),
         )
 
-    def _same(self, keys: pl.DataFrame, index: np.ndarray, ids: np.ndarray) -> bool:
-        """Whether the rows found by hash hold the keys looked up (not a collision)."""
+    def _same(self, keys: pl.DataFrame, index: np.ndarray, found: pl.DataFrame) -> bool:
+        """Whether the rows ``found`` by hash hold the keys looked up (not a collision)."""
         for name in self.keys if index.size else ():
-            held = self.columns[name].gather(ids)
-            if not held.eq_missing(keys.get_column(name).gather(index)).all():
+            if not found.get_column(name).eq_missing(keys.get_column(name).gather(index)).all():
                 return False
         return True
 
@@ -138,8 +152,9 @@ class KeyedState:
             pending, position = pending[going], (position[going] + 1) & mask
         return out
 
-    def _gather(self, ids: np.ndarray) -> pl.DataFrame:
-        return pl.DataFrame([column.gather(ids) for column in self.columns.values()])
+    def _gather(self, ids: np.ndarray, names: Sequence[str] | None = None) -> pl.DataFrame:
+        """Rows ``ids`` (of columns ``names``, by default all)."""
+        return pl.DataFrame([self.columns[n].gather(ids) for n in names or self.columns])
 
     def frame(self) -> pl.DataFrame | None:
         """Every row, in insertion order (None when empty)."""
