@@ -106,7 +106,7 @@ class KeyedState:
             rows = self._probe(hashes)
             index = np.flatnonzero(rows >= 0)
             ids = rows[index]
-            if self._same(keys, index, self._gather(ids, self.keys)):
+            if not index.size or self._same(keys, index, self._gather(ids, self.keys)):
                 return index, ids
             self.by_join = True
         return self._joined(keys)
