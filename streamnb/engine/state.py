@@ -45,7 +45,9 @@ def worth_keying(held: int, batch: int) -> bool:
 _SEED = 0x5EED
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the slot is the top bits
 _MAX_LOAD = 0.5
-_EMPTY = -1
+_EMPTY = np.uint64(2**64 - 1)  # a free slot; a taken one holds (hash >> 32) << 32 | row
+_LOW = np.uint64(2**32 - 1)
+_HIGH = np.uint64(32)
 
 
 def key_hashes(frame: pl.DataFrame, keys: Sequence[str]) -> np.ndarray:
@@ -71,7 +73,7 @@ class KeyedState:
         self.count = 0
         self.columns: dict[str, pl.Series] = {}  # capacity >= count; rows past count unused
         self.hashes = np.empty(0, dtype=np.uint64)  # per row
-        self.slots = np.full(16, _EMPTY, dtype=np.int32)  # row number per slot
+        self.slots = np.full(16, _EMPTY, dtype=np.uint64)  # hash's top half and row per slot
         self.shift = np.uint64(64 - 4)
         self.alive = np.empty(0, dtype=bool)  # per row: False once deleted
         self.dead = 0
@@ -136,18 +138,20 @@ class KeyedState:
 
     def _probe(self, hashes: np.ndarray) -> np.ndarray:
         """Per hash, its row number, or -1."""
-        out = np.full(len(hashes), _EMPTY, dtype=np.int64)
+        out = np.full(len(hashes), -1, dtype=np.int64)
         if not self.count or not len(hashes):
             return out
         mask = np.int64(len(self.slots) - 1)
         position = (hashes * _MIX >> self.shift).astype(np.int64)
+        high = hashes >> _HIGH
         pending = np.arange(len(hashes))
         while pending.size:
-            occupant = self.slots[position]
-            taken = occupant != _EMPTY
-            same = np.zeros_like(taken)
-            same[taken] = self.hashes[occupant[taken]] == hashes[pending[taken]]
-            out[pending[same]] = occupant[same]
+            entry = self.slots[position]
+            taken = entry != _EMPTY
+            same = taken & (entry >> _HIGH == high[pending])  # then the whole hash
+            rows = (entry[same] & _LOW).astype(np.int64)
+            same[same] = self.hashes[rows] == hashes[pending[same]]
+            out[pending[same]] = (entry[same] & _LOW).astype(np.int64)
             going = taken & ~same
             pending, position = pending[going], (position[going] + 1) & mask
         return out
@@ -223,8 +227,9 @@ class KeyedState:
         """Put rows ``ids`` into free slots of the table: each round, the rows whose slot is
         free write themselves into it, one write per slot wins, and the rest move on."""
         mask = np.int64(len(self.slots) - 1)
-        position = (self.hashes[ids] * _MIX >> self.shift).astype(np.int64)
-        pending = ids.astype(np.int32)
+        hashes = self.hashes[ids]
+        position = (hashes * _MIX >> self.shift).astype(np.int64)
+        pending = (hashes >> _HIGH << _HIGH) | ids.astype(np.uint64)  # the slots' entries
         while pending.size:
             free = self.slots[position] == _EMPTY
             self.slots[position[free]] = pending[free]
@@ -239,7 +244,7 @@ class KeyedState:
         size = len(self.slots)
         while self.count > _MAX_LOAD * size:
             size *= 2
-        self.slots = np.full(size, _EMPTY, dtype=np.int32)
+        self.slots = np.full(size, _EMPTY, dtype=np.uint64)
         self.shift = np.uint64(64 - size.bit_length() + 1)
         self._place(np.arange(self.count, dtype=np.int64))
 
