@@ -48,6 +48,7 @@ import streamnb as sn
 from streamnb.columns import visible
 from streamnb.engine.core import Context, Delta
 from streamnb.engine.executor import Pipeline, Step
+from streamnb.engine.operators import GroupByOperator
 
 AGGS = (pl.len(), pl.col("v").sum())
 SEED = 13
@@ -63,6 +64,7 @@ class Run:
     capped: bool = False
     others: float | None = None
     extra: float = 0.0  # untimed set-up seconds (the table load of the join)
+    state_bytes: int = 0  # the operator's state at the end
 
     @property
     def rate(self) -> float:
@@ -137,10 +139,12 @@ def streamnb_group_by(df: pl.DataFrame, size: int, max_seconds: float) -> tuple[
     meter = CpuMeter()
     fed, capped = feed(pipeline, source, parts, max_seconds)
     m = meter.stop()
+    (op,) = [s.op for s in pipeline.steps if isinstance(s.op, GroupByOperator)]
+    held = op.store.nbytes if op.store is not None else op.whole.estimated_size()  # type: ignore[union-attr]
     close(pipeline)
     # the changelog is an upsert stream keyed by k: each key's last row is its final value
     final = sink.rows().unique("k", keep="last", maintain_order=True)
-    return Run(fed, m.wall, m.cpu, capped, m.others), final
+    return Run(fed, m.wall, m.cpu, capped, m.others, state_bytes=held), final
 
 
 def polars_group_by(df: pl.DataFrame) -> tuple[Run, pl.DataFrame]:
@@ -226,7 +230,12 @@ def configuration(keys: int, n: int, size: int, max_seconds: float) -> dict[str,
     if runs["sn_gb"].capped:  # check what was processed: the records fed so far
         want = df.head(runs["sn_gb"].records).group_by("k").agg(*AGGS)
     check_group_by(got, want)
+    runs["pl_gb"].state_bytes = want.estimated_size()  # polars' own frame of the result
     report(f"streamnb running group_by (checked: {got.height:,} keys equal)", runs["sn_gb"])
+    print(
+        f"  state {runs['sn_gb'].state_bytes / got.height:.1f} B/key; polars' result frame "
+        f"{runs['pl_gb'].state_bytes / got.height:.1f} B/key"
+    )
     del got, want
 
     gc.collect()
@@ -254,15 +263,17 @@ def ratio(a: Run, b: Run) -> str:
 
 def table_lines(results: list[tuple[int, dict[str, Run]]]) -> list[str]:
     lines = [
-        "| keys | running group_by | polars batch | ratio | stream–table join | "
-        "polars batch join | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| keys | running group_by | polars batch | ratio | group_by state B/key "
+        "(polars frame) | stream–table join | polars batch join | ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for keys, r in results:
+        per_key = min(keys, r["pl_gb"].records)  # every key appears at these sizes
         lines.append(
             f"| {keys:,} | {cell(r['sn_gb'])} | {cell(r['pl_gb'])} | "
-            f"{ratio(r['sn_gb'], r['pl_gb'])} | {cell(r['sn_join'])} | {cell(r['pl_join'])} | "
-            f"{ratio(r['sn_join'], r['pl_join'])} |"
+            f"{ratio(r['sn_gb'], r['pl_gb'])} | {r['sn_gb'].state_bytes / per_key:.0f} "
+            f"({r['pl_gb'].state_bytes / per_key:.0f}) | {cell(r['sn_join'])} | "
+            f"{cell(r['pl_join'])} | {ratio(r['sn_join'], r['pl_join'])} |"
         )
     return lines
 
@@ -308,6 +319,9 @@ def main() -> int:
         "Each streamnb result was checked against polars first (group_by: count and sum of "
         "every key from the changelog's last row per key; join: every output row).",
         f"Join: the table (one row per key) was loaded before the timed stream, untimed: {loads}.",
+        "*group_by state B/key*: the operator's state at the end (keyed state: its columns with "
+        "their spare capacity, hashes and hash table; below the keyed threshold, its one "
+        "frame) per key; in brackets, polars' own result frame (`estimated_size`).",
     ]
     if capped:
         notes.append(

@@ -82,6 +82,12 @@ class KeyedState:
     def __len__(self) -> int:
         return self.count - self.dead
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the columns (with their spare capacity), the hashes and the table."""
+        columns = sum(c.estimated_size() for c in self.columns.values())
+        return columns + self.hashes.nbytes + self.alive.nbytes + self.slots.nbytes
+
     # -- reading ----------------------------------------------------------------------------------
     def lookup(self, keys: pl.DataFrame, hashes: np.ndarray) -> Found:
         """The rows of ``keys`` (a frame of unique keys, ``hashes`` theirs) held here."""
