@@ -212,6 +212,18 @@ class Operator:
             else:
                 setattr(self, name, state[name])
 
+    def changes(self) -> Any:
+        """Incremental checkpoints: what changed in the state since :meth:`settle`, for
+        :meth:`apply_changes`; ``None`` when this operator saves its whole state each time."""
+        return None
+
+    def apply_changes(self, changes: Any) -> None:
+        """Replay :meth:`changes` over the restored state."""
+        raise NotImplementedError
+
+    def settle(self) -> None:
+        """A checkpoint was taken: :meth:`changes` counts from here."""
+
     def process(self, delta: Delta) -> Delta:
         raise NotImplementedError
 

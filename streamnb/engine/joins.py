@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import polars as pl
 
@@ -74,6 +74,15 @@ class StreamTableJoin(Operator):
     @table.setter
     def table(self, frame: pl.DataFrame) -> None:
         self.keyed.load(frame)
+
+    def changes(self) -> Any:
+        return self.keyed.changes()
+
+    def apply_changes(self, changes: Any) -> None:
+        self.keyed.apply(changes)
+
+    def settle(self) -> None:
+        self.keyed.settle()
 
     def process_input(self, side: int, delta: Delta) -> Delta:
         if side == 1:
@@ -190,6 +199,17 @@ class TableTableJoin(Operator):
     def states(self, frames: list[pl.DataFrame]) -> None:
         for table, frame in zip(self.tables, frames, strict=True):
             table.load(frame)
+
+    def changes(self) -> Any:
+        return [table.changes() for table in self.tables]
+
+    def apply_changes(self, changes: Any) -> None:
+        for table, change in zip(self.tables, changes, strict=True):
+            table.apply(change)
+
+    def settle(self) -> None:
+        for table in self.tables:
+            table.settle()
 
     def process_input(self, side: int, delta: Delta) -> Delta:
         _apply(self.tables[side], delta)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
@@ -164,6 +164,33 @@ class GroupByOperator(Operator, Versioned):
         if worth_keying(self.whole.height, partial.height):
             self.store, self.whole = KeyedState.of(self.whole, self.keys), None
         return changed, before
+
+    def changes(self) -> Any:
+        """The groups changed since the last checkpoint (while keyed; a small state is saved
+        whole)."""
+        if self.store is None:
+            return None
+        rows, _ = self.store.changes()  # a running aggregate never deletes a group
+        return {"seq": self.seq, "rows": rows}
+
+    def apply_changes(self, changes: Any) -> None:
+        self.seq = changes["seq"]
+        rows = changes["rows"]
+        if rows is None:
+            return
+        if self.store is not None:
+            self.store.upsert(rows, key_hashes(rows, self.keys))
+        elif self.whole is None:
+            self.state = rows
+        else:
+            kept = self.whole.join(
+                rows.select(self.keys), on=self.keys, how="anti", nulls_equal=True
+            )
+            self.state = pl.concat([kept, rows], how="vertical_relaxed")
+
+    def settle(self) -> None:
+        if self.store is not None:
+            self.store.settle()
 
     def can_version(self) -> bool:
         return self.agg.runs

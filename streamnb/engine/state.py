@@ -76,7 +76,9 @@ class KeyedState:
         self.slots = np.full(16, _EMPTY, dtype=np.uint64)  # hash's top half and row per slot
         self.shift = np.uint64(64 - 4)
         self.alive = np.empty(0, dtype=bool)  # per row: False once deleted
+        self.touched = np.empty(0, dtype=bool)  # per row: written or deleted since settle()
         self.dead = 0
+        self.gone: list[pl.DataFrame] = []  # keys deleted since settle(), rows compacted away
         self.by_join = False  # after a hash collision: rows found by a join of the keys
 
     def __len__(self) -> int:
@@ -85,7 +87,7 @@ class KeyedState:
     @property
     def nbytes(self) -> int:
         """Memory held: the columns (with their spare capacity), the hashes and the table."""
-        columns = sum(c.estimated_size() for c in self.columns.values())
+        columns = int(sum(c.estimated_size() for c in self.columns.values()))
         return columns + self.hashes.nbytes + self.alive.nbytes + self.slots.nbytes
 
     # -- reading ----------------------------------------------------------------------------------
@@ -197,16 +199,43 @@ class KeyedState:
         _, ids = self._find(keys, hashes)
         ids = ids[self.alive[ids]]
         self.alive[ids] = False
+        self.touched[ids] = True
         self.dead += ids.size
         if self.dead > 1024 and 2 * self.dead > self.count:
             self._compact()
 
     def _compact(self) -> None:
-        """The live rows only, in a table of their own."""
-        frame = self.frame()
-        fresh = KeyedState.of(frame, self.keys)
+        """The live rows only, in a table of their own (what changed since :meth:`settle`
+        still known: the live rows' marks, and the deleted keys)."""
+        live = self.alive[: self.count]
+        touched = self.touched[: self.count][live]
+        gone = self._deleted()
+        fresh = KeyedState.of(self.frame(), self.keys)
         fresh.by_join = self.by_join
+        fresh.touched[: fresh.count] = touched
+        fresh.gone = [*self.gone, gone] if gone.height else self.gone
         self.__dict__.update(fresh.__dict__)
+
+    # -- incremental checkpoints ------------------------------------------------------------------
+    def changes(self) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+        """What changed since :meth:`settle`: the rows written (None: none), and the keys
+        deleted (None: none). O(state / 8) to find them, O(changes) to take them."""
+        ids = np.flatnonzero(self.touched[: self.count])
+        live = self.alive[ids]
+        rows = self._gather(ids[live]) if live.any() else None
+        gone = [*self.gone, self._deleted()]
+        deleted = pl.concat(gone) if sum(g.height for g in gone) else None
+        return rows, deleted
+
+    def _deleted(self) -> pl.DataFrame:
+        """The keys of rows deleted since :meth:`settle` (and not written again)."""
+        ids = np.flatnonzero(self.touched[: self.count] & ~self.alive[: self.count])
+        return self._gather(ids, self.keys) if self.columns else pl.DataFrame()
+
+    def settle(self) -> None:
+        """From now on, :meth:`changes` counts from here."""
+        self.touched[:] = False
+        self.gone = []
 
     def insert(self, rows: pl.DataFrame, hashes: np.ndarray) -> None:
         """Add the rows of keys not held yet (``hashes`` theirs; checked by :meth:`lookup`)."""
@@ -221,6 +250,7 @@ class KeyedState:
             self._write(column.name, ids, column)
         self.hashes[ids] = hashes
         self.alive[ids] = True
+        self.touched[ids] = True
         self.count += n
         if self.by_join:
             return
@@ -262,6 +292,7 @@ class KeyedState:
         grown = max(n, 2 * capacity, 1024)
         self.hashes = np.concatenate([self.hashes, np.zeros(grown - capacity, dtype=np.uint64)])
         self.alive = np.concatenate([self.alive, np.zeros(grown - capacity, dtype=bool)])
+        self.touched = np.concatenate([self.touched, np.zeros(grown - capacity, dtype=bool)])
         for name, column in self.columns.items():
             spare = pl.Series(name, [None], dtype=column.dtype).extend_constant(
                 None, grown - capacity - 1
@@ -269,6 +300,7 @@ class KeyedState:
             self.columns[name] = pl.concat([column, spare], rechunk=True)
 
     def _write(self, name: str, ids: np.ndarray, values: pl.Series) -> None:
+        self.touched[ids] = True
         column = self.columns[name]
         if values.dtype != column.dtype:
             wider = pl.concat([column.head(0), values.head(0)], how="vertical_relaxed").dtype
@@ -335,3 +367,18 @@ class KeyedTable:
         if keys.height and len(self.store):
             keys = keys.select(self.keys).unique()
             self.store.delete(keys, key_hashes(keys, self.keys))
+
+    def changes(self) -> dict[str, pl.DataFrame | None]:
+        """What changed since :meth:`settle` (an incremental checkpoint)."""
+        rows, deleted = self.store.changes()
+        return {"rows": rows, "deleted": deleted}
+
+    def apply(self, changes: dict[str, pl.DataFrame | None]) -> None:
+        """Replay :meth:`changes` (a restore)."""
+        if changes["deleted"] is not None:
+            self.delete(changes["deleted"])
+        if changes["rows"] is not None:
+            self.upsert(changes["rows"])
+
+    def settle(self) -> None:
+        self.store.settle()
