@@ -41,11 +41,21 @@ from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS, Merge
 from streamnb.exceptions import SourceError
 from streamnb.io.sources.kafka import KafkaReader
 from streamnb.plan import JoinNode, Plan
-from streamnb.worker.changelog import METADATA_PREFIX, Changelog, parse_pointer
+from streamnb.worker.changelog import (
+    METADATA_PREFIX,
+    Changelog,
+    Snapshot,
+    parse_pointer,
+    pointer,
+)
 from streamnb.worker.inputs import GlobalTable, is_table
 from streamnb.worker.topology import RepartitionWriter, Split
 
 log = logging.getLogger("streamnb.worker")
+
+MAX_DELTAS = 16
+"""Incremental checkpoints: at most this many deltas after a base (the offset metadata names
+them all)."""
 
 TP = tuple[str, int]
 """A task's key: its topic (input, or repartition) and partition."""
@@ -74,8 +84,10 @@ class Task:
     as_one: bool = False  # its inputs' rows arrive as that one partition (several topics)
     positions: dict[TP, int | None] = field(default_factory=dict)  # next offsets to commit
     committed: dict[TP, int | None] = field(default_factory=dict)  # of the last checkpoint
-    pointer: str = METADATA_PREFIX  # offset metadata: the last snapshot, "sn1:<id>:<records>"
+    pointer: str = METADATA_PREFIX  # offset metadata: its chain, "sn1:<id>:<records>;..."
     snapshot_id: int = 0
+    chain: list[Snapshot] = field(default_factory=list)  # its base, then the deltas after it
+    sizes: list[int] = field(default_factory=list)  # their bytes
     dirty: bool = False
     last_input: float = field(default_factory=time.monotonic)  # when records last came
     idle_sent: bool = False  # an idle marker went downstream since
@@ -83,6 +95,27 @@ class Task:
     @property
     def key(self) -> TP:
         return (self.topic, self.partition)
+
+    def next_snapshot(self) -> tuple[bool, str]:
+        """Whether the next snapshot is a base (none yet, :data:`MAX_DELTAS` deltas since
+        the last, or deltas as large as it), and the slot its records are keyed in: bases
+        alternate between two, so that compaction never drops a base a committed chain needs
+        while the next is written; deltas go with their base's."""
+        base = (
+            not self.chain or len(self.chain) > MAX_DELTAS or sum(self.sizes[1:]) >= self.sizes[0]
+        )
+        if base:
+            if self.chain and (self.snapshot_id + 1) % 2 == self.chain[0][0] % 2:
+                self.snapshot_id += 1  # the other parity: the other slot
+            return True, f"b{(self.snapshot_id + 1) % 2}"
+        return False, f"d{self.chain[0][0] % 2}.{len(self.chain)}"
+
+    def wrote(self, snapshot: Snapshot, size: int, *, base: bool) -> None:
+        """A snapshot went to the changelog: the chain the next commit points at."""
+        self.chain, self.sizes = (
+            ([snapshot], [size]) if base else ([*self.chain, snapshot], [*self.sizes, size])
+        )
+        self.pointer = pointer(self.chain)
 
     def watermark(self) -> int:
         values = [w for w in self.ctx.watermarks.values() if w > NEG_INF]
@@ -252,7 +285,7 @@ class Tasks:
         (a checkpoint writes the same pointer with each)."""
         mine = {tp: committed[tp] for tp in self.partitions_of(key)}
         pointers = [pointer for _, pointer in mine.values()]
-        newest = max(pointers, key=lambda p: (parse_pointer(p) or (-1, 0))[0])
+        newest = max(pointers, key=lambda p: ([(-1, 0), *parse_pointer(p)])[-1][0])
         return {tp: offset for tp, (offset, _) in mine.items()}, newest
 
     def _committed(self, partitions: Sequence[TP]) -> dict[TP, tuple[int | None, str]]:
@@ -282,11 +315,13 @@ class Tasks:
         task = self._new_task(key, reader)
         partition = task.partition
         task.committed, task.pointer, task.positions = dict(offsets), pointer, dict(offsets)
-        where = parse_pointer(pointer)
-        if where is not None:
-            task.snapshot_id = where[0]
+        chain = parse_pointer(pointer)
+        if chain:
+            task.snapshot_id = max(i for i, _ in chain)
             assert task.changelog is not None
-            in_flight = checkpoint.restore(task.pipeline, task.changelog.read(partition, *where))
+            snapshots = task.changelog.read(partition, chain)
+            task.chain, task.sizes = chain, [len(data) for data in snapshots]
+            in_flight = checkpoint.restore(task.pipeline, snapshots)
             if in_flight is not None and task.merge is not None:
                 task.merge.restore(in_flight)
             for step in task.pipeline.steps:  # the status shows the restored watermark

@@ -1,10 +1,15 @@
 """The changelog: where a worker's tasks keep their state, and who the worker is.
 
 A task's checkpoint writes a snapshot of its operators (:mod:`streamnb.engine.checkpoint`) to
-the task's partition of the compacted changelog topic, as records of at most 900 KB keyed by
-their index and tagged with the snapshot's number; the input offsets committed with it carry
-``sn1:<snapshot>:<records>`` as metadata. A restore reads that snapshot back from the end of the
-partition: only its task writes there, so it is among the last records.
+the task's partition of the compacted changelog topic, as records of at most 900 KB tagged with
+the snapshot's number. Snapshots are incremental: a base, then deltas (the keys changed since
+the snapshot before). The input offsets committed with a checkpoint carry the chain it restores
+from as metadata, ``sn1:<base>:<records>;<delta>:<records>;...``. A restore reads them back
+from the end of the partition: only its task writes there, so they are among the last records.
+
+Record keys name a slot: ``b0-<i>`` / ``b1-<i>`` for the chunks of bases (alternating, so that
+compaction never drops the base a committed chain still needs while the next one is written),
+``d0.<k>-<i>`` / ``d1.<k>-<i>`` for the k-th delta after a base of that parity.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import fcntl
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,53 +81,55 @@ class Changelog:
     def __init__(self, topic: str, producer: Any, restorer: Any) -> None:
         self.topic, self.producer, self.restorer = topic, producer, restorer
 
-    def write(self, partition: int, snapshot_id: int, records: list[bytes]) -> str:
-        """Produce a snapshot's records; the offset metadata that points at it."""
+    def write(self, partition: int, snapshot_id: int, records: list[bytes], slot: str) -> Snapshot:
+        """Produce a snapshot's records under keys of ``slot``; where it is."""
         headers = [(SNAPSHOT_HEADER, str(snapshot_id).encode())]
         for i, record in enumerate(records):
             produce(
                 self.producer,
                 self.topic,
                 record,
-                str(i).encode(),
+                f"{slot}-{i}".encode(),
                 partition=partition,
                 headers=headers,
             )
-        return f"{METADATA_PREFIX}{snapshot_id}:{len(records)}"
+        return snapshot_id, len(records)
 
-    def read(self, partition: int, snapshot_id: int, count: int) -> bytes:
-        """Snapshot ``snapshot_id`` of a task from the end of its changelog partition.
+    def read(self, partition: int, chain: Sequence[Snapshot]) -> list[bytes]:
+        """Snapshots ``chain`` of a task from the end of its changelog partition.
 
-        Only this task writes that partition and its snapshots follow each other, so the one
-        wanted is among the last records; reading starts ``count`` records (and a margin)
-        before the end and goes further back while it is not found.
+        Only this task writes that partition and its snapshots follow each other, so the
+        ones wanted are among the last records; reading starts as many records (and a margin)
+        before the end as they hold, and goes further back while one is not found.
         """
         from confluent_kafka import TopicPartition
 
         low, high = self.restorer.get_watermark_offsets(
             TopicPartition(self.topic, partition), timeout=30
         )
-        span = count + 16
+        counts = dict(chain)
+        span = sum(counts.values()) + 16
         while True:
             start = max(low, high - span)
-            found = self._scan(partition, start, snapshot_id, count)
-            if found is not None:
-                return found
+            found = self._scan(partition, start, counts)
+            if len(found) == len(counts):
+                return [found[snapshot_id] for snapshot_id, _ in chain]
             if start == low:
+                missing = [f"{i} ({n} records)" for i, n in chain if i not in found]
                 raise SourceError(
-                    f"changelog {self.topic}/{partition}: snapshot {snapshot_id} "
-                    f"({count} records) is missing; the committed offsets point at it"
+                    f"changelog {self.topic}/{partition}: snapshot {', '.join(missing)} is "
+                    "missing; the committed offsets point at it"
                 )
             span *= 4
 
-    def _scan(self, partition: int, start: int, snapshot_id: int, count: int) -> bytes | None:
-        """The last complete run of the snapshot's records from ``start`` to the end."""
+    def _scan(self, partition: int, start: int, counts: dict[int, int]) -> dict[int, bytes]:
+        """The last complete run of each wanted snapshot's records from ``start`` on."""
         from confluent_kafka import KafkaError, TopicPartition
 
-        wanted = str(snapshot_id).encode()
+        wanted = {str(i).encode(): i for i in counts}
         self.restorer.assign([TopicPartition(self.topic, partition, start)])
-        parts: list[bytes] = []
-        complete: bytes | None = None
+        parts: dict[int, list[bytes]] = {}
+        complete: dict[int, bytes] = {}
         deadline = time.monotonic() + 60
         try:
             while True:
@@ -134,22 +142,36 @@ class Changelog:
                         return complete
                     if err is not None:
                         raise SourceError(f"changelog {self.topic}/{partition}: {err.str()}")
-                    headers = dict(m.headers() or [])
-                    if headers.get(SNAPSHOT_HEADER) != wanted:
+                    snapshot_id = wanted.get(dict(m.headers() or []).get(SNAPSHOT_HEADER, b""))
+                    if snapshot_id is None:
                         continue
-                    if m.key() == b"0":
-                        parts = []
-                    parts.append(m.value() or b"")
-                    if len(parts) == count:
-                        complete = b"".join(parts)
+                    if (m.key() or b"").rsplit(b"-", 1)[-1] == b"0":  # its first record
+                        parts[snapshot_id] = []
+                    run = parts.setdefault(snapshot_id, [])
+                    run.append(m.value() or b"")
+                    if len(run) == counts[snapshot_id]:
+                        complete[snapshot_id] = b"".join(run)
         finally:
             self.restorer.unassign()
 
 
-def parse_pointer(pointer: str) -> tuple[int, int] | None:
-    """``(snapshot, records)`` from offset metadata; None when no snapshot was written."""
-    where = pointer.removeprefix(METADATA_PREFIX)
+Snapshot = tuple[int, int]
+"""A snapshot in the changelog: its number and how many records it takes."""
+
+
+def pointer(chain: Sequence[Snapshot]) -> str:
+    """The offset metadata of a checkpoint: the chain it restores from (a base, deltas)."""
+    return METADATA_PREFIX + ";".join(f"{i}:{n}" for i, n in chain)
+
+
+def parse_pointer(metadata: str) -> list[Snapshot]:
+    """The chain in offset metadata (a base, then its deltas); empty when nothing was
+    written."""
+    where = metadata.removeprefix(METADATA_PREFIX)
     if not where:
-        return None
-    snapshot_id, count = (int(x) for x in where.split(":"))
-    return snapshot_id, count
+        return []
+    chain = []
+    for part in where.split(";"):
+        snapshot_id, count = (int(x) for x in part.split(":"))
+        chain.append((snapshot_id, count))
+    return chain

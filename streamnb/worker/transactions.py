@@ -121,12 +121,14 @@ class Checkpoints:
             task.dirty = False
             if not checkpoint.stateful(task.pipeline):
                 continue
-            data = checkpoint.snapshot(task.pipeline, task.in_flight())
+            base, slot = task.next_snapshot()
+            data = checkpoint.snapshot(task.pipeline, task.in_flight(), base=base)
             records = checkpoint.chunks(data)
             written += len(data)
             task.snapshot_id += 1
             assert task.changelog is not None  # every task of a worker has one
-            task.pointer = task.changelog.write(task.partition, task.snapshot_id, records)
+            snapshot = task.changelog.write(task.partition, task.snapshot_id, records, slot)
+            task.wrote(snapshot, len(data), base=base)
             snapshots.add(key)
         # every partition of a task that moved or was snapshotted, each with the snapshot's
         # pointer (a restore takes the newest pointer among a task's partitions)

@@ -303,6 +303,65 @@ def test_kill_9_three_times_exactly_once(workers: Any, bootstrap: str) -> None:
     assert w.logs().count("restored at offset") >= 9, w.logs()
 
 
+RUNNING = """
+import os
+import polars as pl
+import streamnb as sn
+from streamnb.engine import state
+
+state.KEYED_MIN, state.KEYED_FROM = -1, 0  # keyed state, and so deltas, from the first record
+
+stream = (
+    sn.from_kafka(
+        os.environ["EOS_INPUT"],
+        bootstrap_servers=os.environ["EOS_BOOTSTRAP"],
+        start="earliest",
+        schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64},
+        config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+    )
+    .group_by("k")
+    .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
+)
+"""
+
+
+def test_kill_9_three_times_exactly_once_with_incremental_checkpoints(
+    tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    """A running aggregate over 3 000 keys checkpoints deltas (the keys changed since the
+    snapshot before) over a base; killed three times, its upserts must still count each
+    record once: per key, ``n`` only grows, and the last row is the whole input's."""
+    topic, out = make_topic(PARTITIONS), make_topic(1)
+    w = Workers(tmp_path, bootstrap, topic, out, "exactly_once", RUNNING)
+    try:
+        i = pl.int_range(0, 45_000, eager=True)
+        keys = pl.Series([f"key-{x}" for x in (i * 7919 % 3000).to_list()])
+        data = pl.DataFrame({"k": keys, "t": i, "v": i}).with_columns(
+            partition=pl.col("k").str.extract(r"(\d+)").cast(pl.Int64) % PARTITIONS
+        )
+        feeder = Feeder(bootstrap, topic, data, rate=3_000).start()
+        kill_9_three_times(w)
+        feeder.wait()
+        want = data.group_by("k").agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
+        got: list[tuple[Any, ...]] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            got = committed_output(bootstrap, out, 1, 10, ("k", "n", "total"))
+            last = {k: (n, total) for k, n, total in got}
+            if len(last) == 3000 and all(last[k] == (n, total) for k, n, total in want.iter_rows()):
+                break
+        w.stop_all()
+        last = {k: (n, total) for k, n, total in got}
+        assert last == {k: (n, total) for k, n, total in want.iter_rows()}, w.logs()
+        seen: dict[str, int] = {}
+        for k, n, _ in got:  # a record counted twice would repeat or lower a count
+            assert n > seen.get(k, 0), f"{k}: n went from {seen.get(k)} to {n}\n{w.logs()}"
+            seen[k] = n
+        assert [p.returncode for p in w.procs] == [-signal.SIGKILL] * 3 + [0], w.logs()
+    finally:
+        w.stop_all()
+
+
 def test_kill_9_at_least_once_loses_nothing(workers: Any, bootstrap: str) -> None:
     w, topic = workers("at_least_once")
     data = records(12_000)
