@@ -83,13 +83,20 @@ def start(
     (:mod:`streamnb.worker.tasks`); any other query runs as in the notebook, its Kafka sources
     (if any) in consumer group ``group_id``, committing after each batch.
     """
-    from streamnb.worker.changelog import default_state_dir
+    from streamnb.worker.changelog import TRANSACTION_TIMEOUT_MS, default_state_dir
     from streamnb.worker.inputs import inputs
     from streamnb.worker.tasks import TaskWorker, has_kafka_sink, partitioned_source
 
     if guarantee not in GUARANTEES:
         raise ConfigError(f"--guarantee {guarantee!r} must be one of {list(GUARANTEES)}")
     interval = to_ms(checkpoint_interval, name="--checkpoint-interval", allow_zero=False)
+    if guarantee == "exactly_once" and interval > TRANSACTION_TIMEOUT_MS // 2:
+        raise ConfigError(
+            f"--checkpoint-interval {checkpoint_interval}: under exactly_once a checkpoint "
+            "commits the transaction that holds everything since the last one, and the broker "
+            f"aborts a transaction open for {TRANSACTION_TIMEOUT_MS // 1000} s; use at most "
+            f"{TRANSACTION_TIMEOUT_MS // 2000}s"
+        )
     group = group_id or f"streamnb-{name}"
     tasks = partitioned_source(stream.plan)
     if guarantee == "exactly_once":

@@ -161,6 +161,22 @@ def test_exactly_once_is_refused_with_a_reason(tmp_path: Path) -> None:
     assert "exactly_once" in done.stderr
 
 
+def test_an_exactly_once_checkpoint_interval_past_the_transaction_timeout_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The broker aborts a transaction open longer than its timeout (10 s): a worker whose
+    checkpoints, which commit it, come rarer would be fenced mid-run."""
+    import streamnb as sn
+    from streamnb.exceptions import ConfigError
+    from streamnb.worker.run import start
+
+    stream = sn.from_records([{"k": "a"}])
+    with pytest.raises(ConfigError, match=r"--checkpoint-interval 1h: .* at most 5s"):
+        start(stream, name="slow", guarantee="exactly_once", checkpoint_interval="1h")
+    with pytest.raises(ConfigError, match="--checkpoint-interval 6s"):
+        start(stream, name="slow", guarantee="exactly_once", checkpoint_interval="6s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
