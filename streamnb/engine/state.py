@@ -12,14 +12,17 @@ numpy) from a 64-bit hash of the keys to the row. Everything is vectorised over 
 * **insert**: new keys get the next row numbers; in each round, of the new keys that probe
   the same empty slot, the first takes it and the others move on.
 
-A batch so costs O(batch) whatever the number of keys held; only growth (doubling the table
-or the columns) touches the whole state, amortised O(1) per key. Deleted keys (a table's
+A batch so costs O(batch) whatever the number of keys held; only growth (doubling the table,
+or the columns by half) touches the whole state, amortised O(1) per key. A slot's first bits
+are the slot a key probes from, so a larger table is built from the old one's entries by one
+sort, without the keys or their hashes. Deleted keys (a table's
 tombstones) leave their row dead until it is reused by the key or compacted away.
 
-Rows are found by hash, then checked against the keys themselves. Two different keys with
-one 64-bit hash (about one in 10^6 at 5 M keys) would make a probe ambiguous: from the first
-one found, the state finds rows by a join of the batch's keys with all keys held instead
-(O(state) per batch, exact), so results never depend on the hash.
+Rows are found by hash, then checked against the keys themselves: a slot holds the top 32
+bits of its key's (mixed) hash beside the row, a probe takes the first slot whose bits match,
+and the keys at the rows so found are compared with the batch's in one vectorised pass. The few
+whose keys differ (two keys sharing 32 hash bits and a probe sequence) probe on from the
+next slot, so results never depend on the hash and a collision costs only its own keys.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def worth_keying(held: int, batch: int) -> bool:
 
 _SEED = 0x5EED
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the slot is the top bits
-_MAX_LOAD = 0.5
+_MAX_LOAD = 0.7
 _EMPTY = np.uint64(2**64 - 1)  # a free slot; a taken one holds (hash >> 32) << 32 | row
 _LOW = np.uint64(2**32 - 1)
 _HIGH = np.uint64(32)
@@ -72,107 +75,97 @@ class KeyedState:
         self.keys = list(keys)
         self.count = 0
         self.columns: dict[str, pl.Series] = {}  # capacity >= count; rows past count unused
-        self.hashes = np.empty(0, dtype=np.uint64)  # per row
         self.slots = np.full(16, _EMPTY, dtype=np.uint64)  # hash's top half and row per slot
         self.shift = np.uint64(64 - 4)
         self.alive = np.empty(0, dtype=bool)  # per row: False once deleted
         self.touched = np.empty(0, dtype=bool)  # per row: written or deleted since settle()
         self.dead = 0
         self.gone: list[pl.DataFrame] = []  # keys deleted since settle(), rows compacted away
-        self.by_join = False  # after a hash collision: rows found by a join of the keys
 
     def __len__(self) -> int:
         return self.count - self.dead
 
     @property
     def nbytes(self) -> int:
-        """Memory held: the columns (with their spare capacity), the hashes and the table."""
+        """Memory held: the columns (with their spare capacity), the row flags and the table."""
         columns = int(sum(c.estimated_size() for c in self.columns.values()))
-        return columns + self.hashes.nbytes + self.alive.nbytes + self.slots.nbytes
+        return columns + self.alive.nbytes + self.touched.nbytes + self.slots.nbytes
 
     # -- reading ----------------------------------------------------------------------------------
     def lookup(self, keys: pl.DataFrame, hashes: np.ndarray) -> Found:
         """The rows of ``keys`` (a frame of unique keys, ``hashes`` theirs) held here."""
-        if not self.by_join:
-            rows = self._probe(hashes)
-            index = np.flatnonzero(rows >= 0)
-            ids = rows[index]
-            found = self._gather(ids)
-            if self._same(keys, index, found):
-                return self._live(index, ids, found)
-            self.by_join = True
-        index, ids = self._joined(keys)
-        return self._live(index, ids, self._gather(ids))
-
-    def _live(self, index: np.ndarray, ids: np.ndarray, rows: pl.DataFrame) -> Found:
+        index, ids, rows = self._find(keys, hashes, list(self.columns))
         if self.dead:
             live = self.alive[ids]
             index, ids, rows = index[live], ids[live], rows.filter(pl.Series(live))
         return Found(index, rows, ids)
 
-    def _find(self, keys: pl.DataFrame, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which of ``keys`` have a row (deleted ones too), and their row numbers."""
-        if not self.by_join:
-            rows = self._probe(hashes)
-            index = np.flatnonzero(rows >= 0)
-            ids = rows[index]
-            if not index.size or self._same(keys, index, self._gather(ids, self.keys)):
-                return index, ids
-            self.by_join = True
-        return self._joined(keys)
-
-    def _joined(self, keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`_find` by a join of ``keys`` with every key held (exact, O(state))."""
+    def _find(
+        self, keys: pl.DataFrame, hashes: np.ndarray, names: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
+        """Which of ``keys`` have a row (deleted ones too), their row numbers, and those rows'
+        columns ``names`` (by default the keys); in no particular order."""
+        names = list(names) or self.keys
         if not self.count or not keys.height:
-            empty = np.empty(0, dtype=np.int64)
-            return empty, empty
-        held = pl.DataFrame([self.columns[k].head(self.count) for k in self.keys])
-        pairs = (
-            keys.select(self.keys)
-            .with_row_index("index")
-            .join(held.with_row_index("row"), on=self.keys, how="inner", nulls_equal=True)
-        )
-        return (
-            pairs.get_column("index").to_numpy().astype(np.int64),
-            pairs.get_column("row").to_numpy().astype(np.int64),
-        )
+            none = np.empty(0, dtype=np.int64)
+            return none, none, self._gather(none, names) if self.columns else pl.DataFrame()
+        mixed = hashes * _MIX
+        rows, at = self._probe(mixed, (mixed >> self.shift).view(np.int64))
+        index = np.flatnonzero(rows >= 0)
+        found = self._gather(rows[index], names)
+        wrong = self._differ(keys, index, found)
+        if wrong.any():  # another key's top hash bits on the probe path: probe on past it
+            mask = np.int64(len(self.slots) - 1)
+            again, index, found = index[wrong], index[~wrong], found.filter(pl.Series(~wrong))
+            while again.size:
+                rows[again], at[again] = self._probe(mixed[again], (at[again] + 1) & mask)
+                again = again[rows[again] >= 0]
+                more = self._gather(rows[again], names)
+                wrong = self._differ(keys, again, more)
+                index = np.concatenate([index, again[~wrong]])
+                found = pl.concat([found, more.filter(pl.Series(~wrong))])
+                again = again[wrong]
+        return index, rows[index], found
 
-    def _same(self, keys: pl.DataFrame, index: np.ndarray, found: pl.DataFrame) -> bool:
-        """Whether the rows ``found`` by hash hold the keys looked up (not a collision)."""
+    def _differ(self, keys: pl.DataFrame, index: np.ndarray, found: pl.DataFrame) -> np.ndarray:
+        """Per row of ``found``, whether its keys differ from the looked-up keys ``index``."""
+        differ = np.zeros(len(index), dtype=bool)
         for name in self.keys if index.size else ():
-            if not found.get_column(name).eq_missing(keys.get_column(name).gather(index)).all():
-                return False
-        return True
+            same = found.get_column(name).eq_missing(keys.get_column(name).gather(index))
+            differ |= ~same.to_numpy()
+        return differ
 
-    def _probe(self, hashes: np.ndarray) -> np.ndarray:
-        """Per hash, its row number, or -1."""
-        out = np.full(len(hashes), -1, dtype=np.int64)
-        if not self.count or not len(hashes):
-            return out
+    def _probe(self, mixed: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per mixed hash, probing from ``position``: the row of the first slot holding the
+        hash's top half (-1: none), and that slot."""
+        rows = np.full(len(mixed), -1, dtype=np.int64)
+        at = np.zeros(len(mixed), dtype=np.int64)
         mask = np.int64(len(self.slots) - 1)
-        position = (hashes * _MIX >> self.shift).astype(np.int64)
-        high = hashes >> _HIGH
-        pending = np.arange(len(hashes))
+        tags = mixed >> _HIGH
+        pending = np.arange(len(mixed))
         while pending.size:
             entry = self.slots[position]
             taken = entry != _EMPTY
-            same = taken & (entry >> _HIGH == high[pending])  # then the whole hash
-            rows = (entry[same] & _LOW).astype(np.int64)
-            same[same] = self.hashes[rows] == hashes[pending[same]]
-            out[pending[same]] = (entry[same] & _LOW).astype(np.int64)
+            same = taken & (entry >> _HIGH == tags[pending])
+            rows[pending[same]] = (entry[same] & _LOW).view(np.int64)
+            at[pending[same]] = position[same]
             going = taken & ~same
             pending, position = pending[going], (position[going] + 1) & mask
-        return out
+        return rows, at
 
     def _gather(self, ids: np.ndarray, names: Sequence[str] | None = None) -> pl.DataFrame:
         """Rows ``ids`` (of columns ``names``, by default all)."""
         return pl.DataFrame([self.columns[n].gather(ids) for n in names or self.columns])
 
+    def _held(self, names: Sequence[str]) -> pl.DataFrame:
+        """Columns ``names`` of every row, deleted ones too."""
+        return pl.DataFrame([self.columns[n].head(self.count) for n in names])
+
     def frame(self) -> pl.DataFrame | None:
         """Every row, in insertion order (None when empty)."""
         if not len(self):
             return None
-        frame = pl.DataFrame([column.head(self.count) for column in self.columns.values()])
+        frame = self._held(list(self.columns))
         return frame.filter(pl.Series(self.alive[: self.count])) if self.dead else frame
 
     # -- writing ----------------------------------------------------------------------------------
@@ -183,7 +176,7 @@ class KeyedState:
 
     def upsert(self, rows: pl.DataFrame, hashes: np.ndarray) -> None:
         """Every row of ``rows`` (unique keys) replaces its key's, or is added."""
-        index, ids = self._find(rows.select(self.keys), hashes)
+        index, ids, _ = self._find(rows.select(self.keys), hashes)
         columns = [c for c in rows.columns if c not in self.keys]
         for name in columns if index.size else ():
             self._write(name, ids, rows.get_column(name).gather(index))
@@ -196,7 +189,7 @@ class KeyedState:
 
     def delete(self, keys: pl.DataFrame, hashes: np.ndarray) -> None:
         """Forget ``keys`` (unique); their rows stay dead until reused or compacted."""
-        _, ids = self._find(keys, hashes)
+        _, ids, _ = self._find(keys, hashes)
         ids = ids[self.alive[ids]]
         self.alive[ids] = False
         self.touched[ids] = True
@@ -211,7 +204,6 @@ class KeyedState:
         touched = self.touched[: self.count][live]
         gone = self._deleted()
         fresh = KeyedState.of(self.frame(), self.keys)
-        fresh.by_join = self.by_join
         fresh.touched[: fresh.count] = touched
         fresh.gone = [*self.gone, gone] if gone.height else self.gone
         self.__dict__.update(fresh.__dict__)
@@ -238,7 +230,7 @@ class KeyedState:
         self.gone = []
 
     def insert(self, rows: pl.DataFrame, hashes: np.ndarray) -> None:
-        """Add the rows of keys not held yet (``hashes`` theirs; checked by :meth:`lookup`)."""
+        """Add the rows of keys not held yet (``hashes`` theirs)."""
         n = rows.height
         if not n:
             return
@@ -248,49 +240,59 @@ class KeyedState:
         self._reserve(self.count + n)
         for column in rows.get_columns():
             self._write(column.name, ids, column)
-        self.hashes[ids] = hashes
         self.alive[ids] = True
         self.touched[ids] = True
         self.count += n
-        if self.by_join:
-            return
+        mixed = hashes * _MIX
+        entries = _entries(mixed, ids)
         if self.count > _MAX_LOAD * len(self.slots):
-            self._rehash()
+            self._rehash(entries)
         else:
-            self._place(ids)
+            self._place(entries, (mixed >> self.shift).view(np.int64))
 
-    def _place(self, ids: np.ndarray) -> None:
-        """Put rows ``ids`` into free slots of the table: each round, the rows whose slot is
-        free write themselves into it, one write per slot wins, and the rest move on."""
+    def _place(self, entries: np.ndarray, position: np.ndarray) -> None:
+        """Put ``entries`` into free slots from ``position`` on: each round, the entries whose
+        slot is free write themselves into it, one write per slot wins, the rest move on."""
         mask = np.int64(len(self.slots) - 1)
-        hashes = self.hashes[ids]
-        position = (hashes * _MIX >> self.shift).astype(np.int64)
-        pending = (hashes >> _HIGH << _HIGH) | ids.astype(np.uint64)  # the slots' entries
-        while pending.size:
+        while entries.size:
             free = self.slots[position] == _EMPTY
-            self.slots[position[free]] = pending[free]
-            won = free & (self.slots[position] == pending)
+            self.slots[position[free]] = entries[free]
+            won = free & (self.slots[position] == entries)
             # the others move on from a taken slot (lost ones see it taken next round)
             going = ~won
             position = np.where(free, position, (position + 1) & mask)[going]
-            pending = pending[going]
+            entries = entries[going]
 
-    def _rehash(self) -> None:
-        """A table twice as large (or more), every row placed again."""
+    def _rehash(self, added: np.ndarray) -> None:
+        """A table twice as large (or more), every row placed again (``added``: the entries
+        of rows not placed yet).
+
+        An entry's first slot is the top bits of its hash's top half, so entries sort by their
+        first slot, and into an empty table linear probing places them in that order, each at
+        ``max(first slot, previous place + 1)``: one sort and one cumulative maximum."""
         size = len(self.slots)
         while self.count > _MAX_LOAD * size:
             size *= 2
+        entries = np.concatenate([self.slots[self.slots != _EMPTY], added])
+        entries.sort()
         self.slots = np.full(size, _EMPTY, dtype=np.uint64)
         self.shift = np.uint64(64 - size.bit_length() + 1)
-        self._place(np.arange(self.count, dtype=np.int64))
+        position = (entries >> self.shift).view(np.int64)
+        step = np.arange(len(entries), dtype=np.int64)
+        position -= step
+        np.maximum.accumulate(position, out=position)
+        position += step
+        fits = position < size
+        self.slots[position[fits]] = entries[fits]
+        if not fits.all():  # the last ones go round to the table's start
+            self._place(entries[~fits], np.zeros(int((~fits).sum()), dtype=np.int64))
 
     def _reserve(self, n: int) -> None:
-        """Room for ``n`` rows in every column (doubling)."""
-        capacity = len(self.hashes)
+        """Room for ``n`` rows in every column (growing by half)."""
+        capacity = len(self.alive)
         if n <= capacity:
             return
-        grown = max(n, 2 * capacity, 1024)
-        self.hashes = np.concatenate([self.hashes, np.zeros(grown - capacity, dtype=np.uint64)])
+        grown = max(n, capacity + capacity // 2, 1024)
         self.alive = np.concatenate([self.alive, np.zeros(grown - capacity, dtype=bool)])
         self.touched = np.concatenate([self.touched, np.zeros(grown - capacity, dtype=bool)])
         for name, column in self.columns.items():
@@ -320,6 +322,14 @@ class KeyedState:
         if frame is not None and frame.height:
             state.insert(frame, key_hashes(frame, keys))
         return state
+
+
+def _entries(mixed: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The slot entries of ``rows``: their mixed hash's top half, then the row number."""
+    entries = mixed >> _HIGH
+    entries <<= _HIGH
+    entries |= rows.view(np.uint64)
+    return entries
 
 
 class KeyedTable:
