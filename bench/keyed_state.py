@@ -48,9 +48,17 @@ import streamnb as sn
 from streamnb.columns import visible
 from streamnb.engine.core import Context, Delta
 from streamnb.engine.executor import Pipeline, Step
+from streamnb.engine.joins import StreamTableJoin
 from streamnb.engine.operators import GroupByOperator
 
 AGGS = (pl.len(), pl.col("v").sum())
+FIVE = (  # the aggregates whose state per key is reported
+    pl.len(),
+    pl.col("v").sum().alias("sum"),
+    pl.col("v").min().alias("min"),
+    pl.col("v").max().alias("max"),
+    pl.col("v").mean().alias("mean"),
+)
 SEED = 13
 
 
@@ -65,6 +73,7 @@ class Run:
     others: float | None = None
     extra: float = 0.0  # untimed set-up seconds (the table load of the join)
     state_bytes: int = 0  # the operator's state at the end
+    state_keys: int = 0  # the keys it holds
 
     @property
     def rate(self) -> float:
@@ -130,8 +139,10 @@ def close(pipeline: Pipeline) -> None:
 
 
 # -- 1 / 2: running group_by ------------------------------------------------------------------
-def streamnb_group_by(df: pl.DataFrame, size: int, max_seconds: float) -> tuple[Run, pl.DataFrame]:
-    stream = sn.from_records(df.clear()).group_by("k").agg(*AGGS)
+def streamnb_group_by(
+    df: pl.DataFrame, size: int, max_seconds: float, aggs: tuple[pl.Expr, ...] = AGGS
+) -> tuple[Run, pl.DataFrame]:
+    stream = sn.from_records(df.clear()).group_by("k").agg(*aggs)
     sink = Collect()
     pipeline = Pipeline(stream.plan.root, Context(), sink)
     (source,) = pipeline.sources
@@ -141,10 +152,21 @@ def streamnb_group_by(df: pl.DataFrame, size: int, max_seconds: float) -> tuple[
     m = meter.stop()
     (op,) = [s.op for s in pipeline.steps if isinstance(s.op, GroupByOperator)]
     held = op.store.nbytes if op.store is not None else op.whole.estimated_size()  # type: ignore[union-attr]
+    count = len(op.store) if op.store is not None else op.whole.height  # type: ignore[union-attr]
     close(pipeline)
     # the changelog is an upsert stream keyed by k: each key's last row is its final value
     final = sink.rows().unique("k", keep="last", maintain_order=True)
-    return Run(fed, m.wall, m.cpu, capped, m.others, state_bytes=held), final
+    run = Run(fed, m.wall, m.cpu, capped, m.others, state_bytes=held, state_keys=count)
+    return run, final
+
+
+def state_per_key(df: pl.DataFrame, size: int) -> tuple[Run, Run]:
+    """Bytes per key held by the running group_by of :data:`FIVE` (untimed), next to polars'
+    own frame of the same result."""
+    run, final = streamnb_group_by(df, size, float("inf"), FIVE)
+    want = df.group_by("k").agg(*FIVE)
+    assert final.height == want.height, "group_by of five aggregates: keys differ"
+    return run, Run(df.height, 0, 0, state_bytes=want.estimated_size(), state_keys=want.height)
 
 
 def polars_group_by(df: pl.DataFrame) -> tuple[Run, pl.DataFrame]:
@@ -186,15 +208,25 @@ def streamnb_join(
     meter = CpuMeter()
     fed, capped = feed(pipeline, stream_source, parts, max_seconds)
     m = meter.stop()
+    (op,) = [s.op for s in pipeline.steps if isinstance(s.op, StreamTableJoin)]
+    held, count = op.keyed.store.nbytes, len(op.keyed.store)
     close(pipeline)
-    return Run(fed, m.wall, m.cpu, capped, m.others, loaded), sink.rows()
+    run = Run(fed, m.wall, m.cpu, capped, m.others, loaded, held, count)
+    return run, sink.rows()
 
 
 def polars_join(df: pl.DataFrame, tab: pl.DataFrame) -> tuple[Run, pl.DataFrame]:
     meter = CpuMeter()
     out = df.join(tab, on="k", how="left")
     m = meter.stop()
-    return Run(df.height, m.wall, m.cpu, others=m.others), out
+    return Run(
+        df.height,
+        m.wall,
+        m.cpu,
+        others=m.others,
+        state_bytes=tab.estimated_size(),
+        state_keys=tab.height,
+    ), out
 
 
 def check_join(got: pl.DataFrame, df: pl.DataFrame, tab: pl.DataFrame) -> None:
@@ -231,12 +263,16 @@ def configuration(keys: int, n: int, size: int, max_seconds: float) -> dict[str,
         want = df.head(runs["sn_gb"].records).group_by("k").agg(*AGGS)
     check_group_by(got, want)
     runs["pl_gb"].state_bytes = want.estimated_size()  # polars' own frame of the result
+    runs["pl_gb"].state_keys = want.height
     report(f"streamnb running group_by (checked: {got.height:,} keys equal)", runs["sn_gb"])
-    print(
-        f"  state {runs['sn_gb'].state_bytes / got.height:.1f} B/key; polars' result frame "
-        f"{runs['pl_gb'].state_bytes / got.height:.1f} B/key"
-    )
+    print(f"  state {per_key(runs['sn_gb'])} B/key; polars' frame {per_key(runs['pl_gb'])} B/key")
     del got, want
+    gc.collect()
+    runs["sn_five"], runs["pl_five"] = state_per_key(df, size)
+    print(
+        f"  group_by of count, sum, min, max, mean: state {per_key(runs['sn_five'])} B/key; "
+        f"polars' result frame {per_key(runs['pl_five'])} B/key"
+    )
 
     gc.collect()
     runs["pl_join"], out = polars_join(df, tab)
@@ -252,6 +288,10 @@ def configuration(keys: int, n: int, size: int, max_seconds: float) -> dict[str,
 
 
 # -- report ---------------------------------------------------------------------------------
+def per_key(run: Run) -> str:
+    return f"{run.state_bytes / max(run.state_keys, 1):.0f}"
+
+
 def cell(run: Run) -> str:
     return fmt_rate(run.rate) + (" ‡" if run.capped else "")
 
@@ -263,17 +303,19 @@ def ratio(a: Run, b: Run) -> str:
 
 def table_lines(results: list[tuple[int, dict[str, Run]]]) -> list[str]:
     lines = [
-        "| keys | running group_by | polars batch | ratio | group_by state B/key "
-        "(polars frame) | stream–table join | polars batch join | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| keys | running group_by | polars batch | ratio | stream–table join | polars batch "
+        "join | ratio | B/key: group_by count, sum (polars) | B/key: group_by count, sum, min, "
+        "max, mean (polars) | B/key: table row (polars) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for keys, r in results:
-        per_key = min(keys, r["pl_gb"].records)  # every key appears at these sizes
         lines.append(
             f"| {keys:,} | {cell(r['sn_gb'])} | {cell(r['pl_gb'])} | "
-            f"{ratio(r['sn_gb'], r['pl_gb'])} | {r['sn_gb'].state_bytes / per_key:.0f} "
-            f"({r['pl_gb'].state_bytes / per_key:.0f}) | {cell(r['sn_join'])} | "
-            f"{cell(r['pl_join'])} | {ratio(r['sn_join'], r['pl_join'])} |"
+            f"{ratio(r['sn_gb'], r['pl_gb'])} | {cell(r['sn_join'])} | "
+            f"{cell(r['pl_join'])} | {ratio(r['sn_join'], r['pl_join'])} | "
+            f"{per_key(r['sn_gb'])} ({per_key(r['pl_gb'])}) | "
+            f"{per_key(r['sn_five'])} ({per_key(r['pl_five'])}) | "
+            f"{per_key(r['sn_join'])} ({per_key(r['pl_join'])}) |"
         )
     return lines
 
@@ -319,9 +361,11 @@ def main() -> int:
         "Each streamnb result was checked against polars first (group_by: count and sum of "
         "every key from the changelog's last row per key; join: every output row).",
         f"Join: the table (one row per key) was loaded before the timed stream, untimed: {loads}.",
-        "*group_by state B/key*: the operator's state at the end (keyed state: its columns with "
-        "their spare capacity, hashes and hash table; below the keyed threshold, its one "
-        "frame) per key; in brackets, polars' own result frame (`estimated_size`).",
+        "*B/key*: the operator's state at the end per key held (keyed state: its columns "
+        "with their spare capacity, its row flags and its hash table; below the keyed "
+        "threshold, its one frame); in brackets, polars' own frame of the same result "
+        "(`estimated_size`: the group_by's result; the table itself). The group_by of five "
+        "aggregates runs untimed on the same records.",
     ]
     if capped:
         notes.append(

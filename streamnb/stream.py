@@ -35,7 +35,7 @@ from streamnb.plan import (
     WindowNode,
     window_output_keys,
 )
-from streamnb.types import Emit, ErrorPolicy, How, JoinKind, KafkaFormat
+from streamnb.types import Emit, ErrorPolicy, How, JoinKind, KafkaFormat, StateStore
 
 __all__ = ["GroupedStream", "Stream", "WindowedStream", "register_frontend"]
 
@@ -486,6 +486,7 @@ class Stream:
         *,
         errors: ErrorPolicy = "keep",
         max_batch: int = DEFAULT_MAX_BATCH,
+        state: StateStore = "memory",
     ) -> pl.DataFrame:
         """Run a bounded stream to its end and return the result table.
 
@@ -497,7 +498,7 @@ class Stream:
                 "use start() for an unbounded stream"
             )
         return run_to_end(
-            self._plan, timeout=timeout, errors=errors, max_batch=max_batch
+            self._plan, timeout=timeout, errors=errors, max_batch=max_batch, state=state
         ).table.frame()
 
     def show(self, name: str | None = None, **options: Any) -> Query:
@@ -528,14 +529,18 @@ class Stream:
         keep: int | None = 100_000,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_idle: Duration = "100ms",
+        state: StateStore = "memory",
     ) -> Query:
         """Run in a background thread and return the :class:`Query` at once.
 
         ``keep`` bounds the rows an unbounded append stream keeps in ``result()``.
         ``max_idle``: several inputs are merged by event time; one with nothing read and
         nothing known to be unread holds the others back for at most this long (a source's
-        own ``max_idle=`` wins). A running query with the same ``name`` is stopped and
-        replaced.
+        own ``max_idle=`` wins). ``state``: where running aggregates and tables keep their
+        keyed state: ``"memory"``, or ``"disk"`` (files under the system's temporary
+        directory, or a ``pathlib.Path`` directory given instead), where the operating system
+        keeps the recently used rows in memory and the rest on disk, so the state may grow past
+        memory. A running query with the same ``name`` is stopped and replaced.
         """
         if (stand_in := capture(self, name)) is not None:  # the worker rebuilding a notebook
             return cast(Query, stand_in)
@@ -546,6 +551,7 @@ class Stream:
             keep=keep,
             max_batch=max_batch,
             max_idle_ms=to_ms(max_idle, name="max_idle"),
+            state=state,
         )._launch()
 
 

@@ -7,8 +7,9 @@ it and mypy catches a misspelling before the query runs (a wrong word still rais
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, Union
 
 __all__ = [
     "Emit",
@@ -20,6 +21,7 @@ __all__ = [
     "KafkaFormat",
     "Kind",
     "QueryState",
+    "StateStore",
     "Status",
 ]
 
@@ -34,6 +36,10 @@ Kind = Literal["bid", "auction", "person", "all"]
 
 FileFormat = Literal["json", "csv", "parquet"]
 """``from_files(format=...)``: JSON lines, CSV or Parquet."""
+
+StateStore = Union[Literal["memory", "disk"], "os.PathLike[str]"]
+"""``start(state=...)``: keyed state in memory, or in files (under the system's temporary
+directory, or under the directory given) so that it may grow past memory."""
 
 KafkaFormat = Literal["json", "raw", "avro"]
 """How Kafka record values are encoded (``from_kafka``, ``table_from_kafka``, ``to_kafka``)."""

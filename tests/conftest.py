@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -22,15 +24,39 @@ settings.register_profile(
 settings.load_profile("quick" if os.environ.get("STREAMNB_QUICK") else "default")
 
 
-@pytest.fixture(scope="module", params=["small", "keyed"])
-def state_modes(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Runs a module's tests twice: with keyed state where it pays (the default), and with
-    keyed state from the first record on (``streamnb.engine.state.worth_keying`` always
-    true), so that every oracle test checks both representations of operator state."""
-    from streamnb.engine import state
+@contextmanager
+def _state_mode(mode: str, directory: Path) -> Iterator[str]:
+    """``small``: keyed state where it pays (the default); ``keyed``: keyed state from the
+    first record on (``streamnb.engine.state.worth_keying`` always true); ``disk``: that, with
+    its rows in files under ``directory`` (``state="disk"``) whatever the query asks."""
+    from streamnb.engine import rows, state
 
-    saved = state.KEYED_MIN, state.KEYED_FROM
-    if request.param == "keyed":
+    saved = state.KEYED_MIN, state.KEYED_FROM, state.rows_in
+    if mode in ("keyed", "disk"):
         state.KEYED_MIN, state.KEYED_FROM = -1, 0
-    yield request.param
-    state.KEYED_MIN, state.KEYED_FROM = saved
+    if mode == "disk":
+        state.rows_in = lambda _: rows.DiskRows(directory)
+    try:
+        yield mode
+    finally:
+        state.KEYED_MIN, state.KEYED_FROM, state.rows_in = saved
+
+
+@pytest.fixture(scope="module", params=["small", "keyed"])
+def state_modes(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Runs a module's tests twice, so that every oracle test checks both representations of
+    operator state (see :func:`_state_mode`)."""
+    with _state_mode(request.param, tmp_path_factory.mktemp("state")) as mode:
+        yield mode
+
+
+@pytest.fixture(scope="module", params=["small", "keyed", "disk"])
+def state_stores(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """:func:`state_modes`, and a third time with keyed state in files (for the modules of
+    the operators that keep keyed state: running aggregates and tables)."""
+    with _state_mode(request.param, tmp_path_factory.mktemp("state")) as mode:
+        yield mode

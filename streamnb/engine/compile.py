@@ -38,7 +38,7 @@ def build(node: Node, ctx: Context) -> Operator | None:
     if isinstance(node, WindowNode):
         return _window(node, ctx)
     if isinstance(node, GroupByNode):
-        return GroupByOperator(node.keys, node.aggregation)
+        return GroupByOperator(node.keys, node.aggregation, ctx.state_dir)
     if isinstance(node, TableNode):
         return TableOperator(node.keys)
     if isinstance(node, JoinNode):
@@ -82,9 +82,9 @@ def _window(node: WindowNode, ctx: Context) -> Operator:
 
 def _join(node: JoinNode, ctx: Context) -> Operator:
     if node.kind == "stream_table":
-        return joins.StreamTableJoin(node.on, node.how, node.schemas[1])
+        return joins.StreamTableJoin(node.on, node.how, node.schemas[1], ctx.state_dir)
     if node.kind == "table_table":
-        return joins.TableTableJoin(node.on, node.how, node.schemas)
+        return joins.TableTableJoin(node.on, node.how, node.schemas, ctx.state_dir)
     if node.kind == "window":
         return joins.WindowJoin(node.on, node.how, node.schemas)
     if node.times is None:

@@ -7,6 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import polars as pl
@@ -166,6 +167,9 @@ class Context:
     watermarks: dict[int, int] = field(default_factory=dict)
     partitions: Partitions = field(default_factory=Partitions)
     error_listeners: list[Callable[[pl.DataFrame], None]] = field(default_factory=list)
+    state_dir: Path | None = None
+    """Where keyed state keeps its rows: ``None`` in memory, else in files under this directory
+    (``state="disk"``)."""
     producer: Any = None
     """A Kafka producer that sinks share instead of making their own: the worker's, which is
     transactional under exactly-once, so that output, state changelog and input offsets

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import polars as pl
@@ -62,9 +63,11 @@ class StreamTableJoin(Operator):
 
     state_fields: ClassVar[tuple[str, ...]] = ("table",)
 
-    def __init__(self, on: Sequence[str], how: How, table_schema: pl.Schema) -> None:
+    def __init__(
+        self, on: Sequence[str], how: How, table_schema: pl.Schema, directory: Path | None = None
+    ) -> None:
         self.on, self.how = list(on), how
-        self.keyed = KeyedTable(self.on, table_schema)
+        self.keyed = KeyedTable(self.on, table_schema, directory)
 
     @property
     def table(self) -> pl.DataFrame:
@@ -186,9 +189,15 @@ class TableTableJoin(Operator):
 
     state_fields: ClassVar[tuple[str, ...]] = ("states",)
 
-    def __init__(self, on: Sequence[str], how: How, schemas: tuple[pl.Schema, pl.Schema]) -> None:
+    def __init__(
+        self,
+        on: Sequence[str],
+        how: How,
+        schemas: tuple[pl.Schema, pl.Schema],
+        directory: Path | None = None,
+    ) -> None:
         self.on, self.how = list(on), how
-        self.tables = [KeyedTable(self.on, schemas[0]), KeyedTable(self.on, schemas[1])]
+        self.tables = [KeyedTable(self.on, s, directory) for s in schemas]
 
     @property
     def states(self) -> list[pl.DataFrame]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -81,9 +82,12 @@ class GroupByOperator(Operator, Versioned):
 
     state_fields: ClassVar[tuple[str, ...]] = ("state", "seq")
 
-    def __init__(self, keys: Sequence[str], agg: Aggregation) -> None:
+    def __init__(
+        self, keys: Sequence[str], agg: Aggregation, directory: Path | None = None
+    ) -> None:
         self.keys = list(keys)
         self.agg = agg
+        self.directory = directory  # keyed state in files under it (None: in memory)
         self.whole: pl.DataFrame | None = None  # while the state is small
         self.store: KeyedState | None = None  # once it is not
         self.seq = 0
@@ -97,7 +101,7 @@ class GroupByOperator(Operator, Versioned):
     def state(self, frame: pl.DataFrame | None) -> None:
         self.whole, self.store = frame, None
         if frame is not None and worth_keying(frame.height, 0):
-            self.whole, self.store = None, KeyedState.of(frame, self.keys)
+            self.whole, self.store = None, KeyedState.of(frame, self.keys, self.directory)
 
     def process(self, delta: Delta) -> Delta:
         rows = delta.rows
@@ -162,7 +166,7 @@ class GroupByOperator(Operator, Versioned):
             partial.select(self.keys), on=self.keys, how="semi", nulls_equal=True
         )
         if worth_keying(self.whole.height, partial.height):
-            self.store, self.whole = KeyedState.of(self.whole, self.keys), None
+            self.store, self.whole = KeyedState.of(self.whole, self.keys, self.directory), None
         return changed, before
 
     def changes(self) -> Any:

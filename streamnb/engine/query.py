@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
@@ -17,7 +20,7 @@ from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS
 from streamnb.engine.result import ResultTable
 from streamnb.exceptions import ConfigError, QueryFailed
 from streamnb.plan import Plan
-from streamnb.types import ErrorPolicy, QueryState, Status
+from streamnb.types import ErrorPolicy, QueryState, StateStore, Status
 
 _registry: dict[str, Query] = {}
 _registry_lock = threading.Lock()
@@ -68,6 +71,21 @@ def _check_errors(errors: str) -> bool:
     return errors == "fail"
 
 
+def state_directory(state: StateStore) -> Path | None:
+    """Where ``state=`` keeps keyed state: ``None`` in memory ("memory"), else a directory
+    ("disk": ``streamnb-state`` under the system's temporary directory; or the one given)."""
+    if state == "memory":
+        return None
+    if state == "disk":
+        return Path(tempfile.gettempdir()) / "streamnb-state"
+    if isinstance(state, os.PathLike):
+        return Path(state)
+    raise ConfigError(
+        f"state={state!r} must be 'memory', 'disk' or a directory (a pathlib.Path) for the "
+        "keyed state's files"
+    )
+
+
 class Execution:
     """One run of a plan: pipeline, runner, result table and side outputs."""
 
@@ -79,8 +97,9 @@ class Execution:
         keep: int | None,
         max_batch: int,
         max_idle_ms: int = DEFAULT_MAX_IDLE_MS,
+        state: StateStore = "memory",
     ) -> None:
-        self.ctx = Context(fail_on_error=_check_errors(errors))
+        self.ctx = Context(fail_on_error=_check_errors(errors), state_dir=state_directory(state))
         self.table = ResultTable(plan.schema, plan.keys, keep)
         self.pipeline = Pipeline(plan.root, self.ctx, self._sink)
         self.runner = Runner(self.pipeline, self.ctx, max_batch=max_batch, max_idle_ms=max_idle_ms)
@@ -115,6 +134,7 @@ class Query:
         keep: int | None = 100_000,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_idle_ms: int = DEFAULT_MAX_IDLE_MS,
+        state: StateStore = "memory",
     ) -> None:
         self.name = name if name is not None else f"query-{next(_names)}"
         if not isinstance(self.name, str) or not self.name:
@@ -128,6 +148,7 @@ class Query:
             keep=keep if not plan.bounded else None,
             max_batch=max_batch,
             max_idle_ms=max_idle_ms,
+            state=state,
         )
         self._state: QueryState = "running"
         self._done = threading.Event()
@@ -245,9 +266,16 @@ class Query:
         )
 
 
-def run_to_end(plan: Plan, *, timeout: float | None, errors: str, max_batch: int) -> Execution:
+def run_to_end(
+    plan: Plan,
+    *,
+    timeout: float | None,
+    errors: str,
+    max_batch: int,
+    state: StateStore = "memory",
+) -> Execution:
     """Run a bounded plan in the calling thread (``Stream.collect``)."""
-    execution = Execution(plan, errors=errors, keep=None, max_batch=max_batch)
+    execution = Execution(plan, errors=errors, keep=None, max_batch=max_batch, state=state)
     deadline = None if timeout is None else time.monotonic() + timeout
     execution.runner.open()
     try:

@@ -29,9 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from streamnb.engine.rows import rows_in
 
 KEYED_FROM = 4
 KEYED_MIN = 50_000
@@ -71,10 +74,11 @@ class Found:
 class KeyedState:
     """Rows with unique ``keys`` (see the module's docstring)."""
 
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], directory: Path | None = None) -> None:
         self.keys = list(keys)
+        self.directory = directory  # None: rows in memory, else in files under it
         self.count = 0
-        self.columns: dict[str, pl.Series] = {}  # capacity >= count; rows past count unused
+        self.rows = rows_in(directory)  # capacity >= count; rows past count unused
         self.slots = np.full(16, _EMPTY, dtype=np.uint64)  # hash's top half and row per slot
         self.shift = np.uint64(64 - 4)
         self.alive = np.empty(0, dtype=bool)  # per row: False once deleted
@@ -87,14 +91,14 @@ class KeyedState:
 
     @property
     def nbytes(self) -> int:
-        """Memory held: the columns (with their spare capacity), the row flags and the table."""
-        columns = int(sum(c.estimated_size() for c in self.columns.values()))
-        return columns + self.alive.nbytes + self.touched.nbytes + self.slots.nbytes
+        """Bytes held: the rows (with their spare capacity; on disk for ``state="disk"``), the
+        row flags and the table."""
+        return self.rows.nbytes + self.alive.nbytes + self.touched.nbytes + self.slots.nbytes
 
     # -- reading ----------------------------------------------------------------------------------
     def lookup(self, keys: pl.DataFrame, hashes: np.ndarray) -> Found:
         """The rows of ``keys`` (a frame of unique keys, ``hashes`` theirs) held here."""
-        index, ids, rows = self._find(keys, hashes, list(self.columns))
+        index, ids, rows = self._find(keys, hashes, self.rows.names)
         if self.dead:
             live = self.alive[ids]
             index, ids, rows = index[live], ids[live], rows.filter(pl.Series(live))
@@ -108,7 +112,7 @@ class KeyedState:
         names = list(names) or self.keys
         if not self.count or not keys.height:
             none = np.empty(0, dtype=np.int64)
-            return none, none, self._gather(none, names) if self.columns else pl.DataFrame()
+            return none, none, self._gather(none, names) if self.rows.names else pl.DataFrame()
         mixed = hashes * _MIX
         rows, at = self._probe(mixed, (mixed >> self.shift).view(np.int64))
         index = np.flatnonzero(rows >= 0)
@@ -155,17 +159,17 @@ class KeyedState:
 
     def _gather(self, ids: np.ndarray, names: Sequence[str] | None = None) -> pl.DataFrame:
         """Rows ``ids`` (of columns ``names``, by default all)."""
-        return pl.DataFrame([self.columns[n].gather(ids) for n in names or self.columns])
+        return self.rows.gather(ids, names or self.rows.names)
 
     def _held(self, names: Sequence[str]) -> pl.DataFrame:
         """Columns ``names`` of every row, deleted ones too."""
-        return pl.DataFrame([self.columns[n].head(self.count) for n in names])
+        return self.rows.head(self.count, names)
 
     def frame(self) -> pl.DataFrame | None:
         """Every row, in insertion order (None when empty)."""
         if not len(self):
             return None
-        frame = self._held(list(self.columns))
+        frame = self._held(self.rows.names)
         return frame.filter(pl.Series(self.alive[: self.count])) if self.dead else frame
 
     # -- writing ----------------------------------------------------------------------------------
@@ -203,7 +207,7 @@ class KeyedState:
         live = self.alive[: self.count]
         touched = self.touched[: self.count][live]
         gone = self._deleted()
-        fresh = KeyedState.of(self.frame(), self.keys)
+        fresh = KeyedState.of(self.frame(), self.keys, self.directory)
         fresh.touched[: fresh.count] = touched
         fresh.gone = [*self.gone, gone] if gone.height else self.gone
         self.__dict__.update(fresh.__dict__)
@@ -222,7 +226,7 @@ class KeyedState:
     def _deleted(self) -> pl.DataFrame:
         """The keys of rows deleted since :meth:`settle` (and not written again)."""
         ids = np.flatnonzero(self.touched[: self.count] & ~self.alive[: self.count])
-        return self._gather(ids, self.keys) if self.columns else pl.DataFrame()
+        return self._gather(ids, self.keys) if self.rows.names else pl.DataFrame()
 
     def settle(self) -> None:
         """From now on, :meth:`changes` counts from here."""
@@ -234,8 +238,8 @@ class KeyedState:
         n = rows.height
         if not n:
             return
-        if not self.columns:
-            self.columns = {c.name: c.clear() for c in rows.get_columns()}
+        if not self.rows.names:
+            self.rows.create(rows.get_columns())
         ids = np.arange(self.count, self.count + n, dtype=np.int64)
         self._reserve(self.count + n)
         for column in rows.get_columns():
@@ -295,30 +299,19 @@ class KeyedState:
         grown = max(n, capacity + capacity // 2, 1024)
         self.alive = np.concatenate([self.alive, np.zeros(grown - capacity, dtype=bool)])
         self.touched = np.concatenate([self.touched, np.zeros(grown - capacity, dtype=bool)])
-        for name, column in self.columns.items():
-            spare = pl.Series(name, [None], dtype=column.dtype).extend_constant(
-                None, grown - capacity - 1
-            )
-            self.columns[name] = pl.concat([column, spare], rechunk=True)
+        self.rows.reserve(grown)
 
     def _write(self, name: str, ids: np.ndarray, values: pl.Series) -> None:
         self.touched[ids] = True
-        column = self.columns[name]
-        if values.dtype != column.dtype:
-            wider = pl.concat([column.head(0), values.head(0)], how="vertical_relaxed").dtype
-            column = self.columns[name] = column.cast(wider)
-            values = values.cast(wider)
-        try:
-            column.scatter(ids, values)
-        except pl.exceptions.ComputeError:  # lists, structs: rebuilt, O(state)
-            index = np.arange(len(column), dtype=np.int64)
-            index[ids] = len(column) + np.arange(len(ids), dtype=np.int64)
-            self.columns[name] = pl.concat([column, values]).gather(index).rechunk()
+        self.rows.write(name, ids, values)
 
     @classmethod
-    def of(cls, frame: pl.DataFrame | None, keys: Sequence[str]) -> KeyedState:
-        """A state holding ``frame``'s rows (unique keys)."""
-        state = cls(keys)
+    def of(
+        cls, frame: pl.DataFrame | None, keys: Sequence[str], directory: Path | None = None
+    ) -> KeyedState:
+        """A state holding ``frame``'s rows (unique keys), in files under ``directory`` if
+        one is given."""
+        state = cls(keys, directory)
         if frame is not None and frame.height:
             state.insert(frame, key_hashes(frame, keys))
         return state
@@ -336,15 +329,15 @@ class KeyedTable:
     """A table keyed by ``keys`` (the rows of an upsert changelog, tombstones applied) in a
     :class:`KeyedState`: a batch of changes, or of keys to look up, costs O(batch)."""
 
-    def __init__(self, keys: Sequence[str], schema: pl.Schema) -> None:
-        self.keys, self.schema = list(keys), schema
-        self.store = KeyedState(self.keys)
+    def __init__(
+        self, keys: Sequence[str], schema: pl.Schema, directory: Path | None = None
+    ) -> None:
+        self.keys, self.schema, self.directory = list(keys), schema, directory
+        self.store = KeyedState(self.keys, directory)
 
     def empty(self) -> pl.DataFrame:
         """No rows, the table's columns."""
-        if self.store.columns:
-            return pl.DataFrame([c.head(0) for c in self.store.columns.values()])
-        return self.schema.to_frame()
+        return self.store.rows.empty() if self.store.rows.names else self.schema.to_frame()
 
     def frame(self) -> pl.DataFrame:
         """Every row."""
@@ -353,7 +346,7 @@ class KeyedTable:
 
     def load(self, frame: pl.DataFrame) -> None:
         """Hold ``frame``'s rows (unique keys) and nothing else."""
-        self.store = KeyedState.of(frame, self.keys)
+        self.store = KeyedState.of(frame, self.keys, self.directory)
 
     def rows_of(self, keys: pl.DataFrame) -> pl.DataFrame:
         """The rows of ``keys`` (unique) that the table holds."""

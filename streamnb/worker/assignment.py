@@ -378,6 +378,7 @@ class Tasks:
             errors=self.ctx.errors,
             error_listeners=self.ctx.error_listeners,
             producer=self.ctx.producer,
+            state_dir=self.ctx.state_dir,
             partitions=Partitions(
                 ids=self.ctx.partitions.ids, assigned=assigned, scopes=self.ctx.partitions.scopes
             ),

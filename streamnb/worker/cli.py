@@ -76,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         group_id=args.group_id,
         checkpoint_interval=args.checkpoint_interval,
         state_dir=args.state_dir,
+        state=args.state,
         metrics_port=args.metrics_port,
         duration=args.duration,
     )
@@ -116,7 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument(
         "--state-dir",
         type=Path,
-        help="where this worker keeps its instance id (default $XDG_STATE_HOME/streamnb)",
+        help="where this worker keeps its instance id, and its keyed state with --state disk "
+        "(default $XDG_STATE_HOME/streamnb)",
+    )
+    run.add_argument(
+        "--state",
+        default="memory",
+        choices=["memory", "disk"],
+        help="keep running aggregates' and tables' keyed state in memory, or in files under "
+        "--state-dir, where it may grow past memory (default memory)",
     )
     run.add_argument("--group-id", help="Kafka consumer group (default streamnb-<name>)")
     run.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1:PORT")

@@ -16,14 +16,14 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO, get_args
+from typing import Any, Literal, TextIO, get_args
 
 from streamnb.definitions.durations import Duration, to_ms
 from streamnb.exceptions import ConfigError
 from streamnb.io.sources.kafka import KafkaSource
 from streamnb.plan import Node, SourceNode
 from streamnb.stream import Stream
-from streamnb.types import Guarantee
+from streamnb.types import Guarantee, StateStore
 from streamnb.ui.terminal import status_line
 from streamnb.worker.metrics import MetricsServer
 
@@ -76,12 +76,15 @@ def start(
     group_id: str | None = None,
     checkpoint_interval: Duration = DEFAULT_CHECKPOINT_INTERVAL,
     state_dir: Path | None = None,
+    state: Literal["memory", "disk"] = "memory",
 ) -> Any:
     """Start ``stream`` (its sink attached) the way the worker runs it; a ``Query``-like handle.
 
     A query over Kafka topics runs as checkpointed tasks, one per partition number
     (:mod:`streamnb.worker.tasks`); any other query runs as in the notebook, its Kafka sources
-    (if any) in consumer group ``group_id``, committing after each batch.
+    (if any) in consumer group ``group_id``, committing after each batch. ``state="disk"``
+    keeps running aggregates' and tables' keyed state in files under ``state_dir`` (the
+    operating system keeps the recently used rows in memory).
     """
     from streamnb.worker.changelog import TRANSACTION_TIMEOUT_MS, default_state_dir
     from streamnb.worker.inputs import inputs
@@ -97,7 +100,10 @@ def start(
             f"aborts a transaction open for {TRANSACTION_TIMEOUT_MS // 1000} s; use at most "
             f"{TRANSACTION_TIMEOUT_MS // 2000}s"
         )
+    if state not in ("memory", "disk"):
+        raise ConfigError(f"--state {state!r} must be 'memory' or 'disk'")
     group = group_id or f"streamnb-{name}"
+    state_dir = state_dir or default_state_dir()
     tasks = partitioned_source(stream.plan)
     if guarantee == "exactly_once":
         if not tasks:
@@ -116,14 +122,16 @@ def start(
                 ".to_kafka(...) in the query"
             )
     if not tasks:
-        return with_group(stream, group).start(name)
+        keyed: StateStore = state_dir / group / "state" if state == "disk" else "memory"
+        return with_group(stream, group).start(name, state=keyed)
     return TaskWorker(
         stream.plan,
         name=name,
         group_id=group,
         guarantee=guarantee,
         checkpoint_interval_ms=interval,
-        state_dir=state_dir or default_state_dir(),
+        state_dir=state_dir,
+        disk_state=state == "disk",
     ).start()
 
 
@@ -136,6 +144,7 @@ def run(
     group_id: str | None = None,
     checkpoint_interval: Duration = DEFAULT_CHECKPOINT_INTERVAL,
     state_dir: Path | None = None,
+    state: Literal["memory", "disk"] = "memory",
     metrics_port: int | None = None,
     duration: float | None = None,
     out: TextIO | None = None,
@@ -149,6 +158,7 @@ def run(
         group_id=group_id,
         checkpoint_interval=checkpoint_interval,
         state_dir=state_dir,
+        state=state,
     )
     stop = threading.Event()
 

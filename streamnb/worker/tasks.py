@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -94,6 +95,7 @@ class TaskWorker:
         checkpoint_interval_ms: int,
         state_dir: Path,
         max_batch: int = DEFAULT_MAX_BATCH,
+        disk_state: bool = False,
     ) -> None:
         from confluent_kafka import Consumer
 
@@ -129,7 +131,12 @@ class TaskWorker:
                 },
             )
         )
-        self.ctx = Context()
+        # keyed state in files under the instance's directory (a killed predecessor's files
+        # go: its state comes back from the changelog), or in memory
+        keyed = self.instance.path / "state" if disk_state else None
+        if keyed is not None:
+            shutil.rmtree(keyed, ignore_errors=True)
+        self.ctx = Context(state_dir=keyed)
         self.global_tables: dict[int, GlobalTable] = {}  # by id of the plan's table source
         self.checkpoints = Checkpoints(
             name,

@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 import streamnb as sn
 from streamnb.definitions.aggregates import Aggregation
 
-pytestmark = pytest.mark.usefixtures("state_modes")  # both state representations
+pytestmark = pytest.mark.usefixtures("state_stores")  # every state representation
 
 FLOATS = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
 INTS = st.integers(-1000, 1000)

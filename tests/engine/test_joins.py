@@ -17,7 +17,7 @@ from polars.testing import assert_frame_equal
 import streamnb as sn
 from tests.oracle import interval_reference, merged
 
-pytestmark = pytest.mark.usefixtures("state_modes")  # both state representations
+pytestmark = pytest.mark.usefixtures("state_stores")  # every state representation
 
 KEYS = st.sampled_from(["a", "b", "c", None])
 

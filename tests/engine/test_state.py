@@ -21,7 +21,7 @@ from streamnb.engine.operators import GroupByOperator
 from streamnb.engine.state import KeyedState, key_hashes
 from tests.definitions.test_aggregates import assert_same, engine, expected, frames
 
-pytestmark = pytest.mark.usefixtures("state_modes")  # both state representations
+pytestmark = pytest.mark.usefixtures("state_stores")  # every state representation
 
 PAIRED = [  # every aggregate whose partials combine element-wise
     pl.len().alias("n"),
