@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +138,10 @@ class Workers:
         guarantee: str,
         job: str = JOB,
         env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.job = tmp / "job.py"
+        self.args = list(args)  # more `streamnb run` arguments for every worker
         self.job.write_text(job)
         self.tmp, self.out, self.guarantee = tmp, out, guarantee
         self.group = f"eos-{topic}"
@@ -166,6 +168,7 @@ class Workers:
                 str(self.tmp / state_dir),
                 "--checkpoint-interval",
                 "300ms",
+                *self.args,
                 *extra,
             ],
             env=self.env,
@@ -325,14 +328,17 @@ stream = (
 """
 
 
+@pytest.mark.parametrize("state", ["memory", "disk"])
 def test_kill_9_three_times_exactly_once_with_incremental_checkpoints(
-    tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
+    tmp_path: Path, bootstrap: str, make_topic: Callable[..., str], state: str
 ) -> None:
     """A running aggregate over 3 000 keys checkpoints deltas (the keys changed since the
     snapshot before) over a base; killed three times, its upserts must still count each
-    record once: per key, ``n`` only grows, and the last row is the whole input's."""
+    record once: per key, ``n`` only grows, and the last row is the whole input's. With
+    ``--state disk`` its rows are in files under ``--state-dir`` (a killed worker's files are
+    replaced by its successor's, restored from the changelog; none are left at the end)."""
     topic, out = make_topic(PARTITIONS), make_topic(1)
-    w = Workers(tmp_path, bootstrap, topic, out, "exactly_once", RUNNING)
+    w = Workers(tmp_path, bootstrap, topic, out, "exactly_once", RUNNING, args=["--state", state])
     try:
         i = pl.int_range(0, 45_000, eager=True)
         keys = pl.Series([f"key-{x}" for x in (i * 7919 % 3000).to_list()])
@@ -342,6 +348,8 @@ def test_kill_9_three_times_exactly_once_with_incremental_checkpoints(
         feeder = Feeder(bootstrap, topic, data, rate=3_000).start()
         kill_9_three_times(w)
         feeder.wait()
+        files = list((tmp_path / "state").rglob("records"))  # the running worker's state
+        assert bool(files) == (state == "disk"), files
         want = data.group_by("k").agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
         got: list[tuple[Any, ...]] = []
         deadline = time.monotonic() + 120
@@ -358,6 +366,7 @@ def test_kill_9_three_times_exactly_once_with_incremental_checkpoints(
             assert n > seen.get(k, 0), f"{k}: n went from {seen.get(k)} to {n}\n{w.logs()}"
             seen[k] = n
         assert [p.returncode for p in w.procs] == [-signal.SIGKILL] * 3 + [0], w.logs()
+        assert not list((tmp_path / "state").rglob("records")), "state files left behind"
     finally:
         w.stop_all()
 
