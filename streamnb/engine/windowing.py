@@ -158,6 +158,11 @@ class WindowOperator(WindowOperatorBase):
         if self.by and worth_keying(frame.height, batch):  # without keys: a row per window
             self._key(frame)
 
+    def _large(self, batch: int) -> bool:
+        """Whether the frames held (their rows: at most the groups held) may be worth keying
+        for batches of ``batch`` groups: then they are compacted to find out."""
+        return bool(self.by) and worth_keying(sum(f.height for f in self.frames), batch)
+
     def _key(self, frame: pl.DataFrame | None) -> None:
         """Move the partials ``frame`` of all open windows into a keyed state per window."""
         self.frames, self.stores = [], {}
@@ -209,7 +214,9 @@ class WindowOperator(WindowOperatorBase):
                 current = self._fold(partial, self.stores)
             else:
                 self.frames.append(partial)
-                if self.emit == "update":
+                if self.emit == "final" and self._large(partial.height):
+                    self._hold(self._compact(), partial.height)
+                elif self.emit == "update":
                     whole = self._compact()
                     current = whole.join(
                         partial.select(self.groups), on=self.groups, how="semi", nulls_equal=True
