@@ -6,8 +6,10 @@ Windows close at the end of a batch once ``W ≥ window_end + grace``: since a r
 ever added to windows open at its own moment, closing later than record-at-a-time processing
 would change nothing in the emitted rows (docs/semantics.md §3).
 
-State is columnar: a short list of partial-aggregate frames keyed by (window start, keys),
-compacted from time to time, so no per-record or per-window Python runs on the hot path.
+State is columnar: while small, a short list of partial-aggregate frames keyed by (window
+start, keys), compacted from time to time; once large, a keyed state per open window, so that a
+batch costs O(batch) and a window's close O(its groups). No per-record Python runs on the hot
+path, and per-window Python only for the few windows a batch touches or closes.
 """
 
 from __future__ import annotations
@@ -111,10 +113,11 @@ class WindowOperator(WindowOperatorBase):
     """Tumbling (``every == size``) and hopping windows.
 
     While the state is small, the partials of all open windows are a short list of frames,
-    merged by a group_by (every batch with ``emit="update"``, every :data:`_COMPACT_AFTER`
-    batches with ``emit="final"``) and filtered when windows close: O(state) per batch, the
-    fastest while the state is small. Once it holds many more (window, key) groups than a
-    batch brings (:func:`~streamnb.engine.state.worth_keying`), each open window gets a
+    merged by a group_by (every batch with ``emit="update"``; with ``emit="final"``, every
+    :data:`_COMPACT_AFTER` batches or once the frames hold enough rows to be worth keying) and
+    filtered when windows close: O(state) per batch, the fastest while the state is small.
+    Once it holds many more (window, key) groups than a batch brings
+    (:func:`~streamnb.engine.state.worth_keying`), each open window gets a
     :class:`~streamnb.engine.state.KeyedState` of its keys: a batch looks up and updates only
     its own groups, and a window closes by dropping its own state, whatever the other windows
     hold.
@@ -176,9 +179,7 @@ class WindowOperator(WindowOperatorBase):
     def _rows(start: int, store: KeyedState) -> pl.DataFrame | None:
         """A window's partials from its keyed state, with its start (None: none)."""
         frame = store.frame()
-        if frame is None:
-            return None
-        return frame.select(pl.lit(start, dtype=pl.Int64).alias(WINDOW_START), pl.all())
+        return None if frame is None else _started(frame, start)
 
     def process(self, delta: Delta) -> Delta:
         stamped = self._stamp(delta.rows)
@@ -242,9 +243,7 @@ class WindowOperator(WindowOperatorBase):
             else:
                 rows, _ = fold(store, part, self.by, self.agg)
             if self.emit == "update":
-                changed.append(
-                    rows.select(pl.lit(start, dtype=pl.Int64).alias(WINDOW_START), pl.all())
-                )
+                changed.append(_started(rows, start))
         return pl.concat(changed, how="vertical_relaxed") if changed else None
 
     def _open_windows(self) -> pl.Expr:
@@ -331,3 +330,8 @@ class WindowOperator(WindowOperatorBase):
     def settle(self) -> None:
         for store in (self.stores or {}).values():
             store.settle()
+
+
+def _started(frame: pl.DataFrame, start: int) -> pl.DataFrame:
+    """A window's partials (by key) with its start as the first column, as in the frames."""
+    return frame.select(pl.lit(start, dtype=pl.Int64).alias(WINDOW_START), pl.all())
