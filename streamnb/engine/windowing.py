@@ -98,24 +98,27 @@ class WindowOperatorBase(Operator):
         if late.any():
             self.ctx.late.add(visible(stamped.filter(late)))
 
-    def _output(self, combined: pl.DataFrame, end: pl.Expr) -> pl.DataFrame:
-        """Final rows: window_start, window_end, keys, aggregates; in closing order."""
+    def _output(
+        self, combined: pl.DataFrame, end: pl.Expr, order: Sequence[str] | None = None
+    ) -> pl.DataFrame:
+        """Final rows: window_start, window_end, keys, aggregates; in closing order (or by
+        ``order``: one window's rows by key, a sort of one column instead of three)."""
         out = combined.select(
             self.et.to_dtype(pl.col(WINDOW_START)).alias("window_start"),
             self.et.to_dtype(end).alias("window_end"),
             *self.by,
             *self.agg.final_exprs(),
         )
-        return out.sort(["window_end", "window_start", *self.by])
+        return out.sort(order or ["window_end", "window_start", *self.by])
 
 
 class WindowOperator(WindowOperatorBase):
     """Tumbling (``every == size``) and hopping windows.
 
     While the state is small, the partials of all open windows are a short list of frames,
-    merged by a group_by (every batch with ``emit="update"``; with ``emit="final"``, every
-    :data:`_COMPACT_AFTER` batches or once the frames hold enough rows to be worth keying) and
-    filtered when windows close: O(state) per batch, the fastest while the state is small.
+    merged by a group_by (every batch with ``emit="update"``, every :data:`_COMPACT_AFTER`
+    batches with ``emit="final"``) and filtered when windows close: O(state) per batch, the
+    fastest while the state is small.
     Once it holds many more (window, key) groups than a batch brings
     (:func:`~streamnb.engine.state.worth_keying`), each open window gets a
     :class:`~streamnb.engine.state.KeyedState` of its keys: a batch looks up and updates only
@@ -160,11 +163,6 @@ class WindowOperator(WindowOperatorBase):
         self.min_start = low if isinstance(low, int) else None
         if self.by and worth_keying(frame.height, batch):  # without keys: a row per window
             self._key(frame)
-
-    def _large(self, batch: int) -> bool:
-        """Whether the frames held (their rows: at most the groups held) may be worth keying
-        for batches of ``batch`` groups: then they are compacted to find out."""
-        return bool(self.by) and worth_keying(sum(f.height for f in self.frames), batch)
 
     def _key(self, frame: pl.DataFrame | None) -> None:
         """Move the partials ``frame`` of all open windows into a keyed state per window."""
@@ -215,9 +213,7 @@ class WindowOperator(WindowOperatorBase):
                 current = self._fold(partial, self.stores)
             else:
                 self.frames.append(partial)
-                if self.emit == "final" and self._large(partial.height):
-                    self._hold(self._compact(), partial.height)
-                elif self.emit == "update":
+                if self.emit == "update":
                     whole = self._compact()
                     current = whole.join(
                         partial.select(self.groups), on=self.groups, how="semi", nulls_equal=True
@@ -273,12 +269,11 @@ class WindowOperator(WindowOperatorBase):
             self.min_start is not None and self.min_start + self.size + self.grace <= watermark
         )
         if closing and self.stores is not None:
-            gone = [s for s in self.stores if s + self.size + self.grace <= watermark]
+            gone = sorted(s for s in self.stores if s + self.size + self.grace <= watermark)
             closed = [self._rows(start, self.stores.pop(start)) for start in gone]
             self.min_start = min(self.stores, default=None)
-            held = [f for f in closed if f is not None]
-            if self.emit == "final" and held:
-                out.append(self._output(pl.concat(held, how="vertical_relaxed"), end))
+            if self.emit == "final":  # in closing order: by window, then by key
+                out += [self._output(f, end, self.by) for f in closed if f is not None]
         elif closing:
             state = self._compact()
             closes = pl.col(WINDOW_START) + self.size + self.grace <= watermark
@@ -290,7 +285,7 @@ class WindowOperator(WindowOperatorBase):
                 self._hold(rest, batch)
         elif len(self.frames) > _COMPACT_AFTER:
             self._hold(self._compact(), batch)
-        return Delta(pl.concat(out) if out else self.schema.to_frame())
+        return Delta(pl.concat(out, how="vertical_relaxed") if out else self.schema.to_frame())
 
     def _compact(self) -> pl.DataFrame:
         if len(self.frames) == 1:

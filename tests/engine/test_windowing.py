@@ -91,7 +91,7 @@ def run(
     return pl.concat(out, how="diagonal_relaxed"), keyed
 
 
-SPECS = [sn.Tumbling("500ms"), sn.Hopping("600ms", "200ms")]
+SPECS = [sn.Tumbling("800ms"), sn.Hopping("800ms", "200ms")]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=["tumbling", "hopping"])
@@ -100,7 +100,7 @@ SPECS = [sn.Tumbling("500ms"), sn.Hopping("600ms", "200ms")]
 def test_keyed_windows_emit_what_the_small_state_emits(
     spec: sn.windows.WindowSpec, emit: str, batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    df = records(n=700 if batch == 1 else 3_000)
+    df = records(n=1_000 if batch == 1 else 3_000)
     with monkeypatch.context() as small:
         never_keyed(small)
         want, was_keyed = run(spec, emit, df, batch)
@@ -142,7 +142,9 @@ def test_closing_a_window_leaves_the_other_windows_state_untouched() -> None:
     )
     out: list[pl.DataFrame] = []
     pipe, op = pipeline(stream, out)
-    pipe.push(pipe.sources[0], pl.concat([first, second.head(1_500)]))
+    both = pl.concat([first, second.head(1_500)])
+    for start in range(0, both.height, 100):  # more batches than the small state compacts after
+        pipe.push(pipe.sources[0], both.slice(start, 100))
     assert op.stores is not None and sorted(op.stores) == [0, 1_000]
     later = op.stores[1_000]
     held = later.frame()
