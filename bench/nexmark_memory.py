@@ -242,7 +242,9 @@ def _state_frames(op: object) -> tuple[list[pl.DataFrame], list[str], Aggregatio
     from streamnb.engine.windowing import WindowOperator
 
     if isinstance(op, WindowOperator):
-        return list(op.frames), list(op.groups), op.agg
+        if op.stores is None:
+            return list(op.frames), list(op.groups), op.agg
+        return ([op.state] if op.state is not None else []), list(op.groups), op.agg
     if isinstance(op, SessionOperator):
         return ([op.state] if op.state is not None else []), [*op.by, S], op.agg
     return None

@@ -67,6 +67,39 @@ class EventTimeOperator(Operator):
         return Delta(rows, delta.deletes)
 
 
+def fold(
+    store: KeyedState, partial: pl.DataFrame, keys: Sequence[str], agg: Aggregation
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Fold one batch's partials (unique ``keys``) into ``store``: the changed groups'
+    partials, and the found groups' partials before the batch. O(batch)."""
+    keys = list(keys)
+    key_frame = partial.select(keys)
+    hashes = key_hashes(key_frame, keys)
+    found = store.lookup(key_frame, hashes)
+    columns = [c for c in partial.columns if c not in keys]
+    new = np.ones(partial.height, dtype=bool)
+    new[found.index] = False
+    hit = partial[found.index]
+    combined = hit.select(columns)
+    if hit.height:
+        pair = agg.pair_exprs()
+        if pair is not None:  # the state's row and the batch's, side by side
+            later = hit.select(pl.col(c).alias(c + LATER) for c in columns)
+            combined = found.rows.select(columns).hstack(later).select(pair)
+        else:
+            slot = pl.int_range(hit.height, dtype=pl.Int64).alias(SLOT)
+            both = pl.concat(
+                [found.rows.with_columns(slot), hit.with_columns(slot)],
+                how="vertical_relaxed",
+            )
+            combined = agg.combine(both, [SLOT]).sort(SLOT).select(columns)
+        store.update(found, combined, columns)
+    fresh = partial.filter(pl.Series(new))
+    store.insert(fresh, hashes[new])
+    changed = pl.concat([hit.select(keys).hstack(combined), fresh], how="vertical_relaxed")
+    return changed, found.rows
+
+
 class GroupByOperator(Operator, Versioned):
     """A running aggregate: one live row per key, emitted as an upsert when it changes.
 
@@ -126,34 +159,8 @@ class GroupByOperator(Operator, Versioned):
         return Delta(out.sort(self.keys, multithreaded=False))  # faster at a batch's size
 
     def _update(self, partial: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """Fold one batch's partials into the keyed state: the changed groups' partials, and
-        the found groups' partials before the batch."""
         assert self.store is not None
-        keys = partial.select(self.keys)
-        hashes = key_hashes(keys, self.keys)
-        found = self.store.lookup(keys, hashes)
-        columns = [c for c in partial.columns if c not in self.keys]
-        new = np.ones(partial.height, dtype=bool)
-        new[found.index] = False
-        hit = partial[found.index]
-        combined = hit.select(columns)
-        if hit.height:
-            pair = self.agg.pair_exprs()
-            if pair is not None:  # the state's row and the batch's, side by side
-                later = hit.select(pl.col(c).alias(c + LATER) for c in columns)
-                combined = found.rows.select(columns).hstack(later).select(pair)
-            else:
-                slot = pl.int_range(hit.height, dtype=pl.Int64).alias(SLOT)
-                both = pl.concat(
-                    [found.rows.with_columns(slot), hit.with_columns(slot)],
-                    how="vertical_relaxed",
-                )
-                combined = self.agg.combine(both, [SLOT]).sort(SLOT).select(columns)
-            self.store.update(found, combined, columns)
-        fresh = partial.filter(pl.Series(new))
-        self.store.insert(fresh, hashes[new])
-        changed = pl.concat([hit.select(self.keys).hstack(combined), fresh], how="vertical_relaxed")
-        return changed, found.rows
+        return fold(self.store, partial, self.keys, self.agg)
 
     def _update_whole(self, partial: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
         """:meth:`_update` for a small state, one frame re-grouped with each batch."""

@@ -6,15 +6,17 @@ Windows close at the end of a batch once ``W ≥ window_end + grace``: since a r
 ever added to windows open at its own moment, closing later than record-at-a-time processing
 would change nothing in the emitted rows (docs/semantics.md §3).
 
-State is columnar: a short list of partial-aggregate frames keyed by (window start, keys),
-compacted from time to time, so no per-record or per-window Python runs on the hot path.
+State is columnar: while small, a short list of partial-aggregate frames keyed by (window
+start, keys), compacted from time to time; once large, a keyed state per open window, so that a
+batch costs O(batch) and a window's close O(its groups). No per-record Python runs on the hot
+path, and per-window Python only for the few windows a batch touches or closes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import polars as pl
 
@@ -33,6 +35,8 @@ from streamnb.definitions.aggregates import Aggregation
 from streamnb.definitions.eventtime import EventTime
 from streamnb.engine.core import POS_INF, Context, Delta, Operator
 from streamnb.engine.eventtime import WatermarkTracker, split_valid
+from streamnb.engine.operators import fold
+from streamnb.engine.state import KeyedState, key_hashes, worth_keying
 from streamnb.types import Emit
 
 _COMPACT_AFTER = 16
@@ -94,25 +98,35 @@ class WindowOperatorBase(Operator):
         if late.any():
             self.ctx.late.add(visible(stamped.filter(late)))
 
-    def _output(self, combined: pl.DataFrame, end: pl.Expr) -> pl.DataFrame:
-        """Final rows: window_start, window_end, keys, aggregates; in closing order."""
+    def _output(
+        self, combined: pl.DataFrame, end: pl.Expr, order: Sequence[str] | None = None
+    ) -> pl.DataFrame:
+        """Final rows: window_start, window_end, keys, aggregates; in closing order (or by
+        ``order``: one window's rows by key, a sort of one column instead of three)."""
         out = combined.select(
             self.et.to_dtype(pl.col(WINDOW_START)).alias("window_start"),
             self.et.to_dtype(end).alias("window_end"),
             *self.by,
             *self.agg.final_exprs(),
         )
-        return out.sort(["window_end", "window_start", *self.by])
+        return out.sort(order or ["window_end", "window_start", *self.by])
 
 
 class WindowOperator(WindowOperatorBase):
-    """Tumbling (``every == size``) and hopping windows."""
+    """Tumbling (``every == size``) and hopping windows.
 
-    state_fields: ClassVar[tuple[str, ...]] = (
-        *WindowOperatorBase.state_fields,
-        "frames",
-        "min_start",
-    )
+    While the state is small, the partials of all open windows are a short list of frames,
+    merged by a group_by (every batch with ``emit="update"``, every :data:`_COMPACT_AFTER`
+    batches with ``emit="final"``) and filtered when windows close: O(state) per batch, the
+    fastest while the state is small.
+    Once it holds many more (window, key) groups than a batch brings
+    (:func:`~streamnb.engine.state.worth_keying`), each open window gets a
+    :class:`~streamnb.engine.state.KeyedState` of its keys: a batch looks up and updates only
+    its own groups, and a window closes by dropping its own state, whatever the other windows
+    hold.
+    """
+
+    state_fields: ClassVar[tuple[str, ...]] = (*WindowOperatorBase.state_fields, "state")
 
     def __init__(self, *, size_ms: int, every_ms: int, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
@@ -121,13 +135,60 @@ class WindowOperator(WindowOperatorBase):
         self.per_record = -(-self.size // self.every)  # windows a record can belong to
         self.pane = math.gcd(self.size, self.every)  # windows are unions of whole panes
         self.groups = [WINDOW_START, *self.by]
-        self.frames: list[pl.DataFrame] = []
+        self.frames: list[pl.DataFrame] = []  # while small: partials of all open windows
+        self.stores: dict[int, KeyedState] | None = None  # once large: per window start
         self.min_start: int | None = None
+
+    @property
+    def state(self) -> pl.DataFrame | None:
+        """The partials of every open window, one row per (window, key): what a checkpoint
+        saves."""
+        if self.stores is not None:
+            frames = [self._rows(start, store) for start, store in self.stores.items()]
+            held = [f for f in frames if f is not None]
+            return pl.concat(held, how="vertical_relaxed") if held else None
+        return self._compact() if self.frames else None
+
+    @state.setter
+    def state(self, frame: pl.DataFrame | None) -> None:
+        self.frames, self.stores, self.min_start = [], None, None
+        if frame is not None and frame.height:
+            self._hold(frame, 0)
+
+    def _hold(self, frame: pl.DataFrame, batch: int) -> None:
+        """Hold ``frame`` (compacted partials of all open windows) as the whole state: one
+        frame, or a keyed state per window once that pays for batches of ``batch`` groups."""
+        self.frames = [frame] if frame.height else []
+        low = frame.get_column(WINDOW_START).min()
+        self.min_start = low if isinstance(low, int) else None
+        if self.emit == "update":
+            # a small state costs two passes per batch here (the merge and the changed rows),
+            # so keying pays from about the batch's size, a quarter of what a running
+            # aggregate needs (bench/keyed_windows.py, 100 K keys in batches of 50 K: 2.3
+            # CPU-s keyed, 4.0 small; with emit="final" the small state stays faster)
+            batch //= 4
+        if self.by and worth_keying(frame.height, batch):  # without keys: a row per window
+            self._key(frame)
+
+    def _key(self, frame: pl.DataFrame | None) -> None:
+        """Move the partials ``frame`` of all open windows into a keyed state per window."""
+        self.frames, self.stores = [], {}
+        if frame is not None and frame.height:
+            windows = frame.partition_by(WINDOW_START, as_dict=True, include_key=False)
+            for (start,), part in windows.items():
+                assert isinstance(start, int)
+                self.stores[start] = KeyedState.of(part, self.by)
+
+    @staticmethod
+    def _rows(start: int, store: KeyedState) -> pl.DataFrame | None:
+        """A window's partials from its keyed state, with its start (None: none)."""
+        frame = store.frame()
+        return None if frame is None else _started(frame, start)
 
     def process(self, delta: Delta) -> Delta:
         stamped = self._stamp(delta.rows)
         if stamped.height == 0:  # the watermark may still have moved (marker rows)
-            return self._advance(self.watermark, None)
+            return self._advance(self.watermark, None, 0)
         stamped = stamped.with_columns(self._open_windows().alias(OPEN))
         late = stamped.get_column(OPEN) == 0
         self._late(stamped, late)
@@ -149,15 +210,43 @@ class WindowOperator(WindowOperatorBase):
                 (last_start - pl.int_ranges(0, pl.col(OPEN)) * self.every).alias(WINDOW_START)
             ).explode(WINDOW_START)
             partial = self.agg.combine(spread.drop(PANE, OPEN), self.groups)
+        current = None  # with emit="update": the changed groups' partials after the batch
         if partial is not None:
-            self.frames.append(partial)
             low = partial.get_column(WINDOW_START).min()
             assert isinstance(low, int)
             self.min_start = low if self.min_start is None else min(self.min_start, low)
-        changed = None
-        if self.emit == "update" and partial is not None:
-            changed = partial.select(self.groups)
-        return self._advance(self.watermark, changed)
+            if self.stores is not None:
+                current = self._fold(partial, self.stores)
+            else:
+                self.frames.append(partial)
+                if self.emit == "update":
+                    whole = self._compact()
+                    current = whole.join(
+                        partial.select(self.groups), on=self.groups, how="semi", nulls_equal=True
+                    )
+                    self._hold(whole, partial.height)
+        return self._advance(self.watermark, current, partial.height if partial is not None else 0)
+
+    def _fold(self, partial: pl.DataFrame, stores: dict[int, KeyedState]) -> pl.DataFrame | None:
+        """Fold a batch's partials into the keyed states of their windows; with
+        ``emit="update"``, the changed groups' partials after the batch."""
+        if partial.get_column(WINDOW_START).n_unique() == 1:
+            start = partial.item(0, WINDOW_START)
+            windows = {(start,): partial.drop(WINDOW_START)}
+        else:
+            windows = partial.partition_by(WINDOW_START, as_dict=True, include_key=False)
+        changed = []
+        for (start,), part in windows.items():
+            assert isinstance(start, int)
+            store = stores.get(start)
+            if store is None:  # a new window
+                stores[start] = KeyedState.of(part, self.by)
+                rows = part
+            else:
+                rows, _ = fold(store, part, self.by, self.agg)
+            if self.emit == "update":
+                changed.append(_started(rows, start))
+        return pl.concat(changed, how="vertical_relaxed") if changed else None
 
     def _open_windows(self) -> pl.Expr:
         """How many of a record's windows are open, newest first (0: the record is late).
@@ -173,32 +262,77 @@ class WindowOperator(WindowOperatorBase):
         return pl.when(room > 0).then(open_).otherwise(0)
 
     def finish(self) -> Delta | None:
-        return self._advance(POS_INF, None)
+        return self._advance(POS_INF, None, 0)
 
-    def _advance(self, watermark: int, changed: pl.DataFrame | None) -> Delta:
-        """Emit updates and/or windows that closed at ``watermark``; forget closed ones."""
+    def _advance(self, watermark: int, current: pl.DataFrame | None, batch: int) -> Delta:
+        """Emit the updated groups (``current``) and/or the windows that closed at
+        ``watermark``; forget closed ones. ``batch``: the batch's number of groups."""
+        end = pl.col(WINDOW_START) + self.size
         out: list[pl.DataFrame] = []
-        if changed is not None and changed.height:
-            self.frames = [self._compact()]
-            current = self.frames[0].join(changed, on=self.groups, how="semi", nulls_equal=True)
-            out.append(self._output(current, pl.col(WINDOW_START) + self.size))
+        if current is not None and current.height:
+            out.append(self._output(current, end))
         closing = (
             self.min_start is not None and self.min_start + self.size + self.grace <= watermark
         )
-        if closing:
+        if closing and self.stores is not None:
+            gone = sorted(s for s in self.stores if s + self.size + self.grace <= watermark)
+            closed = [self._rows(start, self.stores.pop(start)) for start in gone]
+            self.min_start = min(self.stores, default=None)
+            if self.emit == "final":  # in closing order: by window, then by key
+                out += [self._output(f, end, self.by) for f in closed if f is not None]
+        elif closing:
             state = self._compact()
             closes = pl.col(WINDOW_START) + self.size + self.grace <= watermark
             if self.emit == "final":
-                out.append(self._output(state.filter(closes), pl.col(WINDOW_START) + self.size))
+                out.append(self._output(state.filter(closes), end))
+            self.frames, self.min_start = [], None
             rest = state.filter(~closes)
-            self.frames = [rest] if rest.height else []
-            low = rest.get_column(WINDOW_START).min() if rest.height else None
-            self.min_start = low if isinstance(low, int) else None
+            if rest.height:
+                self._hold(rest, batch)
         elif len(self.frames) > _COMPACT_AFTER:
-            self.frames = [self._compact()]
-        return Delta(pl.concat(out) if out else self.schema.to_frame())
+            self._hold(self._compact(), batch)
+        return Delta(pl.concat(out, how="vertical_relaxed") if out else self.schema.to_frame())
 
     def _compact(self) -> pl.DataFrame:
         if len(self.frames) == 1:
             return self.frames[0]
-        return self.agg.combine(pl.concat(self.frames), self.groups)
+        return self.agg.combine(pl.concat(self.frames, how="vertical_relaxed"), self.groups)
+
+    # -- incremental checkpoints (while keyed) -----------------------------------------------------
+    def changes(self) -> Any:
+        """The groups changed since the last checkpoint, per window (while keyed; a small
+        state is saved whole). Closed windows need no tombstones: a restore drops every
+        window that the restored watermark has closed."""
+        if self.stores is None:
+            return None
+        windows = {start: store.changes()[0] for start, store in self.stores.items()}
+        return {
+            "tracker": self.tracker.snapshot(),
+            "seq": self.seq,
+            "windows": {start: rows for start, rows in windows.items() if rows is not None},
+        }
+
+    def apply_changes(self, changes: Any) -> None:
+        self.tracker.restore(changes["tracker"])
+        self.seq = changes["seq"]
+        if self.stores is None:  # the base was small
+            self._key(self.state)
+        assert self.stores is not None
+        for start in [s for s in self.stores if s + self.size + self.grace <= self.watermark]:
+            del self.stores[start]
+        for start, rows in changes["windows"].items():
+            store = self.stores.get(start)
+            if store is None:
+                self.stores[start] = KeyedState.of(rows, self.by)
+            else:
+                store.upsert(rows, key_hashes(rows, self.by))
+        self.min_start = min(self.stores, default=None)
+
+    def settle(self) -> None:
+        for store in (self.stores or {}).values():
+            store.settle()
+
+
+def _started(frame: pl.DataFrame, start: int) -> pl.DataFrame:
+    """A window's partials (by key) with its start as the first column, as in the frames."""
+    return frame.select(pl.lit(start, dtype=pl.Int64).alias(WINDOW_START), pl.all())
