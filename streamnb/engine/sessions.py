@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 
 from streamnb.columns import (
     COMPONENT,
+    HIT,
     ROW,
     RUN,
     SEQ,
@@ -26,38 +28,67 @@ from streamnb.columns import (
     SUSPECT,
     TIME,
     TOUCHED,
-    WAS_TOUCHED,
     WATERMARK,
     WINDOW_START,
 )
 from streamnb.engine.core import POS_INF, Delta
+from streamnb.engine.index import HashRuns
+from streamnb.engine.state import key_hashes
 from streamnb.engine.windowing import WindowOperatorBase
 
 
 class SessionOperator(WindowOperatorBase):
-    """Per-key sessions with inactivity gap ``gap_ms``."""
+    """Per-key sessions with inactivity gap ``gap_ms``.
+
+    Open sessions are rows of a :class:`~streamnb.engine.index.HashRuns`, under the hash of
+    their keys and expiring at their closing time (``m + gap + grace``): a run of records
+    reads and rewrites only its own keys' sessions, and closing takes only the sessions due,
+    so a batch costs O(batch · log state), not O(state).
+    """
 
     state_fields: ClassVar[tuple[str, ...]] = (*WindowOperatorBase.state_fields, "state")
 
     def __init__(self, *, gap_ms: int, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.gap = gap_ms * self.et.per_ms
-        self.state: pl.DataFrame | None = None  # open sessions
+        self.sessions = HashRuns(pl.DataFrame())  # open sessions
+        self.replaced: list[pl.DataFrame] = []  # this batch: earlier sessions merged away
+
+    @property
+    def state(self) -> pl.DataFrame | None:
+        """The open sessions (what a checkpoint saves)."""
+        return self.sessions.frame() if len(self.sessions) else None
+
+    @state.setter
+    def state(self, frame: pl.DataFrame | None) -> None:
+        self.sessions = HashRuns(pl.DataFrame())
+        if frame is not None and frame.height:
+            frame = frame.drop(TOUCHED, strict=False)
+            self.sessions.add(frame, self._hashes(frame), self._closing(frame))
+
+    def _hashes(self, frame: pl.DataFrame) -> np.ndarray:
+        if not self.by:
+            return np.zeros(frame.height, dtype=np.uint64)
+        return key_hashes(frame, self.by)
+
+    def _closing(self, sessions: pl.DataFrame) -> np.ndarray:
+        """When each session closes: once the watermark reaches ``m + gap + grace``."""
+        return (sessions.get_column(SESSION_END).to_numpy() + (self.gap + self.grace)).astype(
+            np.int64
+        )
 
     def process(self, delta: Delta) -> Delta:
         stamped = self._stamp(delta.rows)
         if stamped.height == 0:  # the watermark may still have moved (marker rows)
             closed = self._close(self.watermark)
             return Delta(pl.concat(closed) if closed else self.schema.to_frame())
-        before = (
-            self._keys(self.state) if self.emit == "update" and self.state is not None else None
-        )
-        if self.state is not None and self.emit == "update":
-            self.state = self.state.with_columns(pl.lit(False).alias(TOUCHED))
+        had_sessions = len(self.sessions) > 0
+        mark = self.sessions.mark()
+        self.replaced = []
         suspect = (pl.col(TIME) + self.grace < pl.col(WATERMARK)).alias(SUSPECT)
         flags = stamped.select(suspect).to_series()
         if not flags.any():
-            self._merge(stamped, suspect=False)
+            self._merge(stamped, suspect=False, mark=mark)
         else:
             # Runs of ordinary records, each suspect a run of its own, in arrival order.
             run = (flags | flags.shift(1, fill_value=False)).cum_sum()
@@ -65,47 +96,47 @@ class SessionOperator(WindowOperatorBase):
                 RUN, maintain_order=True, include_key=False
             ):
                 lone = part.height == 1 and part[TIME][0] + self.grace < part[WATERMARK][0]
-                self._merge(part, suspect=lone)
+                self._merge(part, suspect=lone, mark=mark)
         out: list[pl.DataFrame] = []
         deletes = None
-        if self.emit == "update" and self.state is not None:
-            touched = self.state.filter(pl.col(TOUCHED))
+        if self.emit == "update" and len(self.sessions):
+            touched = self.sessions.since(mark)
             out.append(self._output(touched, pl.col(SESSION_END) + self.gap))
-            if before is not None:
-                gone = before.join(
-                    self._keys(self.state), on=list(before.columns), how="anti", nulls_equal=True
+            if had_sessions:
+                before = pl.concat(self.replaced) if self.replaced else None
+                gone = self._keys(before if before is not None else touched.clear()).join(
+                    self._keys(touched),
+                    on=[*self.by, WINDOW_START, SESSION_END],
+                    how="anti",
+                    nulls_equal=True,
                 )
                 deletes = self._key_output(gone)
+        self.replaced = []
         out.extend(self._close(self.watermark))
+        self.sessions.compact()
         return Delta(pl.concat(out) if out else self.schema.to_frame(), deletes)
 
     def finish(self) -> Delta | None:
         closed = self._close(POS_INF)
         return Delta(pl.concat(closed) if closed else self.schema.to_frame())
 
-    def _merge(self, records: pl.DataFrame, *, suspect: bool) -> None:
+    def _merge(self, records: pl.DataFrame, *, suspect: bool, mark: int) -> None:
         """Add a run of records (or one suspect) to the sessions open before its first record.
 
-        Sessions that closed before the run are set aside: nothing in the run can link to
+        Sessions that closed before the run are left alone: nothing in the run can link to
         them, but they may lie within ``gap`` of sessions opened since (closing is deferred
         to the end of the batch), and must not be chained to those.
         """
         groups = self.by
         watermark = records[WATERMARK][0]
-        keys = records.select(groups).unique() if groups else None
-        state = self.state
-        if state is None:
-            affected, rest = None, None
-        elif keys is not None:
-            affected = state.join(keys, on=groups, how="semi", nulls_equal=True)
-            rest = state.join(keys, on=groups, how="anti", nulls_equal=True)
-        else:
-            affected, rest = state, None
-        if affected is not None:
-            is_open = pl.col(SESSION_END) + self.gap + self.grace > watermark
-            closed = affected.filter(~is_open)
-            affected = affected.filter(is_open)
-            rest = closed if rest is None else pl.concat([rest, closed])
+        affected, hits = None, None
+        if len(self.sessions):
+            keys = records.select(groups).unique() if groups else records.head(1)
+            hits = self.sessions.find(self._hashes(keys))
+            affected = hits.rows.with_row_index(HIT)
+            if groups:  # the keys themselves, not only their hash
+                affected = affected.join(keys, on=groups, how="semi", nulls_equal=True)
+            affected = affected.filter(pl.col(SESSION_END) + self.gap + self.grace > watermark)
         intervals = [
             records.select(
                 *groups,
@@ -149,46 +180,39 @@ class SessionOperator(WindowOperatorBase):
                 on=COMPONENT,
             )
         ]
-        if affected is not None and affected.height:
+        if hits is not None and affected is not None and affected.height:
+            # the sessions that records link to are replaced; the others stay as they are
             session_comp = links.filter(pl.col(ROW).is_null()).select(
                 *groups, WINDOW_START, COMPONENT
             )
-            parts.append(
-                affected.join(session_comp, on=[*groups, WINDOW_START], nulls_equal=True).drop(
-                    TOUCHED, strict=False
-                )
-            )
+            touched_comps = record_comp.get_column(COMPONENT).unique().implode()
+            linked = affected.join(
+                session_comp, on=[*groups, WINDOW_START], nulls_equal=True
+            ).filter(pl.col(COMPONENT).is_in(touched_comps))
+            index = linked.get_column(HIT).to_numpy()
+            if self.emit == "update":
+                older = hits.older(mark)[index]
+                self.replaced.append(self._keys(linked.filter(pl.Series(older))))
+            self.sessions.kill(hits, index)
+            parts.append(linked.drop(HIT))
         merged = pl.concat(parts, how="diagonal")
-        combined = self.agg.combine(merged, [COMPONENT, *groups]).join(
-            merged.group_by(COMPONENT).agg(pl.col(WINDOW_START).min(), pl.col(SESSION_END).max()),
-            on=COMPONENT,
-        )
-        touched_comps = record_comp.get_column(COMPONENT).unique().implode()
-        new_sessions = combined.with_columns(pl.col(COMPONENT).is_in(touched_comps).alias(TOUCHED))
-        if affected is not None and self.emit == "update":
-            # Untouched sessions keep the flag they had earlier in this batch.
-            earlier = affected.select(*groups, WINDOW_START, pl.col(TOUCHED).alias(WAS_TOUCHED))
-            new_sessions = (
-                new_sessions.join(earlier, on=[*groups, WINDOW_START], how="left", nulls_equal=True)
-                .with_columns(
-                    (pl.col(TOUCHED) | pl.col(WAS_TOUCHED).fill_null(False)).alias(TOUCHED)
-                )
-                .drop(WAS_TOUCHED)
+        new_sessions = (
+            self.agg.combine(merged, [COMPONENT, *groups])
+            .join(
+                merged.group_by(COMPONENT).agg(
+                    pl.col(WINDOW_START).min(), pl.col(SESSION_END).max()
+                ),
+                on=COMPONENT,
             )
-        new_sessions = new_sessions.drop(COMPONENT)
-        self.state = (
-            pl.concat([rest, new_sessions], how="diagonal")
-            if rest is not None and rest.height
-            else new_sessions
+            .drop(COMPONENT)
         )
+        self.sessions.add(new_sessions, self._hashes(new_sessions), self._closing(new_sessions))
 
     def _close(self, watermark: int) -> list[pl.DataFrame]:
-        if self.state is None:
+        if not len(self.sessions):
             return []
-        closes = pl.col(SESSION_END) + self.gap + self.grace <= watermark
-        closed = self.state.filter(closes)
-        self.state = self.state.filter(~closes)
-        if self.emit == "final" and closed.height:
+        closed = self.sessions.expire(watermark, take=self.emit == "final")
+        if self.emit == "final" and closed is not None and closed.height:
             return [self._output(closed, pl.col(SESSION_END) + self.gap)]
         return []
 
