@@ -152,9 +152,7 @@ class SessionOperator(WindowOperatorBase):
                 )
             )
         links = pl.concat(intervals).sort([*groups, WINDOW_START])
-        reach = pl.col(SESSION_END).cum_max().shift(1)
-        if groups:
-            reach = reach.over(groups)
+        reach = _reach(links, groups)
         links = links.with_columns(
             (reach.is_null() | (pl.col(WINDOW_START) >= reach + self.gap))
             .cum_sum()
@@ -225,3 +223,26 @@ class SessionOperator(WindowOperatorBase):
             self.et.to_dtype(pl.col(SESSION_END) + self.gap).alias("window_end"),
             *self.by,
         )
+
+
+def _reach(links: pl.DataFrame, groups: list[str]) -> pl.Expr:
+    """Per link (sorted by key, then start): the latest end among the key's links before it
+    (null for a key's first).
+
+    A cumulative max over each key (``over``) costs a hash of the keys per batch; on links
+    sorted by key, one cumulative max of ``end + key number · span`` (``span`` more than the
+    ends' range, so a key's values all exceed the keys' before) gives the same, when the
+    products fit in 62 bits."""
+    end = pl.col(SESSION_END)
+    if not groups:
+        return end.cum_max().shift(1)
+    low, high = links.get_column(SESSION_END).min(), links.get_column(SESSION_END).max()
+    if not isinstance(low, int) or not isinstance(high, int):
+        return end.cum_max().shift(1).over(groups)
+    span = high - low + 1
+    if span * (links.height + 1) >= 2**62:
+        return end.cum_max().shift(1).over(groups)
+    key = pl.struct(groups).rle_id().cast(pl.Int64)
+    offset = key * span - low
+    running = ((end + offset).cum_max() - offset).shift(1)
+    return pl.when(key == key.shift(1)).then(running)
