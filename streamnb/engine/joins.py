@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import numpy as np
 import polars as pl
 
 from streamnb.columns import (
@@ -42,8 +41,7 @@ from streamnb.columns import (
 from streamnb.definitions.eventtime import EventTime
 from streamnb.engine.core import POS_INF, Context, Delta, Operator
 from streamnb.engine.eventtime import WatermarkTracker, split_valid
-from streamnb.engine.index import HashRuns
-from streamnb.engine.state import KeyedTable, key_hashes, worth_keying
+from streamnb.engine.state import KeyedTable, worth_keying
 from streamnb.types import How
 
 
@@ -234,14 +232,7 @@ class TableTableJoin(Operator):
 
 
 class IntervalJoin(Operator):
-    """Stream–stream join of records whose event times differ by at most ``within``.
-
-    Each side's buffer is a :class:`~streamnb.engine.index.HashRuns` under the hash of the
-    join keys, expiring at ``time + within + grace``: a batch reads only its own keys'
-    partners, and eviction takes only the records due. Whether a left record has found a
-    partner is a flag per arrival number (``JOIN_SEQ``) in a numpy array, so marking matches
-    costs O(pairs), not O(buffer).
-    """
+    """Stream–stream join of records whose event times differ by at most ``within``."""
 
     state_fields: ClassVar[tuple[str, ...]] = ("tracker", "buffers", "seq")
 
@@ -261,61 +252,22 @@ class IntervalJoin(Operator):
         per_ms = times[0].per_ms
         self.within, self.grace = within_ms * per_ms, grace_ms * per_ms
         self.tracker = WatermarkTracker(max(t.delay for t in times), ctx.partitions, scope)
-        stamps = (pl.lit(None, pl.Int64).alias(JOIN_TIME), pl.lit(None, pl.Int64).alias(JOIN_SEQ))
-        self.held = [HashRuns(schema.to_frame().with_columns(*stamps)) for schema in schemas]
-        self.matched = np.zeros(0, dtype=bool)  # per JOIN_SEQ from matched_from: left matched
-        self.matched_from = 0
+        self.buffers = [
+            schemas[0]
+            .to_frame()
+            .with_columns(
+                pl.lit(None, pl.Int64).alias(JOIN_TIME),
+                pl.lit(None, pl.Int64).alias(JOIN_SEQ),
+                pl.lit(None, pl.Boolean).alias(MATCHED),
+            ),
+            schemas[1]
+            .to_frame()
+            .with_columns(
+                pl.lit(None, pl.Int64).alias(JOIN_TIME), pl.lit(None, pl.Int64).alias(JOIN_SEQ)
+            ),
+        ]
         self.empty_right = schemas[1].to_frame()
         self.seq = 0
-
-    @property
-    def buffers(self) -> list[pl.DataFrame]:
-        """Both sides' records held, the left ones with ``MATCHED`` (what a checkpoint saves)."""
-        left = self.held[0].frame()
-        flags = self._matched(left.get_column(JOIN_SEQ).to_numpy())
-        return [left.with_columns(pl.Series(MATCHED, flags)), self.held[1].frame()]
-
-    @buffers.setter
-    def buffers(self, frames: list[pl.DataFrame]) -> None:
-        left, right = frames
-        seqs = left.get_column(JOIN_SEQ).to_numpy()
-        self.matched_from = int(seqs.min()) if seqs.size else 0
-        self.matched = np.zeros(0, dtype=bool)
-        self._mark(seqs[left.get_column(MATCHED).fill_null(False).to_numpy()])
-        for held, frame in zip(self.held, (left.drop(MATCHED), right), strict=True):
-            held.runs = []
-            self._hold(held, frame)
-
-    def _hold(self, held: HashRuns, rows: pl.DataFrame) -> None:
-        expiry = rows.get_column(JOIN_TIME).to_numpy() + (self.within + self.grace)
-        held.add(rows, key_hashes(rows, self.on), expiry)
-
-    def _partners(self, side: int, rows: pl.DataFrame) -> pl.DataFrame:
-        """Side ``side``'s held records with the keys of ``rows`` (a null key joins nothing;
-        a hash collision brings a record the join then drops)."""
-        keys = rows.select(self.on).drop_nulls().unique()
-        if not keys.height or not len(self.held[side]):
-            return self.held[side].empty
-        return self.held[side].find(key_hashes(keys, self.on)).rows
-
-    def _mark(self, seqs: np.ndarray) -> None:
-        """Left records ``seqs`` have found a partner."""
-        if not seqs.size:
-            return
-        need = int(seqs.max()) + 1 - self.matched_from
-        if need > len(self.matched):
-            grown = np.zeros(max(need, 2 * len(self.matched), 1024), dtype=bool)
-            grown[: len(self.matched)] = self.matched
-            self.matched = grown
-        self.matched[seqs - self.matched_from] = True
-
-    def _matched(self, seqs: np.ndarray) -> np.ndarray:
-        """Whether left records ``seqs`` have found a partner."""
-        at = seqs - self.matched_from
-        inside = at < len(self.matched)
-        flags = np.zeros(seqs.size, dtype=bool)
-        flags[inside] = self.matched[at[inside]]
-        return flags
 
     def process_input(self, side: int, delta: Delta) -> Delta:
         et = self.times[side]
@@ -339,7 +291,7 @@ class IntervalJoin(Operator):
         if late.any():
             self.ctx.late.add(visible(rows.filter(late)))
         live = stamped.filter(~late).with_columns(wm.filter(~late).alias(WATERMARK))
-        other = self._partners(1 - side, live)
+        other = self.buffers[1 - side]
         # candidate pairs; the partner must still have been kept at the arriving record's moment
         if side == 0:
             pairs = live.join(self._as_right(other), on=self.on, how="inner", suffix="_right")
@@ -350,15 +302,42 @@ class IntervalJoin(Operator):
             ((pl.col(JOIN_TIME) - pl.col(JOIN_RIGHT_TIME)).abs() <= self.within)
             & (partner_time + self.within + self.grace > pl.col(WATERMARK))
         ).sort(JOIN_SEQ if side == 0 else JOIN_RIGHT_SEQ, JOIN_RIGHT_SEQ if side == 0 else JOIN_SEQ)
-        if self.how == "left":
-            self._mark(pairs.get_column(JOIN_SEQ).to_numpy())
-        self._hold(self.held[side], live.drop(WATERMARK))
-        out = [pairs.drop(JOIN_TIME, JOIN_SEQ, JOIN_RIGHT_TIME, JOIN_RIGHT_SEQ, WATERMARK)]
+        left_matched = pairs.get_column(JOIN_SEQ).unique().implode()
+        if side == 0:
+            self.buffers[0] = pl.concat(
+                [
+                    self.buffers[0],
+                    live.drop(WATERMARK).with_columns(
+                        pl.col(JOIN_SEQ).is_in(left_matched).alias(MATCHED)
+                    ),
+                ],
+                how="vertical_relaxed",
+            )
+        else:
+            self.buffers[0] = self.buffers[0].with_columns(
+                (pl.col(MATCHED) | pl.col(JOIN_SEQ).is_in(left_matched)).alias(MATCHED)
+            )
+            self.buffers[1] = pl.concat(
+                [self.buffers[1], live.drop(WATERMARK)], how="vertical_relaxed"
+            )
+        out = [
+            pairs.drop(
+                JOIN_TIME,
+                JOIN_SEQ,
+                JOIN_RIGHT_TIME,
+                JOIN_RIGHT_SEQ,
+                MATCHED,
+                WATERMARK,
+                strict=False,
+            )
+        ]
         out.extend(self._evict(self.tracker.current))
         return Delta(pl.concat(out, how="diagonal_relaxed") if len(out) > 1 else out[0])
 
     def _as_right(self, frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.rename({JOIN_TIME: JOIN_RIGHT_TIME, JOIN_SEQ: JOIN_RIGHT_SEQ})
+        return frame.drop(MATCHED, strict=False).rename(
+            {JOIN_TIME: JOIN_RIGHT_TIME, JOIN_SEQ: JOIN_RIGHT_SEQ}
+        )
 
     def process_merged(self, parts: list[tuple[int, Delta]]) -> Delta:
         """Both inputs' records of a merged batch at once, as one after the other in ``ORDER``:
@@ -413,12 +392,9 @@ class IntervalJoin(Operator):
             live.append(stamped.filter(~late))
         left, right = live
         keep = self.within + self.grace
-        before = pl.lit(-1, pl.Int64).alias(ORDER)
+        buffered = [b.with_columns(pl.lit(-1, pl.Int64).alias(ORDER)) for b in self.buffers]
         # left records arriving: right partners buffered, or earlier in the batch
-        pool = pl.concat(
-            [self._partners(1, left).with_columns(before), right.drop(WATERMARK)],
-            how="diagonal_relaxed",
-        )
+        pool = pl.concat([buffered[1], right.drop(WATERMARK)], how="diagonal_relaxed")
         by_left = left.join(
             self._as_right(pool).rename({ORDER: JOIN_RIGHT_ORDER}), on=self.on, suffix="_right"
         ).filter(
@@ -427,10 +403,7 @@ class IntervalJoin(Operator):
             & (pl.col(JOIN_RIGHT_TIME) + keep > pl.col(WATERMARK))
         )
         # right records arriving: left partners buffered, or earlier in the batch
-        pool = pl.concat(
-            [self._partners(0, right).with_columns(before), left.drop(WATERMARK)],
-            how="diagonal_relaxed",
-        )
+        pool = pl.concat([buffered[0].drop(MATCHED), left.drop(WATERMARK)], how="diagonal_relaxed")
         arriving = self._as_right(right).rename(
             {ORDER: JOIN_RIGHT_ORDER, WATERMARK: JOIN_RIGHT_WATERMARK}
         )
@@ -446,44 +419,39 @@ class IntervalJoin(Operator):
             ],
             how="diagonal_relaxed",
         ).sort(JOIN_SIDE, JOIN_SEQ, JOIN_RIGHT_SEQ)  # by arriving record, then partner
-        if self.how == "left":
-            self._mark(pairs.get_column(JOIN_SEQ).to_numpy())
-        self._hold(self.held[0], left.drop(WATERMARK, ORDER))
-        self._hold(self.held[1], right.drop(WATERMARK, ORDER))
+        matched = pairs.get_column(JOIN_SEQ).unique().implode()
+        self.buffers[0] = pl.concat(
+            [
+                self.buffers[0].with_columns(
+                    (pl.col(MATCHED) | pl.col(JOIN_SEQ).is_in(matched)).alias(MATCHED)
+                ),
+                left.drop(WATERMARK, ORDER).with_columns(
+                    pl.col(JOIN_SEQ).is_in(matched).alias(MATCHED)
+                ),
+            ],
+            how="vertical_relaxed",
+        )
+        self.buffers[1] = pl.concat(
+            [self.buffers[1], right.drop(WATERMARK, ORDER)], how="vertical_relaxed"
+        )
         out = [pairs.select(c for c in pairs.columns if not is_hidden(c))]
         out.extend(self._evict(self.tracker.current))
         return Delta(pl.concat(out, how="diagonal_relaxed") if len(out) > 1 else out[0])
 
     def _evict(self, watermark: int) -> list[pl.DataFrame]:
         """Drop records no partner can reach any more; a left join emits unmatched ones."""
+        expired = pl.col(JOIN_TIME) + self.within + self.grace <= watermark
         out = []
         if self.how == "left":
-            expired = self.held[0].expire(watermark)
-            assert expired is not None
-            seqs = expired.get_column(JOIN_SEQ).to_numpy()
-            lonely = expired.filter(pl.Series(~self._matched(seqs))).sort(JOIN_TIME, JOIN_SEQ)
+            lonely = self.buffers[0].filter(expired & ~pl.col(MATCHED)).sort(JOIN_TIME, JOIN_SEQ)
             if lonely.height:
                 out.append(
-                    lonely.drop(JOIN_TIME, JOIN_SEQ).join(
+                    lonely.drop(JOIN_TIME, JOIN_SEQ, MATCHED).join(
                         self.empty_right, on=self.on, how="left", suffix="_right"
                     )
                 )
-            self._forget_matched()
-        else:
-            self.held[0].expire(watermark, take=False)
-        self.held[1].expire(watermark, take=False)
-        for held in self.held:
-            held.compact()
+        self.buffers = [b.filter(~expired) for b in self.buffers]
         return out
-
-    def _forget_matched(self) -> None:
-        """Drop the flags of records gone (now and then: it reads the left buffer)."""
-        if len(self.matched) <= 4 * len(self.held[0]) + 1_000_000:
-            return
-        seqs = self.held[0].frame().get_column(JOIN_SEQ)
-        low = int(seqs.min()) if seqs.len() else self.seq  # type: ignore[arg-type]
-        self.matched = self.matched[low - self.matched_from :].copy()
-        self.matched_from = low
 
     def finish(self) -> Delta | None:
         out = self._evict(POS_INF)
