@@ -1,8 +1,8 @@
 """Rows indexed by a 64-bit key hash, any number per key, each with an expiry time.
 
-Open session windows (several per key) and the buffers of an interval join hold many rows
-per key, and lose them in time order. A :class:`HashRuns` keeps them in *runs*: frames
-sorted by key hash (a run per batch, merged with its neighbours as in a binary counter, so
+Open session windows hold several rows per key, and lose them in time order. A
+:class:`HashRuns` keeps them in *runs*: frames sorted by key hash (a run per batch, merged
+with its neighbours as in a binary counter, so
 a state of ``S`` rows built from batches of ``B`` has about ``log2(S / B)`` runs), each with
 its rows' expiry times in ascending order and a live mask. Per batch:
 
