@@ -74,8 +74,11 @@ COMPONENT = "__sn_comp"
 """Sessions: the connected component (merged session) a record or session joins."""
 
 TOUCHED = "__sn_touched"
-"""Sessions: the session changed in this batch (in checkpoints written before the session
-index; dropped when they are restored)."""
+"""Sessions: the session changed in this batch (``emit="update"`` emits it), while the open
+sessions are one frame; dropped from checkpoints."""
+
+WAS_TOUCHED = "__sn_was"
+"""Sessions: ``TOUCHED`` as it was before this batch."""
 
 HIT = "__sn_hit"
 """Sessions: an open session's position among those the index found for a run of records."""

@@ -1,15 +1,40 @@
-"""Session operator internals: the per-key reach of sorted links (the oracle tests in
-test_windows_oracle.py check the operator's output)."""
+"""Session operator internals: the per-key reach of sorted links, and the oracle tests of
+test_windows_oracle.py with the open sessions indexed from the first batch on (by default
+they are one frame while few)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_series_equal
 
 from streamnb.columns import SESSION_END, WINDOW_START
+from streamnb.engine import state
 from streamnb.engine.sessions import _reach
+from tests.engine import test_windows_oracle as oracle
+
+
+@pytest.fixture
+def indexed_from_start() -> Iterator[None]:
+    """Open sessions move to the index after the first batch that opens one."""
+    saved = state.KEYED_MIN, state.KEYED_FROM
+    state.KEYED_MIN, state.KEYED_FROM = -1, 0
+    yield
+    state.KEYED_MIN, state.KEYED_FROM = saved
+
+
+@pytest.mark.usefixtures("indexed_from_start")
+def test_indexed_sessions_match_record_at_a_time_reference() -> None:
+    oracle.test_engine_matches_record_at_a_time_reference(kind="session")
+
+
+@pytest.mark.usefixtures("indexed_from_start")
+def test_indexed_sessions_with_partitions_match_reference() -> None:
+    oracle.test_partitioned_watermark_matches_reference(kind="session")
 
 
 @settings(max_examples=80, deadline=None)
