@@ -96,10 +96,10 @@ class SessionOperator(WindowOperatorBase):
     def process(self, delta: Delta) -> Delta:
         stamped = self._stamp(delta.rows)
         if not self.indexed:
-            out = self._process_whole(stamped)
+            result = self._process_whole(stamped)
             if self.whole is not None and worth_indexing(self.whole.height, stamped.height):
                 self._index()
-            return out
+            return result
         if stamped.height == 0:  # the watermark may still have moved (marker rows)
             closed = self._close(self.watermark)
             return Delta(pl.concat(closed) if closed else self.schema.to_frame())
