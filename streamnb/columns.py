@@ -74,10 +74,14 @@ COMPONENT = "__sn_comp"
 """Sessions: the connected component (merged session) a record or session joins."""
 
 TOUCHED = "__sn_touched"
-"""Sessions: the session changed in this batch (``emit="update"`` emits it)."""
+"""Sessions: the session changed in this batch (``emit="update"`` emits it), while the open
+sessions are one frame; dropped from checkpoints."""
 
 WAS_TOUCHED = "__sn_was"
 """Sessions: ``TOUCHED`` as it was before this batch."""
+
+HIT = "__sn_hit"
+"""Sessions: an open session's position among those the index found for a run of records."""
 
 SUSPECT = "__sn_suspect"
 """Sessions: a record out of order by more than delay + grace (processed on its own)."""

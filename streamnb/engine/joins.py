@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import polars as pl
 
 from streamnb.columns import (
@@ -240,8 +241,107 @@ class TableTableJoin(Operator):
         return Delta(joined, gone)
 
 
+_CHUNK_ROWS = 16_384  # records appended to a buffer join its newest frame while it is smaller
+
+
+class _Kept:
+    """One side's records kept by an :class:`IntervalJoin`, in arrival order: frames, each
+    with the range of its times (``JOIN_TIME``) and its first ``JOIN_SEQ``.
+
+    A batch reads only the frames whose times can be within reach of its own; eviction
+    drops the frames wholly past retention and filters only those that straddle it. Frames
+    may differ in dtypes; they are read through ``empty``, the supertype of every frame
+    appended (as one frame concatenated batch by batch would be)."""
+
+    def __init__(self, empty: pl.DataFrame) -> None:
+        self.empty = empty.clear()
+        self.frames: list[pl.DataFrame] = []
+        self.low: list[int] = []  # per frame: its earliest time
+        self.high: list[int] = []  # per frame: its latest time
+        self.first: list[int] = []  # per frame: a lower bound of its JOIN_SEQ
+
+    def _concat(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        if len(frames) == 1 and frames[0].schema == self.empty.schema:
+            return frames[0]
+        return pl.concat([self.empty, *frames], how="vertical_relaxed")
+
+    def frame(self) -> pl.DataFrame:
+        """Every record kept."""
+        return self._concat(self.frames)
+
+    def load(self, frame: pl.DataFrame) -> None:
+        """Keep ``frame``'s records and nothing else (a restore)."""
+        self.empty = frame.clear()
+        self.frames, self.low, self.high, self.first = [], [], [], []
+        self.append(frame)
+
+    def reaching(self, low: int, high: int) -> pl.DataFrame:
+        """The records of every frame whose times overlap ``low``..``high`` (and maybe more)."""
+        return self._concat(
+            [
+                f
+                for f, lo, hi in zip(self.frames, self.low, self.high, strict=True)
+                if hi >= low and lo <= high
+            ]
+        )
+
+    def append(self, rows: pl.DataFrame) -> None:
+        if rows.schema != self.empty.schema:
+            self.empty = pl.concat([self.empty, rows.clear()], how="vertical_relaxed")
+        if not rows.height:
+            return
+        times = rows.get_column(JOIN_TIME)
+        low, high = int(times.min()), int(times.max())  # type: ignore[arg-type]
+        first = int(rows.get_column(JOIN_SEQ).min())  # type: ignore[arg-type]
+        if self.frames and self.frames[-1].height < _CHUNK_ROWS:
+            last = self.frames[-1]
+            if last.schema != rows.schema:
+                last = pl.concat([self.empty, last], how="vertical_relaxed")
+                rows = pl.concat([self.empty, rows], how="vertical_relaxed")
+            self.frames[-1] = pl.concat([last, rows], rechunk=True)
+            self.low[-1], self.high[-1] = min(self.low[-1], low), max(self.high[-1], high)
+            self.first[-1] = min(self.first[-1], first)
+            return
+        self.frames.append(rows)
+        self.low.append(low)
+        self.high.append(high)
+        self.first.append(first)
+
+    def expire(self, until: int, *, take: bool) -> pl.DataFrame | None:
+        """Forget the records of time ``until`` or earlier; return them when ``take``."""
+        gone: list[pl.DataFrame] = []
+        if not self.frames or min(self.low) > until:
+            return self.empty if take else None
+        frames, lows, highs, firsts = [], [], [], []
+        for frame, low, high, first in zip(
+            self.frames, self.low, self.high, self.first, strict=True
+        ):
+            if high <= until:
+                gone.append(frame)
+                continue
+            if low <= until:
+                past = pl.col(JOIN_TIME) <= until
+                if take:
+                    gone.append(frame.filter(past))
+                frames.append(frame.filter(~past))
+                lows.append(int(frames[-1].get_column(JOIN_TIME).min()))  # type: ignore[arg-type]
+            else:
+                frames.append(frame)
+                lows.append(low)
+            highs.append(high)
+            firsts.append(first)
+        self.frames, self.low, self.high, self.first = frames, lows, highs, firsts
+        return self._concat(gone) if take and gone else (self.empty if take else None)
+
+
 class IntervalJoin(Operator):
-    """Stream–stream join of records whose event times differ by at most ``within``."""
+    """Stream–stream join of records whose event times differ by at most ``within``.
+
+    Each side's records are kept in frames of arrival (:class:`_Kept`): a batch joins only
+    those whose times can be within ``within`` of its own, and eviction filters only the
+    frames that straddle retention. Whether a left record has found a partner (for a left
+    join) is a flag in a numpy array indexed by ``JOIN_SEQ``, set by the pairs of a batch.
+    """
 
     state_fields: ClassVar[tuple[str, ...]] = ("tracker", "buffers", "seq")
 
@@ -261,22 +361,76 @@ class IntervalJoin(Operator):
         per_ms = times[0].per_ms
         self.within, self.grace = within_ms * per_ms, grace_ms * per_ms
         self.tracker = WatermarkTracker(max(t.delay for t in times), ctx.partitions, scope)
-        self.buffers = [
-            schemas[0]
-            .to_frame()
-            .with_columns(
-                pl.lit(None, pl.Int64).alias(JOIN_TIME),
-                pl.lit(None, pl.Int64).alias(JOIN_SEQ),
-                pl.lit(None, pl.Boolean).alias(MATCHED),
-            ),
-            schemas[1]
-            .to_frame()
-            .with_columns(
-                pl.lit(None, pl.Int64).alias(JOIN_TIME), pl.lit(None, pl.Int64).alias(JOIN_SEQ)
-            ),
+        self.kept = [
+            _Kept(
+                schema.to_frame().with_columns(
+                    pl.lit(None, pl.Int64).alias(JOIN_TIME), pl.lit(None, pl.Int64).alias(JOIN_SEQ)
+                )
+            )
+            for schema in schemas
         ]
+        self.flags = np.zeros(0, dtype=bool)  # left records matched, by JOIN_SEQ - flag_base
+        self.flag_base = 0
         self.empty_right = schemas[1].to_frame()
         self.seq = 0
+
+    @property
+    def buffers(self) -> list[pl.DataFrame]:
+        """Both sides' records kept, the left ones with ``MATCHED`` (what a checkpoint saves)."""
+        left = self.kept[0].frame()
+        matched = self._matched(left.get_column(JOIN_SEQ).to_numpy())
+        return [left.with_columns(pl.Series(MATCHED, matched)), self.kept[1].frame()]
+
+    @buffers.setter
+    def buffers(self, frames: list[pl.DataFrame]) -> None:
+        left = frames[0]
+        self.kept[0].load(left.drop(MATCHED))
+        self.kept[1].load(frames[1])
+        self.flags = np.zeros(0, dtype=bool)
+        self.flag_base = 0
+        self._mark(left.filter(pl.col(MATCHED).fill_null(False)).get_column(JOIN_SEQ).to_numpy())
+
+    def _mark(self, seqs: np.ndarray) -> None:
+        """The left records ``seqs`` (their ``JOIN_SEQ``) have found a partner."""
+        if not seqs.size:
+            return
+        low = int(seqs.min())
+        if not self.flags.size:
+            self.flag_base = low
+        elif low < self.flag_base:  # a record kept from before the first flag set
+            self.flags = np.concatenate([np.zeros(self.flag_base - low, dtype=bool), self.flags])
+            self.flag_base = low
+        index = seqs.astype(np.int64) - self.flag_base
+        need = int(index.max()) + 1
+        if need > self.flags.size:
+            grown = np.zeros(max(need, 2 * self.flags.size), dtype=bool)
+            grown[: self.flags.size] = self.flags
+            self.flags = grown
+        self.flags[index] = True
+
+    def _matched(self, seqs: np.ndarray) -> np.ndarray:
+        """Per left record of ``seqs``: whether it has found a partner."""
+        index = seqs.astype(np.int64) - self.flag_base
+        inside = (index >= 0) & (index < self.flags.size)
+        out = np.zeros(seqs.size, dtype=bool)
+        out[inside] = self.flags[index[inside]]
+        return out
+
+    def _trim_flags(self) -> None:
+        """Forget the flags of left records no longer kept (once they are half the array)."""
+        base = min(self.kept[0].first) if self.kept[0].first else self.seq
+        drop = base - self.flag_base
+        if drop > 0 and 2 * drop >= self.flags.size:
+            self.flags = self.flags[drop:].copy()
+            self.flag_base = base
+
+    def _reaching(self, side: int, rows: pl.DataFrame) -> pl.DataFrame:
+        """Side ``side``'s records kept that can be within ``within`` of ``rows``'s."""
+        if not rows.height:
+            return self.kept[side].empty
+        times = rows.get_column(JOIN_TIME)
+        low, high = int(times.min()), int(times.max())  # type: ignore[arg-type]
+        return self.kept[side].reaching(low - self.within, high + self.within)
 
     def process_input(self, side: int, delta: Delta) -> Delta:
         et = self.times[side]
@@ -300,7 +454,7 @@ class IntervalJoin(Operator):
         if late.any():
             self.ctx.late.add(visible(rows.filter(late)))
         live = stamped.filter(~late).with_columns(wm.filter(~late).alias(WATERMARK))
-        other = self.buffers[1 - side]
+        other = self._reaching(1 - side, live)
         # candidate pairs; the partner must still have been kept at the arriving record's moment
         if side == 0:
             pairs = live.join(self._as_right(other), on=self.on, how="inner", suffix="_right")
@@ -311,31 +465,14 @@ class IntervalJoin(Operator):
             ((pl.col(JOIN_TIME) - pl.col(JOIN_RIGHT_TIME)).abs() <= self.within)
             & (partner_time + self.within + self.grace > pl.col(WATERMARK))
         ).sort(JOIN_SEQ if side == 0 else JOIN_RIGHT_SEQ, JOIN_RIGHT_SEQ if side == 0 else JOIN_SEQ)
-        left_matched = pairs.get_column(JOIN_SEQ).unique().implode()
-        if side == 0:
-            self.buffers[0] = pl.concat(
-                [
-                    self.buffers[0],
-                    live.drop(WATERMARK).with_columns(
-                        pl.col(JOIN_SEQ).is_in(left_matched).alias(MATCHED)
-                    ),
-                ],
-                how="vertical_relaxed",
-            )
-        else:
-            self.buffers[0] = self.buffers[0].with_columns(
-                (pl.col(MATCHED) | pl.col(JOIN_SEQ).is_in(left_matched)).alias(MATCHED)
-            )
-            self.buffers[1] = pl.concat(
-                [self.buffers[1], live.drop(WATERMARK)], how="vertical_relaxed"
-            )
+        self._mark(pairs.get_column(JOIN_SEQ).to_numpy())
+        self.kept[side].append(live.drop(WATERMARK))
         out = [
             pairs.drop(
                 JOIN_TIME,
                 JOIN_SEQ,
                 JOIN_RIGHT_TIME,
                 JOIN_RIGHT_SEQ,
-                MATCHED,
                 WATERMARK,
                 strict=False,
             )
@@ -344,9 +481,7 @@ class IntervalJoin(Operator):
         return Delta(pl.concat(out, how="diagonal_relaxed") if len(out) > 1 else out[0])
 
     def _as_right(self, frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.drop(MATCHED, strict=False).rename(
-            {JOIN_TIME: JOIN_RIGHT_TIME, JOIN_SEQ: JOIN_RIGHT_SEQ}
-        )
+        return frame.rename({JOIN_TIME: JOIN_RIGHT_TIME, JOIN_SEQ: JOIN_RIGHT_SEQ})
 
     def process_merged(self, parts: list[tuple[int, Delta]]) -> Delta:
         """Both inputs' records of a merged batch at once, as one after the other in ``ORDER``:
@@ -401,9 +536,12 @@ class IntervalJoin(Operator):
             live.append(stamped.filter(~late))
         left, right = live
         keep = self.within + self.grace
-        buffered = [b.with_columns(pl.lit(-1, pl.Int64).alias(ORDER)) for b in self.buffers]
+        before = pl.lit(-1, pl.Int64).alias(ORDER)
         # left records arriving: right partners buffered, or earlier in the batch
-        pool = pl.concat([buffered[1], right.drop(WATERMARK)], how="diagonal_relaxed")
+        pool = pl.concat(
+            [self._reaching(1, left).with_columns(before), right.drop(WATERMARK)],
+            how="diagonal_relaxed",
+        )
         by_left = left.join(
             self._as_right(pool).rename({ORDER: JOIN_RIGHT_ORDER}), on=self.on, suffix="_right"
         ).filter(
@@ -412,7 +550,10 @@ class IntervalJoin(Operator):
             & (pl.col(JOIN_RIGHT_TIME) + keep > pl.col(WATERMARK))
         )
         # right records arriving: left partners buffered, or earlier in the batch
-        pool = pl.concat([buffered[0].drop(MATCHED), left.drop(WATERMARK)], how="diagonal_relaxed")
+        pool = pl.concat(
+            [self._reaching(0, right).with_columns(before), left.drop(WATERMARK)],
+            how="diagonal_relaxed",
+        )
         arriving = self._as_right(right).rename(
             {ORDER: JOIN_RIGHT_ORDER, WATERMARK: JOIN_RIGHT_WATERMARK}
         )
@@ -428,38 +569,29 @@ class IntervalJoin(Operator):
             ],
             how="diagonal_relaxed",
         ).sort(JOIN_SIDE, JOIN_SEQ, JOIN_RIGHT_SEQ)  # by arriving record, then partner
-        matched = pairs.get_column(JOIN_SEQ).unique().implode()
-        self.buffers[0] = pl.concat(
-            [
-                self.buffers[0].with_columns(
-                    (pl.col(MATCHED) | pl.col(JOIN_SEQ).is_in(matched)).alias(MATCHED)
-                ),
-                left.drop(WATERMARK, ORDER).with_columns(
-                    pl.col(JOIN_SEQ).is_in(matched).alias(MATCHED)
-                ),
-            ],
-            how="vertical_relaxed",
-        )
-        self.buffers[1] = pl.concat(
-            [self.buffers[1], right.drop(WATERMARK, ORDER)], how="vertical_relaxed"
-        )
+        self._mark(pairs.get_column(JOIN_SEQ).to_numpy())
+        self.kept[0].append(left.drop(WATERMARK, ORDER))
+        self.kept[1].append(right.drop(WATERMARK, ORDER))
         out = [pairs.select(c for c in pairs.columns if not is_hidden(c))]
         out.extend(self._evict(self.tracker.current))
         return Delta(pl.concat(out, how="diagonal_relaxed") if len(out) > 1 else out[0])
 
     def _evict(self, watermark: int) -> list[pl.DataFrame]:
         """Drop records no partner can reach any more; a left join emits unmatched ones."""
-        expired = pl.col(JOIN_TIME) + self.within + self.grace <= watermark
+        until = watermark - self.within - self.grace  # expired: JOIN_TIME <= until
         out = []
-        if self.how == "left":
-            lonely = self.buffers[0].filter(expired & ~pl.col(MATCHED)).sort(JOIN_TIME, JOIN_SEQ)
+        gone = self.kept[0].expire(until, take=self.how == "left")
+        self.kept[1].expire(until, take=False)
+        if self.how == "left" and gone is not None and gone.height:
+            matched = self._matched(gone.get_column(JOIN_SEQ).to_numpy())
+            lonely = gone.filter(pl.Series(~matched)).sort(JOIN_TIME, JOIN_SEQ)
             if lonely.height:
                 out.append(
-                    lonely.drop(JOIN_TIME, JOIN_SEQ, MATCHED).join(
+                    lonely.drop(JOIN_TIME, JOIN_SEQ).join(
                         self.empty_right, on=self.on, how="left", suffix="_right"
                     )
                 )
-        self.buffers = [b.filter(~expired) for b in self.buffers]
+        self._trim_flags()
         return out
 
     def finish(self) -> Delta | None:

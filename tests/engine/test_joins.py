@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 import streamnb as sn
+from streamnb.engine import joins
 from tests.oracle import interval_reference, merged
 
 pytestmark = pytest.mark.usefixtures("state_stores")  # every state representation
@@ -138,6 +139,19 @@ def test_interval_join_matches_reference(
             ),
             check_dtypes=False,
         )
+
+
+@pytest.fixture
+def a_frame_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch an interval join keeps is a frame of its own (by default, small batches
+    share one): eviction and the frames a batch reads are then exercised frame by frame."""
+    monkeypatch.setattr(joins, "_CHUNK_ROWS", 1)
+
+
+@pytest.mark.usefixtures("a_frame_per_batch")
+@pytest.mark.parametrize("how", ["inner", "left"])
+def test_interval_join_with_a_frame_per_batch_matches_reference(how: str) -> None:
+    test_interval_join_matches_reference(how=how)
 
 
 # -- window join -------------------------------------------------------------------------------

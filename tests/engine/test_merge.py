@@ -23,6 +23,7 @@ from polars.testing import assert_frame_equal
 import streamnb as sn
 from streamnb.columns import DELETE
 from streamnb.definitions.eventtime import EventTime
+from streamnb.engine import joins
 from streamnb.engine.core import Context
 from streamnb.engine.source import PartOwner, Reader, Source, refuse_owner
 from streamnb.plan import MapNode, Plan, SourceNode, TableNode
@@ -289,6 +290,14 @@ def test_an_interval_join_sees_its_inputs_merged_by_event_time(
     canonical = lambda df: df.sort(df.columns, nulls_last=True)  # noqa: E731
     assert_frame_equal(canonical(got), canonical(pl.DataFrame(want, schema=schema)))
     assert got_late.height == len(late)
+
+
+def test_an_interval_join_keeping_a_frame_per_batch_sees_its_inputs_merged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, each batch kept a frame of its own (by default, small batches share one)."""
+    monkeypatch.setattr(joins, "_CHUNK_ROWS", 1)
+    test_an_interval_join_sees_its_inputs_merged_by_event_time()
 
 
 # -- waiting ----------------------------------------------------------------------------------
