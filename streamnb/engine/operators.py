@@ -95,7 +95,7 @@ def fold(
             combined = agg.combine(both, [SLOT]).sort(SLOT).select(columns)
         store.update(found, combined, columns)
     fresh = partial.filter(pl.Series(new))
-    store.insert(fresh, hashes[new])
+    store.insert(fresh, hashes[new], found.stops[new])
     changed = pl.concat([hit.select(keys).hstack(combined), fresh], how="vertical_relaxed")
     return changed, found.rows
 

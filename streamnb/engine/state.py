@@ -64,11 +64,13 @@ def key_hashes(frame: pl.DataFrame, keys: Sequence[str]) -> np.ndarray:
 @dataclass
 class Found:
     """The keys of a batch that the state holds: ``index`` (rows of the batch's key frame),
-    their state ``rows`` (aligned with ``index``) and row numbers."""
+    their state ``rows`` (aligned with ``index``) and row numbers; and per key of the batch,
+    the slot where its probe stopped (for a key not held, the free slot it may take)."""
 
     index: np.ndarray
     rows: pl.DataFrame
     row_ids: np.ndarray
+    stops: np.ndarray
 
 
 class KeyedState:
@@ -98,23 +100,25 @@ class KeyedState:
     # -- reading ----------------------------------------------------------------------------------
     def lookup(self, keys: pl.DataFrame, hashes: np.ndarray) -> Found:
         """The rows of ``keys`` (a frame of unique keys, ``hashes`` theirs) held here."""
-        index, ids, rows = self._find(keys, hashes, self.rows.names)
+        index, ids, rows, stops = self._find(keys, hashes, self.rows.names)
         if self.dead:
             live = self.alive[ids]
             index, ids, rows = index[live], ids[live], rows.filter(pl.Series(live))
-        return Found(index, rows, ids)
+        return Found(index, rows, ids, stops)
 
     def _find(
         self, keys: pl.DataFrame, hashes: np.ndarray, names: Sequence[str] = ()
-    ) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
+    ) -> tuple[np.ndarray, np.ndarray, pl.DataFrame, np.ndarray]:
         """Which of ``keys`` have a row (deleted ones too), their row numbers, and those rows'
-        columns ``names`` (by default the keys); in no particular order."""
+        columns ``names`` (by default the keys), in no particular order; and per key, the slot
+        where its probe stopped."""
         names = list(names) or self.keys
         if not self.count or not keys.height:
             none = np.empty(0, dtype=np.int64)
-            return none, none, self._gather(none, names) if self.rows.names else pl.DataFrame()
+            found = self._gather(none, names) if self.rows.names else pl.DataFrame()
+            return none, none, found, self._home(hashes * _MIX)
         mixed = hashes * _MIX
-        rows, at = self._probe(mixed, (mixed >> self.shift).view(np.int64))
+        rows, at = self._probe(mixed, self._home(mixed))
         index = np.flatnonzero(rows >= 0)
         found = self._gather(rows[index], names)
         wrong = self._differ(keys, index, found)
@@ -129,7 +133,7 @@ class KeyedState:
                 index = np.concatenate([index, again[~wrong]])
                 found = pl.concat([found, more.filter(pl.Series(~wrong))])
                 again = again[wrong]
-        return index, rows[index], found
+        return index, rows[index], found, at
 
     def _differ(self, keys: pl.DataFrame, index: np.ndarray, found: pl.DataFrame) -> np.ndarray:
         """Per row of ``found``, whether its keys differ from the looked-up keys ``index``."""
@@ -139,22 +143,33 @@ class KeyedState:
             differ |= ~same.to_numpy()
         return differ
 
+    def _home(self, mixed: np.ndarray) -> np.ndarray:
+        """The slot each mixed hash probes from."""
+        return (mixed >> self.shift).view(np.int64)
+
     def _probe(self, mixed: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per mixed hash, probing from ``position``: the row of the first slot holding the
-        hash's top half (-1: none), and that slot."""
+        hash's top half (-1: none), and that slot (or the free one that ended the probe)."""
         rows = np.full(len(mixed), -1, dtype=np.int64)
         at = np.zeros(len(mixed), dtype=np.int64)
         mask = np.int64(len(self.slots) - 1)
         tags = mixed >> _HIGH
         pending = np.arange(len(mixed))
-        while pending.size:
+        while pending.size:  # (positions, not boolean masks, index: several times faster)
             entry = self.slots[position]
             taken = entry != _EMPTY
-            same = taken & (entry >> _HIGH == tags[pending])
-            rows[pending[same]] = (entry[same] & _LOW).view(np.int64)
-            at[pending[same]] = position[same]
-            going = taken & ~same
-            pending, position = pending[going], (position[going] + 1) & mask
+            same = entry >> _HIGH == tags[pending]
+            same &= taken
+            stop = np.flatnonzero(same | ~taken)
+            at[pending[stop]] = position[stop]
+            hit = np.flatnonzero(same)
+            if hit.size:
+                rows[pending[hit]] = (entry[hit] & _LOW).view(np.int64)
+            taken &= ~same
+            going = np.flatnonzero(taken)
+            pending, position = pending[going], position[going]
+            position += 1
+            position &= mask
         return rows, at
 
     def _gather(self, ids: np.ndarray, names: Sequence[str] | None = None) -> pl.DataFrame:
@@ -175,25 +190,27 @@ class KeyedState:
     # -- writing ----------------------------------------------------------------------------------
     def update(self, found: Found, rows: pl.DataFrame, columns: Sequence[str]) -> None:
         """Write ``columns`` of ``rows`` (aligned with ``found.index``) over the found rows."""
+        self.touched[found.row_ids] = True
         for name in columns if found.row_ids.size else ():
-            self._write(name, found.row_ids, rows.get_column(name))
+            self.rows.write(name, found.row_ids, rows.get_column(name))
 
     def upsert(self, rows: pl.DataFrame, hashes: np.ndarray) -> None:
         """Every row of ``rows`` (unique keys) replaces its key's, or is added."""
-        index, ids, _ = self._find(rows.select(self.keys), hashes)
+        index, ids, _, stops = self._find(rows.select(self.keys), hashes)
         columns = [c for c in rows.columns if c not in self.keys]
+        self.touched[ids] = True
         for name in columns if index.size else ():
-            self._write(name, ids, rows.get_column(name).gather(index))
+            self.rows.write(name, ids, rows.get_column(name).gather(index))
         if self.dead and index.size:
             self.dead -= int((~self.alive[ids]).sum())
             self.alive[ids] = True
         new = np.ones(rows.height, dtype=bool)
         new[index] = False
-        self.insert(rows.filter(pl.Series(new)), hashes[new])
+        self.insert(rows.filter(pl.Series(new)), hashes[new], stops[new])
 
     def delete(self, keys: pl.DataFrame, hashes: np.ndarray) -> None:
         """Forget ``keys`` (unique); their rows stay dead until reused or compacted."""
-        _, ids, _ = self._find(keys, hashes)
+        _, ids, _, _ = self._find(keys, hashes)
         ids = ids[self.alive[ids]]
         self.alive[ids] = False
         self.touched[ids] = True
@@ -233,8 +250,12 @@ class KeyedState:
         self.touched[:] = False
         self.gone = []
 
-    def insert(self, rows: pl.DataFrame, hashes: np.ndarray) -> None:
-        """Add the rows of keys not held yet (``hashes`` theirs)."""
+    def insert(
+        self, rows: pl.DataFrame, hashes: np.ndarray, stops: np.ndarray | None = None
+    ) -> None:
+        """Add the rows of keys not held yet (``hashes`` theirs; ``stops``: where a lookup's
+        probe for them stopped, if the table has not changed since: they are placed from
+        there instead of from their first slot)."""
         n = rows.height
         if not n:
             return
@@ -243,7 +264,7 @@ class KeyedState:
         ids = np.arange(self.count, self.count + n, dtype=np.int64)
         self._reserve(self.count + n)
         for column in rows.get_columns():
-            self._write(column.name, ids, column)
+            self.rows.write(column.name, ids, column)
         self.alive[ids] = True
         self.touched[ids] = True
         self.count += n
@@ -252,7 +273,7 @@ class KeyedState:
         if self.count > _MAX_LOAD * len(self.slots):
             self._rehash(entries)
         else:
-            self._place(entries, (mixed >> self.shift).view(np.int64))
+            self._place(entries, stops if stops is not None else self._home(mixed))
 
     def _place(self, entries: np.ndarray, position: np.ndarray) -> None:
         """Put ``entries`` into free slots from ``position`` on: each round, the entries whose
@@ -261,10 +282,11 @@ class KeyedState:
         while entries.size:
             free = self.slots[position] == _EMPTY
             self.slots[position[free]] = entries[free]
-            won = free & (self.slots[position] == entries)
+            lost = self.slots[position] != entries
             # the others move on from a taken slot (lost ones see it taken next round)
-            going = ~won
-            position = np.where(free, position, (position + 1) & mask)[going]
+            going = np.flatnonzero(lost)
+            position = np.where(free, position, position + 1)[going]
+            position &= mask
             entries = entries[going]
 
     def _rehash(self, added: np.ndarray) -> None:
@@ -281,7 +303,7 @@ class KeyedState:
         entries.sort()
         self.slots = np.full(size, _EMPTY, dtype=np.uint64)
         self.shift = np.uint64(64 - size.bit_length() + 1)
-        position = (entries >> self.shift).view(np.int64)
+        position = self._home(entries)
         step = np.arange(len(entries), dtype=np.int64)
         position -= step
         np.maximum.accumulate(position, out=position)
@@ -300,10 +322,6 @@ class KeyedState:
         self.alive = np.concatenate([self.alive, np.zeros(grown - capacity, dtype=bool)])
         self.touched = np.concatenate([self.touched, np.zeros(grown - capacity, dtype=bool)])
         self.rows.reserve(grown)
-
-    def _write(self, name: str, ids: np.ndarray, values: pl.Series) -> None:
-        self.touched[ids] = True
-        self.rows.write(name, ids, values)
 
     @classmethod
     def of(
