@@ -33,8 +33,8 @@ import time
 
 import numpy as np
 import polars as pl
-from benchutil import CpuMeter, current_rss, fmt_mib, fmt_rate, machine_info, machine_line
-from keyed_state import Collect, Run, batches, close
+from benchutil import CpuMeter, fmt_rate, machine_info, machine_line
+from keyed_state import Collect, Run, batches, close, report
 
 import streamnb as sn
 from streamnb.engine.core import Context
@@ -178,15 +178,6 @@ def check_join(got: pl.DataFrame, want: pl.DataFrame) -> None:
 
 
 # -- report -----------------------------------------------------------------------------------
-def report(label: str, run: Run) -> None:
-    note = f" (CAPPED after {run.records:,} records)" if run.capped else ""
-    print(
-        f"  {label}: {fmt_rate(run.rate)} records/s ({run.records:,} in {run.wall:.2f} s, "
-        f"{run.cpu:.2f} CPU-s){note}; RSS {fmt_mib(current_rss())} MiB",
-        flush=True,
-    )
-
-
 def cell(run: Run) -> str:
     return fmt_rate(run.rate) + (" ‡" if run.capped else "")
 

@@ -13,6 +13,7 @@ the sessions open at its moment. Sessions close at the end of the batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import ClassVar
 
 import numpy as np
@@ -106,18 +107,8 @@ class SessionOperator(WindowOperatorBase):
         had_sessions = len(self.sessions) > 0
         mark = self.sessions.mark()
         self.replaced = []
-        suspect = (pl.col(TIME) + self.grace < pl.col(WATERMARK)).alias(SUSPECT)
-        flags = stamped.select(suspect).to_series()
-        if not flags.any():
-            self._merge(stamped, suspect=False, mark=mark)
-        else:
-            # Runs of ordinary records, each suspect a run of its own, in arrival order.
-            run = (flags | flags.shift(1, fill_value=False)).cum_sum()
-            for part in stamped.with_columns(run.alias(RUN)).partition_by(
-                RUN, maintain_order=True, include_key=False
-            ):
-                lone = part.height == 1 and part[TIME][0] + self.grace < part[WATERMARK][0]
-                self._merge(part, suspect=lone, mark=mark)
+        for part, lone in self._runs(stamped):
+            self._merge(part, suspect=lone, mark=mark)
         out: list[pl.DataFrame] = []
         deletes = None
         if self.emit == "update" and len(self.sessions):
@@ -158,6 +149,65 @@ class SessionOperator(WindowOperatorBase):
             if groups:  # the keys themselves, not only their hash
                 affected = affected.join(keys, on=groups, how="semi", nulls_equal=True)
             affected = affected.filter(pl.col(SESSION_END) + self.gap + self.grace > watermark)
+        components = self._link(records, affected, suspect=suspect, watermark=watermark)
+        if components is None:
+            return
+        links, record_comp, parts = components
+        if hits is not None and affected is not None and affected.height:
+            # the sessions that records link to are replaced; the others stay as they are
+            session_comp = links.filter(pl.col(ROW).is_null()).select(
+                *groups, WINDOW_START, COMPONENT
+            )
+            touched_comps = record_comp.get_column(COMPONENT).unique().implode()
+            linked = affected.join(
+                session_comp, on=[*groups, WINDOW_START], nulls_equal=True
+            ).filter(pl.col(COMPONENT).is_in(touched_comps))
+            index = linked.get_column(HIT).to_numpy()
+            if self.emit == "update":
+                older = hits.older(mark)[index]
+                self.replaced.append(self._keys(linked.filter(pl.Series(older))))
+            self.sessions.kill(hits, index)
+            parts.append(linked.drop(HIT))
+        merged = pl.concat(parts, how="diagonal")
+        new_sessions = (
+            self.agg.combine(merged, [COMPONENT, *groups])
+            .join(
+                merged.group_by(COMPONENT).agg(
+                    pl.col(WINDOW_START).min(), pl.col(SESSION_END).max()
+                ),
+                on=COMPONENT,
+            )
+            .drop(COMPONENT)
+        )
+        self.sessions.add(new_sessions, self._hashes(new_sessions), self._closing(new_sessions))
+
+    def _runs(self, stamped: pl.DataFrame) -> Iterator[tuple[pl.DataFrame, bool]]:
+        """A batch cut into runs of ordinary records, each suspect a run of its own, in
+        arrival order; with whether the run is a lone suspect."""
+        suspect = (pl.col(TIME) + self.grace < pl.col(WATERMARK)).alias(SUSPECT)
+        flags = stamped.select(suspect).to_series()
+        if not flags.any():
+            yield stamped, False
+            return
+        run = (flags | flags.shift(1, fill_value=False)).cum_sum()
+        for part in stamped.with_columns(run.alias(RUN)).partition_by(
+            RUN, maintain_order=True, include_key=False
+        ):
+            yield part, part.height == 1 and part[TIME][0] + self.grace < part[WATERMARK][0]
+
+    def _link(
+        self,
+        records: pl.DataFrame,
+        affected: pl.DataFrame | None,
+        *,
+        suspect: bool,
+        watermark: int,
+    ) -> tuple[pl.DataFrame, pl.DataFrame, list[pl.DataFrame]] | None:
+        """The connected components of a run of records and the open sessions ``affected``
+        (less than ``gap`` apart, per key): the links (records and sessions, each with its
+        ``COMPONENT``), each record's component, and the records' partials per component.
+        ``None`` when the run is one late suspect (set aside as late)."""
+        groups = self.by
         intervals = [
             records.select(
                 *groups,
@@ -188,7 +238,7 @@ class SessionOperator(WindowOperatorBase):
             starts_new = lone.join(record_comp, on=COMPONENT).get_column("lone")[0]
             if starts_new and records.get_column(TIME)[0] + self.gap + self.grace <= watermark:
                 self._late(records.drop(COMPONENT), pl.Series([True]))
-                return
+                return None
         parts = [
             self.agg.partial(
                 self.agg.prepare(records, [COMPONENT, *groups]), [COMPONENT, *groups]
@@ -199,33 +249,7 @@ class SessionOperator(WindowOperatorBase):
                 on=COMPONENT,
             )
         ]
-        if hits is not None and affected is not None and affected.height:
-            # the sessions that records link to are replaced; the others stay as they are
-            session_comp = links.filter(pl.col(ROW).is_null()).select(
-                *groups, WINDOW_START, COMPONENT
-            )
-            touched_comps = record_comp.get_column(COMPONENT).unique().implode()
-            linked = affected.join(
-                session_comp, on=[*groups, WINDOW_START], nulls_equal=True
-            ).filter(pl.col(COMPONENT).is_in(touched_comps))
-            index = linked.get_column(HIT).to_numpy()
-            if self.emit == "update":
-                older = hits.older(mark)[index]
-                self.replaced.append(self._keys(linked.filter(pl.Series(older))))
-            self.sessions.kill(hits, index)
-            parts.append(linked.drop(HIT))
-        merged = pl.concat(parts, how="diagonal")
-        new_sessions = (
-            self.agg.combine(merged, [COMPONENT, *groups])
-            .join(
-                merged.group_by(COMPONENT).agg(
-                    pl.col(WINDOW_START).min(), pl.col(SESSION_END).max()
-                ),
-                on=COMPONENT,
-            )
-            .drop(COMPONENT)
-        )
-        self.sessions.add(new_sessions, self._hashes(new_sessions), self._closing(new_sessions))
+        return links, record_comp, parts
 
     def _close(self, watermark: int) -> list[pl.DataFrame]:
         if not len(self.sessions):
@@ -245,18 +269,8 @@ class SessionOperator(WindowOperatorBase):
         )
         if self.whole is not None and self.emit == "update":
             self.whole = self.whole.with_columns(pl.lit(False).alias(TOUCHED))
-        suspect = (pl.col(TIME) + self.grace < pl.col(WATERMARK)).alias(SUSPECT)
-        flags = stamped.select(suspect).to_series()
-        if not flags.any():
-            self._merge_whole(stamped, suspect=False)
-        else:
-            # Runs of ordinary records, each suspect a run of its own, in arrival order.
-            run = (flags | flags.shift(1, fill_value=False)).cum_sum()
-            for part in stamped.with_columns(run.alias(RUN)).partition_by(
-                RUN, maintain_order=True, include_key=False
-            ):
-                lone = part.height == 1 and part[TIME][0] + self.grace < part[WATERMARK][0]
-                self._merge_whole(part, suspect=lone)
+        for part, lone in self._runs(stamped):
+            self._merge_whole(part, suspect=lone)
         out: list[pl.DataFrame] = []
         deletes = None
         if self.emit == "update" and self.whole is not None:
@@ -288,47 +302,10 @@ class SessionOperator(WindowOperatorBase):
             closed = affected.filter(~is_open)
             affected = affected.filter(is_open)
             rest = closed if rest is None else pl.concat([rest, closed])
-        intervals = [
-            records.select(
-                *groups,
-                pl.col(TIME).alias(WINDOW_START),
-                pl.col(TIME).alias(SESSION_END),
-                pl.col(SEQ).alias(ROW),
-            )
-        ]
-        if affected is not None and affected.height:
-            intervals.append(
-                affected.select(
-                    *groups, WINDOW_START, SESSION_END, pl.lit(None, pl.Int64).alias(ROW)
-                )
-            )
-        links = pl.concat(intervals).sort([*groups, WINDOW_START])
-        reach = _reach(links, groups)
-        links = links.with_columns(
-            (reach.is_null() | (pl.col(WINDOW_START) >= reach + self.gap))
-            .cum_sum()
-            .alias(COMPONENT)
-        )
-        record_comp = links.filter(pl.col(ROW).is_not_null()).select(
-            pl.col(ROW).alias(SEQ), COMPONENT
-        )
-        records = records.join(record_comp, on=SEQ, how="left")
-        if suspect:
-            lone = links.group_by(COMPONENT).agg(pl.col(ROW).is_null().any().not_().alias("lone"))
-            starts_new = lone.join(record_comp, on=COMPONENT).get_column("lone")[0]
-            if starts_new and records.get_column(TIME)[0] + self.gap + self.grace <= watermark:
-                self._late(records.drop(COMPONENT), pl.Series([True]))
-                return
-        parts = [
-            self.agg.partial(
-                self.agg.prepare(records, [COMPONENT, *groups]), [COMPONENT, *groups]
-            ).join(
-                records.group_by(COMPONENT).agg(
-                    pl.col(TIME).min().alias(WINDOW_START), pl.col(TIME).max().alias(SESSION_END)
-                ),
-                on=COMPONENT,
-            )
-        ]
+        components = self._link(records, affected, suspect=suspect, watermark=watermark)
+        if components is None:
+            return
+        links, record_comp, parts = components
         if affected is not None and affected.height:
             session_comp = links.filter(pl.col(ROW).is_null()).select(
                 *groups, WINDOW_START, COMPONENT
