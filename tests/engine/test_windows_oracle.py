@@ -16,8 +16,6 @@ from polars.testing import assert_frame_equal
 import streamnb as sn
 from tests.oracle import reference
 
-pytestmark = pytest.mark.usefixtures("state_modes")  # both state representations
-
 AGGS = [
     pl.len().alias("n"),
     pl.col("v").count().alias("count"),
