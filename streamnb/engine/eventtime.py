@@ -11,29 +11,74 @@ from typing import Any
 
 import polars as pl
 
-from streamnb.engine.core import NEG_INF, Partitions, error_rows
+from streamnb.engine.core import NEG_INF, POS_INF, Partitions, error_rows
+
+TIME_LIMIT_MS = POS_INF // 1_000_000
+"""Event times must lie strictly within ±this many ms of the epoch (about the years 1824 to
+2116): the range in which every time, window end and watermark, in every unit down to ns,
+stays clear of the −∞/+∞ watermarks and of Int64 overflow. Times outside it are errors."""
+
+
+def time_problems(df: pl.DataFrame, column: str) -> pl.Series | None:
+    """Why each record's event time is unusable (null where it is fine), or ``None`` if every
+    one is: null or missing, or outside ±:data:`TIME_LIMIT_MS` (a window's end would wrap)."""
+    if column not in df.columns:
+        return pl.Series("reason", [f"record lacks the event-time column {column!r}"] * df.height)
+    times = df.get_column(column)
+    dtype = times.dtype
+    if isinstance(dtype, pl.Datetime):
+        limit = TIME_LIMIT_MS * {"ms": 1, "us": 1_000, "ns": 1_000_000}[dtype.time_unit or "us"]
+    elif dtype.is_integer():
+        limit = TIME_LIMIT_MS
+    else:
+        limit = None  # not a time column: its cast reports that
+    ints = times.cast(pl.Int64, strict=False) if limit is not None else None
+    bad = times.is_null()
+    if ints is not None:
+        bad = bad | (ints >= limit) | (ints <= -limit)
+    if not bad.any():
+        return None
+    value = pl.col(column).cast(pl.String)
+    return df.select(
+        pl.when(pl.col(column).is_null())
+        .then(pl.lit(f"null or missing event time in column {column!r}"))
+        .when(bad)
+        .then(
+            pl.format(
+                "event time {} in column {} is outside the supported range (within ±{} ms of "
+                "1970, about the years 1824 to 2116)",
+                value,
+                pl.lit(repr(column)),
+                pl.lit(TIME_LIMIT_MS),
+            )
+        )
+        .alias("reason")
+    ).to_series()
 
 
 def split_valid(
-    df: pl.DataFrame, column: str, *, source: str, positions: pl.Series | None = None
+    df: pl.DataFrame,
+    column: str,
+    *,
+    source: str,
+    positions: pl.Series | None = None,
+    partitions: Partitions | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Separate records whose event time is null (errors) from the rest."""
-    if column not in df.columns:
-        rows = error_rows(
-            df, f"record lacks the event-time column {column!r}", source=source, positions=positions
-        )
-        return df.clear(), rows
-    nulls = df.get_column(column).is_null()
-    if not nulls.any():
+    """Separate records whose event time is unusable (:func:`time_problems`: errors) from the
+    rest. Operators pass their query's ``partitions`` so that a Kafka record's error row names
+    its topic and partition."""
+    reasons = time_problems(df, column)
+    if reasons is None:
         return df, None
-    bad = df.filter(nulls)
+    bad = reasons.is_not_null()
     rows = error_rows(
-        bad,
-        f"null or missing event time in column {column!r}",
+        df.filter(bad),
+        reasons.filter(bad),
         source=source,
-        positions=positions.filter(nulls) if positions is not None else None,
+        positions=positions.filter(bad) if positions is not None else None,
+        partitions=partitions,
     )
-    return df.filter(~nulls), rows
+    return (df.clear() if column not in df.columns else df.filter(~bad)), rows
 
 
 class WatermarkTracker:

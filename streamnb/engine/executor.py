@@ -280,7 +280,7 @@ class Runner:
         self.stop_event = threading.Event()
         self.resume_event = threading.Event()
         self.resume_event.set()
-        self.records_in = 0
+        self.rows_in = 0  # rows the readers returned (what they rejected: ctx.rejected)
         self.batches = 0
         self.started = time.monotonic()
         self.rates = RateMeter()
@@ -330,7 +330,7 @@ class Runner:
         rows = self.readers[i][1].read(self.max_batch, wait)
         if rows is None or rows.height == 0:
             return None
-        self.records_in += rows.height
+        self.rows_in += rows.height
         self.batches += 1
         return rows
 
@@ -381,6 +381,12 @@ class Runner:
         """Whether input ``i`` is known to have records it has not read yet."""
         reader = self.readers[i][1]
         return not reader.done if self.bounded[i] else reader.has_unread()
+
+    @property
+    def records_in(self) -> int:
+        """Records read: rows, and the records the sources rejected (errors), so that
+        ``records_in`` = good records + error records."""
+        return self.rows_in + self.ctx.rejected
 
     def held_by(self) -> HeldBack | None:
         """The input that holds the others back in the event-time merge, and for how long."""
