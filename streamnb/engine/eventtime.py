@@ -38,22 +38,18 @@ def time_problems(df: pl.DataFrame, column: str) -> pl.Series | None:
         bad = bad | (ints >= limit) | (ints <= -limit)
     if not bad.any():
         return None
-    value = pl.col(column).cast(pl.String)
-    return df.select(
-        pl.when(pl.col(column).is_null())
-        .then(pl.lit(f"null or missing event time in column {column!r}"))
-        .when(bad)
-        .then(
-            pl.format(
-                "event time {} in column {} is outside the supported range (within ±{} ms of "
-                "1970, about the years 1824 to 2116)",
-                value,
-                pl.lit(repr(column)),
-                pl.lit(TIME_LIMIT_MS),
-            )
-        )
-        .alias("reason")
-    ).to_series()
+    where = bad.arg_true()
+    unit = f"{dtype.time_unit} since 1970" if isinstance(dtype, pl.Datetime) else "ms since 1970"
+    reasons = [  # the bad records only
+        f"null or missing event time in column {column!r}"
+        if t is None
+        else f"event time {t} ({unit}) in column {column!r} is outside the supported range "
+        f"(within ±{TIME_LIMIT_MS} ms of 1970, about the years 1824 to 2116)"
+        for t in (ints if ints is not None else times).gather(where).to_list()
+    ]
+    return pl.repeat(None, df.height, dtype=pl.String, eager=True).alias("reason").scatter(
+        where, reasons
+    )
 
 
 def split_valid(
