@@ -11,6 +11,7 @@ from typing import Any
 
 import polars as pl
 
+from streamnb.definitions.eventtime import units_per_ms
 from streamnb.engine.core import NEG_INF, POS_INF, Partitions, error_rows
 
 TIME_LIMIT_MS = POS_INF // 1_000_000
@@ -26,15 +27,11 @@ def time_problems(df: pl.DataFrame, column: str) -> pl.Series | None:
         return pl.Series("reason", [f"record lacks the event-time column {column!r}"] * df.height)
     times = df.get_column(column)
     dtype = times.dtype
-    if isinstance(dtype, pl.Datetime):
-        limit = TIME_LIMIT_MS * {"ms": 1, "us": 1_000, "ns": 1_000_000}[dtype.time_unit or "us"]
-    elif dtype.is_integer():
-        limit = TIME_LIMIT_MS
-    else:
-        limit = None  # not a time column: its cast reports that
-    ints = times.cast(pl.Int64, strict=False) if limit is not None else None
+    ints = None  # not a time column: its cast reports that
     bad = times.is_null()
-    if ints is not None:
+    if isinstance(dtype, pl.Datetime) or dtype.is_integer():
+        limit = TIME_LIMIT_MS * units_per_ms(column, dtype)
+        ints = times.cast(pl.Int64, strict=False)
         bad = bad | (ints >= limit) | (ints <= -limit)
     if not bad.any():
         return None
@@ -47,8 +44,10 @@ def time_problems(df: pl.DataFrame, column: str) -> pl.Series | None:
         f"(within ±{TIME_LIMIT_MS} ms of 1970, about the years 1824 to 2116)"
         for t in (ints if ints is not None else times).gather(where).to_list()
     ]
-    return pl.repeat(None, df.height, dtype=pl.String, eager=True).alias("reason").scatter(
-        where, reasons
+    return (
+        pl.repeat(None, df.height, dtype=pl.String, eager=True)
+        .alias("reason")
+        .scatter(where, reasons)
     )
 
 

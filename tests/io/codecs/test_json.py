@@ -60,7 +60,7 @@ def test_empty_and_blank_documents_are_errors() -> None:
     """Issue 14 point 1: they were skipped silently, so the counts did not add up."""
     docs = [b'{"a": 1}', b"", b"   ", b"\n", b'{"a": 2}']
     bad: list[tuple[int, str]] = []
-    df, kept = decode_ndjson(docs, SCHEMA, lambda i, d, why: bad.append((i, why)))
+    _, kept = decode_ndjson(docs, SCHEMA, lambda i, d, why: bad.append((i, why)))
     assert kept == [0, 4]
     assert bad == [
         (1, "empty message"),
