@@ -174,6 +174,9 @@ class Context:
     """A Kafka producer that sinks share instead of making their own: the worker's, which is
     transactional under exactly-once, so that output, state changelog and input offsets
     commit together."""
+    deadline: float | None = None
+    """Set when the query is asked to stop: the ``time.monotonic()`` by which its operators
+    must have closed. A sink waiting for deliveries gives up then and reports what is left."""
 
     def error(self, rows: pl.DataFrame) -> None:
         """Record error rows; with ``errors="fail"`` raise the first one's reason."""
@@ -250,6 +253,10 @@ class Operator:
     def finish(self) -> Delta | None:
         """The input ended (watermark +∞): emit what is left."""
         return None
+
+    def tick(self) -> None:
+        """Called on the query's thread a few times a second, whether batches arrive or not:
+        for work due by the clock (a sink's timed flush, its delivery reports)."""
 
     def close(self) -> None:
         """The query ended or was stopped: release resources, flush buffered output."""

@@ -27,10 +27,24 @@ _registry_lock = threading.Lock()
 _names = itertools.count(1)
 
 
+STOP_FLUSH_SHARE = 0.5
+"""The share of ``stop(timeout)`` that sinks may spend flushing."""
+
+
 def queries() -> list[Query]:
-    """The queries that are running or paused, oldest first."""
+    """The queries that are running or paused, oldest first.
+
+    The registry holds a query only while it runs: one that ended is dropped (whoever holds
+    it can still read its ``errors()`` and ``result()``), so stopped queries do not pile up.
+    """
     with _registry_lock:
         return [q for q in _registry.values() if q.status()["state"] in ("running", "paused")]
+
+
+def _unregister(query: Query) -> None:
+    with _registry_lock:
+        if _registry.get(query.name) is query:
+            del _registry[query.name]
 
 
 class Observed(Protocol):
@@ -165,18 +179,20 @@ class Query:
 
     def _run(self) -> None:
         runner = self._exec.runner
+        state: QueryState = "failed"
         try:
             runner.open()
-            finished = runner.run()
-            self._state = "finished" if finished else "stopped"
+            state = "finished" if runner.run() else "stopped"
         except BaseException as exc:  # the thread must report, never die silently
             self.exception = exc
-            self._state = "failed"
-        finally:
-            try:
-                runner.close()
-            finally:
-                self._done.set()
+        try:
+            runner.close()
+        except BaseException as exc:  # a sink that cannot flush at the end fails the query
+            self.exception = self.exception or exc
+            state = "failed"
+        self._state = state
+        _unregister(self)
+        self._done.set()
 
     # -- control ---------------------------------------------------------------------------
     def pause(self) -> None:
@@ -191,7 +207,15 @@ class Query:
             self._exec.runner.resume_event.set()
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop after the current batch and wait for the thread to end."""
+        """Stop after the current batch and wait for the thread to end.
+
+        Sinks flush what they hold within ``timeout``: records a Kafka sink could not deliver
+        by then go to :meth:`errors`; a sink that fails to flush makes the query ``failed``
+        (:meth:`wait` raises).
+        """
+        if timeout is not None and self._exec.ctx.deadline is None:
+            # the rest of the timeout is for closing clients and joining the thread
+            self._exec.ctx.deadline = time.monotonic() + timeout * STOP_FLUSH_SHARE
         self._exec.runner.stop_event.set()
         self._exec.runner.resume_event.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
