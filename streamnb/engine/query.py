@@ -213,9 +213,11 @@ class Query:
         by then go to :meth:`errors`; a sink that fails to flush makes the query ``failed``
         (:meth:`wait` raises).
         """
-        if timeout is not None and self._exec.ctx.deadline is None:
+        ctx = self._exec.ctx
+        if timeout is not None:
             # the rest of the timeout is for closing clients and joining the thread
-            self._exec.ctx.deadline = time.monotonic() + timeout * STOP_FLUSH_SHARE
+            deadline = time.monotonic() + timeout * STOP_FLUSH_SHARE
+            ctx.deadline = deadline if ctx.deadline is None else min(ctx.deadline, deadline)
         self._exec.runner.stop_event.set()
         self._exec.runner.resume_event.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:

@@ -142,11 +142,11 @@ def _unreachable(bootstrap: str, seconds: float, failure: str, seen: list[Any]) 
         text = error.str()
         if error.code() == KafkaError._AUTHENTICATION or "handshake" in text.lower():
             return (
-                f"Kafka at {bootstrap} answered, but the connection failed while "
-                f"authenticating: {text}. Check the client settings against the broker's "
-                "listener: security.protocol (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL), "
-                "sasl.mechanism and credentials, ssl.* (a SASL or SSL setting against a "
-                "PLAINTEXT listener fails like this)"
+                f"Kafka at {bootstrap} answered, but the connection failed in its security "
+                f"handshake (authentication or TLS): {text}. The client's settings do not fit "
+                "the broker's listener: check security.protocol (PLAINTEXT, SSL, "
+                "SASL_PLAINTEXT, SASL_SSL), sasl.mechanism and the credentials, ssl.* "
+                "(a SASL or SSL setting against a PLAINTEXT listener fails like this)"
             )
     detail = next((e.str() for e in seen if e.code() != KafkaError._ALL_BROKERS_DOWN), failure)
     return (

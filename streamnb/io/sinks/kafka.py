@@ -264,19 +264,24 @@ class KafkaWriter(Operator):
         try:
             if not self._finished:
                 self._flush()
-            if self._own and len(self.producer):
-                # what is still queued is dropped; its delivery reports put it in errors()
-                self._report(fail=False)
-                self.producer.purge()
-                deadline = time.monotonic() + 1.0
-                while len(self.producer) and time.monotonic() < deadline:
-                    self.producer.poll(0.01)
-                reason = self._stopped_reason()
-                self._failures = [f._replace(reason=reason) for f in self._failures]
-            self._report(fail=False)  # closing reports; it does not fail a second time
         finally:
             if self._own:
-                self.producer.close()
+                self._drop_undelivered()
+                self.producer.close()  # quick: nothing is left to flush
+
+    def _drop_undelivered(self) -> None:
+        """Purge what the producer still holds; its delivery reports put each record in
+        ``errors()`` (closing reports, it does not fail the query a second time)."""
+        self._report(fail=False)
+        if not len(self.producer):
+            return
+        self.producer.purge()
+        deadline = time.monotonic() + 1.0
+        while len(self.producer) and time.monotonic() < deadline:
+            self.producer.poll(0.01)
+        reason = self._stopped_reason()
+        self._failures = [f._replace(reason=reason) for f in self._failures]
+        self._report(fail=False)
 
     def _stopping(self) -> bool:
         deadline = self.ctx.deadline
