@@ -176,7 +176,7 @@ class Context:
     commit together."""
     deadline: float | None = None
     """Set when the query is asked to stop: the ``time.monotonic()`` by which its operators
-    must have closed. A sink waiting for deliveries gives up then and reports what is left."""
+    must have closed. A sink waiting for deliveries gives up in time to report what is left."""
 
     def error(self, rows: pl.DataFrame) -> None:
         """Record error rows; with ``errors="fail"`` raise the first one's reason."""

@@ -27,8 +27,9 @@ _registry_lock = threading.Lock()
 _names = itertools.count(1)
 
 
-STOP_FLUSH_SHARE = 0.5
-"""The share of ``stop(timeout)`` that sinks may spend flushing."""
+STOP_CLOSE_SHARE = 0.9
+"""The share of ``stop(timeout)`` by whose end operators must have closed (``ctx.deadline``);
+the rest is for the readers' clients and the thread's end."""
 
 
 def queries() -> list[Query]:
@@ -215,8 +216,7 @@ class Query:
         """
         ctx = self._exec.ctx
         if timeout is not None:
-            # the rest of the timeout is for closing clients and joining the thread
-            deadline = time.monotonic() + timeout * STOP_FLUSH_SHARE
+            deadline = time.monotonic() + timeout * STOP_CLOSE_SHARE
             ctx.deadline = deadline if ctx.deadline is None else min(ctx.deadline, deadline)
         self._exec.runner.stop_event.set()
         self._exec.runner.resume_event.set()

@@ -28,6 +28,9 @@ FORMATS = ("json", "raw", "avro")
 FLUSH_SECONDS = 30.0
 """How long the end of a query waits for its records to be delivered, when no stop timeout
 says otherwise."""
+DROP_SECONDS = 25e-6
+"""What dropping one undelivered record at close costs, about (its delivery report and error
+row): a stopping sink stops waiting early enough to report all it holds by the deadline."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,9 @@ class KafkaWriter(Operator):
     What cannot be delivered shows in ``errors()`` within a tick (a tenth of a second), not at
     the next batch: each failed record with its bytes, and a row when every broker is down
     (the records then wait in the producer, and are retried, until ``message.timeout.ms``).
-    Closing flushes until ``ctx.deadline`` (a stop's timeout) or ``FLUSH_SECONDS``; records
-    still undelivered then are purged into ``errors()`` and the producer is closed.
+    Closing flushes until ``FLUSH_SECONDS`` or, when stopping, until just enough of the stop's
+    timeout (``ctx.deadline``) is left to report what is still undelivered: those records are
+    purged into ``errors()`` and the producer is closed.
     """
 
     def __init__(
@@ -268,6 +272,7 @@ class KafkaWriter(Operator):
             if self._own:
                 self._drop_undelivered()
                 self.producer.close()  # quick: nothing is left to flush
+                self._report(fail=False)  # reports it served while closing, if any
 
     def _drop_undelivered(self) -> None:
         """Purge what the producer still holds; its delivery reports put each record in
@@ -276,7 +281,7 @@ class KafkaWriter(Operator):
         if not len(self.producer):
             return
         self.producer.purge()
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + 5.0  # purged records report at once; this is a guard
         while len(self.producer) and time.monotonic() < deadline:
             self.producer.poll(0.01)
         reason = self._stopped_reason()
@@ -284,8 +289,13 @@ class KafkaWriter(Operator):
         self._report(fail=False)
 
     def _stopping(self) -> bool:
+        """Whether the query is stopping and the time left is what reporting the records
+        still held takes."""
         deadline = self.ctx.deadline
-        return deadline is not None and time.monotonic() >= deadline
+        if deadline is None:
+            return False
+        held = len(self.producer) if self._own else 0
+        return time.monotonic() + 0.1 + held * DROP_SECONDS >= deadline
 
     def _flush(self) -> None:
         """Wait for deliveries, reporting failures as they come, until none is left, the
