@@ -286,6 +286,9 @@ def test_promote_writes_a_hostile_query_name_as_a_literal(
     name = 'x""" and __import__("pathlib").Path("INJECTED").touch() or """'
     quoted = "'" + name + "'"  # one word for the magic's shell-like split
     run(f"%%stream {quoted}\n{BOUNDED}").wait(timeout=30)
+    # an earlier promote's rebuild ran this session's `%stream connect` cells in this process:
+    # without that default, the session's to-kafka cells fail here too and are left out
+    monkeypatch.setattr(kafka_client, "_defaults", {})
     job = tmp_path / "job.py"
     run(f"%stream promote {quoted} --to {job}")
     monkeypatch.chdir(tmp_path)
