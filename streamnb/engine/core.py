@@ -200,6 +200,9 @@ class Context:
     """A Kafka producer that sinks share instead of making their own: the worker's, which is
     transactional under exactly-once, so that output, state changelog and input offsets
     commit together."""
+    deadline: float | None = None
+    """Set when the query is asked to stop: the ``time.monotonic()`` by which its operators
+    must have closed. A sink waiting for deliveries gives up in time to report what is left."""
 
     def reject(self, rows: pl.DataFrame) -> None:
         """Error rows for records a source read but could not turn into rows (undecodable,
@@ -287,6 +290,10 @@ class Operator:
     def finish(self) -> Delta | None:
         """The input ended (watermark +∞): emit what is left."""
         return None
+
+    def tick(self) -> None:
+        """Called on the query's thread a few times a second, whether batches arrive or not:
+        for work due by the clock (a sink's timed flush, its delivery reports)."""
 
     def close(self) -> None:
         """The query ended or was stopped: release resources, flush buffered output."""

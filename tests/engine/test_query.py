@@ -5,8 +5,10 @@ Every wait is bounded, so a broken query fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
+import weakref
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -220,6 +222,26 @@ def test_starting_a_query_with_a_running_name_replaces_it() -> None:
         assert new.status()["state"] == "running"
     finally:
         new.stop()
+
+
+def test_the_registry_lets_go_of_queries_that_ended() -> None:
+    held = paced().start()
+    wait_until(lambda: held.status()["records_in"] > 0)
+    held.stop()
+    dropped = [weakref.ref(paced().start()) for _ in range(3)]
+    for ref in dropped:
+        query = ref()
+        assert query is not None
+        query.stop()
+    bounded = sn.from_records([{"v": 1}]).start()
+    assert bounded.wait(TIMEOUT)
+    ended = weakref.ref(bounded)
+    del query, bounded
+    gc.collect()
+    assert [ref() for ref in [*dropped, ended]] == [None] * 4  # nothing else holds them
+    # one that is held still answers, after it stopped
+    assert held.status()["state"] == "stopped" and held.status()["records_in"] > 0
+    assert held.errors().height == 0 and held.result().height > 0
 
 
 def test_unnamed_queries_get_distinct_names() -> None:
