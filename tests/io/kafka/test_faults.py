@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import polars as pl
 import pytest
 
 import streamnb as sn
 from streamnb.io.kafka import client as kafka_client
+from streamnb.io.sources.kafka.source import KafkaSource
 from tests.threads import stop_all_and_check_no_thread_left, streamnb_threads, wait_until
 
 Produce = Callable[..., list[tuple[int, int]]]
@@ -237,6 +239,9 @@ def test_connect_takes_client_settings_that_topics_and_peek_use(
     assert sn.kafka.peek(topic)["id"].to_list() == [1]
     assert len(made) == 5  # connect, topics (metadata, consumer), peek (metadata, consumer)
     assert all(c["client.id"] == "streamnb-faults" for c in made)
+    source = KafkaSource(topic, schema={"id": pl.Int64})  # what from_kafka(topic) builds
+    assert source.config == settings
+    assert KafkaSource(topic, bootstrap_servers=bootstrap, config={}).config == {}
 
 
 def test_a_sasl_setting_against_a_plaintext_listener_is_named(bootstrap: str) -> None:
