@@ -97,6 +97,12 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def kafka_reason(exc: BaseException) -> str:
+    """A Kafka client error's own message (a ``KafkaException`` holds a ``KafkaError``)."""
+    error: Any = exc.args[0] if exc.args else None
+    return str(error.str()) if hasattr(error, "str") else str(exc)
+
+
 def client_config(
     bootstrap: str, config: Mapping[str, Any] | None = None, **defaults: Any
 ) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 A Kafka sink that cannot deliver shows it in ``status()`` and ``errors()`` within seconds,
 keeps every undelivered record's bytes in ``errors()``, and ``stop()`` returns within its
-timeout with no thread or client left; start/stop cycles leak no thread and no socket;
+timeout with no thread or client left; so does a Kafka source whose broker went down, which
+reports the offsets it could not commit; start/stop cycles leak no thread and no socket;
 ``sn.kafka`` takes client settings and tells a refused handshake from a broker that is down.
 """
 
@@ -21,6 +22,8 @@ import pytest
 import streamnb as sn
 from streamnb.io.kafka import client as kafka_client
 from streamnb.io.sources.kafka.source import KafkaSource
+from tests.io.kafka import broker as kafka
+from tests.io.kafka.broker import KafkaBroker
 from tests.threads import stop_all_and_check_no_thread_left, streamnb_threads, wait_until
 
 Produce = Callable[..., list[tuple[int, int]]]
@@ -180,6 +183,55 @@ def test_stop_returns_within_its_timeout_while_the_producer_queue_is_full() -> N
     assert reasons.pop().startswith("not delivered before the query stopped (127.0.0.1:")
     # the producer's threads end with it
     wait_until(lambda: os_threads() <= before - 3, timeout=10)
+
+
+# -- a source whose broker is down ------------------------------------------------------------
+
+
+def test_stop_returns_within_its_timeout_when_the_source_broker_is_down(
+    kafka_broker: KafkaBroker, make_topic: Callable[..., str], produce: Produce, bootstrap: str
+) -> None:
+    topic = make_topic()
+    produce(topic, [{"id": i} for i in range(100)])
+    group = f"g-{topic}"
+    gate = threading.Event()  # holds the group's batch in the pipeline: it is not committed
+
+    def held(batch: pl.DataFrame) -> pl.DataFrame:
+        gate.wait(30)
+        return batch
+
+    grouped = (
+        sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest", group_id=group)
+        .map_batches(held)
+        .start()
+    )
+    plain = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest").start()
+    wait_until(lambda: grouped.status()["records_in"] == plain.status()["records_in"] == 100)
+    kafka_broker.stop()
+    try:
+        for query in (grouped, plain):
+            gate.set()
+            started = time.monotonic()
+            query.stop(timeout=3)
+            assert time.monotonic() - started < 3.5, query.name
+            assert query.status()["state"] == "stopped"
+        assert streamnb_threads() == []
+        assert plain.status()["errors"] == 0  # no group: nothing to commit
+        # the group's offsets could not be committed: said, not lost silently
+        [row] = grouped.errors().to_dicts()
+        assert (row["topic"], row["partition"], row["offset"]) == (topic, 0, 100)
+        assert "not committed" in row["reason"] and "read these records again" in row["reason"]
+    finally:
+        kafka_broker.start()
+    # the broker serves again, and the group re-reads what it could not commit
+    kafka.produce(bootstrap, topic, [{"id": 100}])
+    again = sn.from_kafka(
+        topic, bootstrap_servers=bootstrap, start="committed", group_id=group
+    ).start()
+    try:
+        wait_until(lambda: again.status()["records_in"] == 101, timeout=30)
+    finally:
+        again.stop()
 
 
 # -- point 7: start/stop cycles leak nothing --------------------------------------------------

@@ -16,6 +16,9 @@ source
     :class:`KafkaSource`, the definition: arguments, topics and partitions, the schema.
 reader
     :class:`KafkaReader`, one read: assignment, the owner API, reading, offsets and lag.
+commits
+    :class:`~.commits.GroupCommits`: a group's offsets, committed per batch and, bounded by
+    the stop deadline, at close; what is not committed is reported.
 decode
     :class:`~.decode.MessageDecoder`: one fetch of messages into a frame, errors reported.
 """

@@ -9,7 +9,6 @@ frame is :mod:`.decode`'s.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,8 @@ import polars as pl
 from streamnb.engine.core import Context, error_from_python
 from streamnb.engine.source import PartOwner, Reader
 from streamnb.exceptions import ConfigError, SourceError
-from streamnb.io.kafka.client import client_config
+from streamnb.io.kafka.client import client_config, kafka_reason
+from streamnb.io.sources.kafka.commits import GroupCommits
 from streamnb.io.sources.kafka.decode import MessageDecoder
 
 if TYPE_CHECKING:
@@ -93,6 +93,12 @@ class KafkaReader(Reader):
         self._owner = owner
         self._extra = frozenset(extra_topics)
         group = source.group_id or f"streamnb-{uuid.uuid4()}"
+        # offsets the reader commits itself: a group's, without an owner
+        self._commits = (
+            GroupCommits(source.name, group, ctx)
+            if source.group_id is not None and owner is None
+            else None
+        )
         self._consumer = Consumer(
             client_config(
                 source.bootstrap,
@@ -110,9 +116,12 @@ class KafkaReader(Reader):
                     # 10 ms measured faster and cheaper than 0 (BENCHMARKS.md, mode 2)
                     "queued.min.messages": 1_000_000,
                     "fetch.queue.backoff.ms": 10,
+                    **({"on_commit": self._commits.answered} if self._commits else {}),
                 },
             )
         )
+        if self._commits is not None:
+            self._commits.consumer = self._consumer
         # hidden partition ids: per topic, a lookup table from partition number to id
         self._lut = {
             t: np.array([ctx.partitions.id_for("kafka", t, p) for p in range(max(ps) + 1)])
@@ -124,7 +133,6 @@ class KafkaReader(Reader):
         }
         self._opened = time.monotonic()
         self._last_seen: dict[int, float] = {}
-        self._uncommitted: dict[tuple[str, int], int] = {}
         self._positions: dict[tuple[str, int], int] = {}  # next offset to read, when known
         self._started: set[tuple[str, int]] = set()  # partitions given their start position
         self._lag: int | None = None
@@ -193,7 +201,7 @@ class KafkaReader(Reader):
             self._consumer.commit(offsets=list(offsets), asynchronous=False)
         except KafkaException as exc:
             raise SourceError(
-                f"{self.source.name}: cannot commit offsets for the group: {_reason(exc)}"
+                f"{self.source.name}: cannot commit offsets for the group: {kafka_reason(exc)}"
             ) from exc
 
     def group_metadata(self) -> Any:
@@ -231,7 +239,8 @@ class KafkaReader(Reader):
                 ]
         except KafkaException as exc:
             raise SourceError(
-                f"{self.source.name}: cannot find the start offsets ({start!r}): {_reason(exc)}"
+                f"{self.source.name}: cannot find the start offsets ({start!r}): "
+                f"{kafka_reason(exc)}"
             ) from exc
         offset = OFFSET_BEGINNING if start == "earliest" else OFFSET_STORED
         return [TopicPartition(t, p, offset) for t, p in partitions]
@@ -267,8 +276,8 @@ class KafkaReader(Reader):
             self._owner.assigned(pairs)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        if self._owner is None:
-            self._commit_processed(asynchronous=False)
+        if self._commits is not None:
+            self._commits.revoked([(tp.topic, tp.partition) for tp in partitions])
         ids = {
             self.partition_id(tp.topic, tp.partition) for tp in partitions if tp.topic in self._lut
         }
@@ -288,8 +297,8 @@ class KafkaReader(Reader):
             if decoder.failure is not None:
                 failure, decoder.failure = decoder.failure, None
                 self.ctx.reject(failure)  # raises DecodeError
-        if self._owner is None:
-            self._commit_processed(asynchronous=True)  # the previous batch is processed by now
+        if self._commits is not None:
+            self._commits.send()  # the previous batch is processed by now
         messages = self._messages(max_records, timeout)
         self.extra_messages = []
         self.member_frames = [None] * (len(self.sources) - 1)
@@ -405,23 +414,8 @@ class KafkaReader(Reader):
         )
         for t, p, o in frame.group_by("t", "p").agg(pl.col("o").max()).iter_rows():
             self._positions[(t, p)] = o + 1
-            if self.source.group_id is not None and self._owner is None:
-                self._uncommitted[(t, p)] = o + 1
-
-    def _commit_processed(self, *, asynchronous: bool) -> None:
-        """Commit what was read and processed (a reader without an owner, in a group)."""
-        from confluent_kafka import KafkaException, TopicPartition
-
-        if not self._uncommitted:
-            return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()]
-        self._uncommitted = {}
-        # a failure means a rebalance moved the partition: its new owner resumes from its commit
-        with contextlib.suppress(KafkaException):
-            if asynchronous:
-                self._consumer.commit(offsets=offsets, asynchronous=True)
-            else:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
+            if self._commits is not None:
+                self._commits.note(t, p, o + 1)
 
     def lag(self) -> int | None:
         return self._lag  # computed on the reader's thread: a consumer is not thread-safe
@@ -465,7 +459,7 @@ class KafkaReader(Reader):
                     low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
                 except Exception as exc:  # the broker is gone: the read fails with the reason
                     raise SourceError(
-                        f"cannot read the end offsets of {tp.topic}: {_reason(exc)}"
+                        f"cannot read the end offsets of {tp.topic}: {kafka_reason(exc)}"
                     ) from exc
                 if high > low:
                     self._ends[(tp.topic, tp.partition)] = (low, high)
@@ -486,18 +480,14 @@ class KafkaReader(Reader):
         return self._progress
 
     def close(self) -> None:
-        """Leave the group (an owner hears of the revocation) and close the consumer."""
-        if self._owner is None:
-            self._commit_processed(asynchronous=False)
+        """Commit the last offsets by the stop deadline (what cannot be is reported in
+        ``errors()``: see :mod:`.commits`), leave the group (an owner hears of the
+        revocation) and close the consumer."""
+        if self._commits is not None:
+            self._commits.close()
         self._consumer.close()
 
 
 UNREAD_LAPSE = 1.0
 """Seconds after which an end offset above the position, with no records coming, no longer
 counts as unread records (see :meth:`KafkaReader.has_unread`)."""
-
-
-def _reason(exc: BaseException) -> str:
-    """A Kafka client error's own message."""
-    error: Any = exc.args[0] if exc.args else None
-    return str(error.str()) if hasattr(error, "str") else str(exc)
