@@ -246,9 +246,11 @@ class KafkaWriter(Operator):
             )
 
     def _dead_letter(self, errors: pl.DataFrame) -> None:
+        """Error rows to the dead-letter topic as their original value: the bytes, a row's
+        text when it never was bytes, and null (a tombstone) when the value was null."""
         assert self.dlq is not None
         payloads = [
-            raw if raw is not None else (record or "").encode()
+            raw if raw is not None or record is None else record.encode()
             for raw, record in zip(errors["raw"], errors["record"], strict=True)
         ]
         headers = [
