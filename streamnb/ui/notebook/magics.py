@@ -6,7 +6,8 @@
     %%stream NAME [--show] [--chart SPEC] [--to-kafka TOPIC]
     <Python whose last expression is a Stream>
 
-    %stream list | stop NAME | stop --all | status NAME | connect BOOTSTRAP | topics
+    %stream list | stop NAME | stop --all | status NAME | topics
+    %stream connect BOOTSTRAP [--config KEY=VALUE ...]
     %stream peek TOPIC [-n N] | promote NAME --to PATH
 
 Defaults of the live views are configurable: ``%config StreamMagics.max_rows = 50``,
@@ -31,6 +32,7 @@ from traitlets import Float, Int, TraitError, validate
 import streamnb as sn
 from streamnb.engine.query import Query
 from streamnb.exceptions import ConfigError
+from streamnb.io.kafka.client import SECRET_KEYS, kafka_reason, redact
 from streamnb.promote import write_job
 from streamnb.stream import GroupedStream, Stream, WindowedStream
 from streamnb.types import Status
@@ -39,9 +41,11 @@ from streamnb.ui.notebook.widgets import display_query
 __all__ = ["StreamMagics", "load_ipython_extension", "unload_ipython_extension"]
 
 CELL_USAGE = "%%stream NAME [--show] [--chart SPEC] [--to-kafka TOPIC]"
+CONNECT_USAGE = "%stream connect BOOTSTRAP [--config KEY=VALUE ...]"
 LINE_USAGE = (
-    "%stream list | stop NAME | stop --all | status NAME | connect BOOTSTRAP | topics | "
-    "peek TOPIC [-n N] | promote NAME --to PATH"
+    "%stream list | stop NAME | stop --all | status NAME | "
+    "connect BOOTSTRAP [--config KEY=VALUE ...] | topics | peek TOPIC [-n N] | "
+    "promote NAME --to PATH"
 )
 
 
@@ -61,8 +65,15 @@ def _name_args() -> None:
 
 @magic_arguments(name="%stream connect")
 @argument("bootstrap", help="host:port[,host:port] of the Kafka cluster")
+@argument(
+    "--config",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="a client setting (security.protocol, sasl.*, ssl.*); repeat for several",
+)
 def _connect_args() -> None:
-    """Set the default Kafka bootstrap servers."""
+    """Set the default Kafka bootstrap servers and client settings."""
 
 
 @magic_arguments(name="%stream peek")
@@ -215,8 +226,9 @@ class StreamMagics(Magics):
     def stream_line(self, line: str) -> Any:
         """Manage queries.
 
-        ``%stream list | stop NAME | stop --all | status NAME | connect BOOTSTRAP | topics |
-        peek TOPIC [-n N] | promote NAME --to PATH``
+        ``%stream list | stop NAME | stop --all | status NAME |
+        connect BOOTSTRAP [--config KEY=VALUE ...] | topics | peek TOPIC [-n N] |
+        promote NAME --to PATH``
         """
         command, _, rest = line.strip().partition(" ")
         handlers = {
@@ -267,9 +279,16 @@ class StreamMagics(Magics):
         return self._query(_parse(_name_args, rest, "%stream status NAME").name).status()
 
     def _connect(self, rest: str) -> None:
-        args = _parse(_connect_args, rest, "%stream connect BOOTSTRAP")
-        topics = sn.kafka.connect(args.bootstrap)
-        print(f"connected to {args.bootstrap}: {len(topics)} topics")
+        from confluent_kafka import KafkaException
+
+        args = _parse(_connect_args, rest, CONNECT_USAGE)
+        config = _settings(args.config)
+        try:
+            topics = sn.kafka.connect(args.bootstrap, config=config or None)
+        except KafkaException as exc:  # a setting librdkafka does not take
+            raise UsageError(f"--config: {kafka_reason(exc)}\nusage: {CONNECT_USAGE}") from None
+        shown = "".join(f", {k}={v}" for k, v in redact(config).items())
+        print(f"connected to {args.bootstrap}{shown}: {len(topics)} topics")
 
     def _topics(self, rest: str) -> pl.DataFrame:
         _parse(_no_args, rest, "%stream topics")
@@ -308,6 +327,19 @@ class StreamMagics(Magics):
                 if view is not None:
                     view.close()
         self.queries.clear()
+
+
+def _settings(items: list[str]) -> dict[str, str]:
+    """``--config KEY=VALUE`` arguments as client settings (a later key wins); one that is
+    not ``KEY=VALUE`` is a UsageError naming it (its value hidden when it may be a secret)."""
+    settings = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            shown = "***" if any(s in item.lower() for s in SECRET_KEYS) else repr(item)
+            raise UsageError(f"--config {shown}: expected KEY=VALUE\nusage: {CONNECT_USAGE}")
+        settings[key.strip()] = value
+    return settings
 
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:

@@ -197,7 +197,9 @@ def test_connect_topics_peek_call_the_kafka_api(
     run: Run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     calls: list[tuple[str, Any]] = []
-    monkeypatch.setattr(sn.kafka, "connect", lambda b: calls.append(("connect", b)) or ["t"])
+    monkeypatch.setattr(
+        sn.kafka, "connect", lambda b, config=None: calls.append(("connect", b)) or ["t"]
+    )
     monkeypatch.setattr(sn.kafka, "topics", lambda: calls.append(("topics", None)) or "T")
     monkeypatch.setattr(sn.kafka, "peek", lambda t, n: calls.append(("peek", (t, n))) or "P")
     run("%stream connect 127.0.0.1:9092")
@@ -211,6 +213,64 @@ def test_connect_topics_peek_call_the_kafka_api(
         ("peek", ("bids", 10)),
         ("peek", ("bids", 3)),
     ]
+
+
+def test_connect_passes_client_settings_and_prints_no_secret(
+    run: Run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[Any] = []
+    monkeypatch.setattr(
+        sn.kafka, "connect", lambda b, config=None: calls.append((b, config)) or ["t", "u"]
+    )
+    run(
+        "%stream connect broker:9093 --config security.protocol=SASL_SSL "
+        "--config sasl.password=hunter2 --config 'sasl.jaas.config=a b=c' --config ssl.ca.location="
+    )
+    assert calls == [
+        (
+            "broker:9093",
+            {
+                "security.protocol": "SASL_SSL",
+                "sasl.password": "hunter2",
+                "sasl.jaas.config": "a b=c",
+                "ssl.ca.location": "",
+            },
+        )
+    ]
+    out = capsys.readouterr().out
+    assert "connected to broker:9093, security.protocol=SASL_SSL, sasl.password=***" in out
+    assert "2 topics" in out and "hunter2" not in out
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("connect b:1 --config nokey", "--config 'nokey': expected KEY=VALUE"),
+        ("connect b:1 --config =v", "--config '=v': expected KEY=VALUE"),
+        ("connect b:1 --config", "expected one argument"),
+        ("connect b:1 --config sasl.password:hunter2", "--config ***: expected KEY=VALUE"),
+    ],
+)
+def test_connect_config_usage_errors(shell: InteractiveShell, line: str, message: str) -> None:
+    result = shell.run_cell(f"%stream {line}")
+    assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+    assert message in str(result.error_in_exec)
+    assert "usage: %stream connect BOOTSTRAP [--config KEY=VALUE ...]" in str(result.error_in_exec)
+    assert "hunter2" not in str(result.error_in_exec)
+
+
+def test_connect_with_settings_against_a_broker(run: Run, bootstrap: str) -> None:
+    try:
+        run(f"%stream connect {bootstrap} --config client.id=magic --config socket.timeout.ms=4000")
+        assert kafka_client._defaults["config"] == {
+            "client.id": "magic",
+            "socket.timeout.ms": "4000",
+        }
+        assert "topic" in run("%stream topics").columns  # topics() uses those settings
+        with pytest.raises(UsageError, match=r"no\.such\.setting"):
+            run(f"%stream connect {bootstrap} --config no.such.setting=1")
+    finally:
+        kafka_client._defaults.clear()
 
 
 def test_connect_topics_peek_against_a_broker(run: Run, bootstrap: str) -> None:
