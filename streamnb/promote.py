@@ -169,14 +169,20 @@ def load_attribute(locator: str) -> Any:
     return value
 
 
-_JOB = '''"""streamnb job {name!r}, from {notebook} (`streamnb export` / `%stream promote`).
+# The job's text holds user text (the query name, the notebook's and the job's file names)
+# only as Python literals made by repr(), in code and in comments: a name is never code.
+_JOB = '''"""A streamnb job, written by `streamnb export` / `%stream promote`.
 
-Run it:   python {filename} [--sink kafka:TOPIC|parquet:PATH|console] [--metrics-port N]
-or:       streamnb run {filename}:STREAM
+Run it:   python JOB.py [--sink kafka:TOPIC|parquet:PATH|console] [--metrics-port N]
+or:       streamnb run JOB.py:STREAM
 
 The notebook's code cells follow, with IPython syntax turned into plain calls; starting a
-stream records it instead of running it, and the query {name!r} runs headless at the end.
+stream records it instead of running it, and the query runs headless at the end.
 """
+
+# query:    {name!r}
+# notebook: {notebook!r}
+# job:      {filename!r}
 
 import sys
 
@@ -230,5 +236,5 @@ def write_job(
             parts.append(head + to_python(cell).rstrip() + "\n")
     parts.append(_JOB_END.format(name=name))
     target = Path(output)
-    target.write_text("".join(parts))
+    target.write_text("".join(parts), encoding="utf-8")
     return target

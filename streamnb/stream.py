@@ -575,9 +575,9 @@ class WindowedStream:
         et = stream._plan.event_time
         assert et is not None
         flat = _flatten(exprs)
-        schema = stream.schema if stream.schema is not None else pl.Schema({et.column: et.dtype})
-        aggregation = Aggregation(flat, schema, self._by)
-        key_types = {k: schema[k] for k in self._by} if stream.schema is not None else {}
+        schema = stream.schema
+        aggregation = _aggregation(flat, schema, self._by, et)
+        key_types = {k: schema[k] for k in self._by} if schema is not None else {}
         out = pl.Schema(
             {
                 "window_start": et.dtype,
@@ -624,12 +624,46 @@ class GroupedStream:
         """The running aggregates per key, updated after every micro-batch."""
         stream = self._stream
         schema = stream.schema
-        aggregation = Aggregation(_flatten(exprs), schema or pl.Schema(), self._keys)
+        aggregation = _aggregation(_flatten(exprs), schema, self._keys, stream._plan.event_time)
         out = None
         if schema is not None:
             out = pl.Schema({**{k: schema[k] for k in self._keys}, **aggregation.output_schema})
         node = GroupByNode((stream._plan.root,), self._keys, aggregation)
         return Stream(Plan(node, out, None, stream.bounded, self._keys, stream._plan.event_time))
+
+
+def _aggregation(
+    exprs: Sequence[pl.Expr], schema: pl.Schema | None, keys: Sequence[str], et: EventTime | None
+) -> Aggregation:
+    """The aggregation of ``exprs`` by ``keys`` over records of ``schema``.
+
+    When the columns are not known yet (a Kafka topic with no records to learn them from and
+    no ``schema=``), it is defined all the same if no output type depends on the input types
+    (``pl.len()``, ``count``, ``n_unique``), and refused, naming ``schema=``, otherwise.
+    """
+    if schema is not None:
+        return Aggregation(exprs, schema, keys)
+    time = {et.column: et.dtype} if et is not None else {}
+    names = sorted({*keys, *(n for e in exprs for n in e.meta.root_names())} - set(time))
+
+    def probe(dtype: pl.DataType) -> Aggregation:
+        return Aggregation(exprs, pl.Schema({**dict.fromkeys(names, dtype), **time}), keys)
+
+    aggregation = probe(pl.Int64())  # a definition error other than types shows here
+    for dtype in (pl.Float32(), pl.String()):
+        try:
+            types = probe(dtype).output_schema
+        except ConfigError:
+            types = pl.Schema()
+        differs = [n for n, t in aggregation.output_schema.items() if types.get(n) != t]
+        if differs:
+            raise ConfigError(
+                f"agg(): the type of {differs[0]!r} depends on the columns' types, which are "
+                "not known yet (the source had no records to learn them from); pass "
+                f"schema= to the source with the columns {names} (e.g. "
+                "sn.from_kafka(topic, schema={'k': pl.String, 'v': pl.Int64}))"
+            )
+    return aggregation
 
 
 def _hidden(frame: Any) -> list[str]:

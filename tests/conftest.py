@@ -10,6 +10,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+# Subprocesses (`python -m streamnb`, exported jobs, kernels) import this checkout's streamnb,
+# not the one the venv's editable install points at (another worktree's, perhaps).
+_CHECKOUT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_CHECKOUT, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+)
+
 # One real Kafka broker per test session, shared by every test that asks for it
 # (tests/io/kafka, tests/ui/notebook, tests/worker, ...); it starts only when a test needs it.
 pytest_plugins = ["tests.io.kafka.fixtures"]

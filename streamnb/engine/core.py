@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 import polars as pl
 
+from streamnb.columns import OFFSET, PARTITION, visible
+
 ERROR_SCHEMA = pl.Schema(
     {
         "source": pl.String,
@@ -51,26 +53,48 @@ class Delta:
 
 
 def error_rows(
-    df: pl.DataFrame, reason: str, *, source: str, positions: pl.Series | None = None
+    df: pl.DataFrame,
+    reason: str | pl.Series,
+    *,
+    source: str,
+    positions: pl.Series | None = None,
+    partitions: Partitions | None = None,
 ) -> pl.DataFrame:
-    """Error side-output rows for the records of ``df``: each row as JSON, and the reason."""
+    """Error side-output rows for the records of ``df`` (already rows, no bytes left): each
+    record as JSON of its visible columns, and the reason (one for all, or one per row).
+
+    Records that carry their origin in hidden columns keep it: ``OFFSET`` gives the offset
+    (and the position, unless ``positions`` says otherwise), ``PARTITION`` with
+    ``partitions`` the topic and partition of a Kafka record.
+    """
     n = df.height
+    shown = visible(df)
     record = (
-        df.select(pl.struct(pl.all()).struct.json_encode()).to_series()
-        if df.width
+        shown.select(pl.struct(pl.all()).struct.json_encode()).to_series()
+        if shown.width
         else pl.Series(["{}"] * n)
     )
+    offsets = df.get_column(OFFSET) if OFFSET in df.columns else pl.Series([None] * n)
+    topics: list[str | None] = [None] * n
+    numbers: list[int | None] = [None] * n
+    if PARTITION in df.columns and partitions is not None:
+        origin = {pid: key for key, pid in partitions.ids.items() if key[0] == "kafka"}
+        for i, pid in enumerate(df.get_column(PARTITION).to_list()):  # the bad rows only
+            key = origin.get(pid)
+            if key is not None:
+                topics[i], numbers[i] = key[1], key[2]
     return pl.DataFrame(
         {
             "source": [source] * n,
-            "position": positions if positions is not None else [None] * n,
-            "reason": [reason] * n,
+            "position": positions if positions is not None else offsets,
+            "reason": reason if isinstance(reason, pl.Series) else [reason] * n,
             "record": record,
+            "raw": [None] * n,
+            "topic": topics,
+            "partition": numbers,
+            "offset": offsets,
         },
-        schema={k: ERROR_SCHEMA[k] for k in ("source", "position", "reason", "record")},
-    ).select(
-        pl.col(c) if c in ("source", "position", "reason", "record") else pl.lit(None, t).alias(c)
-        for c, t in ERROR_SCHEMA.items()
+        schema=ERROR_SCHEMA,
     )
 
 
@@ -167,6 +191,8 @@ class Context:
     watermarks: dict[int, int] = field(default_factory=dict)
     partitions: Partitions = field(default_factory=Partitions)
     error_listeners: list[Callable[[pl.DataFrame], None]] = field(default_factory=list)
+    rejected: int = 0
+    """Records the sources read and rejected (see :meth:`reject`): part of ``records_in``."""
     state_dir: Path | None = None
     """Where keyed state keeps its rows: ``None`` in memory, else in files under this directory
     (``state="disk"``)."""
@@ -174,6 +200,16 @@ class Context:
     """A Kafka producer that sinks share instead of making their own: the worker's, which is
     transactional under exactly-once, so that output, state changelog and input offsets
     commit together."""
+    deadline: float | None = None
+    """Set when the query is asked to stop: the ``time.monotonic()`` by which its operators
+    must have closed. A sink waiting for deliveries gives up in time to report what is left."""
+
+    def reject(self, rows: pl.DataFrame) -> None:
+        """Error rows for records a source read but could not turn into rows (undecodable,
+        wrong type, bad event time): they count as records in (``rejected``), then as
+        :meth:`error` s."""
+        self.rejected += rows.height
+        self.error(rows)
 
     def error(self, rows: pl.DataFrame) -> None:
         """Record error rows; with ``errors="fail"`` raise the first one's reason."""
@@ -186,10 +222,14 @@ class Context:
             from streamnb.exceptions import DecodeError
 
             first = rows.row(0, named=True)
-            raise DecodeError(
-                f"{first['reason']} (source {first['source']}, position {first['position']}, "
-                f"record {first['record']})"
-            )
+            where = f"source {first['source']}"
+            if first["topic"] is not None:
+                where = f"topic {first['topic']}, partition {first['partition']}"
+            if first["offset"] is not None:
+                where += f", offset {first['offset']}"
+            elif first["position"] is not None:
+                where += f", position {first['position']}"
+            raise DecodeError(f"{first['reason']} ({where}, record {first['record']})")
 
 
 class Operator:
@@ -257,6 +297,10 @@ class Operator:
     def finish(self) -> Delta | None:
         """The input ended (watermark +∞): emit what is left."""
         return None
+
+    def tick(self) -> None:
+        """Called on the query's thread a few times a second, whether batches arrive or not:
+        for work due by the clock (a sink's timed flush, its delivery reports)."""
 
     def close(self) -> None:
         """The query ended or was stopped: release resources, flush buffered output."""

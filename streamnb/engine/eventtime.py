@@ -11,29 +11,69 @@ from typing import Any
 
 import polars as pl
 
-from streamnb.engine.core import NEG_INF, Partitions, error_rows
+from streamnb.definitions.eventtime import units_per_ms
+from streamnb.engine.core import NEG_INF, POS_INF, Partitions, error_rows
+
+TIME_LIMIT_MS = POS_INF // 1_000_000
+"""Event times must lie strictly within ±this many ms of the epoch (about the years 1824 to
+2116): the range in which every time, window end and watermark, in every unit down to ns,
+stays clear of the −∞/+∞ watermarks and of Int64 overflow. Times outside it are errors."""
+
+
+def time_problems(df: pl.DataFrame, column: str) -> pl.Series | None:
+    """Why each record's event time is unusable (null where it is fine), or ``None`` if every
+    one is: null or missing, or outside ±:data:`TIME_LIMIT_MS` (a window's end would wrap)."""
+    if column not in df.columns:
+        return pl.Series("reason", [f"record lacks the event-time column {column!r}"] * df.height)
+    times = df.get_column(column)
+    dtype = times.dtype
+    ints = None  # not a time column: its cast reports that
+    bad = times.is_null()
+    if isinstance(dtype, pl.Datetime) or dtype.is_integer():
+        limit = TIME_LIMIT_MS * units_per_ms(column, dtype)
+        ints = times.cast(pl.Int64, strict=False)
+        bad = bad | (ints >= limit) | (ints <= -limit)
+    if not bad.any():
+        return None
+    where = bad.arg_true()
+    unit = f"{dtype.time_unit} since 1970" if isinstance(dtype, pl.Datetime) else "ms since 1970"
+    reasons = [  # the bad records only
+        f"null or missing event time in column {column!r}"
+        if t is None
+        else f"event time {t} ({unit}) in column {column!r} is outside the supported range "
+        f"(within ±{TIME_LIMIT_MS} ms of 1970, about the years 1824 to 2116)"
+        for t in (ints if ints is not None else times).gather(where).to_list()
+    ]
+    return (
+        pl.repeat(None, df.height, dtype=pl.String, eager=True)
+        .alias("reason")
+        .scatter(where, reasons)
+    )
 
 
 def split_valid(
-    df: pl.DataFrame, column: str, *, source: str, positions: pl.Series | None = None
+    df: pl.DataFrame,
+    column: str,
+    *,
+    source: str,
+    positions: pl.Series | None = None,
+    partitions: Partitions | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Separate records whose event time is null (errors) from the rest."""
-    if column not in df.columns:
-        rows = error_rows(
-            df, f"record lacks the event-time column {column!r}", source=source, positions=positions
-        )
-        return df.clear(), rows
-    nulls = df.get_column(column).is_null()
-    if not nulls.any():
+    """Separate records whose event time is unusable (:func:`time_problems`: errors) from the
+    rest. Operators pass their query's ``partitions`` so that a Kafka record's error row names
+    its topic and partition."""
+    reasons = time_problems(df, column)
+    if reasons is None:
         return df, None
-    bad = df.filter(nulls)
+    bad = reasons.is_not_null()
     rows = error_rows(
-        bad,
-        f"null or missing event time in column {column!r}",
+        df.filter(bad),
+        reasons.filter(bad),
         source=source,
-        positions=positions.filter(nulls) if positions is not None else None,
+        positions=positions.filter(bad) if positions is not None else None,
+        partitions=partitions,
     )
-    return df.filter(~nulls), rows
+    return (df.clear() if column not in df.columns else df.filter(~bad)), rows
 
 
 class WatermarkTracker:

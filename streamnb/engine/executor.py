@@ -28,6 +28,9 @@ from streamnb.plan import EventTimeNode, JoinNode, MapNode, Node, SourceNode
 from streamnb.types import HeldBack
 
 DEFAULT_MAX_BATCH = 50_000
+TICK_SECONDS = 0.1
+"""How often operators get their :meth:`~streamnb.engine.core.Operator.tick` (at most: a
+batch that takes longer delays it)."""
 
 
 @dataclass(eq=False)
@@ -177,6 +180,12 @@ class Pipeline:
             )
         return Merge(inputs)
 
+    def tick(self) -> None:
+        """Give every operator its clock tick."""
+        for step in self.steps:
+            if step.op is not None:
+                step.op.tick()
+
     def finish(self, source: Step) -> None:
         """``source`` ended: flush every operator whose inputs have all ended."""
         step = source.parent
@@ -280,9 +289,10 @@ class Runner:
         self.stop_event = threading.Event()
         self.resume_event = threading.Event()
         self.resume_event.set()
-        self.records_in = 0
+        self.rows_in = 0  # rows the readers returned (what they rejected: ctx.rejected)
         self.batches = 0
         self.started = time.monotonic()
+        self.ticked = self.started
         self.rates = RateMeter()
 
     def open(self) -> None:
@@ -297,13 +307,21 @@ class Runner:
         self.merge = self.pipeline.merge(self.max_idle_ms)
 
     def close(self) -> None:
+        """Close every operator, then every reader, even when one of them fails: the first
+        failure is raised once all are closed (a sink that cannot flush must not leave a
+        consumer open)."""
+        failure: BaseException | None = None
         # sinks flush first, so that sources commit only offsets whose output is out
-        for step in self.pipeline.steps:
-            if step.op is not None:
-                step.op.close()
-        for _, reader in self.readers:
-            reader.close()
+        closing = [step.op.close for step in self.pipeline.steps if step.op is not None]
+        closing += [reader.close for _, reader in self.readers]
+        for close in closing:
+            try:
+                close()
+            except BaseException as exc:  # closing the rest comes first
+                failure = failure or exc
         self.readers.clear()
+        if failure is not None:
+            raise failure
 
     def run(self, deadline: float | None = None) -> bool:
         """Process until done (True) or stopped / past ``deadline`` (False)."""
@@ -311,6 +329,7 @@ class Runner:
         while active:
             if self.stop_event.is_set():
                 return False
+            self._tick()
             if not self.resume_event.is_set():
                 self.resume_event.wait(0.1)
                 continue
@@ -326,11 +345,19 @@ class Runner:
                 time.sleep(0.005)
         return True
 
+    def _tick(self) -> None:
+        """Every ``TICK_SECONDS``: the operators' work that is due by the clock."""
+        now = time.monotonic()
+        if now - self.ticked < TICK_SECONDS:
+            return
+        self.ticked = now
+        self.pipeline.tick()
+
     def _read(self, i: int, wait: float) -> pl.DataFrame | None:
         rows = self.readers[i][1].read(self.max_batch, wait)
         if rows is None or rows.height == 0:
             return None
-        self.records_in += rows.height
+        self.rows_in += rows.height
         self.batches += 1
         return rows
 
@@ -381,6 +408,12 @@ class Runner:
         """Whether input ``i`` is known to have records it has not read yet."""
         reader = self.readers[i][1]
         return not reader.done if self.bounded[i] else reader.has_unread()
+
+    @property
+    def records_in(self) -> int:
+        """Records read: rows, and the records the sources rejected (errors), so that
+        ``records_in`` = good records + error records."""
+        return self.rows_in + self.ctx.rejected
 
     def held_by(self) -> HeldBack | None:
         """The input that holds the others back in the event-time merge, and for how long."""

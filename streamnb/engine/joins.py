@@ -449,7 +449,9 @@ class IntervalJoin(Operator):
 
     def process_input(self, side: int, delta: Delta) -> Delta:
         et = self.times[side]
-        rows, errors = split_valid(delta.rows, et.column, source="join")
+        rows, errors = split_valid(
+            delta.rows, et.column, source="join", partitions=self.ctx.partitions
+        )
         if errors is not None:
             self.ctx.error(errors)
         if rows.height == 0:
@@ -505,7 +507,9 @@ class IntervalJoin(Operator):
         and were still kept at its moment."""
         sides: dict[int, pl.DataFrame] = {}
         for side, delta in parts:
-            rows, errors = split_valid(delta.rows, self.times[side].column, source="join")
+            rows, errors = split_valid(
+                delta.rows, self.times[side].column, source="join", partitions=self.ctx.partitions
+            )
             if errors is not None:
                 self.ctx.error(errors)
             if rows.height:

@@ -61,7 +61,9 @@ class EventTimeOperator(Operator):
         self.ctx = ctx
 
     def process(self, delta: Delta) -> Delta:
-        rows, errors = split_valid(delta.rows, self.column, source="with_watermark")
+        rows, errors = split_valid(
+            delta.rows, self.column, source="with_watermark", partitions=self.ctx.partitions
+        )
         if errors is not None:
             self.ctx.error(errors)
         return Delta(rows, delta.deletes)

@@ -27,10 +27,25 @@ _registry_lock = threading.Lock()
 _names = itertools.count(1)
 
 
+STOP_CLOSE_SHARE = 0.9
+"""The share of ``stop(timeout)`` by whose end operators must have closed (``ctx.deadline``);
+the rest is for the readers' clients and the thread's end."""
+
+
 def queries() -> list[Query]:
-    """The queries that are running or paused, oldest first."""
+    """The queries that are running or paused, oldest first.
+
+    The registry holds a query only while it runs: one that ended is dropped (whoever holds
+    it can still read its ``errors()`` and ``result()``), so stopped queries do not pile up.
+    """
     with _registry_lock:
         return [q for q in _registry.values() if q.status()["state"] in ("running", "paused")]
+
+
+def _unregister(query: Query) -> None:
+    with _registry_lock:
+        if _registry.get(query.name) is query:
+            del _registry[query.name]
 
 
 class Observed(Protocol):
@@ -165,18 +180,20 @@ class Query:
 
     def _run(self) -> None:
         runner = self._exec.runner
+        state: QueryState = "failed"
         try:
             runner.open()
-            finished = runner.run()
-            self._state = "finished" if finished else "stopped"
+            state = "finished" if runner.run() else "stopped"
         except BaseException as exc:  # the thread must report, never die silently
             self.exception = exc
-            self._state = "failed"
-        finally:
-            try:
-                runner.close()
-            finally:
-                self._done.set()
+        try:
+            runner.close()
+        except BaseException as exc:  # a sink that cannot flush at the end fails the query
+            self.exception = self.exception or exc
+            state = "failed"
+        self._state = state
+        _unregister(self)
+        self._done.set()
 
     # -- control ---------------------------------------------------------------------------
     def pause(self) -> None:
@@ -191,7 +208,16 @@ class Query:
             self._exec.runner.resume_event.set()
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop after the current batch and wait for the thread to end."""
+        """Stop after the current batch and wait for the thread to end.
+
+        Sinks flush what they hold within ``timeout``: records a Kafka sink could not deliver
+        by then go to :meth:`errors`; a sink that fails to flush makes the query ``failed``
+        (:meth:`wait` raises).
+        """
+        ctx = self._exec.ctx
+        if timeout is not None:
+            deadline = time.monotonic() + timeout * STOP_CLOSE_SHARE
+            ctx.deadline = deadline if ctx.deadline is None else min(ctx.deadline, deadline)
         self._exec.runner.stop_event.set()
         self._exec.runner.resume_event.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:

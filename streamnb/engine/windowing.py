@@ -76,7 +76,9 @@ class WindowOperatorBase(Operator):
 
     def _stamp(self, df: pl.DataFrame) -> pl.DataFrame:
         """Add event time, watermark-before and arrival number; advance the watermark."""
-        df, errors = split_valid(df, self.et.column, source="window")
+        df, errors = split_valid(
+            df, self.et.column, source="window", partitions=self.ctx.partitions
+        )
         if errors is not None:
             self.ctx.error(errors)
         times = self.et.values(df)

@@ -214,7 +214,7 @@ class TaskWorker:
         return {
             "name": self.name,
             "state": self._state,
-            "records_in": self.records_in,
+            "records_in": self.records_in + self.ctx.rejected,
             "records_out": self.table.rows_out,
             "late": self.ctx.late.count,
             "errors": self.ctx.errors.count,
@@ -305,7 +305,7 @@ class TaskWorker:
                 for task in self.tasks.running.values():
                     task.release(functools.partial(self._unread, task))
                 self._idle_inputs()
-                self.rates.note(self.records_in)
+                self.rates.note(self.records_in + self.ctx.rejected)
                 self.partition_lag = self._lag_by_partition()
                 if time.monotonic() - last >= self.interval:
                     self.checkpoint()

@@ -5,8 +5,10 @@ Every wait is bounded, so a broken query fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
+import weakref
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -84,8 +86,13 @@ def test_plain_event_time_stream_reports_its_watermark() -> None:
         first = q.status()["watermark"]
         assert isinstance(first, datetime)
         wait_until(lambda: q.status()["watermark"] > first, timeout=2)
+        q.pause()  # the batch under way ends; then status and result hold the same batches
+        before = -1
+        while (now := q.status()["records_in"]) != before:
+            before = now
+            time.sleep(0.2)
         latest = q.result()["dateTime"].max()
-        assert q.status()["watermark"] <= latest
+        assert first < q.status()["watermark"] <= latest
     finally:
         q.stop()
 
@@ -220,6 +227,26 @@ def test_starting_a_query_with_a_running_name_replaces_it() -> None:
         assert new.status()["state"] == "running"
     finally:
         new.stop()
+
+
+def test_the_registry_lets_go_of_queries_that_ended() -> None:
+    held = paced().start()
+    wait_until(lambda: held.status()["records_in"] > 0)
+    held.stop()
+    dropped = [weakref.ref(paced().start()) for _ in range(3)]
+    for ref in dropped:
+        query = ref()
+        assert query is not None
+        query.stop()
+    bounded = sn.from_records([{"v": 1}]).start()
+    assert bounded.wait(TIMEOUT)
+    ended = weakref.ref(bounded)
+    del query, bounded
+    gc.collect()
+    assert [ref() for ref in [*dropped, ended]] == [None] * 4  # nothing else holds them
+    # one that is held still answers, after it stopped
+    assert held.status()["state"] == "stopped" and held.status()["records_in"] > 0
+    assert held.errors().height == 0 and held.result().height > 0
 
 
 def test_unnamed_queries_get_distinct_names() -> None:

@@ -21,7 +21,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import streamnb as sn
-from streamnb.promote import load_notebook_query
+from streamnb.promote import export_job, load_attribute, load_notebook_query
 from streamnb.worker.metrics import render
 
 CELLS = [
@@ -134,6 +134,52 @@ def test_an_exported_job_runs_the_same_query(tmp_path: Path) -> None:
     assert_frame_equal(
         canonical(pl.read_parquet(tmp_path / "out" / "*.parquet")), canonical(expected())
     )
+
+
+INJECTION = 'x""" and __import__("pathlib").Path("INJECTED").touch() or """'
+HOSTILE_NAMES = [
+    INJECTION,
+    "x'''\nimport pathlib; pathlib.Path('INJECTED').touch()\n'''",
+    "new\nline\r\nimport pathlib; pathlib.Path('INJECTED').touch()  # \u2028 \x0c",
+    "back\\slash\\",
+    "quotes ' \" \"\"\" '''",
+]
+
+
+def one_record_query(name: str) -> list[str]:
+    return ["import streamnb as sn", f"sn.from_records([{{'x': 1}}]).start(name={name!r})"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_export_writes_names_as_literals_never_as_code(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nb_path = notebook(tmp_path / "a.ipynb", one_record_query(name))
+    job = export_job(nb_path, name, tmp_path / "job.py")
+    monkeypatch.chdir(tmp_path)
+    stream = load_attribute(f"{job}:STREAM")  # runs the job's module code, as the job does
+    assert not (tmp_path / "INJECTED").exists()
+    assert stream.collect(timeout=30)["x"].to_list() == [1]
+
+
+def test_an_exported_job_with_hostile_names_runs_and_injects_nothing(tmp_path: Path) -> None:
+    nb_name = f"{INJECTION}.ipynb"  # a notebook's file name is user text too
+    notebook(tmp_path / nb_name, one_record_query(INJECTION))
+    job = f'job """ {INJECTION}.py'
+    done = streamnb("export", nb_name, "--query", INJECTION, "-o", job, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    ran = subprocess.run(
+        [sys.executable, job, "--sink", "parquet:out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert not (tmp_path / "INJECTED").exists()
+    assert pl.read_parquet(tmp_path / "out" / "*.parquet")["x"].to_list() == [1]
+    assert json.loads(ran.stderr.strip().splitlines()[-1])["name"] == INJECTION
 
 
 def test_module_attribute_locator(tmp_path: Path) -> None:

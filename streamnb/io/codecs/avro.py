@@ -86,18 +86,37 @@ def decode(
     schema: pl.Schema,
     on_error: Callable[[int, bytes, str], None],
 ) -> tuple[pl.DataFrame, list[int]]:
-    """Rows of the messages that decode, and the index of each row's message."""
+    """Rows of the messages that decode, and the index of each row's message.
+
+    Strict: a message must be exactly one record of the schema. Bytes left over after the
+    record mean it was written with another schema (a string where a long is expected reads
+    as a small number followed by the string's bytes), so the message is an error, never a
+    wrong value.
+    """
     schemaless_reader = _fastavro().schemaless_reader
     rows: list[Any] = []
     kept: list[int] = []
     for i, value in enumerate(values):
         if not value:
-            continue  # blank (a table's tombstone, handled by the caller)
+            on_error(i, value, "empty message")
+            continue
+        buffer = io.BytesIO(value)
         try:
-            rows.append(schemaless_reader(io.BytesIO(value), parsed, None))
-            kept.append(i)
+            row = schemaless_reader(buffer, parsed, None)
         except Exception as exc:  # truncated or foreign bytes
             on_error(i, value, f"not Avro of the given schema: {exc!r}")
+            continue
+        left = len(value) - buffer.tell()
+        if left:
+            on_error(
+                i,
+                value,
+                f"not Avro of the given schema: {left} bytes left over after the record "
+                "(written with another schema?)",
+            )
+            continue
+        rows.append(row)
+        kept.append(i)
     frame = pl.from_dicts(rows, schema=schema) if rows else schema.to_frame()
     return frame, kept
 

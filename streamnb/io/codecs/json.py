@@ -3,16 +3,21 @@
 A batch of JSON documents is decoded with one ``pl.read_ndjson`` call. Only when that fails
 is the batch bisected to find the documents that do not decode (rare), so good data never
 pays for the error path, and a bad record is reported with a reason naming its column.
+Empty and blank documents are errors too (a record must be accounted for), and so is an
+object or array where the schema has a string: polars would turn it into its JSON text.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import polars as pl
 
 JSON_SPACE = b" \t\r\n"
+
+BOM = b"\xef\xbb\xbf"
 
 ErrorSink = Callable[[int, bytes, str], None]
 """Called with (index in the batch, the document, why it failed) for each bad document."""
@@ -24,14 +29,48 @@ def decode_ndjson(
     """Decode JSON documents (one per record) against ``schema``.
 
     Returns the decoded rows and, per row, the index of its document in ``docs``.
-    Blank documents are skipped silently; bad ones go to ``on_error``.
+    Bad documents (empty and blank ones included) go to ``on_error``.
     """
     frames: list[pl.DataFrame] = []
     kept: list[int] = []
     _decode(docs, 0, len(docs), schema=schema, on_error=on_error, frames=frames, kept=kept)
     if not frames:
         return schema.to_frame(), []
-    return (pl.concat(frames) if len(frames) > 1 else frames[0]), kept
+    df = pl.concat(frames) if len(frames) > 1 else frames[0]
+    return _without_nested_strings(df, kept, docs, schema, on_error)
+
+
+def _without_nested_strings(
+    df: pl.DataFrame, kept: list[int], docs: list[bytes], schema: pl.Schema, on_error: ErrorSink
+) -> tuple[pl.DataFrame, list[int]]:
+    """Drop the rows whose string column held an object or array (reported to ``on_error``).
+
+    polars reads ``{"k": {"x": 1}}`` into a String column as the text ``'{"x": 1}'``; only a
+    decoded string that starts with ``{`` or ``[`` can be one, and only those documents are
+    parsed again to tell a nested value from a string that looks like one.
+    """
+    strings = [c for c, t in schema.items() if t == pl.String]
+    if not strings or not df.height:
+        return df, kept
+    suspect = df.select(
+        pl.any_horizontal(pl.col(c).str.contains(r"^[\[{]") for c in strings).fill_null(False)
+    ).to_series()
+    if not suspect.any():
+        return df, kept
+    nested = [False] * df.height
+    for row in suspect.arg_true().to_list():  # the suspects only
+        value = json.loads(docs[kept[row]])
+        column = next((c for c in strings if isinstance(value.get(c), (dict, list))), None)
+        if column is not None:
+            nested[row] = True
+            kind = "an object" if isinstance(value[column], dict) else "an array"
+            on_error(
+                kept[row], docs[kept[row]], f"column {column!r}: {kind} where a string is expected"
+            )
+    if not any(nested):
+        return df, kept
+    good = pl.Series(nested).not_()
+    return df.filter(good), [i for i, g in zip(kept, good.to_list(), strict=True) if g]
 
 
 def _decode(
@@ -61,9 +100,7 @@ def _decode(
             _decode(docs, lo, mid, schema=schema, on_error=on_error, frames=frames, kept=kept)
             _decode(docs, mid, hi, schema=schema, on_error=on_error, frames=frames, kept=kept)
             return
-        doc = docs[lo]
-        if doc.strip(JSON_SPACE):
-            on_error(lo, doc, why_not(doc, schema, exc))
+        on_error(lo, docs[lo], why_not(docs[lo], schema, exc))
         return
     frames.append(df)
     kept.extend(range(lo, hi))
@@ -71,6 +108,12 @@ def _decode(
 
 def why_not(doc: bytes, schema: pl.Schema, exc: Exception) -> str:
     """Why one JSON document does not decode, naming the offending column when there is one."""
+    if not doc:
+        return "empty message"
+    if not doc.strip(JSON_SPACE):
+        return "blank message (only whitespace)"
+    if doc.startswith(BOM):
+        return "starts with a UTF-8 byte-order mark, which JSON must not (write it without one)"
     try:
         value = json.loads(doc)
     except ValueError:
@@ -87,16 +130,47 @@ def why_not(doc: bytes, schema: pl.Schema, exc: Exception) -> str:
 
 
 def infer_json_schema(docs: Sequence[bytes | None]) -> pl.Schema:
-    """The schema of sample JSON documents (those that decode); String for all-null columns."""
-    good = [d.replace(b"\n", b" ") for d in docs if d is not None and _is_object(d)]
+    """The schema of sample JSON documents (those that are objects); String for all-null
+    columns.
+
+    Each column takes the kind of value most documents give it (number, string, bool, object,
+    array; ints and floats are both numbers). A document that disagrees is left out of the
+    sample, so one bad record cannot turn an Int64 column into String: it becomes an error
+    when it is decoded instead.
+    """
+    objects: list[tuple[bytes, dict[str, object]]] = []
+    for doc in docs:
+        value = _object(doc) if doc is not None else None
+        if value is not None:
+            objects.append((doc.replace(b"\n", b" "), value))  # type: ignore[union-attr]
+    kinds: dict[str, Counter[str]] = {}
+    for _, value in objects:
+        for key, item in value.items():
+            if item is not None:
+                kinds.setdefault(key, Counter())[_kind(item)] += 1
+    usual = {key: counts.most_common(1)[0][0] for key, counts in kinds.items()}
+    good = [
+        doc
+        for doc, value in objects
+        if all(item is None or _kind(item) == usual[key] for key, item in value.items())
+    ]
     if not good:
         return pl.Schema()
     df = pl.read_ndjson(b"\n".join(good), infer_schema_length=None)
     return pl.Schema({c: (pl.String() if t == pl.Null else t) for c, t in df.schema.items()})
 
 
-def _is_object(doc: bytes) -> bool:
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def _object(doc: bytes) -> dict[str, object] | None:
     try:
-        return isinstance(json.loads(doc), dict)
+        value = json.loads(doc)
     except ValueError:
-        return False
+        return None
+    return value if isinstance(value, dict) and not doc.startswith(BOM) else None

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import polars as pl
@@ -19,31 +19,49 @@ import polars as pl
 from streamnb.definitions.durations import Duration, to_ms
 from streamnb.exceptions import ConfigError, SinkError, SourceError
 
-__all__ = ["client_config", "connect", "peek", "produce", "resolve_bootstrap", "topics"]
+__all__ = [
+    "client_config",
+    "connect",
+    "peek",
+    "produce",
+    "resolve_bootstrap",
+    "resolve_config",
+    "topics",
+]
 
 log = logging.getLogger("streamnb.kafka")
 
-_defaults: dict[str, str] = {}  # "bootstrap": set by connect()
+_defaults: dict[str, Any] = {}  # "bootstrap" and "config": set by connect()
 
 SECRET_KEYS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem")
 """Config keys whose values never appear in logs, reprs or errors."""
 
 
-def connect(bootstrap_servers: str, *, timeout: Duration = "10s") -> list[str]:
+def connect(
+    bootstrap_servers: str,
+    *,
+    config: Mapping[str, Any] | None = None,
+    timeout: Duration = "10s",
+) -> list[str]:
     """Check that the broker answers and make it the default for later calls.
 
-    Returns the topic names (excluding Kafka's internal ones).
+    ``config`` holds client settings (``security.protocol``, ``sasl.*``, ``ssl.*``): they are
+    used to connect, and by later calls that use this default broker without a ``config=`` of
+    their own (``topics``, ``peek``, ``to_kafka``). Returns the topic names (excluding Kafka's
+    internal ones).
     """
     names = sorted(
-        t for t in _metadata(bootstrap_servers, None, timeout).topics if not t.startswith("__")
+        t for t in _metadata(bootstrap_servers, config, timeout).topics if not t.startswith("__")
     )
-    set_default_bootstrap(bootstrap_servers)
+    set_default_bootstrap(bootstrap_servers, config)
     return names
 
 
-def set_default_bootstrap(bootstrap_servers: str) -> None:
-    """Make ``bootstrap_servers`` the default of later calls, without contacting it."""
+def set_default_bootstrap(bootstrap_servers: str, config: Mapping[str, Any] | None = None) -> None:
+    """Make ``bootstrap_servers`` (and its client ``config``) the default of later calls,
+    without contacting it."""
     _defaults["bootstrap"] = bootstrap_servers
+    _defaults["config"] = dict(config or {})
 
 
 def resolve_bootstrap(bootstrap_servers: str | None) -> str:
@@ -59,6 +77,17 @@ def resolve_bootstrap(bootstrap_servers: str | None) -> str:
             "STREAMNB_KAFKA_BOOTSTRAP, or call sn.kafka.connect(...) (%stream connect)"
         )
     return found
+
+
+def resolve_config(
+    bootstrap_servers: str | None, config: Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """The explicit ``config``, else ``connect()``'s when the call uses that broker."""
+    if config is not None:
+        return config
+    if bootstrap_servers is None or bootstrap_servers == _defaults.get("bootstrap"):
+        return _defaults.get("config")
+    return None
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,15 +118,41 @@ def _metadata(
 
     bootstrap = resolve_bootstrap(bootstrap_servers)
     seconds = to_ms(timeout, name="connect_timeout") / 1000
-    admin = AdminClient(client_config(bootstrap, config, **{"socket.timeout.ms": 5000}))
+    seen: list[Any] = []  # the client's own errors: why it could not connect
+    admin = AdminClient(
+        client_config(bootstrap, config, **{"socket.timeout.ms": 5000, "error_cb": seen.append})
+    )
     try:
         return admin.list_topics(timeout=seconds)
     except KafkaException as exc:
-        raise SourceError(
-            f"cannot reach Kafka at {bootstrap} within {seconds:g}s "
-            f"({exc.args[0].str() if exc.args else exc}); is the broker running? "
-            "(scripts/kafka-local start starts one on this machine)"
-        ) from None
+        admin.poll(0)  # serves error_cb
+        failure = exc.args[0].str() if exc.args else str(exc)
+        message = _unreachable(bootstrap, seconds, failure, seen)
+    finally:
+        del admin  # no client outlives the call, even while the error is held
+    raise SourceError(message)
+
+
+def _unreachable(bootstrap: str, seconds: float, failure: str, seen: list[Any]) -> str:
+    """Why the broker at ``bootstrap`` did not answer: a broker that answered but refused the
+    handshake (SASL or TLS settings that do not fit its listener) is not "down"."""
+    from confluent_kafka import KafkaError
+
+    for error in seen:
+        text = error.str()
+        if error.code() == KafkaError._AUTHENTICATION or "handshake" in text.lower():
+            return (
+                f"Kafka at {bootstrap} answered, but the connection failed in its security "
+                f"handshake (authentication or TLS): {text}. The client's settings do not fit "
+                "the broker's listener: check security.protocol (PLAINTEXT, SSL, "
+                "SASL_PLAINTEXT, SASL_SSL), sasl.mechanism and the credentials, ssl.* "
+                "(a SASL or SSL setting against a PLAINTEXT listener fails like this)"
+            )
+    detail = next((e.str() for e in seen if e.code() != KafkaError._ALL_BROKERS_DOWN), failure)
+    return (
+        f"cannot reach Kafka at {bootstrap} within {seconds:g}s ({detail}); is the broker "
+        "running? (scripts/kafka-local start starts one on this machine)"
+    )
 
 
 def topics(
@@ -109,6 +164,7 @@ def topics(
     """The topics of the cluster: name, partitions, and total records (end − start offsets)."""
     from confluent_kafka import Consumer, TopicPartition
 
+    config = resolve_config(bootstrap_servers, config)
     meta = _metadata(bootstrap_servers, config, timeout)
     bootstrap = resolve_bootstrap(bootstrap_servers)
     consumer = Consumer(
@@ -155,6 +211,7 @@ def peek(
 
     if format not in ("json", "raw"):
         raise ConfigError(f"format={format!r}: peek() reads 'json' or 'raw'")
+    config = resolve_config(bootstrap_servers, config)
     meta = _metadata(bootstrap_servers, config, timeout)
     if topic not in meta.topics:
         raise ConfigError(
@@ -224,11 +281,14 @@ def produce(
     topic: str,
     value: bytes | None,
     key: bytes | None = None,
+    *,
+    while_full: Callable[[], None] | None = None,
     **options: Any,
 ) -> None:
-    """``producer.produce(...)``, waiting while the local queue is full (deliveries drain it);
-    a record the client refuses (too large, an unknown partition, a fenced producer) raises
-    :class:`SinkError` naming the topic."""
+    """``producer.produce(...)``, waiting while the local queue is full (deliveries drain it;
+    ``while_full`` is called between waits, and may raise to give up); a record the client
+    refuses (too large, an unknown partition, a fenced producer) raises :class:`SinkError`
+    naming the topic."""
     from confluent_kafka import KafkaException
 
     if key is not None:
@@ -239,6 +299,8 @@ def produce(
             return
         except BufferError:
             producer.poll(0.05)
+            if while_full is not None:
+                while_full()
         except KafkaException as exc:
             error = exc.args[0] if exc.args else exc
             reason = error.str() if hasattr(error, "str") else str(exc)

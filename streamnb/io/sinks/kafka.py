@@ -12,19 +12,25 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
 from streamnb.columns import visible
-from streamnb.engine.core import Context, Delta, Operator
+from streamnb.engine.core import ERROR_SCHEMA, Context, Delta, Operator, error_from_python
 from streamnb.engine.source import Sink
-from streamnb.exceptions import ConfigError
+from streamnb.exceptions import ConfigError, SinkError
 from streamnb.io.codecs import avro
-from streamnb.io.kafka.client import client_config, produce, resolve_bootstrap
+from streamnb.io.kafka.client import client_config, produce, resolve_bootstrap, resolve_config
 from streamnb.types import KafkaFormat
 
 FORMATS = ("json", "raw", "avro")
+FLUSH_SECONDS = 30.0
+"""How long the end of a query waits for its records to be delivered, when no stop timeout
+says otherwise."""
+DROP_SECONDS = 25e-6
+"""What dropping one undelivered record at close costs, about (its delivery report and error
+row): a stopping sink stops waiting early enough to report all it holds by the deadline."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,15 @@ class KafkaSink(Sink):
 
 
 class KafkaWriter(Operator):
-    """Writes each delta's rows to ``topic``; rows pass on unchanged."""
+    """Writes each delta's rows to ``topic``; rows pass on unchanged.
+
+    What cannot be delivered shows in ``errors()`` within a tick (a tenth of a second), not at
+    the next batch: each failed record with its bytes, and a row when every broker is down
+    (the records then wait in the producer, and are retried, until ``message.timeout.ms``).
+    Closing flushes until ``FLUSH_SECONDS`` or, when stopping, until just enough of the stop's
+    timeout (``ctx.deadline``) is left to report what is still undelivered: those records are
+    purged into ``errors()`` and the producer is closed.
+    """
 
     def __init__(
         self,
@@ -77,8 +91,13 @@ class KafkaWriter(Operator):
         from confluent_kafka import Producer
 
         self.topic, self.format, self.key, self.dlq, self.ctx = topic, format, list(key), dlq, ctx
+        self.bootstrap = bootstrap
         self.avro = avro_schema
         self.headers = dict(headers or {})
+        self._failures: list[_Failure] = []  # not in errors() yet
+        self._finished = False
+        self._client_error = ""  # the producer's latest connection error, for context
+        self._own = ctx.producer is None  # the worker's shared producer is the worker's to close
         self.producer = ctx.producer or Producer(
             client_config(
                 bootstrap,
@@ -88,6 +107,7 @@ class KafkaWriter(Operator):
                     "linger.ms": 5,
                     "delivery.report.only.error": True,
                     "on_delivery": self._failed,
+                    "error_cb": self._client_failed,
                 },
             )
         )
@@ -100,8 +120,12 @@ class KafkaWriter(Operator):
             self._send([None] * delta.deletes.height, self._keys(delta.deletes))
         if rows.height:
             self._send(self._values(rows), self._keys(rows), headers=self._headers(rows))
-        self.producer.poll(0)
+        self.tick()
         return delta
+
+    def tick(self) -> None:
+        self.producer.poll(0)
+        self._report()
 
     def _values(self, rows: pl.DataFrame) -> list[bytes]:
         if self.format == "raw":
@@ -147,21 +171,79 @@ class KafkaWriter(Operator):
         for i, value in enumerate(values):
             key = keys[i] if keys is not None else None
             extra = {"headers": headers[i]} if headers is not None else {}
-            produce(producer, target, value, key, **extra)
+            try:
+                produce(producer, target, value, key, while_full=self._while_full, **extra)
+            except _Stopping:  # the rest of the batch was never handed to the producer
+                reason = self._stopped_reason()
+                self._failures += [_Failure(reason, v or b"", target, None) for v in values[i:]]
+                return
+
+    def _while_full(self) -> None:
+        """The producer's queue is full (the broker is slow or gone): report what failed, and
+        give up once the query is stopping."""
+        self._report()
+        if self._stopping():
+            raise _Stopping
+
+    def _stopped_reason(self) -> str:
+        return f"not delivered before the query stopped ({self._client_error or 'no error seen'})"
 
     def _failed(self, err: Any, msg: Any) -> None:
-        from streamnb.engine.core import error_from_python
-
-        self.ctx.errors.add(
-            error_from_python(
-                f"to_kafka[{msg.topic()}]",
-                None,
+        """A delivery report (only failures are reported): kept for :meth:`_report`, which
+        makes one frame of many (a producer can fail thousands of records at once)."""
+        partition = msg.partition()
+        self._failures.append(
+            _Failure(
                 f"delivery failed: {err.str()}",
                 msg.value() or b"",
-                topic=msg.topic(),
-                partition=msg.partition(),
+                msg.topic(),
+                partition if partition is not None and partition >= 0 else None,
             )
         )
+
+    def _client_failed(self, err: Any) -> None:
+        """The producer's own errors: a row in ``errors()`` once every broker is down (that
+        is reported once per outage, with the last connection error as the reason), or on
+        an error it cannot recover from."""
+        from confluent_kafka import KafkaError
+
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            detail = f": {self._client_error}" if self._client_error else ""
+            reason = f"cannot reach Kafka at {self.bootstrap} ({err.str()}){detail}"
+        elif err.fatal():
+            reason = f"the producer failed: {err.str()}"
+        else:
+            self._client_error = err.str()
+            return
+        self.ctx.errors.add(
+            error_from_python(f"to_kafka[{self.topic}]", None, reason, b"", topic=self.topic)
+        )
+
+    def _report(self, *, fail: bool = True) -> None:
+        """Failed deliveries into ``errors()``, each with its record's bytes; with
+        ``errors="fail"`` (and ``fail``) the query fails."""
+        if not self._failures:
+            return
+        failed, self._failures = self._failures, []
+        self.ctx.errors.add(
+            pl.DataFrame(
+                {
+                    "source": [f"to_kafka[{f.topic}]" for f in failed],
+                    "position": None,
+                    "reason": [f.reason for f in failed],
+                    "record": [f.value.decode("utf-8", errors="backslashreplace") for f in failed],
+                    "raw": [f.value for f in failed],
+                    "topic": [f.topic for f in failed],
+                    "partition": [f.partition for f in failed],
+                    "offset": None,
+                },
+                schema=ERROR_SCHEMA,
+            )
+        )
+        if fail and self.ctx.fail_on_error:
+            raise SinkError(
+                f"to_kafka[{self.topic}]: {len(failed)} records not delivered ({failed[0].reason})"
+            )
 
     def _dead_letter(self, errors: pl.DataFrame) -> None:
         assert self.dlq is not None
@@ -179,27 +261,72 @@ class KafkaWriter(Operator):
 
     def finish(self) -> Delta | None:
         self._flush()
+        self._finished = True
         return None
 
     def close(self) -> None:
-        self._flush()
+        try:
+            if not self._finished:
+                self._flush()
+        finally:
+            if self._own:
+                self._drop_undelivered()
+                self.producer.close()  # quick: nothing is left to flush
+                self._report(fail=False)  # reports it served while closing, if any
 
-    def _flush(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.producer.flush(0.5) and time.monotonic() < deadline:
-            pass
+    def _drop_undelivered(self) -> None:
+        """Purge what the producer still holds; its delivery reports put each record in
+        ``errors()`` (closing reports, it does not fail the query a second time)."""
+        self._report(fail=False)
+        if not len(self.producer):
+            return
+        self.producer.purge()
+        deadline = time.monotonic() + 5.0  # purged records report at once; this is a guard
+        while len(self.producer) and time.monotonic() < deadline:
+            self.producer.poll(0.01)
+        reason = self._stopped_reason()
+        self._failures = [f._replace(reason=reason) for f in self._failures]
+        self._report(fail=False)
+
+    def _stopping(self) -> bool:
+        """Whether the query is stopping and the time left is what reporting the records
+        still held takes."""
+        deadline = self.ctx.deadline
+        if deadline is None:
+            return False
+        held = len(self.producer) if self._own else 0
+        return time.monotonic() + 0.1 + held * DROP_SECONDS >= deadline
+
+    def _flush(self) -> None:
+        """Wait for deliveries, reporting failures as they come, until none is left, the
+        query's stop deadline, or ``FLUSH_SECONDS``."""
+        deadline = time.monotonic() + FLUSH_SECONDS
+        while not self._stopping() and time.monotonic() < deadline and self.producer.flush(0.1):
+            self._report()
+        self._report()
         left = len(self.producer)
-        if left:
-            from streamnb.engine.core import error_from_python
-
+        if left and not self._own:  # a shared producer: the worker decides what happens next
             self.ctx.errors.add(
                 error_from_python(
                     f"to_kafka[{self.topic}]",
                     None,
-                    f"{left} records not delivered within {timeout:g}s",
+                    f"{left} records not delivered within {FLUSH_SECONDS:g}s",
                     b"",
                 )
             )
+
+
+class _Failure(NamedTuple):
+    """A record a Kafka sink could not deliver."""
+
+    reason: str
+    value: bytes
+    topic: str
+    partition: int | None
+
+
+class _Stopping(Exception):
+    """Raised inside :func:`produce` when the query stops while the producer's queue is full."""
 
 
 def _dead_letters_to(dlq: str, ctx: Context) -> bool:
@@ -250,6 +377,7 @@ def kafka_sink(
         dlq = errors[4:]
     bootstrap = resolve_bootstrap(bootstrap_servers)
     parsed = avro.parse_schema(avro_schema) if format == "avro" else None
+    config = resolve_config(bootstrap_servers, config)  # connect()'s, for its broker
     return KafkaSink(
         topic, bootstrap, format, tuple(keys), dict(config or {}), dlq, parsed, headers
     )

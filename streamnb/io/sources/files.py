@@ -165,7 +165,7 @@ def conform(df: pl.DataFrame, schema: pl.Schema, where: pl.Expr, ctx: Context) -
         return out
     rows = df.filter(bad).drop(POSITION, LINE, strict=False)
     errors = error_rows(rows, "", source=_NAME, positions=df.get_column(POSITION).filter(bad))
-    ctx.error(errors.with_columns(reasons.filter(bad).alias("reason")))
+    ctx.reject(errors.with_columns(reasons.filter(bad).alias("reason")))
     return out.filter(~bad)
 
 
@@ -211,7 +211,7 @@ class _JsonCursor:
             if not line.strip(_JSON_SPACE):
                 return [], 0
             reason = f"{self.path}:{lo + 1}: {self._why(line, exc)}"
-            self.ctx.error(error_from_python(_NAME, first, reason, line.rstrip(b"\r")))
+            self.ctx.reject(error_from_python(_NAME, first, reason, line.rstrip(b"\r")))
             return [], 1
         positions = pl.int_range(first, first + df.height, dtype=pl.Int64, eager=True)
         return [df.with_columns(positions.alias(POSITION))], df.height
@@ -320,7 +320,7 @@ class _FilesReader(Reader):
         if et is not None:
             df, errors = split_valid(df, et.column, source=_NAME, positions=positions)
             if errors is not None:
-                self.ctx.error(errors.with_columns(pl.col("reason") + f" ({self.path})"))
+                self.ctx.reject(errors.with_columns(pl.col("reason") + f" ({self.path})"))
         return df
 
     def _open(self, path: str, start: int) -> _JsonCursor | _FrameCursor:
@@ -376,7 +376,7 @@ class _FilesReader(Reader):
                     positions.append(position)
                 else:
                     reason = f"{path}:{line}: expected {len(header)} fields, got {len(fields)}"
-                    self.ctx.error(error_from_python(_NAME, position, reason, fields))
+                    self.ctx.reject(error_from_python(_NAME, position, reason, fields))
                 position += 1
         df = pl.DataFrame(rows, schema=dict.fromkeys(header, pl.String), orient="row")
         df = df.with_columns(pl.all().replace("", None)).with_columns(

@@ -56,7 +56,7 @@ def dicts_to_frame(
             good.append(row)
             positions.append(position)
         else:
-            ctx.error(error_from_python(source, position, reason, row))
+            ctx.reject(error_from_python(source, position, reason, row))
     frame = pl.from_dicts(good, schema=schema) if good else schema.to_frame()
     return frame.with_columns(pl.Series(POSITION, positions, dtype=pl.Int64))
 
@@ -113,7 +113,7 @@ def conform(
     for row_index in cast.with_row_index(ROW_INDEX).filter(bad)[ROW_INDEX]:
         row = raw.row(row_index, named=True)
         column = next(c for c in lost if row[c] is not None and cast[c][row_index] is None)
-        ctx.error(
+        ctx.reject(
             error_from_python(
                 source,
                 row[POSITION],
@@ -276,7 +276,7 @@ class _RecordsReader(Reader):
         if et is not None:
             df, errors = split_valid(df, et.column, source="records", positions=positions)
             if errors is not None:
-                self.ctx.error(errors)
+                self.ctx.reject(errors)
         return df
 
     def _tag_partitions(self, df: pl.DataFrame, column: str) -> pl.DataFrame:

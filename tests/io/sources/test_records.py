@@ -155,7 +155,7 @@ def test_bad_records_go_to_errors_with_their_position(batch_size: int) -> None:
         data.insert(position, bad[position])
     q = run(data, timestamp="t", batch_size=batch_size)
     assert_frame_equal(q.result(), pl.DataFrame(GOOD))
-    assert q.status()["records_in"] == len(GOOD)
+    assert q.status()["records_in"] == len(GOOD) + len(bad)  # counts reconcile (API.md §7)
     errors = q.errors().sort("position")
     assert errors["position"].to_list() == sorted(bad)
     assert q.status()["errors"] == len(bad)

@@ -280,6 +280,26 @@ def test_promote_writes_the_export_job_and_it_runs(run: Run, tmp_path: Path) -> 
     assert final["records_out"] == q.status()["records_out"] > 0
 
 
+def test_promote_writes_a_hostile_query_name_as_a_literal(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = 'x""" and __import__("pathlib").Path("INJECTED").touch() or """'
+    quoted = "'" + name + "'"  # one word for the magic's shell-like split
+    run(f"%%stream {quoted}\n{BOUNDED}").wait(timeout=30)
+    # an earlier promote's rebuild ran this session's `%stream connect` cells in this process:
+    # without that default, the session's to-kafka cells fail here too and are left out
+    monkeypatch.setattr(kafka_client, "_defaults", {})
+    job = tmp_path / "job.py"
+    run(f"%stream promote {quoted} --to {job}")
+    monkeypatch.chdir(tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(job)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "INJECTED").exists()
+    assert json.loads(done.stderr.strip().splitlines()[-1])["name"] == name
+
+
 def test_promote_keeps_the_kafka_sink(
     run: Run, tmp_path: Path, bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,11 +1,13 @@
 """Decoding one fetch of Kafka messages into a frame: :class:`MessageDecoder`.
 
 A batch is decoded at once: the values of all its messages go to one codec call (JSON:
-``pl.read_ndjson``; Avro: fastavro), never one call per record. A message that does not decode
-goes to the context's error side output with its bytes, topic, partition and offset; the
-event-time column is checked (:func:`~streamnb.engine.eventtime.split_valid`) and every row
-carries its hidden partition id (``PARTITION``). A table's source (``key_column``) gets the
-message key as a column, and its tombstones (null values) become delete rows.
+``pl.read_ndjson``; Avro: fastavro), never one call per record. Then the event-time column is
+checked (:func:`~streamnb.engine.eventtime.time_problems`, vectorised) and every row carries
+its hidden partition id and offset (``PARTITION``, ``OFFSET``). Every message that does not
+become a row (decoding, type and event-time errors alike) goes to the context's error side
+output by one path, with its original bytes, topic, partition, offset and the reason. A
+table's source (``key_column``) gets the message key as a column, and its tombstones (null
+values) become delete rows.
 
 It also owns the frame layouts it decodes to: :data:`RAW_SCHEMA` (``format="raw"``) and
 :data:`SAMPLE`, the number of records a JSON schema is learnt from.
@@ -13,15 +15,14 @@ It also owns the frame layouts it decodes to: :data:`RAW_SCHEMA` (``format="raw"
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
 
 from streamnb.columns import DELETE, OFFSET, PARTITION
-from streamnb.engine.core import Context, error_from_python
-from streamnb.engine.eventtime import split_valid
+from streamnb.engine.core import ERROR_SCHEMA, Context
+from streamnb.engine.eventtime import time_problems
 from streamnb.io.codecs import avro
 from streamnb.io.codecs.json import decode_ndjson, infer_json_schema
 
@@ -47,17 +48,33 @@ SAMPLE = 100
 class MessageDecoder:
     """Decodes the messages of one :class:`KafkaSource` into frames, reporting to ``ctx``.
 
+    Every record a fetch brings either becomes a row or is rejected, by one path whatever the
+    cause (a tombstone, an empty or blank message, bytes that do not decode, a value of the
+    wrong type, an unusable event time): the rejected ones become error rows
+    (:meth:`_rejected`) with the original bytes, topic, partition, offset and reason, and
+    count as records in (:meth:`Context.reject`).
+
+    With ``errors="fail"`` the frame stops before the first rejected record: the records
+    before it are processed, and the reader raises that record's error when it is next asked
+    to read (:attr:`failure`), so the error names the first bad record of the fetch.
+
     Attributes
     ----------
     schema
         The value schema it decodes with: the source's, or, when the source had none (no
-        records to learn from at definition time), the one learnt from the first batch.
+        records to learn from at definition time), the one learnt from the first batch that
+        holds JSON objects.
+    failure
+        ``errors="fail"``: the error row of the record the last frame stopped before.
+    cut
+        ``errors="fail"``: how many messages of the last fetch were processed (``None``: all).
     """
 
-    def __init__(self, source: KafkaSource, ctx: Context, *, offsets: bool = False) -> None:
+    def __init__(self, source: KafkaSource, ctx: Context) -> None:
         self.source, self.ctx = source, ctx
         self.schema = source.value_schema
-        self.offsets = offsets  # add each record's offset as the hidden column OFFSET
+        self.failure: pl.DataFrame | None = None
+        self.cut: int | None = None
 
     def frame(
         self,
@@ -75,6 +92,8 @@ class MessageDecoder:
         from confluent_kafka import Message
 
         n = len(messages)
+        self.cut = None
+        rejected: list[tuple[np.ndarray, list[str]]] = []  # (message indices, reasons)
         stamps = np.empty(0, dtype=np.int64)
         if self.source.kafka_time or self.source.format == "raw":  # only then: 1 call a record
             stamps = np.fromiter(
@@ -93,77 +112,105 @@ class MessageDecoder:
             )
             keep = np.arange(n)
         else:
-            values = list(map(Message.value, messages))
-            if self.schema is None:  # nothing to learn from at definition time: first batch
-                self.schema = infer_json_schema(values[: SAMPLE * 10])
-            tombstones: list[int] = []
-            if self.source.key_column is not None and None in values:
-                tombstones = [i for i, v in enumerate(values) if v is None]
-                values = [b"" if v is None else v for v in values]  # blank: skipped silently
-            df, kept = self._decode_values(values, topics, numbers, offsets)
-            keep = np.array(kept, dtype=np.int64)
-            if self.source.key_column is not None:
-                df, keep = with_keys(df, keep, tombstones, messages, self.source.key_column)
+            df, keep = self._decode_values(messages, rejected)
             if self.source.kafka_time:
                 df = df.with_columns(
                     pl.Series("timestamp", stamps[keep]).cast(pl.Datetime("ms", "UTC"))
                 )
-        df = df.with_columns(pl.Series(PARTITION, pids[keep], dtype=pl.Int64))
-        if self.offsets:
-            df = df.with_columns(pl.Series(OFFSET, offsets[keep], dtype=pl.Int64))
-        df, errors = split_valid(
-            df, self.source.time_column, source=self.source.name, positions=pl.Series(offsets[keep])
+        reasons = time_problems(df, self.source.time_column)
+        if reasons is not None:
+            bad = reasons.is_not_null()
+            rejected.append((keep[bad.to_numpy()], reasons.filter(bad).to_list()))
+            df, keep = df.filter(~bad), keep[~bad.to_numpy()]
+        # where each row came from, so that an operator's error row can name it too
+        df = df.with_columns(
+            pl.Series(PARTITION, pids[keep], dtype=pl.Int64),
+            pl.Series(OFFSET, offsets[keep], dtype=pl.Int64),
         )
-        if errors is not None:
-            self.ctx.error(errors)
-        return df
+        if not rejected:
+            return df
+        errors, first = self._rejected(rejected, messages, numbers, offsets, topics)
+        if not self.ctx.fail_on_error:
+            self.ctx.reject(errors)
+            return df
+        self.failure, self.cut = errors.head(1), first
+        return df.filter(pl.Series(keep < first))
 
-    def _decode_values(
+    def _rejected(
         self,
-        values: list[bytes | None],
-        topics: list[str] | None,
+        rejected: list[tuple[np.ndarray, list[str]]],
+        messages: list[Any],
         numbers: np.ndarray,
         offsets: np.ndarray,
-    ) -> tuple[pl.DataFrame, list[int]]:
-        """The values decoded with :attr:`schema`, and the indices of those that decoded."""
-        assert self.schema is not None
-        source = self.source
+        topics: list[str] | None,
+    ) -> tuple[pl.DataFrame, int]:
+        """The error rows of the rejected messages in arrival order (a Python loop over the
+        rejected ones only), and the fetch index of the first."""
+        index = np.concatenate([i for i, _ in rejected]).astype(np.int64)
+        reasons = [r for _, rs in rejected for r in rs]
+        order = np.argsort(index, kind="stable")
+        index = index[order]
+        at = index.tolist()
+        raws = [messages[i].value() for i in at]
+        m = len(at)
+        errors = pl.DataFrame(
+            {
+                "source": [self.source.name] * m,
+                "position": offsets[index],
+                "reason": [reasons[j] for j in order.tolist()],
+                "record": [
+                    None if r is None else r.decode("utf-8", errors="backslashreplace")
+                    for r in raws
+                ],
+                "raw": raws,
+                "topic": [topics[i] for i in at] if topics else [self.source.topics[0]] * m,
+                "partition": numbers[index],
+                "offset": offsets[index],
+            },
+            schema=ERROR_SCHEMA,
+        )
+        return errors, at[0]
 
-        def on_error(i: int, doc: bytes, why: str) -> None:
-            topic = topics[i] if topics else source.topics[0]
-            reason = f"{topic}/{int(numbers[i])}@{int(offsets[i])}: {why}"
-            self.ctx.error(
-                error_from_python(
-                    source.name,
-                    int(offsets[i]),
-                    reason,
-                    doc,
-                    topic=topic,
-                    partition=int(numbers[i]),
-                    offset=int(offsets[i]),
-                )
-            )
+    def _decode_values(
+        self, messages: list[Any], rejected: list[tuple[np.ndarray, list[str]]]
+    ) -> tuple[pl.DataFrame, np.ndarray]:
+        """The values decoded with :attr:`schema` (a table's tombstones as delete rows), and
+        each row's message index; what does not decode goes to ``rejected``."""
+        from confluent_kafka import Message
 
-        schema = self.schema
-
-        def decode(
-            docs: list[bytes], report: Callable[[int, bytes, str], None]
-        ) -> tuple[pl.DataFrame, list[int]]:
-            if source.avro is not None:
-                return avro.decode(docs, source.avro, schema, report)
-            return decode_ndjson(docs, schema, report)
-
-        if None in values:  # tombstones carry no record (tables handle them before)
-            for i, v in enumerate(values):
-                if v is None:
-                    on_error(i, b"", "null value (tombstone)")
+        values: list[bytes | None] = list(map(Message.value, messages))
+        present = list(range(len(values)))
+        tombstones: list[int] = []
+        if None in values:  # tombstones: a table's deletes, else records without a value
+            tombstones = [i for i, v in enumerate(values) if v is None]
             present = [i for i, v in enumerate(values) if v is not None]
-            df, kept = decode(
-                [v for v in values if v is not None],
-                lambda j, doc, why: on_error(present[j], doc, why),
-            )
-            return df, [present[j] for j in kept]
-        return decode(cast(list[bytes], values), on_error)
+            if self.source.key_column is None:
+                rejected.append(
+                    (np.array(tombstones), ["null value (tombstone)"] * len(tombstones))
+                )
+        docs = cast(list[bytes], [values[i] for i in present] if tombstones else values)
+        schema = self.schema
+        if schema is None:  # nothing to learn from at definition time: the first batch
+            schema = infer_json_schema(docs[: SAMPLE * 10])
+            if schema:  # a batch of garbage teaches nothing: learn from a later one
+                self.schema = schema
+        bad: list[int] = []
+        why: list[str] = []
+
+        def report(j: int, doc: bytes, reason: str) -> None:
+            bad.append(present[j])
+            why.append(reason)
+
+        if self.source.avro is not None:
+            df, kept = avro.decode(docs, self.source.avro, schema, report)
+        else:
+            df, kept = decode_ndjson(docs, schema, report)
+        if bad:
+            rejected.append((np.array(bad), why))
+        keep = np.array([present[j] for j in kept] if tombstones else kept, dtype=np.int64)
+        if self.source.key_column is not None:
+            df, keep = with_keys(df, keep, tombstones, messages, self.source.key_column)
+        return df, keep
 
 
 def with_keys(

@@ -54,7 +54,6 @@ class KafkaReader(Reader):
     * ``members`` (the query's other Kafka sources) are read in the same subscription, so the
       group gives one member partition p of every co-partitioned topic (librdkafka's range
       assignor); each is decoded by its own source, into :attr:`member_frames`;
-    * every row carries its offset (hidden column ``OFFSET``).
 
     What an owner uses: :meth:`read`, :attr:`extra_messages`, :attr:`positions`,
     :meth:`set_position`, :meth:`seek`, :meth:`partition_id`, :meth:`partition_ids`,
@@ -81,7 +80,7 @@ class KafkaReader(Reader):
             raise ConfigError(f"{source.name}: extra_topics and members are read under an owner")
         self.source, self.ctx = source, ctx
         self.sources = [source, *members]
-        self._decoders = [MessageDecoder(s, ctx, offsets=owner is not None) for s in self.sources]
+        self._decoders = [MessageDecoder(s, ctx) for s in self.sources]
         self._decoder = self._decoders[0]
         self._source_of = {t: i for i, s in enumerate(self.sources) for t in s.topics}
         self.member_frames: list[pl.DataFrame | None] = [None] * len(members)
@@ -280,7 +279,15 @@ class KafkaReader(Reader):
     # -- reading -----------------------------------------------------------------------------
     def read(self, max_records: int, timeout: float) -> pl.DataFrame | None:
         """The next records of the source's topics, decoded (``None`` if there are none); the
-        extra topics' messages of the same fetch go to :attr:`extra_messages`."""
+        extra topics' messages of the same fetch go to :attr:`extra_messages`.
+
+        With ``errors="fail"``, a fetch holding a bad record was processed up to it; this call
+        then raises its error (it names the first bad record, and nothing after it is read).
+        """
+        for decoder in self._decoders:
+            if decoder.failure is not None:
+                failure, decoder.failure = decoder.failure, None
+                self.ctx.reject(failure)  # raises DecodeError
         if self._owner is None:
             self._commit_processed(asynchronous=True)  # the previous batch is processed by now
         messages = self._messages(max_records, timeout)
@@ -324,9 +331,12 @@ class KafkaReader(Reader):
             return None
         self._last_records = now
         offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
-        self._remember(topics, numbers, offsets)
         if len(self.sources) == 1:
-            return self._decoder.frame(messages, numbers, offsets, topics, pids)
+            frame = self._decoder.frame(messages, numbers, offsets, topics, pids)
+            cut = n if self._decoder.cut is None else self._decoder.cut  # errors="fail"
+            self._remember(topics[:cut] if topics else None, numbers[:cut], offsets[:cut])
+            return frame
+        self._remember(topics, numbers, offsets)
         assert topics is not None  # several sources: several topics
         which = np.fromiter(map(self._source_of.__getitem__, topics), dtype=np.int64, count=n)
         frames: list[pl.DataFrame | None] = []

@@ -21,7 +21,7 @@ from streamnb.engine.source import Part, PartOwner, Source
 from streamnb.exceptions import ConfigError
 from streamnb.io.codecs import avro
 from streamnb.io.codecs.json import infer_json_schema
-from streamnb.io.kafka.client import _metadata, redact, resolve_bootstrap
+from streamnb.io.kafka.client import _metadata, redact, resolve_bootstrap, resolve_config
 from streamnb.io.sources.kafka.decode import RAW_SCHEMA, SAMPLE
 from streamnb.io.sources.kafka.reader import KafkaReader
 from streamnb.io.sources.records import check_timestamp
@@ -65,7 +65,7 @@ class KafkaSource(Source):
         if isinstance(start, Mapping) and len(self.topics) > 1:
             raise ConfigError("start={partition: offset} works with one topic")
         self.bootstrap = resolve_bootstrap(bootstrap_servers)
-        self.config = dict(config or {})
+        self.config = dict(resolve_config(bootstrap_servers, config) or {})  # connect()'s too
         self.format, self.start, self.group_id = format, start, group_id
         self.idle_ms = to_ms(idle_timeout, name="idle_timeout", allow_zero=False)
         meta = _metadata(self.bootstrap, self.config, connect_timeout)
