@@ -287,9 +287,21 @@ class Aggregation:
             for i, a in enumerate(self._aggs)
         ]
 
-    def partial(self, prepared: pl.DataFrame, groups: Sequence[str]) -> pl.DataFrame:
-        """Partial aggregates of one batch's records per group."""
-        return prepared.group_by(list(groups)).agg(self.partial_exprs())
+    def partial(
+        self, prepared: pl.DataFrame, groups: Sequence[str], *, ordered: bool = False
+    ) -> pl.DataFrame:
+        """Partial aggregates of one batch's records per group; ``ordered``: the groups
+        sorted (``DataFrame.sort``'s order)."""
+        groups = list(groups)
+        if not ordered:
+            return prepared.group_by(groups).agg(self.partial_exprs())
+        if len(groups) > 1:
+            return prepared.group_by(groups).agg(self.partial_exprs()).sort(groups)
+        # one group column: sorting the records first makes the group_by faster than sorting
+        # its groups after it would (measured at 50 K records: 2.4 ms against 4.4 ms); a
+        # stable sort, for the aggregates that depend on the records' order (first, last, ...)
+        sorted_ = prepared.sort(groups, multithreaded=False, maintain_order=True)
+        return sorted_.group_by(groups, maintain_order=True).agg(self.partial_exprs())
 
     def combine(self, partials: pl.DataFrame, groups: Sequence[str]) -> pl.DataFrame:
         """Merge partial rows of the same group."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -255,6 +255,13 @@ class Operator:
                 current.restore(state[name])
             else:
                 setattr(self, name, state[name])
+
+    def parts(self, rows: int) -> Iterator[tuple[str, Any]]:
+        """The whole state, for a base: ``("full", state)`` for :meth:`restore`, then any
+        ``("changes", changes)`` for :meth:`apply_changes` over it. Operators with keyed
+        state give it in pieces of about ``rows`` rows, so that it is never whole in memory;
+        others in one piece."""
+        yield "full", self.snapshot()
 
     def changes(self) -> Any:
         """Incremental checkpoints: what changed in the state since :meth:`settle`, for

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -78,6 +78,11 @@ class StreamTableJoin(Operator):
     @table.setter
     def table(self, frame: pl.DataFrame) -> None:
         self.keyed.load(frame)
+
+    def parts(self, rows: int) -> Iterator[tuple[str, Any]]:
+        yield "full", {"table": self.keyed.empty()}
+        for part in self.keyed.store.slices(rows):
+            yield "changes", {"rows": part, "deleted": None}
 
     def changes(self) -> Any:
         return self.keyed.changes()
@@ -209,6 +214,16 @@ class TableTableJoin(Operator):
     def states(self, frames: list[pl.DataFrame]) -> None:
         for table, frame in zip(self.tables, frames, strict=True):
             table.load(frame)
+
+    def parts(self, rows: int) -> Iterator[tuple[str, Any]]:
+        yield "full", {"states": [table.empty() for table in self.tables]}
+        for side, table in enumerate(self.tables):
+            for part in table.store.slices(rows):
+                changes: list[dict[str, Any]] = [
+                    {"rows": None, "deleted": None} for _ in self.tables
+                ]
+                changes[side]["rows"] = part
+                yield "changes", changes
 
     def changes(self) -> Any:
         return [table.changes() for table in self.tables]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -73,7 +73,8 @@ def fold(
     store: KeyedState, partial: pl.DataFrame, keys: Sequence[str], agg: Aggregation
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Fold one batch's partials (unique ``keys``) into ``store``: the changed groups'
-    partials, and the found groups' partials before the batch. O(batch)."""
+    partials (in ``partial``'s order), and the found groups' partials before the batch.
+    O(batch)."""
     keys = list(keys)
     key_frame = partial.select(keys)
     hashes = key_hashes(key_frame, keys)
@@ -99,6 +100,11 @@ def fold(
     fresh = partial.filter(pl.Series(new))
     store.insert(fresh, hashes[new], found.stops[new])
     changed = pl.concat([hit.select(keys).hstack(combined), fresh], how="vertical_relaxed")
+    if hit.height and fresh.height:  # back in partial's order: found ones first, then new
+        order = np.empty(partial.height, dtype=np.int64)
+        order[found.index] = np.arange(hit.height)
+        order[new] = np.arange(hit.height, partial.height)
+        changed = changed[order]
     return changed, found.rows
 
 
@@ -148,7 +154,8 @@ class GroupByOperator(Operator, Versioned):
             rows = rows.with_columns(pl.int_range(self.seq, self.seq + rows.height).alias(SEQ))
         self.seq += rows.height
         prepared = self.agg.prepare(rows, self.keys)
-        partial = self.agg.partial(prepared, self.keys)
+        keyed = self.store is not None  # its changes come out in the partials' order
+        partial = self.agg.partial(prepared, self.keys, ordered=keyed)
         before: pl.DataFrame | None
         if self.store is not None:
             changed, before = self._update(partial)
@@ -158,7 +165,8 @@ class GroupByOperator(Operator, Versioned):
             versions = self.agg.running(prepared, before, self.keys)
             return Delta(versions.with_columns(rows.get_column(ORDER)))
         out = changed.select(*self.keys, *self.agg.final_exprs())
-        return Delta(out.sort(self.keys, multithreaded=False))  # faster at a batch's size
+        # in key order (a batch's changes, whatever the state's form): sorted already if keyed
+        return Delta(out if keyed else out.sort(self.keys, multithreaded=False))
 
     def _update(self, partial: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         assert self.store is not None
@@ -177,6 +185,14 @@ class GroupByOperator(Operator, Versioned):
         if worth_keying(self.whole.height, partial.height):
             self.store, self.whole = KeyedState.of(self.whole, self.keys, self.directory), None
         return changed, before
+
+    def parts(self, rows: int) -> Iterator[tuple[str, Any]]:
+        if self.store is None:
+            yield "full", self.snapshot()
+            return
+        yield "full", {"state": None, "seq": self.seq}
+        for part in self.store.slices(rows):
+            yield "changes", {"seq": self.seq, "rows": part}
 
     def changes(self) -> Any:
         """The groups changed since the last checkpoint (while keyed; a small state is saved

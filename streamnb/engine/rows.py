@@ -47,48 +47,116 @@ _OFFSET, _LENGTH, _VALID = "{}\0off", "{}\0len", "{}\0valid"
 
 
 class MemoryRows:
-    """Columns as polars Series with spare capacity (rows past the count unused)."""
+    """Columns in memory with spare capacity (rows past the count unused): numbers, booleans
+    and temporal values as numpy arrays of their physical values (a validity array beside
+    one once it holds a null), other types as polars Series written with ``scatter``. numpy
+    gathers and scatters a batch's rows 2-4x faster than polars does (measured: 28 K rows of
+    a 6 M-row Int64 column, 0.12 ms against 0.5 to gather, 0.18 against 0.35 to scatter)."""
 
     def __init__(self) -> None:
-        self.series: dict[str, pl.Series] = {}
+        self.dtypes: dict[str, pl.DataType] = {}
+        self.arrays: dict[str, np.ndarray] = {}  # columns of numbers, booleans, times
+        self.valid: dict[str, np.ndarray] = {}  # of those, the ones that have held a null
+        self.series: dict[str, pl.Series] = {}  # the other columns
         self.capacity = 0
 
     @property
     def names(self) -> list[str]:
-        return list(self.series)
+        return list(self.dtypes)
 
     @property
     def nbytes(self) -> int:
-        return int(sum(s.estimated_size() for s in self.series.values()))
+        arrays = sum(a.nbytes for a in [*self.arrays.values(), *self.valid.values()])
+        return int(arrays + sum(s.estimated_size() for s in self.series.values()))
 
     def create(self, columns: Sequence[pl.Series]) -> None:
         """Columns like ``columns`` (no rows yet)."""
-        self.series = {c.name: c.clear() for c in columns}
+        self.dtypes = {c.name: c.dtype for c in columns}
+        self.arrays, self.valid, self.series = {}, {}, {}
+        for column in columns:
+            self._hold(column.name, column.clear())
+
+    def _hold(self, name: str, column: pl.Series) -> None:
+        """Keep ``column`` (of ``self.capacity`` rows) as column ``name``."""
+        self.arrays.pop(name, None)
+        self.valid.pop(name, None)
+        self.series.pop(name, None)
+        kind = _kind(column.dtype)
+        if kind in ("number", "bool"):
+            physical = column.to_physical().fill_null(0 if kind == "number" else False)
+            self.arrays[name] = physical.to_numpy().copy()
+            if column.null_count():
+                self.valid[name] = column.is_not_null().to_numpy().copy()
+        else:
+            self.series[name] = column
 
     def empty(self) -> pl.DataFrame:
-        return pl.DataFrame([s.clear() for s in self.series.values()])
+        return pl.DataFrame([pl.Series(n, [], dtype=d) for n, d in self.dtypes.items()])
 
     def reserve(self, capacity: int) -> None:
         """Room for ``capacity`` rows."""
+        more = capacity - self.capacity
+        for group in (self.arrays, self.valid):
+            for name, array in group.items():
+                grown = np.zeros(capacity, dtype=array.dtype)
+                grown[: self.capacity] = array
+                group[name] = grown
         for name, column in self.series.items():
-            spare = pl.Series(name, [None], dtype=column.dtype).extend_constant(
-                None, capacity - self.capacity - 1
-            )
+            spare = pl.Series(name, [None], dtype=column.dtype).extend_constant(None, more - 1)
             self.series[name] = pl.concat([column, spare], rechunk=True)
         self.capacity = capacity
 
     def gather(self, ids: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
-        # one gather of the frame: polars takes its columns in parallel
-        return pl.DataFrame([self.series[n] for n in names])[ids]
+        others = [n for n in names if n in self.series]
+        # one gather of the Series: polars takes them in parallel
+        taken = pl.DataFrame([self.series[n] for n in others])[ids] if others else None
+        return pl.DataFrame(
+            [
+                taken.get_column(n) if n in self.series else self._column(n, ids)  # type: ignore[union-attr]
+                for n in names
+            ]
+        )
+
+    def _column(self, name: str, ids: np.ndarray | slice) -> pl.Series:
+        """Rows ``ids`` of the numpy-held column ``name``."""
+        column = pl.Series(name, self.arrays[name][ids]).cast(self.dtypes[name])
+        valid = self.valid.get(name)
+        if valid is None:
+            return column
+        valid = valid[ids]
+        return column if valid.all() else column.set(pl.Series(~valid), None)
 
     def head(self, count: int, names: Sequence[str]) -> pl.DataFrame:
-        return pl.DataFrame([self.series[n].head(count) for n in names])
+        return pl.DataFrame(
+            [
+                self.series[n].head(count) if n in self.series else self._column(n, slice(count))
+                for n in names
+            ]
+        )
 
     def write(self, name: str, ids: np.ndarray, values: pl.Series) -> None:
+        dtype = self.dtypes[name]
+        if values.dtype != dtype:
+            wider = _wider(dtype, values.dtype)
+            if wider != dtype:  # every row rewritten, O(state)
+                self._hold(name, self.head(self.capacity, [name]).to_series().cast(wider))
+                self.dtypes[name] = wider
+            values = values.cast(wider)
+        if name in self.series:
+            self._scatter(name, ids, values)
+            return
+        nulls = values.null_count()
+        if nulls and name not in self.valid:
+            self.valid[name] = np.ones(self.capacity, dtype=bool)
+        if name in self.valid:
+            self.valid[name][ids] = values.is_not_null().to_numpy() if nulls else True
+        physical = values.to_physical()
+        if nulls:
+            physical = physical.fill_null(False if physical.dtype == pl.Boolean else 0)
+        self.arrays[name][ids] = physical.to_numpy()
+
+    def _scatter(self, name: str, ids: np.ndarray, values: pl.Series) -> None:
         column = self.series[name]
-        if values.dtype != column.dtype:
-            column = self.series[name] = column.cast(_wider(column.dtype, values.dtype))
-            values = values.cast(column.dtype)
         try:
             column.scatter(ids, values)
         except pl.exceptions.ComputeError:  # lists, structs: rebuilt, O(state)

@@ -320,7 +320,7 @@ class Tasks:
             task.snapshot_id = max(i for i, _ in chain)
             assert task.changelog is not None
             snapshots = task.changelog.read(partition, chain)
-            task.chain, task.sizes = chain, [len(data) for data in snapshots]
+            task.chain, task.sizes = chain, [sum(map(len, one)) for one in snapshots]
             in_flight = checkpoint.restore(task.pipeline, snapshots)
             if in_flight is not None and task.merge is not None:
                 task.merge.restore(in_flight)

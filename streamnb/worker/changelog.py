@@ -18,7 +18,7 @@ import fcntl
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,22 +81,28 @@ class Changelog:
     def __init__(self, topic: str, producer: Any, restorer: Any) -> None:
         self.topic, self.producer, self.restorer = topic, producer, restorer
 
-    def write(self, partition: int, snapshot_id: int, records: list[bytes], slot: str) -> Snapshot:
-        """Produce a snapshot's records under keys of ``slot``; where it is."""
+    def write(
+        self, partition: int, snapshot_id: int, records: Iterable[bytes], slot: str
+    ) -> tuple[Snapshot, int]:
+        """Produce a snapshot's records under keys of ``slot``, each as it is made; where
+        the snapshot is, and its bytes."""
         headers = [(SNAPSHOT_HEADER, str(snapshot_id).encode())]
-        for i, record in enumerate(records):
+        count = size = 0
+        for count, record in enumerate(records, start=1):
             produce(
                 self.producer,
                 self.topic,
                 record,
-                f"{slot}-{i}".encode(),
+                f"{slot}-{count - 1}".encode(),
                 partition=partition,
                 headers=headers,
             )
-        return snapshot_id, len(records)
+            size += len(record)
+        return (snapshot_id, count), size
 
-    def read(self, partition: int, chain: Sequence[Snapshot]) -> list[bytes]:
-        """Snapshots ``chain`` of a task from the end of its changelog partition.
+    def read(self, partition: int, chain: Sequence[Snapshot]) -> list[list[bytes]]:
+        """Snapshots ``chain`` of a task (each as its records) from the end of its changelog
+        partition.
 
         Only this task writes that partition and its snapshots follow each other, so the
         ones wanted are among the last records; reading starts as many records (and a margin)
@@ -122,14 +128,14 @@ class Changelog:
                 )
             span *= 4
 
-    def _scan(self, partition: int, start: int, counts: dict[int, int]) -> dict[int, bytes]:
+    def _scan(self, partition: int, start: int, counts: dict[int, int]) -> dict[int, list[bytes]]:
         """The last complete run of each wanted snapshot's records from ``start`` on."""
         from confluent_kafka import KafkaError, TopicPartition
 
         wanted = {str(i).encode(): i for i in counts}
         self.restorer.assign([TopicPartition(self.topic, partition, start)])
         parts: dict[int, list[bytes]] = {}
-        complete: dict[int, bytes] = {}
+        complete: dict[int, list[bytes]] = {}
         deadline = time.monotonic() + 60
         try:
             while True:
@@ -150,7 +156,7 @@ class Changelog:
                     run = parts.setdefault(snapshot_id, [])
                     run.append(m.value() or b"")
                     if len(run) == counts[snapshot_id]:
-                        complete[snapshot_id] = b"".join(run)
+                        complete[snapshot_id] = run
         finally:
             self.restorer.unassign()
 

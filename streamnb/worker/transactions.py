@@ -65,6 +65,7 @@ class Checkpoints:
             "enable.idempotence": True,
             "linger.ms": 5,
             "compression.type": "lz4",
+            "queue.buffering.max.kbytes": 65_536,  # a large snapshot waits, not piles up
             "delivery.report.only.error": True,
             "on_delivery": self._undelivered,
         }
@@ -122,13 +123,12 @@ class Checkpoints:
             if not checkpoint.stateful(task.pipeline):
                 continue
             base, slot = task.next_snapshot()
-            data = checkpoint.snapshot(task.pipeline, task.in_flight(), base=base)
-            records = checkpoint.chunks(data)
-            written += len(data)
+            records = checkpoint.records(task.pipeline, task.in_flight(), base=base)
             task.snapshot_id += 1
             assert task.changelog is not None  # every task of a worker has one
-            snapshot = task.changelog.write(task.partition, task.snapshot_id, records, slot)
-            task.wrote(snapshot, len(data), base=base)
+            snapshot, size = task.changelog.write(task.partition, task.snapshot_id, records, slot)
+            written += size
+            task.wrote(snapshot, size, base=base)
             snapshots.add(key)
         # every partition of a task that moved or was snapshotted, each with the snapshot's
         # pointer (a restore takes the newest pointer among a task's partitions)
