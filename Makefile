@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_ARGS ?= --duration 30
+# pytest-xdist workers for `make pytest` (CI has 2 cores; many slow tests wait on a broker, a
+# kernel or a subprocess, so one more worker than cores). PYTEST_WORKERS=0 runs in-process.
+# The tests marked `serial` (a time budget that a loaded machine would break) run after, alone.
+PYTEST_WORKERS ?= 3
+PYTEST_ARGS ?=
 
 .PHONY: setup system-deps kafka browser-deps demo test lint typecheck pytest bench peers clean
 
@@ -39,7 +44,10 @@ typecheck: setup
 	$(PY) -m mypy
 
 pytest: setup kafka browser-deps
-	$(PY) -m pytest
+	rc=0; \
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m 'not serial' $(PYTEST_ARGS) || rc=$$?; \
+	$(PY) -m pytest -m serial $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
+	exit $$rc
 
 test: lint typecheck pytest
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,9 +18,41 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [_CHECKOUT, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
 )
 
-# One real Kafka broker per test session, shared by every test that asks for it
-# (tests/io/kafka, tests/ui/notebook, tests/worker, ...); it starts only when a test needs it.
+# One real Kafka broker per test session (under pytest-xdist: per worker), shared by every test
+# that asks for it (tests/io/kafka, tests/ui/notebook, tests/worker, ...); it starts only when a
+# test needs it.
 pytest_plugins = ["tests.io.kafka.fixtures"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make pytest``), the tests marked ``slow`` go first: the workers
+    start on the longest tests and end on short ones together, rather than one worker still
+    running a two-minute test when the others are done. The slow tests that mostly wait (on a
+    broker, a kernel, a browser, pip) alternate with those that compute, so that the cores stay
+    busy from the start. Otherwise collection order is kept; every worker collects, and so
+    orders, the same way."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if not slow:
+        return
+    waiting = [item for item in slow if _mostly_waits(item)]
+    computing = [item for item in slow if not _mostly_waits(item)]
+    alternating = [
+        item for pair in itertools.zip_longest(waiting, computing) for item in pair if item
+    ]
+    chosen = set(alternating)
+    items[:] = alternating + [item for item in items if item not in chosen]
+
+
+def _mostly_waits(item: pytest.Item) -> bool:
+    path = item.nodeid.split("::")[0]
+    return (
+        "bootstrap" in getattr(item, "fixturenames", ())
+        or path.startswith("tests/ui/")
+        or path == "tests/test_packaging.py"
+    )
+
 
 # 200 random cases per property in CI (the acceptance bar); STREAMNB_QUICK=1 for a fast loop.
 settings.register_profile(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
@@ -80,14 +80,29 @@ def assert_same(got: pl.DataFrame, want: pl.DataFrame) -> None:
     assert_frame_equal(got, want, check_exact=False, rel_tol=1e-6, abs_tol=1e-6)
 
 
-@pytest.mark.parametrize("column", ["i", "f"])
-@given(df=frames(), data=st.data())
-def test_group_by_agg_equals_polars(column: str, df: pl.DataFrame, data: st.DataObject) -> None:
+def check_group_by_agg(column: str, df: pl.DataFrame, data: st.DataObject) -> None:
     keys = data.draw(st.sampled_from([["k"], ["k", "j"], ["j"]]))
     aggs = aggregates(column)
     want = expected(df, keys, aggs)
     for batch_size in {1, data.draw(st.integers(1, max(df.height, 1))), max(df.height, 1)}:
         assert_same(engine(df, keys, aggs, batch_size), want)
+
+
+# The property runs at the full example count (200 in CI) with the default state; the keyed and
+# disk passes of ``state_stores`` rerun it for those representations with fewer examples.
+EXTRA_PASS_EXAMPLES = 50
+group_by_agg = given(df=frames(), data=st.data())(check_group_by_agg)
+group_by_agg_extra_pass = settings(
+    max_examples=min(EXTRA_PASS_EXAMPLES, settings.default.max_examples)  # type: ignore[union-attr]
+)(given(df=frames(), data=st.data())(check_group_by_agg))
+
+
+@pytest.mark.slow  # 200 examples, each run at batch sizes 1, n and all
+@pytest.mark.parametrize("column", ["i", "f"])
+def test_group_by_agg_equals_polars(column: str, state_stores: str) -> None:
+    """The small pass at the full example count, the keyed and disk passes at
+    ``EXTRA_PASS_EXAMPLES``."""
+    (group_by_agg if state_stores == "small" else group_by_agg_extra_pass)(column)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 5, 100])

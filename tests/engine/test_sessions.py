@@ -27,11 +27,13 @@ def indexed_from_start() -> Iterator[None]:
     state.KEYED_MIN, state.KEYED_FROM = saved
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("indexed_from_start")
 def test_indexed_sessions_match_record_at_a_time_reference() -> None:
     oracle.test_engine_matches_record_at_a_time_reference(kind="session")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("indexed_from_start")
 def test_indexed_sessions_with_partitions_match_reference() -> None:
     oracle.test_partitioned_watermark_matches_reference(kind="session")

@@ -96,7 +96,7 @@ SPECS = [sn.Tumbling("800ms"), sn.Hopping("800ms", "200ms")]
 
 @pytest.mark.parametrize("spec", SPECS, ids=["tumbling", "hopping"])
 @pytest.mark.parametrize("emit", ["final", "update"])
-@pytest.mark.parametrize("batch", [1, 37, 500])
+@pytest.mark.parametrize("batch", [pytest.param(1, marks=pytest.mark.slow), 37, 500])
 def test_keyed_windows_emit_what_the_small_state_emits(
     spec: sn.windows.WindowSpec, emit: str, batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -86,6 +86,7 @@ SPECS = {
 }
 
 
+@pytest.mark.slow  # 200 examples, each run at batch sizes 1, n and all
 @pytest.mark.parametrize("kind", list(SPECS))
 @given(data=st.data())
 def test_engine_matches_record_at_a_time_reference(kind: str, data: st.DataObject) -> None:
@@ -179,6 +180,7 @@ def test_datetime_event_time_in_microseconds_with_time_zone() -> None:
     assert out.get_column("window_start").cast(pl.Int64).to_list() == [0, 10_000_000, 20_000_000]
 
 
+@pytest.mark.slow  # 200 examples, each run at batch sizes 1, n and all
 @pytest.mark.parametrize("kind", list(SPECS))
 @given(data=st.data())
 def test_partitioned_watermark_matches_reference(kind: str, data: st.DataObject) -> None:

@@ -27,6 +27,8 @@ import polars as pl
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+pytestmark = pytest.mark.slow  # worker processes, fed at a fixed rate for tens of seconds
+
 PARTITIONS = 3
 KEYS = 24
 WINDOW_MS = 10_000

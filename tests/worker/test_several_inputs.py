@@ -41,6 +41,8 @@ from tests.worker.test_exactly_once import (
     kill_9_three_times,
 )
 
+pytestmark = pytest.mark.slow  # worker processes, fed at a fixed rate for tens of seconds
+
 PARTITIONS = 3
 APART = 2  # topic B's partitions in the tests of topics that are not co-partitioned
 KEYS = 24

@@ -7,9 +7,11 @@ Central; needs Java 17+, and Maven for the first fetch), or an existing broker n
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +32,13 @@ from confluent_kafka.admin import AdminClient, NewTopic
 KAFKA_LOCAL = Path(__file__).resolve().parents[3] / "scripts" / "kafka-local"
 # Generous enough for the first run, which downloads ~45 MB of jars with Maven.
 START_TIMEOUT_S = 600
+# Held by whoever is choosing a fresh broker's ports, or has a broker stopped for a restart
+# (whose ports must stay free until it is back): brokers started side by side (pytest-xdist
+# workers, one broker each) never pick the same free port, or a stopped broker's.
+PORTS_LOCK = Path(tempfile.gettempdir()) / "streamnb-kafka-ports.lock"
+# A stopped broker that never starts again releases the lock at the end of its session; the
+# others stop waiting for it after this long (and pick their ports without it).
+PORTS_LOCK_WAIT_S = 120
 
 # Small timeouts everywhere: a broken broker or test fails in seconds, not minutes.
 CLIENT_DEFAULTS: dict[str, Any] = {
@@ -70,6 +79,7 @@ class KafkaBroker:
     def __init__(self, bootstrap: str, state_dir: Path | None = None) -> None:
         self.bootstrap = bootstrap
         self.state_dir = state_dir
+        self._ports_fd: int | None = None  # PORTS_LOCK, while held
 
     @property
     def is_local(self) -> bool:
@@ -77,35 +87,79 @@ class KafkaBroker:
 
     @classmethod
     def launch(cls, state_dir: Path) -> KafkaBroker:
-        """Start a fresh broker whose data, logs and pid live in ``state_dir``."""
-        out = _kafka_local("start", "--dir", str(state_dir), "--watch-pid", str(os.getpid()))
-        return cls(_bootstrap_from(out), state_dir)
+        """Start a fresh broker whose data, logs and pid live in ``state_dir``, on free ports."""
+        broker = cls("", state_dir)
+        broker._hold_ports()
+        try:
+            out = _kafka_local("start", "--dir", str(state_dir), "--watch-pid", str(os.getpid()))
+        finally:
+            broker._release_ports()
+        broker.bootstrap = _bootstrap_from(out)
+        return broker
 
     def stop(self) -> None:
-        """Stop the broker cleanly (SIGTERM; SIGKILL after 30 s); its data is kept."""
-        _kafka_local("stop", "--dir", str(self._local_dir()))
+        """Stop the broker cleanly (SIGTERM; SIGKILL after 30 s); its data is kept. Its ports
+        stay reserved (no other broker starts on them) until :meth:`start`."""
+        state_dir = self._local_dir()
+        self._hold_ports()
+        _kafka_local("stop", "--dir", str(state_dir))
 
     def start(self) -> None:
         """Start the stopped broker again on the same data dir and port; waits until ready."""
-        out = _kafka_local(
-            "start",
-            "--dir",
-            str(self._local_dir()),
-            "--keep-data",
-            "--watch-pid",
-            str(os.getpid()),
-        )
+        try:
+            out = _kafka_local(
+                "start",
+                "--dir",
+                str(self._local_dir()),
+                "--keep-data",
+                "--watch-pid",
+                str(os.getpid()),
+            )
+        finally:
+            self._release_ports()
         restarted = _bootstrap_from(out)
         assert restarted == self.bootstrap, f"broker came back on {restarted}, not {self.bootstrap}"
 
     def close(self) -> None:
-        if self.state_dir is not None:
-            _kafka_local("stop", "--dir", str(self.state_dir))
+        try:
+            if self.state_dir is not None:
+                _kafka_local("stop", "--dir", str(self.state_dir))
+        finally:
+            self._release_ports()
 
     def _local_dir(self) -> Path:
         if self.state_dir is None:
             pytest.skip("stop/start need the self-started broker, not STREAMNB_TEST_BOOTSTRAP")
         return self.state_dir
+
+    def _hold_ports(self) -> None:
+        if self._ports_fd is None:
+            self._ports_fd = _lock(PORTS_LOCK, PORTS_LOCK_WAIT_S)
+
+    def _release_ports(self) -> None:
+        fd, self._ports_fd = self._ports_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
+
+
+def _lock(path: Path, wait_s: float) -> int | None:
+    """An exclusive ``flock`` on ``path`` (its fd, closed to release it), waiting up to
+    ``wait_s``; None if the file cannot be opened or the wait runs out (go on unlocked: the
+    lock only narrows an unlikely port race)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:
+        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.1)
 
 
 def _kafka_local(*args: str) -> str:

@@ -4,6 +4,12 @@ One broker per test session, started by ``scripts/kafka-local`` in a temporary d
 at the end; ``STREAMNB_TEST_BOOTSTRAP=host:port`` uses an existing broker instead. Each test
 gets its own topics (``test-<uuid8>``), so tests never see each other's records.
 
+Under pytest-xdist (``make pytest`` runs ``-n 3``) a session is one worker process, so each
+worker that runs a Kafka test starts its own broker, once, in its own temporary dir (distinct
+data dirs) on free ports (picked under a lock, see ``broker.PORTS_LOCK``). A test that stops
+and starts ``kafka_broker`` therefore restarts only its own worker's broker, while no other
+test runs on it: the other workers' tests never see a restart.
+
     def test_roundtrip(make_topic, produce, consume_all):
         topic = make_topic(partitions=3)
         produce(topic, [{"id": 1}], key="a")

@@ -28,6 +28,10 @@ from tests.threads import stop_all_and_check_no_thread_left, streamnb_threads, w
 
 Produce = Callable[..., list[tuple[int, int]]]
 
+# Time bounds (seconds to show a fault, stop within its timeout) and thread and socket counts:
+# measured alone, after the parallel run (`make pytest`), not beside other workers' load.
+pytestmark = pytest.mark.serial
+
 SASL_CONFIG = {
     "security.protocol": "SASL_PLAINTEXT",
     "sasl.mechanism": "PLAIN",

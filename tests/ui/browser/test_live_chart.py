@@ -42,6 +42,7 @@ BUDGET_SECONDS = 110  # the whole test, server start included, stays under two m
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.serial,  # BUDGET_SECONDS: JupyterLab and chromium on a machine left to them
     pytest.mark.timeout(180),
     pytest.mark.skipif(
         os.environ.get("STREAMNB_SKIP_BROWSER") == "1", reason="STREAMNB_SKIP_BROWSER=1"
