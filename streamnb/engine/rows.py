@@ -247,13 +247,19 @@ class DiskRows:
         return pl.DataFrame([self._column(n, records, ids) for n in names])
 
     def head(self, count: int, names: Sequence[str]) -> pl.DataFrame:
-        return self.gather(np.arange(count, dtype=np.int64), names)
+        # a view of the mapped records: each column read alone, not every record copied
+        return pl.DataFrame([self._column(n, self.records[:count], slice(count)) for n in names])
 
-    def _column(self, name: str, records: np.ndarray, ids: np.ndarray) -> pl.Series:
+    def _column(self, name: str, records: np.ndarray, ids: np.ndarray | slice) -> pl.Series:
         dtype = self.dtypes[name]
         kind = _kind(dtype)
         if kind is None:
-            return self.others.gather(ids, [name]).to_series()
+            others = (
+                self.others.head(len(records), [name])
+                if isinstance(ids, slice)
+                else self.others.gather(ids, [name])
+            )
+            return others.to_series()
         if kind == "bytes":
             values = self._strings(records[_OFFSET.format(name)], records[_LENGTH.format(name)])
             series = pl.Series(name, values).cast(dtype)

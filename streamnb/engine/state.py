@@ -163,25 +163,31 @@ class Table:
         table = cls(size, rows)
         by = mixed[order]
         narrow = table.dtype.itemsize == 4  # then the sort carries the slots themselves
-        payload = table.entries(by, order) if narrow else order
-        by >>= _HALF
-        by <<= _HALF
-        by |= payload.astype(np.uint64)
+        for part in _parts(len(by)):  # (in parts: a state in files may not fit in memory twice)
+            payload = table.entries(by[part], order[part]) if narrow else order[part]
+            by[part] >>= _HALF
+            by[part] <<= _HALF
+            by[part] |= payload.astype(np.uint64)
         by.sort(kind="stable")
-        position = table.first(by)
-        step = np.arange(len(by), dtype=np.int64)
-        position -= step
-        np.maximum.accumulate(position, out=position)
-        position += step
-        end = int(position[-1]) + 1 if len(position) else 0
-        if end + _TAIL > len(table.slots):
-            table.slots = np.full(end + _TAIL, table.empty, dtype=table.dtype)
-        by &= _LOW
-        if narrow:
-            table.slots[position] = by
-        else:
-            ids = by.view(np.int64)
-            table.slots[position] = table.entries(mixed[ids], ids)
+        last = np.int64(-1)
+        for part in _parts(len(by)):
+            position = table.first(by[part])
+            step = np.arange(part.start, part.stop, dtype=np.int64)
+            position -= step
+            np.maximum.accumulate(position, out=position)
+            np.maximum(position, last, out=position)
+            last = position[-1]
+            position += step
+            end = int(position[-1]) + 1 + _TAIL
+            if end > len(table.slots):
+                more = np.full(end - len(table.slots), table.empty, dtype=table.dtype)
+                table.slots = np.concatenate([table.slots, more])
+            low = by[part] & _LOW
+            if narrow:
+                table.slots[position] = low
+            else:
+                ids = low.view(np.int64)
+                table.slots[position] = table.entries(mixed[ids], ids)
         return table
 
     @property
@@ -399,6 +405,7 @@ class KeyedState:
         size = max(int(self.table.size * _GROWTH), int(self.count / _MAX_LOAD) + 1)
         mixed = key_hashes(self._held(self.keys), self.keys) * _MIX
         order = np.concatenate([self.table.held(), added])
+        self.table.slots = self.table.slots[:0]  # its memory back before the new one's
         self.table = Table.of(mixed, size, len(self.touched), order)
 
     def _reserve(self, n: int) -> None:
@@ -424,6 +431,11 @@ class KeyedState:
         if frame is not None and frame.height:
             state.insert(frame, key_hashes(frame, keys))
         return state
+
+
+def _parts(n: int, size: int = 1 << 20) -> list[slice]:
+    """``range(n)`` in slices of ``size``."""
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 class KeyedTable:
