@@ -122,17 +122,22 @@ def test_an_exported_job_runs_the_same_query(tmp_path: Path) -> None:
         streamnb("export", nb_path.name, "--query", "hot", "-o", "job.py", cwd=tmp_path).returncode
         == 0
     )
-    done = subprocess.run(
-        [sys.executable, "job.py", "--sink", "parquet:out"],
-        cwd=tmp_path,
+    done = run_job(tmp_path, "job.py")
+    assert done.returncode == 0, done.stderr
+    assert_frame_equal(
+        canonical(pl.read_parquet(tmp_path / "out" / "*.parquet")), canonical(expected())
+    )
+
+
+def run_job(cwd: Path, job: str) -> subprocess.CompletedProcess[str]:
+    """Run an exported job script into ``parquet:out`` (under ``cwd``)."""
+    return subprocess.run(
+        [sys.executable, job, "--sink", "parquet:out"],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert_frame_equal(
-        canonical(pl.read_parquet(tmp_path / "out" / "*.parquet")), canonical(expected())
     )
 
 
@@ -168,14 +173,7 @@ def test_an_exported_job_with_hostile_names_runs_and_injects_nothing(tmp_path: P
     job = f'job """ {INJECTION}.py'
     done = streamnb("export", nb_name, "--query", INJECTION, "-o", job, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    ran = subprocess.run(
-        [sys.executable, job, "--sink", "parquet:out"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    ran = run_job(tmp_path, job)
     assert ran.returncode == 0, ran.stderr
     assert not (tmp_path / "INJECTED").exists()
     assert pl.read_parquet(tmp_path / "out" / "*.parquet")["x"].to_list() == [1]
