@@ -157,8 +157,3 @@ class _Records(io.RawIOBase):
         buffer[:n] = self.current[:n]
         self.current = self.current[n:]
         return n
-
-
-def chunks(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
-    """``data`` cut into records of at most ``size`` bytes (at least one, maybe empty)."""
-    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
