@@ -22,6 +22,7 @@ from streamnb.exceptions import ConfigError, SinkError, SourceError
 __all__ = [
     "client_config",
     "connect",
+    "consume_available",
     "peek",
     "produce",
     "resolve_bootstrap",
@@ -114,6 +115,24 @@ def client_config(
     merged.update(config or {})
     merged.setdefault("logger", log)
     return merged
+
+
+def consume_available(consumer: Any, max_records: int, timeout: float) -> list[Any]:
+    """Up to ``max_records`` messages that have arrived, waiting at most ``timeout`` seconds
+    for the first one only.
+
+    ``Consumer.consume(n, timeout)`` waits until it has ``n`` messages or the timeout passed
+    (librdkafka's ``rd_kafka_consume_batch_queue``), so on a quiet topic every call would take
+    the whole timeout, and that time becomes latency. This takes what is there at once, and
+    waits only when nothing is.
+    """
+    messages: list[Any] = consumer.consume(num_messages=max_records, timeout=0)
+    if messages or timeout <= 0:
+        return messages
+    messages = consumer.consume(num_messages=1, timeout=timeout)
+    if messages and max_records > 1:
+        messages += consumer.consume(num_messages=max_records - 1, timeout=0)
+    return messages
 
 
 def _metadata(

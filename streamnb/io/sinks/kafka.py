@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import polars as pl
@@ -103,8 +104,7 @@ class KafkaWriter(Operator):
                 bootstrap,
                 config,
                 **{
-                    "enable.idempotence": True,
-                    "linger.ms": 5,
+                    **PRODUCER_SETTINGS,
                     "delivery.report.only.error": True,
                     "on_delivery": self._failed,
                     "error_cb": self._client_failed,
@@ -316,6 +316,13 @@ class KafkaWriter(Operator):
                     b"",
                 )
             )
+
+
+PRODUCER_SETTINGS: Mapping[str, Any] = MappingProxyType(
+    {"enable.idempotence": True, "linger.ms": 5}
+)
+"""The sink's producer settings (a user's ``config=`` overrides them); the benchmarks' plain
+consume -> produce loop uses the same."""
 
 
 class _Failure(NamedTuple):

@@ -23,7 +23,7 @@ import polars as pl
 from streamnb.engine.core import Context, error_from_python
 from streamnb.engine.source import PartOwner, Reader
 from streamnb.exceptions import ConfigError, SourceError
-from streamnb.io.kafka.client import client_config, kafka_reason
+from streamnb.io.kafka.client import client_config, consume_available, kafka_reason
 from streamnb.io.sources.kafka.commits import GroupCommits
 from streamnb.io.sources.kafka.decode import MessageDecoder
 
@@ -105,17 +105,8 @@ class KafkaReader(Reader):
                 source.config,
                 **{
                     "group.id": group,
-                    "enable.auto.commit": False,
+                    **CONSUMER_SETTINGS,
                     "auto.offset.reset": "latest" if source.start == "latest" else "earliest",
-                    "isolation.level": "read_committed",
-                    "enable.partition.eof": False,
-                    "session.timeout.ms": 10_000,
-                    "fetch.wait.max.ms": 50,
-                    # keep the local queue full, backing off only briefly when it is: with
-                    # librdkafka's defaults it idles up to 1 s per fill (3x slower catch-up);
-                    # 10 ms measured faster and cheaper than 0 (BENCHMARKS.md, mode 2)
-                    "queued.min.messages": 1_000_000,
-                    "fetch.queue.backoff.ms": 10,
                     **({"on_commit": self._commits.answered} if self._commits else {}),
                 },
             )
@@ -317,7 +308,7 @@ class KafkaReader(Reader):
         """The next messages, without error events."""
         from confluent_kafka import Message
 
-        messages = self._consumer.consume(num_messages=max_records, timeout=timeout)
+        messages = consume_available(self._consumer, max_records, timeout)
         if any(map(Message.error, messages)):
             messages = self._without_errors(messages)
         return messages
@@ -487,6 +478,23 @@ class KafkaReader(Reader):
             self._commits.close()
         self._consumer.close()
 
+
+CONSUMER_SETTINGS: Mapping[str, Any] = MappingProxyType(
+    {
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": False,
+        "session.timeout.ms": 10_000,
+        "fetch.wait.max.ms": 50,
+        # keep the local queue full, backing off only briefly when it is: with librdkafka's
+        # defaults it idles up to 1 s per fill (3x slower catch-up); 10 ms measured faster and
+        # cheaper than 0 (BENCHMARKS.md, mode 2)
+        "queued.min.messages": 1_000_000,
+        "fetch.queue.backoff.ms": 10,
+    }
+)
+"""The source's consumer settings (a user's ``config=`` overrides them); the benchmarks'
+plain consume -> produce loop uses the same."""
 
 UNREAD_LAPSE = 1.0
 """Seconds after which an end offset above the position, with no records coming, no longer
