@@ -48,6 +48,7 @@ import polars as pl
 from benchutil import CpuMeter, Measure, fmt_mib, fmt_rate
 from queries import (
     QUERIES,
+    SUITE,
     NexmarkQuery,
     bid_source,
     compare,
@@ -685,7 +686,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Nexmark events of every kind to generate (92 %% are bids)",
     )
     p.add_argument(
-        "--queries", default=",".join(QUERIES), help=f"comma-separated, from {','.join(QUERIES)}"
+        "--queries",
+        default=",".join(SUITE),
+        help=f"comma-separated, from {','.join(QUERIES)} (default {','.join(SUITE)})",
     )
     p.add_argument(
         "--out",

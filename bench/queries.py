@@ -24,6 +24,7 @@ import streamnb as sn
 
 __all__ = [
     "QUERIES",
+    "SUITE",
     "WATERMARK_DELAY",
     "NexmarkQuery",
     "bid_source",
@@ -51,6 +52,9 @@ class NexmarkQuery:
     target: float
     """In-memory target, events/s on the 2-core machine (BENCH.md)."""
     windowed: bool
+    suite: bool = True
+    """One of the Nexmark suite's queries (BENCH.md); the others (``w1``) are measured by the
+    latency harness (``peers.py``) only, and are left out of the scripts' default query lists."""
 
 
 def bid_source(frames: Sequence[pl.DataFrame], batch_size: int = 50_000) -> sn.Stream:
@@ -166,6 +170,35 @@ def q7_reference(bids: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+# -- w1: window emit with many rows (latency harness) ---------------------------------------------
+W1_MS = 1_000
+
+
+def w1(bids: sn.Stream) -> sn.Stream:
+    """Bids per auction in tumbling 1 s windows, emitted final: a window emits every second,
+    with a row per auction, so its emit latency has many samples (not a Nexmark query)."""
+    return (
+        _watermarked(bids)
+        .window(sn.Tumbling(f"{W1_MS}ms"), by="auction")
+        .agg(pl.len().alias("bids"))
+        .select("window_start", "window_end", "auction", "bids")
+    )
+
+
+def w1_reference(bids: pl.DataFrame) -> pl.DataFrame:
+    ws = _T // W1_MS * W1_MS
+    return (
+        bids.group_by(ws.alias("ws"), "auction")
+        .agg(pl.len().alias("bids"))
+        .select(
+            pl.col("ws").cast(_DT).alias("window_start"),
+            (pl.col("ws") + W1_MS).cast(_DT).alias("window_end"),
+            "auction",
+            "bids",
+        )
+    )
+
+
 # -- q11: user sessions --------------------------------------------------------------------------
 GAP_MS = 10_000
 
@@ -209,8 +242,21 @@ QUERIES: dict[str, NexmarkQuery] = {
         NexmarkQuery("q5", "hot items, hopping 10 s / 2 s", q5, q5_reference, 1e6, windowed=True),
         NexmarkQuery("q7", "window max part, tumbling 10 s", q7, q7_reference, 1e6, windowed=True),
         NexmarkQuery("q11", "user sessions, gap 10 s", q11, q11_reference, 3e5, windowed=True),
+        NexmarkQuery(
+            "w1",
+            "bids per auction, tumbling 1 s",
+            w1,
+            w1_reference,
+            1e6,
+            windowed=True,
+            suite=False,
+        ),
     ]
 }
+
+
+SUITE = [name for name, q in QUERIES.items() if q.suite]
+"""The Nexmark suite's queries of ``QUERIES`` (the scripts' default query lists)."""
 
 
 def compare(got: pl.DataFrame, want: pl.DataFrame) -> str | None:

@@ -126,6 +126,31 @@ class Q7:
             self.emit({"window_start": ws, "window_end": ws + size, "price": windows.pop(ws)})
 
 
+class W1:
+    """Bids per auction in tumbling 1 s windows (the latency harness's window emit)."""
+
+    def __init__(self, emit: Emitter) -> None:
+        self.emit = emit
+        self.windows: dict[int, dict[int, int]] = {}
+        self.max_t = -(2**62)
+
+    def process(self, rows: list[dict[str, Any]], topic: str) -> None:
+        windows, size, max_t = self.windows, pc.W1_MS, self.max_t
+        for r in rows:
+            t = r["dateTime"]
+            max_t = t if t > max_t else max_t
+            ws = t - t % size
+            counts = windows.get(ws)
+            if counts is None:
+                counts = windows[ws] = defaultdict(int)
+            counts[r["auction"]] += 1
+        self.max_t = max_t
+        wm = max_t - pc.WATERMARK_MS
+        for ws in sorted(w for w in windows if w + size <= wm):
+            for a, n in windows.pop(ws).items():
+                self.emit({"window_start": ws, "window_end": ws + size, "auction": a, "bids": n})
+
+
 class Q11:
     """Bids per bidder session (gap 10 s): open sessions kept in order of their last time."""
 
@@ -209,6 +234,8 @@ def main() -> None:
         op = Q7(emit)
     elif q == "q11":
         op = Q11(emit)
+    elif q == "w1":
+        op = W1(emit)
     else:
         op = Q8(emit, args.persons, args.auctions)
         topics = [args.persons, args.auctions]

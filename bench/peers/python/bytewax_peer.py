@@ -173,6 +173,8 @@ def build(args: Any) -> Dataflow:
 
 def main() -> None:
     args = pc.parse_args()
+    if args.query == "w1":
+        pc.unsupported("w1 (the latency harness's window emit) is not written for Bytewax")
     cli_main(build(args), workers_per_process=1)
 
 

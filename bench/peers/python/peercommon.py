@@ -10,11 +10,12 @@ import argparse
 import sys
 import time
 
-QUERIES = ("q0", "q1", "q2", "q5", "q7", "q8", "q11")
+QUERIES = ("q0", "q1", "q2", "q5", "q7", "q8", "q11", "w1")
 WATERMARK_MS = 4_000  # watermark = max event time - 4 s (grace 4 s where there is no delay)
 HOP_SIZE_MS, HOP_EVERY_MS = 10_000, 2_000  # q5
 TUMBLE_MS = 10_000  # q7, q8
 GAP_MS = 10_000  # q11
+W1_MS = 1_000  # w1 (tumbling 1 s, the latency harness's window emit)
 BID_COLUMNS = ("auction", "bidder", "price", "channel", "url", "dateTime", "extra")
 UNSUPPORTED_EXIT = 3
 

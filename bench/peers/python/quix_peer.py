@@ -35,6 +35,8 @@ def event_time(value: Any, headers: Any, timestamp: int, timestamp_type: Any) ->
 
 def main() -> None:
     args = pc.parse_args()
+    if args.query == "w1":
+        pc.unsupported("w1 (the latency harness's window emit) is not written for Quix Streams")
     if args.query == "q8":
         pc.unsupported(
             "q8 (window join of persons and auctions) is not written for Quix Streams here; "

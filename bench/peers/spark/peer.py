@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-QUERIES = ("q0", "q1", "q2", "q5", "q7", "q8", "q11")
+QUERIES = ("q0", "q1", "q2", "q5", "q7", "q8", "q11", "w1")
 BID_COLUMNS = ["auction", "bidder", "price", "channel", "url", "dateTime", "extra"]
 
 
@@ -223,6 +223,18 @@ def main() -> int:
                     ms(F.col("window.start")).alias("window_start"),
                     ms(F.col("window.end")).alias("window_end"),
                     "price",
+                )
+            )
+        elif q == "w1":  # bids per auction, tumbling 1 s (the latency harness's window emit)
+            res = (
+                bids.withWatermark("ts", wm)
+                .groupBy(F.window("ts", "1 second"), "auction")
+                .agg(F.count(F.lit(1)).alias("bids"))
+                .select(
+                    ms(F.col("window.start")).alias("window_start"),
+                    ms(F.col("window.end")).alias("window_end"),
+                    "auction",
+                    "bids",
                 )
             )
         elif q == "q11":
