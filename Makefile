@@ -51,11 +51,24 @@ pytest: setup kafka browser-deps
 
 test: lint typecheck pytest
 
-bench: setup kafka
+# Every benchmark that writes a section of BENCHMARKS.md, one after another, each with its
+# defaults (hours on the 2-core machine; see bench/README.md), then the peers and their plots.
+# disk_state.py needs root (a memory cgroup): skipped, and said so, otherwise.
+# keyed_windows.py and keyed_sessions.py print tables only (kept by hand in BENCHMARKS.md).
+bench: setup system-deps kafka
 	$(PY) bench/nexmark_memory.py
-	$(PY) bench/nexmark_joins.py
+	$(PY) bench/notebook_latency.py
+	$(PY) bench/kernel_throughput.py
 	$(PY) bench/nexmark_kafka.py
+	$(PY) bench/nexmark_joins.py
 	$(PY) bench/worker_kafka.py
+	$(PY) bench/table_bootstrap.py
+	$(PY) bench/worker_joins.py
+	$(PY) bench/keyed_state.py --write
+	$(PY) bench/worker_keyed_state.py --write
+	if [ "$$(id -u)" = 0 ]; then $(PY) bench/disk_state.py --write; \
+	else echo "bench: disk_state.py skipped (needs root: sudo $(PY) bench/disk_state.py --write)"; fi
+	$(PY) bench/peers.py $(PEERS_ARGS)
 
 # streamnb next to Kafka Streams, Spark, Quix Streams, Bytewax, Faust and a plain consumer
 peers: setup system-deps kafka
