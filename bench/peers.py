@@ -86,6 +86,8 @@ TARGETS: dict[str, str] = {
     "faust": "≥ 20× events/s",
     "kafka-streams": "≥ 1.5× events per CPU-second windowed, ≥ 1× stateless",
     "spark": "≥ 2× events/s, ≥ 10× lower p50 latency",
+    "kafka-streams-lowlat": "(Kafka Streams with its latency settings: for the latency curve; "
+    "the throughput targets are against `kafka-streams`)",
     "baseline": "(no target: the cost of consume + decode + dicts)",
     "plain": f"latency: streamnb's p99 ≤ {LATENCY_RATIO_TARGET:g}× the plain loop's p99 at every "
     "rate up to 50 % of streamnb's capacity (stateless and window emit)",
@@ -335,6 +337,15 @@ ENGINES: dict[str, Engine] = {
             "Kafka Streams",
             "kafka_streams",
             "see bench/peers/kafka_streams/",
+        ),
+        _jvm_engine(
+            "kafka-streams-lowlat",
+            "Kafka Streams (latency settings)",
+            "kafka_streams",
+            "as `kafka-streams`, with the settings its SETTINGS.md gives for the latency mode: "
+            "`--commit-interval-ms 100 --linger-ms 5` (a final window row leaves the cache "
+            "and the suppress buffer only at a commit)",
+            ("--commit-interval-ms", "100", "--linger-ms", "5"),
         ),
         _jvm_engine(
             "spark",
