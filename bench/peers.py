@@ -19,9 +19,12 @@ Run from the repository root (``make peers`` does the same after setting up)::
    the peer (SIGTERM to its group, SIGKILL after 15 s) and checks the rows against the polars
    reference of ``bench/queries.py`` (q8's is here). Events/s, events per CPU-second of the
    peer's process tree (``/proc``, polled) and its peak RSS are quoted only next to "ok".
-5. **Latency** (open-loop): bids are produced at fixed rates with ``dateTime`` = wall-clock
-   ms; latency = arrival − ``dateTime`` (stateless) or arrival − (``window_end`` + 4 s)
-   (windows): p50 / p95 / p99.
+5. **Latency** (open-loop, the latency curve): bids are produced at fixed rates (default
+   10 %, 25 %, 50 %, 80 % of each engine's own catch-up rate, and 10 000 and 50 000/s for
+   every engine) with ``dateTime`` = wall-clock ms; latency = arrival − ``dateTime``
+   (stateless, q1) or arrival − (``window_end`` + 4 s) (windows, w1): p50 / p95 / p99, and
+   p99 divided by that of the plain consume -> produce loop (``plain``, tuned like streamnb:
+   the floor) at the same rate; the plain loop on q0 is the harness's own floor.
 
 Finally a table per query, the ``peers`` section of ``BENCHMARKS.md`` and two PNG plots under
 ``bench/peers/plots/`` (matplotlib, in its own virtual environment).
