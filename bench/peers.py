@@ -363,6 +363,12 @@ ENGINES: dict[str, Engine] = {
             "as `spark`, with `--trigger 1s`",
             ("--trigger", "1s"),
         ),
+        _jvm_engine(
+            "flink",
+            "Apache Flink",
+            "flink",
+            "see bench/peers/flink/SETTINGS.md",
+        ),
     ]
 }
 
