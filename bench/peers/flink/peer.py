@@ -236,49 +236,62 @@ class Rest:
 def first_record_watch(rest: Rest, job_id: str, done: threading.Event) -> None:
     """Print SN_FIRST_RECORD when a source operator's numRecordsOut first reads > 0.
 
-    Polls every 10 ms; the REST endpoint's metric fetcher refreshes at most every 10 ms
-    (``metrics.fetcher.update-interval``, default 10 s; 0 would switch it off), and a request
-    answers from the previous fetch, so the value printed is the wall clock of the first
-    poll that sees a record: a few tens of ms after the first record left the source (on a
-    busy machine more). Fallback, if the metric never shows up before the job ends: the
-    job's RUNNING timestamp.
+    Polls the source operators' ``numRecordsOut`` (records handed to the chained operators)
+    back to back, every 10 ms. The REST endpoint answers from its metric store, refreshed
+    from the TaskManager at most every ``metrics.fetcher.update-interval`` (set to 10 ms;
+    default 10 s, 0 switches it off). The first record left the source after the last poll
+    that read 0 was answered from a fetch, and before the first poll that reads > 0 returned;
+    the clock starts at the send time of that last zero poll (stderr shows both bounds), so it
+    is off by about one poll round trip + one fetch, either way. Fallback, if no source metric
+    shows up before the job ends: the job's RUNNING timestamp.
     """
     running_at: int | None = None
-    metric_ids: dict[str, str] = {}
+    metrics: dict[str, str] = {}  # source vertex id -> its numRecordsOut metric id
+    sources = -1  # source vertices of the job (-1: not known yet)
+    last_zero: float | None = None  # send time of the last poll that read 0 everywhere
     while not done.is_set():
+        sent = time.time()
         try:
-            job = rest.get(f"/jobs/{job_id}")
-            assert isinstance(job, dict)
-            if running_at is None and "RUNNING" in job.get("timestamps", {}):
-                running_at = int(job["timestamps"]["RUNNING"]) or None
-            for v in job.get("vertices", []):
-                if not v["name"].startswith("Source"):
-                    continue
-                if v["id"] not in metric_ids:
-                    names = rest.get(f"/jobs/{job_id}/vertices/{v['id']}/metrics")
+            if len(metrics) != sources:
+                job = rest.get(f"/jobs/{job_id}")
+                assert isinstance(job, dict)
+                if running_at is None and job.get("timestamps", {}).get("RUNNING"):
+                    running_at = int(job["timestamps"]["RUNNING"])
+                vertices = [v["id"] for v in job["vertices"] if v["name"].startswith("Source")]
+                sources = len(vertices)
+                for vid in vertices:
+                    if vid in metrics:
+                        continue
+                    names = rest.get(f"/jobs/{job_id}/vertices/{vid}/metrics")
                     assert isinstance(names, list)
                     hits = [
                         m["id"]
                         for m in names
                         if m["id"].endswith(".numRecordsOut") and "Source" in m["id"]
                     ]
-                    if not hits:
-                        continue
-                    metric_ids[v["id"]] = hits[0]
-                got = rest.get(
-                    f"/jobs/{job_id}/vertices/{v['id']}/metrics?get={metric_ids[v['id']]}"
-                )
+                    if hits:
+                        metrics[vid] = hits[0]
+                sent = time.time()
+            seen = []
+            for vid, mid in metrics.items():
+                got = rest.get(f"/jobs/{job_id}/vertices/{vid}/metrics?get={mid}")
                 assert isinstance(got, list)
                 if got and float(got[0]["value"]) > 0:
-                    now = int(time.time() * 1000)
-                    print(f"SN_FIRST_RECORD {now}", flush=True)
-                    print(
-                        f"flink peer: first record at {now} ({metric_ids[v['id']]} > 0; "
-                        f"job RUNNING at {running_at})",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    return
+                    seen.append(mid)
+            if seen:
+                now = time.time()
+                start = last_zero if last_zero is not None else sent
+                print(f"SN_FIRST_RECORD {int(start * 1000)}", flush=True)
+                print(
+                    f"flink peer: first record between {int(start * 1000)} (last poll reading 0 "
+                    f"sent) and {int(now * 1000)} (poll reading > 0 returned): {seen[0]} > 0; "
+                    f"job RUNNING at {running_at}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return
+            if metrics:
+                last_zero = sent
         except (OSError, KeyError, ValueError, AssertionError) as e:
             print(f"flink peer: REST poll: {e!r}", file=sys.stderr, flush=True)
             time.sleep(0.1)
