@@ -28,4 +28,4 @@ def stop_all_and_check_no_thread_left() -> None:
         q.stop()
     for t in streamnb_threads():
         t.join(10)
-    assert streamnb_threads() == []
+    assert streamnb_threads() == [], [(t.name, t.is_alive()) for t in streamnb_threads()]

@@ -12,7 +12,10 @@ and hold ``Consumer.close()`` that long. What cannot be committed by then is rep
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from streamnb.engine.core import Context, error_from_python
@@ -25,24 +28,46 @@ MIN_COMMIT_SECONDS = 0.05
 ``stop()``'s timeout is for the readers' clients): enough for a broker that answers."""
 
 
+def _locked(method: Callable[..., None]) -> Callable[..., None]:
+    """``method`` under the instance's lock."""
+
+    @functools.wraps(method)
+    def locked(self: GroupCommits, *args: Any) -> None:
+        with self._lock:
+            method(self, *args)
+
+    return locked
+
+
 class GroupCommits:
     """Offsets read and processed, sent to the group's coordinator and answered.
 
     ``consumer`` is set once the reader has made it (its ``on_commit`` is :meth:`answered`).
-    Callbacks are served by the consumer's own calls, on the reading thread.
+    Callbacks are served by the consumer's own calls, on the thread that fetches (a reader's
+    prefetching thread), while the query's thread notes and sends: a lock keeps them apart.
     """
 
     def __init__(self, source_name: str, group: str, ctx: Context) -> None:
         self.source_name, self.group, self.ctx = source_name, group, ctx
         self.consumer: Any = None
+        self.noted: dict[tuple[str, int], int] = {}  # next offsets of the batch in progress
         self.processed: dict[tuple[str, int], int] = {}  # next offsets, not sent yet
         self.in_flight: dict[tuple[str, int], int] = {}  # sent, not answered yet
         self._last_error = ""
+        self._lock = threading.RLock()  # a synchronous commit may serve on_commit itself
 
+    @_locked
     def note(self, topic: str, partition: int, offset: int) -> None:
         """``offset`` is the next to read of ``partition`` once the current batch is done."""
-        self.processed[(topic, partition)] = offset
+        self.noted[(topic, partition)] = offset
 
+    @_locked
+    def release(self) -> None:
+        """The batches noted so far are processed: their offsets may be sent."""
+        self.processed.update(self.noted)
+        self.noted = {}
+
+    @_locked
     def send(self) -> None:
         """Commit what was processed, asynchronously, unless a commit is still unanswered
         (its answer is served by the next fetch)."""
@@ -58,6 +83,7 @@ class GroupCommits:
             self._put_back(self.in_flight)
             self.in_flight = {}
 
+    @_locked
     def revoked(self, partitions: list[tuple[str, int]]) -> None:
         """Partitions are being revoked: commit what was processed and wait for it, then
         forget them (an answer still to come for them is not retried). A failure means a
@@ -71,6 +97,7 @@ class GroupCommits:
         for key in partitions:
             self.in_flight.pop(key, None)
 
+    @_locked
     def answered(self, err: Any, partitions: list[Any]) -> None:
         """The consumer's ``on_commit``: offsets committed, or put back to go with the next
         commit (newer offsets of the partition supersede them)."""
@@ -86,9 +113,11 @@ class GroupCommits:
                 failed[key] = tp.offset
         self._put_back(failed)
 
+    @_locked
     def close(self) -> None:
         """Commit what is left and wait for the answer, by the stop deadline; report what is
         not committed by then, and forget it (so that ``Consumer.close()`` waits for none)."""
+        self.release()  # a reader closes between batches
         now = time.monotonic()
         deadline = self.ctx.deadline
         end = now + COMMIT_SECONDS if deadline is None else max(deadline, now + MIN_COMMIT_SECONDS)

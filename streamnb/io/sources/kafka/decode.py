@@ -15,6 +15,7 @@ It also owns the frame layouts it decodes to: :data:`RAW_SCHEMA` (``format="raw"
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -83,11 +84,15 @@ class MessageDecoder:
         offsets: np.ndarray,
         topics: list[str] | None,
         pids: np.ndarray,
+        *,
+        reject: Callable[[pl.DataFrame], None] | None = None,
     ) -> pl.DataFrame:
         """``messages`` (not empty, without error events) decoded into one frame.
 
         ``numbers``, ``offsets`` and ``pids`` are the messages' partition numbers, offsets and
         hidden partition ids; ``topics`` their topics, or ``None`` when the source reads one.
+        The rejected records' error rows go to ``reject`` (default: the context's): a reader
+        that decodes on a thread of its own hands them to the query's thread with the frame.
         """
         from confluent_kafka import Message
 
@@ -131,7 +136,7 @@ class MessageDecoder:
             return df
         errors, first = self._rejected(rejected, messages, numbers, offsets, topics)
         if not self.ctx.fail_on_error:
-            self.ctx.reject(errors)
+            (reject or self.ctx.reject)(errors)
             return df
         self.failure, self.cut = errors.head(1), first
         return df.filter(pl.Series(keep < first))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from itertools import compress
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
@@ -26,6 +27,7 @@ from streamnb.exceptions import ConfigError, SourceError
 from streamnb.io.kafka.client import client_config, consume_available, kafka_reason
 from streamnb.io.sources.kafka.commits import GroupCommits
 from streamnb.io.sources.kafka.decode import MessageDecoder
+from streamnb.io.sources.kafka.prefetch import Fetch, Prefetcher
 
 if TYPE_CHECKING:
     from streamnb.io.sources.kafka.source import KafkaSource
@@ -68,6 +70,7 @@ class KafkaReader(Reader):
         owner: PartOwner | None = None,
         extra_topics: Sequence[str] = (),
         members: Sequence[KafkaSource] = (),
+        prefetch: bool = True,
     ) -> None:
         from confluent_kafka import Consumer
 
@@ -128,9 +131,17 @@ class KafkaReader(Reader):
         self._started: set[tuple[str, int]] = set()  # partitions given their start position
         self._lag: int | None = None
         self._last_records = 0.0  # when a fetch last brought records (monotonic)
-        self._lag_measured = 0.0
         self._ends: dict[tuple[str, int], tuple[int, int]] | None = None  # (low, high) at start
         self._progress: float | None = None
+        self._failure: pl.DataFrame | None = None  # errors="fail": raised by the next read
+        # what only the consumer's thread reads of it: end offsets, positions (tables)
+        self._highs: dict[tuple[str, int], tuple[int, int]] | None = None
+        self._highs_read = 0.0
+        self._lag_measured = 0.0
+        self._ends_wanted = False
+        self._bootstrapped = False
+        self._fetched: dict[tuple[str, int], int] = {}  # positions after the last fetch taken
+        self._mine = {int(p) for lut in self._lut.values() for p in lut}
         if source.group_id is not None:
             topics = [t for s in self.sources for t in s.topics]
             self._consumer.subscribe(
@@ -142,6 +153,15 @@ class KafkaReader(Reader):
             self._assign(
                 self._start_offsets([(t, p) for t, ps in source.partitions.items() for p in ps])
             )
+        if source.key_column is not None and source.group_id is None:
+            self._ends = self._read_ends()  # a table reads up to where its topic stands now
+        # one source on its own: fetched and decoded on a thread of its own, ahead of the
+        # query (an owner seeks and commits with its state: it reads on its own thread)
+        self._prefetch = (
+            Prefetcher(self._fetch, source.name, max_records=PREFETCH_RECORDS)
+            if owner is None and prefetch
+            else None
+        )
 
     @property
     def schema(self) -> pl.Schema | None:
@@ -284,79 +304,124 @@ class KafkaReader(Reader):
         With ``errors="fail"``, a fetch holding a bad record was processed up to it; this call
         then raises its error (it names the first bad record, and nothing after it is read).
         """
-        for decoder in self._decoders:
-            if decoder.failure is not None:
-                failure, decoder.failure = decoder.failure, None
-                self.ctx.reject(failure)  # raises DecodeError
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            self.ctx.reject(failure)  # raises DecodeError
         if self._commits is not None:
-            self._commits.send()  # the previous batch is processed by now
-        messages = self._messages(max_records, timeout)
-        self.extra_messages = []
-        self.member_frames = [None] * (len(self.sources) - 1)
-        if self._extra and messages:
-            from confluent_kafka import Message
+            self._commits.release()  # the previous batch is processed by now
+        if self._prefetch is None:
+            frame = self._apply(self._fetch(max_records, timeout))
+        else:
+            frames = [self._apply(f) for f in self._prefetch.take(max_records, timeout)]
+            if not frames:
+                self._apply(Fetch(time.monotonic(), _NO_PIDS))  # idle partitions, the lag
+            frame = _concat([f for f in frames if f is not None])
+        return frame
 
-            extra = [t in self._extra for t in map(Message.topic, messages)]
-            if any(extra):
-                self.extra_messages = list(compress(messages, extra))
-                messages = list(compress(messages, (not e for e in extra)))
-                for m in self.extra_messages:
-                    self._positions[(m.topic(), m.partition())] = m.offset() + 1
-        return self._frame(messages)
-
-    def _messages(self, max_records: int, timeout: float) -> list[Any]:
-        """The next messages, without error events."""
+    def _fetch(self, max_records: int, timeout: float) -> Fetch:
+        """Fetch and decode the next messages. It touches nothing the query's thread reads:
+        a :class:`Prefetcher` runs it on a thread of its own."""
         from confluent_kafka import Message
 
+        if self._commits is not None:
+            self._commits.send()  # what the query has processed (released) so far
         messages = consume_available(self._consumer, max_records, timeout)
+        reports: list[Callable[[], None]] = []
         if any(map(Message.error, messages)):
-            messages = self._without_errors(messages)
-        return messages
-
-    def _frame(self, messages: list[Any]) -> pl.DataFrame | None:
-        """``messages`` decoded into one frame (None if there are none)."""
-        from confluent_kafka import Message
-
-        now = time.monotonic()
+            messages = self._without_errors(messages, reports)
+        extra: list[Any] = []
+        if self._extra and messages:
+            is_extra = [t in self._extra for t in map(Message.topic, messages)]
+            if any(is_extra):
+                extra = list(compress(messages, is_extra))
+                messages = list(compress(messages, (not e for e in is_extra)))
         n = len(messages)
         numbers = np.fromiter(map(Message.partition, messages), dtype=np.int64, count=n)
         topics = cast(list[str], list(map(Message.topic, messages))) if len(self._lut) > 1 else None
-        pids = self._partition_ids(numbers, topics)
-        if self._owner is None:  # an owner's tasks read one partition each: none to wait for
-            self._mark_idle(now, pids)
-        if now - self._lag_measured > 0.5:
-            self._lag_measured = now
-            self._measure_lag()
+        fetch = Fetch(
+            time.monotonic(),
+            self._partition_ids(numbers, topics),
+            topics=topics,
+            numbers=numbers,
+            reports=reports,
+            extra_messages=extra,
+        )
+        self._consumer_side(fetch)
         if not messages:
-            return None
-        self._last_records = now
-        offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
+            return fetch
+        fetch.offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
         if len(self.sources) == 1:
-            frame = self._decoder.frame(messages, numbers, offsets, topics, pids)
-            cut = n if self._decoder.cut is None else self._decoder.cut  # errors="fail"
-            self._remember(topics[:cut] if topics else None, numbers[:cut], offsets[:cut])
-            return frame
-        self._remember(topics, numbers, offsets)
+            fetch.frame = self._decode(self._decoder, messages, fetch, fetch.pids, topics)
+            return fetch
         assert topics is not None  # several sources: several topics
         which = np.fromiter(map(self._source_of.__getitem__, topics), dtype=np.int64, count=n)
         frames: list[pl.DataFrame | None] = []
         for i, decoder in enumerate(self._decoders):
             mine = np.flatnonzero(which == i)
+            part = Fetch(fetch.at, fetch.pids[mine], numbers=numbers[mine], reports=reports)
+            part.offsets = fetch.offsets[mine]
             frames.append(
-                decoder.frame(
+                self._decode(
+                    decoder,
                     [messages[j] for j in mine.tolist()],
-                    numbers[mine],
-                    offsets[mine],
+                    part,
+                    fetch.pids[mine],
                     [topics[j] for j in mine.tolist()],
-                    pids[mine],
                 )
                 if len(mine)
                 else None
             )
-        self.member_frames = frames[1:]
-        return frames[0]
+            fetch.failure = fetch.failure if fetch.failure is not None else part.failure
+        fetch.frame, fetch.member_frames = frames[0], frames[1:]
+        return fetch
 
-    def _without_errors(self, messages: list[Any]) -> list[Any]:
+    def _decode(
+        self,
+        decoder: MessageDecoder,
+        messages: list[Any],
+        fetch: Fetch,
+        pids: np.ndarray,
+        topics: list[str] | None,
+    ) -> pl.DataFrame:
+        """One source's messages of ``fetch`` decoded; its rejected records are reported
+        when the fetch is applied; ``errors="fail"`` cuts the fetch at the first."""
+        assert fetch.numbers is not None and fetch.offsets is not None
+        rejected: list[pl.DataFrame] = []
+        frame = decoder.frame(
+            messages, fetch.numbers, fetch.offsets, topics, pids, reject=rejected.append
+        )
+        fetch.reports += [partial(self.ctx.reject, rows) for rows in rejected]
+        if decoder.cut is not None:  # errors="fail": processed up to the first bad record
+            cut = decoder.cut
+            fetch.failure, decoder.failure = decoder.failure, None
+            fetch.numbers, fetch.offsets = fetch.numbers[:cut], fetch.offsets[:cut]
+            fetch.topics = fetch.topics[:cut] if fetch.topics else None
+        return frame
+
+    def _apply(self, fetch: Fetch) -> pl.DataFrame | None:
+        """On the query's thread: a fetch's errors reported, its positions moved past what it
+        brought, idle partitions marked, and its frame to process."""
+        for report in fetch.reports:
+            report()
+        self.extra_messages = fetch.extra_messages
+        for m in fetch.extra_messages:
+            self._positions[(m.topic(), m.partition())] = m.offset() + 1
+        self.member_frames = fetch.member_frames or [None] * (len(self.sources) - 1)
+        if self._owner is None:  # an owner's tasks read one partition each: none to wait for
+            self._mark_idle(fetch.at, fetch.pids)
+        if fetch.positions is not None:
+            self._fetched = fetch.positions
+        if self._prefetch is not None or fetch.at - self._lag_measured > 0.5:
+            self._lag_measured = fetch.at
+            self._measure_lag()
+        if fetch.offsets is not None:
+            assert fetch.numbers is not None
+            self._last_records = fetch.at
+            self._remember(fetch.topics, fetch.numbers, fetch.offsets)
+        self._failure = fetch.failure
+        return fetch.frame
+
+    def _without_errors(self, messages: list[Any], reports: list[Callable[[], None]]) -> list[Any]:
         """Drop error events: fatal ones stop the query, others are reported and skipped."""
         from confluent_kafka import KafkaError
 
@@ -368,16 +433,15 @@ class KafkaReader(Reader):
             elif err.fatal():
                 raise SourceError(f"Kafka consumer failed: {err.str()}")
             elif err.code() != KafkaError._PARTITION_EOF:
-                self.ctx.error(
-                    error_from_python(
-                        self.source.name,
-                        None,
-                        err.str(),
-                        b"",
-                        topic=m.topic(),
-                        partition=m.partition(),
-                    )
+                row = error_from_python(
+                    self.source.name,
+                    None,
+                    err.str(),
+                    b"",
+                    topic=m.topic(),
+                    partition=m.partition(),
                 )
+                reports.append(partial(self.ctx.error, row))
         return good
 
     def _mark_idle(self, now: float, pids: np.ndarray) -> None:
@@ -385,7 +449,7 @@ class KafkaReader(Reader):
         for pid in np.unique(pids).tolist():
             self._last_seen[pid] = now
         idle_after = self.source.idle_ms / 1000
-        mine = {int(p) for lut in self._lut.values() for p in lut} & parts.assigned
+        mine = self._mine & parts.assigned
         quiet = {p for p in mine if now - self._last_seen.get(p, self._opened) > idle_after}
         parts.idle = (parts.idle - mine) | quiet  # other sources judge their own partitions
 
@@ -399,14 +463,22 @@ class KafkaReader(Reader):
 
     # -- offsets -----------------------------------------------------------------------------
     def _remember(self, topics: list[str] | None, numbers: np.ndarray, offsets: np.ndarray) -> None:
-        """The next offset per partition: for the lag, and to commit once processed."""
-        frame = pl.DataFrame(
-            {"t": topics or [self.source.topics[0]] * len(numbers), "p": numbers, "o": offsets}
-        )
-        for t, p, o in frame.group_by("t", "p").agg(pl.col("o").max()).iter_rows():
-            self._positions[(t, p)] = o + 1
+        """The next offset per partition: for the lag, and to commit once processed. Within a
+        partition offsets rise in fetch order, so its last message holds the largest."""
+        if topics is None:
+            topic = self.source.topics[0]
+            found, last = np.unique(numbers[::-1], return_index=True)
+            ends = offsets[::-1][last] + 1
+            pairs = [((topic, p), o) for p, o in zip(found.tolist(), ends.tolist(), strict=True)]
+        else:
+            latest: dict[tuple[str, int], int] = {}
+            for t, p, o in zip(topics, numbers.tolist(), offsets.tolist(), strict=True):
+                latest[(t, p)] = o  # several topics: the worker's members (a small fetch)
+            pairs = [(key, o + 1) for key, o in latest.items()]
+        for key, offset in pairs:
+            self._positions[key] = offset
             if self._commits is not None:
-                self._commits.note(t, p, o + 1)
+                self._commits.note(key[0], key[1], offset)
 
     def lag(self) -> int | None:
         return self._lag  # computed on the reader's thread: a consumer is not thread-safe
@@ -424,48 +496,92 @@ class KafkaReader(Reader):
         return bool(self._lag) and time.monotonic() - self._last_records < UNREAD_LAPSE
 
     def _measure_lag(self) -> None:
-        lags = {}
+        """The lags from the end offsets last seen (by the fetching thread, if there is one:
+        a consumer's calls wait while another thread is in ``consume``)."""
+        if self._prefetch is None:
+            self._highs = self._read_highs()
+        highs = self._highs
+        if highs is None:
+            return  # not known yet, or a rebalance in progress: keep the last figure
+        lags = {
+            key: max(high - max(self._positions.get(key, low), low), 0)
+            for key, (low, high) in highs.items()
+        }
+        self.lags = lags
+        self._lag = sum(lags.values())
+
+    def _read_highs(self) -> dict[tuple[str, int], tuple[int, int]] | None:
+        """The low and high offsets of every assigned partition, as the last fetch answered
+        (``None`` if a partition has not been fetched yet). On the consumer's thread."""
+        highs = {}
         try:
             for tp in self._consumer.assignment():
                 low, high = self._consumer.get_watermark_offsets(tp, cached=True)
                 if high < 0:
-                    return  # no fetch answered yet: the lag is not known
-                position = self._positions.get((tp.topic, tp.partition), low)
-                lags[(tp.topic, tp.partition)] = max(high - max(position, low), 0)
-        except Exception:  # a rebalance in progress: keep the last figure
-            return
-        self.lags = lags
-        self._lag = sum(lags.values())
+                    return None
+                highs[(tp.topic, tp.partition)] = (low, high)
+        except Exception:  # a rebalance in progress
+            return None
+        return highs
+
+    def _consumer_side(self, fetch: Fetch) -> None:
+        """What only the consumer's thread may ask of it, after a fetch: the end offsets every
+        half second, and, while a table bootstraps, where it stands."""
+        if fetch.at - self._highs_read > 0.5:
+            self._highs_read = fetch.at
+            self._highs = self._read_highs()
+        if self._ends_wanted and self._ends is None:
+            self._ends = self._read_ends()
+        if self._ends and not self._bootstrapped:
+            from confluent_kafka import TopicPartition
+
+            positions = self._consumer.position([TopicPartition(t, p) for t, p in self._ends])
+            fetch.positions = {(tp.topic, tp.partition): tp.offset for tp in positions}
+
+    def _read_ends(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """The low and high offsets of every assigned partition that holds records, asked of
+        the broker (a table reads up to them)."""
+        ends = {}
+        for tp in self._consumer.assignment():
+            try:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+            except Exception as exc:  # the broker is gone: the read fails with the reason
+                raise SourceError(
+                    f"cannot read the end offsets of {tp.topic}: {kafka_reason(exc)}"
+                ) from exc
+            if high > low:
+                ends[(tp.topic, tp.partition)] = (low, high)
+        return ends
 
     # -- bootstrapping (tables) --------------------------------------------------------------
     def caught_up(self) -> bool:
         """Whether every partition has been read up to the end it had at the first call (the
-        query's start): a table is bootstrapped then. Called on the reading thread."""
-        from confluent_kafka import TopicPartition
-
-        if self._ends is None:
-            self._ends = {}
-            for tp in self._consumer.assignment():
-                try:
-                    low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
-                except Exception as exc:  # the broker is gone: the read fails with the reason
-                    raise SourceError(
-                        f"cannot read the end offsets of {tp.topic}: {kafka_reason(exc)}"
-                    ) from exc
-                if high > low:
-                    self._ends[(tp.topic, tp.partition)] = (low, high)
+        query's start): a table is bootstrapped then. Called on the query's thread; with a
+        fetching thread, that thread reads the ends and the positions after each fetch, and
+        only the positions of fetches the query has taken count."""
+        if self._prefetch is None:
+            if self._ends is None:
+                self._ends = self._read_ends()
+            fetch = Fetch(time.monotonic(), _NO_PIDS)
+            self._consumer_side(fetch)
+            self._fetched = fetch.positions or {}
+        else:
+            self._ends_wanted = True
+            if self._ends is None:
+                self._progress = 0.0
+                return False  # the fetching thread has not asked yet
         if not self._ends:
             self._progress = 1.0
+            self._bootstrapped = True
             return True
-        positions = self._consumer.position([TopicPartition(t, p) for t, p in self._ends])
         read = total = 0
-        for tp in positions:
-            low, high = self._ends[(tp.topic, tp.partition)]
-            at = tp.offset if tp.offset >= 0 else self._positions.get((tp.topic, tp.partition), low)
+        for key, (low, high) in self._ends.items():
+            at = max(self._fetched.get(key, -1), self._positions.get(key, low))
             read += min(max(at, low), high) - low
             total += high - low
         self._progress = read / total
-        return read >= total
+        self._bootstrapped = read >= total
+        return self._bootstrapped
 
     def bootstrap_progress(self) -> float | None:
         return self._progress
@@ -474,6 +590,8 @@ class KafkaReader(Reader):
         """Commit the last offsets by the stop deadline (what cannot be is reported in
         ``errors()``: see :mod:`.commits`), leave the group (an owner hears of the
         revocation) and close the consumer."""
+        if self._prefetch is not None:
+            self._prefetch.stop()
         if self._commits is not None:
             self._commits.close()
         self._consumer.close()
@@ -495,6 +613,21 @@ CONSUMER_SETTINGS: Mapping[str, Any] = MappingProxyType(
 )
 """The source's consumer settings (a user's ``config=`` overrides them); the benchmarks'
 plain consume -> produce loop uses the same."""
+
+PREFETCH_RECORDS = 50_000
+"""The prefetching thread's batch size until the query asks for one (each read says)."""
+
+_NO_PIDS = np.empty(0, dtype=np.int64)
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
+    """Several fetches' frames as one batch (their schemas differ only while a JSON schema is
+    being learnt)."""
+    if len(frames) < 2:
+        return frames[0] if frames else None
+    same = all(f.schema == frames[0].schema for f in frames)
+    return pl.concat(frames, how="vertical" if same else "diagonal_relaxed")
+
 
 UNREAD_LAPSE = 1.0
 """Seconds after which an end offset above the position, with no records coming, no longer
