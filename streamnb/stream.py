@@ -19,7 +19,7 @@ from streamnb.definitions.aggregates import Aggregation, column_error
 from streamnb.definitions.durations import Duration, to_ms
 from streamnb.definitions.eventtime import EventTime, units_per_ms
 from streamnb.definitions.windows import Session, WindowSpec
-from streamnb.engine.executor import DEFAULT_MAX_BATCH
+from streamnb.engine.executor import DEFAULT_LATENCY_MS, DEFAULT_MAX_BATCH
 from streamnb.engine.query import Query, run_to_end
 from streamnb.exceptions import ConfigError
 from streamnb.io.sinks.kafka import kafka_sink
@@ -530,10 +530,15 @@ class Stream:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_idle: Duration = "100ms",
         state: StateStore = "memory",
+        latency: Duration = f"{DEFAULT_LATENCY_MS}ms",
     ) -> Query:
         """Run in a background thread and return the :class:`Query` at once.
 
         ``keep`` bounds the rows an unbounded append stream keeps in ``result()``.
+        ``latency``: the time budget of a micro-batch. A batch takes what has arrived, but
+        at most the records the query processes in this long (measured as it runs), and at
+        most ``max_batch``; so under load a record waits about one budget for the batch
+        before its own. Larger budgets trade latency for throughput (fewer, larger batches).
         ``max_idle``: several inputs are merged by event time; one with nothing read and
         nothing known to be unread holds the others back for at most this long (a source's
         own ``max_idle=`` wins). ``state``: where running aggregates and tables keep their
@@ -552,6 +557,7 @@ class Stream:
             max_batch=max_batch,
             max_idle_ms=to_ms(max_idle, name="max_idle"),
             state=state,
+            latency_ms=to_ms(latency, name="latency", allow_zero=False),
         )._launch()
 
 

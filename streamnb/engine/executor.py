@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import polars as pl
 
 from streamnb.columns import ORDER
 from streamnb.definitions.eventtime import EventTime
+from streamnb.engine import heap
 from streamnb.engine.compile import build, runnable_source
 from streamnb.engine.core import Context, Delta, Operator, Versioned
 from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS, Input, Merge, runs
@@ -28,6 +30,13 @@ from streamnb.plan import EventTimeNode, JoinNode, MapNode, Node, SourceNode
 from streamnb.types import HeldBack
 
 DEFAULT_MAX_BATCH = 50_000
+DEFAULT_LATENCY_MS = 20
+"""The time budget of a batch: a batch holds at most the records the query processes in this
+long (as measured on it), up to ``max_batch``. What arrives while a batch runs waits for it, so
+the budget bounds what load adds to latency; a larger one buys throughput with latency."""
+MIN_BATCH = 1_000
+"""A batch may always hold this many records, whatever it costs (below it, the fixed cost of a
+batch would dominate)."""
 TICK_SECONDS = 0.1
 """How often operators get their :meth:`~streamnb.engine.core.Operator.tick` (at most: a
 batch that takes longer delays it)."""
@@ -243,6 +252,50 @@ def _combine(step: Step, received: list[tuple[int, Delta]]) -> Delta:
     return Delta(merged, pl.concat(deletes, how="diagonal_relaxed") if deletes else None)
 
 
+class BatchBudget:
+    """How many records the next batch may hold: as many as the query processes in
+    ``seconds`` (its time budget), between :data:`MIN_BATCH` and ``max_batch``.
+
+    A batch's time is a fixed cost plus a cost per record. Both are measured on the running
+    query: a least-squares line through the last :data:`SAMPLES` batches' (records, seconds),
+    so the budget follows what the query does, whatever its operators and the machine. The
+    limit is the budget over the cost per record, never over the *average* cost (fixed cost
+    included): that one grows as batches shrink, and would shrink them further.
+    """
+
+    SAMPLES = 32
+
+    def __init__(self, seconds: float, max_batch: int) -> None:
+        self.seconds = seconds
+        self.max_batch = max_batch
+        self.records = max_batch
+        """The next batch's size limit."""
+        self.per_record: float | None = None
+        """Seconds per record, as measured (``None``: not yet)."""
+        self.fixed = 0.0
+        """Seconds per batch whatever its size, as measured."""
+        self._samples: deque[tuple[int, float]] = deque(maxlen=self.SAMPLES)
+
+    def took(self, records: int, seconds: float) -> None:
+        """A batch of ``records`` took ``seconds`` to process."""
+        if records <= 0:
+            return
+        self._samples.append((records, seconds))
+        n = len(self._samples)
+        mean_n = sum(r for r, _ in self._samples) / n
+        mean_t = sum(t for _, t in self._samples) / n
+        var = sum((r - mean_n) ** 2 for r, _ in self._samples) / n
+        cov = sum((r - mean_n) * (t - mean_t) for r, t in self._samples) / n
+        if var > (0.05 * mean_n) ** 2 and cov > 0:
+            self.per_record = cov / var
+            self.fixed = max(mean_t - self.per_record * mean_n, 0.0)
+        elif self.per_record is None and mean_n >= MIN_BATCH:
+            self.per_record = mean_t / mean_n  # one size so far: fixed cost counted in
+        if self.per_record:
+            fits = int(self.seconds / self.per_record)
+            self.records = max(MIN_BATCH, min(self.max_batch, fits))
+
+
 class RateMeter:
     """Records per second over the last few seconds, from a running count."""
 
@@ -277,10 +330,13 @@ class Runner:
         ctx: Context,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_idle_ms: int = DEFAULT_MAX_IDLE_MS,
+        latency_ms: int = DEFAULT_LATENCY_MS,
     ) -> None:
         self.pipeline = pipeline
         self.ctx = ctx
         self.max_batch = max_batch
+        self.budget = BatchBudget(latency_ms / 1000, max_batch)
+        self._frozen = False  # it froze the heap (see engine.heap)
         self.max_idle_ms = max_idle_ms
         self.readers: list[tuple[Step, Reader]] = []
         self.bounded: list[bool] = []
@@ -296,6 +352,8 @@ class Runner:
         self.rates = RateMeter()
 
     def open(self) -> None:
+        heap.freeze()
+        self._frozen = True
         for step in self.pipeline.sources:
             assert isinstance(step.node, SourceNode)  # Pipeline collects only those
             source = runnable_source(step.node)
@@ -320,6 +378,9 @@ class Runner:
             except BaseException as exc:  # closing the rest comes first
                 failure = failure or exc
         self.readers.clear()
+        if self._frozen:
+            self._frozen = False
+            heap.thaw()
         if failure is not None:
             raise failure
 
@@ -354,7 +415,7 @@ class Runner:
         self.pipeline.tick()
 
     def _read(self, i: int, wait: float) -> pl.DataFrame | None:
-        rows = self.readers[i][1].read(self.max_batch, wait)
+        rows = self.readers[i][1].read(self.budget.records, wait)
         if rows is None or rows.height == 0:
             return None
         self.rows_in += rows.height
@@ -374,7 +435,9 @@ class Runner:
                 got += rows.height
                 if self.merge is not None:
                     self.merge.note(i, rows)
+                started = time.perf_counter()
                 self.pipeline.push(step, rows)
+                self.budget.took(rows.height, time.perf_counter() - started)
             if reader.done:
                 if self.merge is not None:
                     self.merge.finish(i)
@@ -389,7 +452,7 @@ class Runner:
         got = 0
         for i in active:
             reader, queue = self.readers[i][1], merge.inputs[i]
-            if not queue.finished and queue.buffered < self.max_batch:
+            if not queue.finished and queue.buffered < self.budget.records:
                 rows = self._read(i, 0.0)
                 if rows is not None:
                     got += rows.height
@@ -397,7 +460,9 @@ class Runner:
                 if reader.done:
                     merge.finish(i)
         released = merge.release([self._unread(i) for i in range(len(self.readers))])
+        started = time.perf_counter()
         self.pipeline.deliver([(self.readers[i][0], rows) for i, rows in released])
+        self.budget.took(sum(rows.height for _, rows in released), time.perf_counter() - started)
         for i in list(active):
             if merge.inputs[i].finished and not merge.inputs[i].buffered:
                 active.remove(i)

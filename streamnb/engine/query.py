@@ -15,7 +15,7 @@ import polars as pl
 
 from streamnb.columns import visible
 from streamnb.engine.core import NEG_INF, Context, Delta
-from streamnb.engine.executor import DEFAULT_MAX_BATCH, Pipeline, Runner
+from streamnb.engine.executor import DEFAULT_LATENCY_MS, DEFAULT_MAX_BATCH, Pipeline, Runner
 from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS
 from streamnb.engine.result import ResultTable
 from streamnb.exceptions import ConfigError, QueryFailed
@@ -113,11 +113,18 @@ class Execution:
         max_batch: int,
         max_idle_ms: int = DEFAULT_MAX_IDLE_MS,
         state: StateStore = "memory",
+        latency_ms: int = DEFAULT_LATENCY_MS,
     ) -> None:
         self.ctx = Context(fail_on_error=_check_errors(errors), state_dir=state_directory(state))
         self.table = ResultTable(plan.schema, plan.keys, keep)
         self.pipeline = Pipeline(plan.root, self.ctx, self._sink)
-        self.runner = Runner(self.pipeline, self.ctx, max_batch=max_batch, max_idle_ms=max_idle_ms)
+        self.runner = Runner(
+            self.pipeline,
+            self.ctx,
+            max_batch=max_batch,
+            max_idle_ms=max_idle_ms,
+            latency_ms=latency_ms,
+        )
         self.event_time = plan.status_time
         self.output_time = plan.event_time  # a plain stream's own event time
 
@@ -150,6 +157,7 @@ class Query:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_idle_ms: int = DEFAULT_MAX_IDLE_MS,
         state: StateStore = "memory",
+        latency_ms: int = DEFAULT_LATENCY_MS,
     ) -> None:
         self.name = name if name is not None else f"query-{next(_names)}"
         if not isinstance(self.name, str) or not self.name:
@@ -164,6 +172,7 @@ class Query:
             max_batch=max_batch,
             max_idle_ms=max_idle_ms,
             state=state,
+            latency_ms=latency_ms,
         )
         self._state: QueryState = "running"
         self._done = threading.Event()

@@ -30,7 +30,13 @@ from streamnb.worker.metrics import MetricsServer
 log = logging.getLogger("streamnb.worker")
 
 GUARANTEES: tuple[Guarantee, ...] = get_args(Guarantee)
-DEFAULT_CHECKPOINT_INTERVAL = "1s"
+DEFAULT_CHECKPOINT_INTERVAL: dict[Guarantee, Duration] = {
+    "at_least_once": "1s",
+    "exactly_once": "100ms",
+}
+"""Per guarantee (Kafka Streams' ``commit.interval.ms`` defaults the same way for exactly-once):
+under exactly-once a reader that reads committed sees output only when its transaction
+commits, at each checkpoint, so the interval is the latency it adds."""
 
 
 def with_sink(stream: Stream, sink: str | None) -> Stream:
@@ -74,7 +80,7 @@ def start(
     name: str,
     guarantee: Guarantee = "at_least_once",
     group_id: str | None = None,
-    checkpoint_interval: Duration = DEFAULT_CHECKPOINT_INTERVAL,
+    checkpoint_interval: Duration | None = None,
     state_dir: Path | None = None,
     state: Literal["memory", "disk"] = "memory",
 ) -> Any:
@@ -92,6 +98,8 @@ def start(
 
     if guarantee not in GUARANTEES:
         raise ConfigError(f"--guarantee {guarantee!r} must be one of {list(GUARANTEES)}")
+    if checkpoint_interval is None:
+        checkpoint_interval = DEFAULT_CHECKPOINT_INTERVAL.get(guarantee, "1s")
     interval = to_ms(checkpoint_interval, name="--checkpoint-interval", allow_zero=False)
     if guarantee == "exactly_once" and interval > TRANSACTION_TIMEOUT_MS // 2:
         raise ConfigError(
@@ -142,7 +150,7 @@ def run(
     sink: str | None = None,
     guarantee: Guarantee = "at_least_once",
     group_id: str | None = None,
-    checkpoint_interval: Duration = DEFAULT_CHECKPOINT_INTERVAL,
+    checkpoint_interval: Duration | None = None,
     state_dir: Path | None = None,
     state: Literal["memory", "disk"] = "memory",
     metrics_port: int | None = None,

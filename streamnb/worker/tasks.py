@@ -44,8 +44,15 @@ from typing import Any, cast
 import polars as pl
 
 from streamnb.columns import PARTITION, visible
+from streamnb.engine import heap
 from streamnb.engine.core import NEG_INF, Context, Delta
-from streamnb.engine.executor import DEFAULT_MAX_BATCH, RateMeter, Step
+from streamnb.engine.executor import (
+    DEFAULT_LATENCY_MS,
+    DEFAULT_MAX_BATCH,
+    BatchBudget,
+    RateMeter,
+    Step,
+)
 from streamnb.engine.result import ResultTable
 from streamnb.engine.source import Part
 from streamnb.exceptions import ConfigError, QueryFailed
@@ -105,6 +112,7 @@ class TaskWorker:
         self.exactly_once = guarantee == "exactly_once"
         self.interval = checkpoint_interval_ms / 1000
         self.max_batch = max_batch
+        self.budget = BatchBudget(DEFAULT_LATENCY_MS / 1000, max_batch)
         self.inputs = inputs(plan)
         streams = [s.in_group(group_id) for s in self.inputs.streams]
         self.source, self.members = streams[0], streams[1:]
@@ -284,6 +292,7 @@ class TaskWorker:
 
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
+        heap.freeze()
         try:
             self.checkpoints.begin()
             self._bootstrap()
@@ -292,10 +301,13 @@ class TaskWorker:
             )
             last = time.monotonic()
             while not self._stop.is_set():
-                rows = reader.read(self.max_batch, 0.1 if not self.global_tables else 0.02)
+                rows = reader.read(self.budget.records, 0.1 if not self.global_tables else 0.02)
+                started, records = time.perf_counter(), 0
                 for frame in (rows, *reader.member_frames):
                     if frame is not None and frame.height:
                         self._process(frame)
+                        records += frame.height
+                self.budget.took(records, time.perf_counter() - started)
                 for table in self.global_tables.values():
                     if (changes := table.read(self.max_batch)) is not None:
                         self._offer_table(table, changes)
@@ -318,6 +330,7 @@ class TaskWorker:
             log.error("query %s failed: %r", self.name, exc)
         finally:
             self._close()
+            heap.thaw()
             self._done.set()
 
     def _bootstrap(self) -> None:

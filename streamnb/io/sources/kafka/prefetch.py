@@ -54,6 +54,8 @@ class Fetch:
     """``errors="fail"``: the first bad record's error row; the frame stops before it."""
     positions: dict[tuple[str, int], int] | None = None
     """While a table bootstraps: the consumer's position per partition after this fetch."""
+    messages: list[Any] = field(default_factory=list)
+    """The fetched messages, until they are decoded."""
     member_frames: list[pl.DataFrame | None] = field(default_factory=list)
     extra_messages: list[Any] = field(default_factory=list)
 
@@ -61,64 +63,123 @@ class Fetch:
     def rows(self) -> int:
         return 0 if self.frame is None else self.frame.height
 
+    @staticmethod
+    def merged(fetches: list[Fetch]) -> Fetch:
+        """Several fetches not decoded yet as one (in order): what piled up while the
+        decoder was busy is decoded at once, so batches grow with the backlog."""
+        if len(fetches) == 1:
+            return fetches[0]
+        last = fetches[-1]
+        with_records = [f for f in fetches if f.messages]
+        out = Fetch(
+            last.at,
+            np.concatenate([f.pids for f in fetches]),
+            reports=[r for f in fetches for r in f.reports],
+            positions=next((f.positions for f in reversed(fetches) if f.positions), None),
+            messages=[m for f in with_records for m in f.messages],
+            extra_messages=[m for f in fetches for m in f.extra_messages],
+        )
+        if with_records:
+            out.numbers = np.concatenate([f.numbers for f in with_records])
+            out.offsets = np.concatenate([f.offsets for f in with_records])
+            if with_records[0].topics is not None:
+                out.topics = [t for f in with_records for t in f.topics or ()]
+        return out
+
 
 class Prefetcher:
-    """Runs ``fetch(max_records, wait)`` on a thread of its own, one batch ahead.
+    """Runs ``fetch(max_records, wait)`` and ``decode(fetch)`` on two threads of their own,
+    ahead of the query: while the query processes a batch, the next is decoded and the one
+    after it fetched.
 
-    ``fetch`` returns a :class:`Fetch` (or raises: the error is raised to the query's thread at
-    its next :meth:`take`); a fetch with a ``failure`` is the last one (``errors="fail"``:
-    nothing after the first bad record is read).
+    ``fetch`` returns a :class:`Fetch` holding the raw ``messages``; ``decode`` turns it into
+    rows. Either may raise: the error reaches the query's thread at its next :meth:`take`. A
+    fetch whose decoding has a ``failure`` is the last one taken (``errors="fail"``: nothing
+    after the first bad record is processed).
     """
 
-    def __init__(self, fetch: Callable[[int, float], Fetch], name: str, max_records: int) -> None:
-        self._fetch = fetch
+    def __init__(
+        self,
+        fetch: Callable[[int, float], Fetch],
+        decode: Callable[[Fetch], Fetch],
+        name: str,
+        max_records: int,
+    ) -> None:
+        self._fetch, self._decode = fetch, decode
         self.want = max_records
         """The batch size the query asks for: the largest fetch."""
-        self._items: deque[Fetch] = deque()
-        self._queued = 0  # records in _items
-        self._busy = False  # a fetch is under way
+        self._raw: deque[Fetch] = deque()  # fetched, to decode
+        self._items: deque[Fetch] = deque()  # decoded, to take
+        self._queued = 0  # records fetched and not taken
         self._done = False  # no more fetches: stopped, failed, or after a failure
         self._error: BaseException | None = None
         self._cond = threading.Condition()
-        self._thread = threading.Thread(
-            target=self._run, name=f"streamnb-fetch:{name}", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._guarded, args=(run,), name=f"{part}:{name}", daemon=True)
+            for run, part in (
+                (self._fetching, "streamnb-fetch"),
+                (self._decoding, "streamnb-decode"),
+            )
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self) -> None:
+    def _guarded(self, run: Callable[[], None]) -> None:
         try:
-            while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._done or self._queued < self.want)
-                    if self._done:
-                        return
-                    self._busy = True
-                fetch = self._fetch(self.want, WAIT_SECONDS)
-                with self._cond:
-                    self._busy = False
-                    if (
-                        fetch.rows
-                        or fetch.reports
-                        or fetch.failure is not None
-                        or (fetch.positions is not None)
-                    ):
-                        self._items.append(fetch)
-                        self._queued += fetch.rows
-                    if fetch.failure is not None:
-                        self._done = True
-                    self._cond.notify_all()
+            run()
         except BaseException as exc:  # raised on the query's thread by take()
             with self._cond:
-                self._error, self._busy, self._done = exc, False, True
+                if self._error is None:
+                    self._error = exc
+                self._done = True
+                self._cond.notify_all()
+
+    def _fetching(self) -> None:
+        while True:
+            with self._cond:
+                # one batch being decoded and one decoded, waiting for the query, at most
+                self._cond.wait_for(lambda: self._done or self._queued < 2 * self.want)
+                if self._done:
+                    return
+            fetch = self._fetch(self.want, WAIT_SECONDS)
+            if fetch.messages or fetch.reports or fetch.positions is not None:
+                with self._cond:
+                    self._raw.append(fetch)
+                    self._queued += len(fetch.messages)
+                    self._cond.notify_all()
+
+    def _decoding(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._done or bool(self._raw))
+                if self._done:
+                    return
+                raws: list[Fetch] = []
+                size = 0  # what waits, decoded as one batch (up to one batch)
+                for raw in self._raw:
+                    if raws and size + len(raw.messages) > self.want:
+                        break
+                    raws.append(raw)
+                    size += len(raw.messages)
+            raw = Fetch.merged(raws)
+            fetched = len(raw.messages)
+            fetch = self._decode(raw)
+            with self._cond:
+                for _ in raws:
+                    self._raw.popleft()
+                self._items.append(fetch)
+                self._queued += fetch.rows - fetched
+                if fetch.failure is not None:
+                    self._done = True
                 self._cond.notify_all()
 
     def take(self, max_records: int, timeout: float) -> list[Fetch]:
-        """What has been fetched, up to ``max_records`` records (whole fetches, at least one),
-        waiting at most ``timeout`` seconds for the first; ``[]`` if nothing came."""
+        """What has been fetched and decoded, up to ``max_records`` records (whole fetches, at
+        least one), waiting at most ``timeout`` seconds for the first; ``[]`` if none came."""
         self.want = max(max_records, 1)
         with self._cond:
             if not self._items and timeout > 0:
-                self._cond.wait_for(lambda: self._items or self._done, timeout)
+                self._cond.wait_for(lambda: bool(self._items) or self._done, timeout)
             out: list[Fetch] = []
             taken = 0
             while self._items and (not out or taken + self._items[0].rows <= max_records):
@@ -133,10 +194,11 @@ class Prefetcher:
             return out
 
     def stop(self) -> None:
-        """Stop fetching and wait for the thread (what was fetched and not taken is dropped:
+        """Stop fetching and wait for the threads (what was fetched and not taken is dropped:
         its positions never moved, so it is read again by whoever resumes)."""
         with self._cond:
             self._done = True
             self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(JOIN_SECONDS)
+        for thread in self._threads:
+            if threading.current_thread() is not thread:
+                thread.join(JOIN_SECONDS)

@@ -158,7 +158,7 @@ class KafkaReader(Reader):
         # one source on its own: fetched and decoded on a thread of its own, ahead of the
         # query (an owner seeks and commits with its state: it reads on its own thread)
         self._prefetch = (
-            Prefetcher(self._fetch, source.name, max_records=PREFETCH_RECORDS)
+            Prefetcher(self._consume, self._decode_fetch, source.name, PREFETCH_RECORDS)
             if owner is None and prefetch
             else None
         )
@@ -319,8 +319,13 @@ class KafkaReader(Reader):
         return frame
 
     def _fetch(self, max_records: int, timeout: float) -> Fetch:
-        """Fetch and decode the next messages. It touches nothing the query's thread reads:
-        a :class:`Prefetcher` runs it on a thread of its own."""
+        """Fetch and decode the next messages (on the query's thread)."""
+        return self._decode_fetch(self._consume(max_records, timeout))
+
+    def _consume(self, max_records: int, timeout: float) -> Fetch:
+        """Fetch the next messages. It touches nothing the query's thread reads: a
+        :class:`Prefetcher` runs it on a thread of its own, the only one that calls the
+        consumer."""
         from confluent_kafka import Message
 
         if self._commits is not None:
@@ -347,9 +352,19 @@ class KafkaReader(Reader):
             extra_messages=extra,
         )
         self._consumer_side(fetch)
+        if messages:
+            fetch.offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
+            fetch.messages = messages
+        return fetch
+
+    def _decode_fetch(self, fetch: Fetch) -> Fetch:
+        """Decode what :meth:`_consume` fetched (a :class:`Prefetcher` runs it on a thread of
+        its own, while the next fetch is made)."""
+        messages, fetch.messages = fetch.messages, []
         if not messages:
             return fetch
-        fetch.offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
+        assert fetch.numbers is not None and fetch.offsets is not None
+        numbers, topics, n = fetch.numbers, fetch.topics, len(messages)
         if len(self.sources) == 1:
             fetch.frame = self._decode(self._decoder, messages, fetch, fetch.pids, topics)
             return fetch
@@ -358,7 +373,7 @@ class KafkaReader(Reader):
         frames: list[pl.DataFrame | None] = []
         for i, decoder in enumerate(self._decoders):
             mine = np.flatnonzero(which == i)
-            part = Fetch(fetch.at, fetch.pids[mine], numbers=numbers[mine], reports=reports)
+            part = Fetch(fetch.at, fetch.pids[mine], numbers=numbers[mine], reports=fetch.reports)
             part.offsets = fetch.offsets[mine]
             frames.append(
                 self._decode(
@@ -446,7 +461,7 @@ class KafkaReader(Reader):
 
     def _mark_idle(self, now: float, pids: np.ndarray) -> None:
         parts = self.ctx.partitions
-        for pid in np.unique(pids).tolist():
+        for pid in _distinct(pids):
             self._last_seen[pid] = now
         idle_after = self.source.idle_ms / 1000
         mine = self._mine & parts.assigned
@@ -467,9 +482,10 @@ class KafkaReader(Reader):
         partition offsets rise in fetch order, so its last message holds the largest."""
         if topics is None:
             topic = self.source.topics[0]
-            found, last = np.unique(numbers[::-1], return_index=True)
-            ends = offsets[::-1][last] + 1
-            pairs = [((topic, p), o) for p, o in zip(found.tolist(), ends.tolist(), strict=True)]
+            pairs = [
+                ((topic, p), int(offsets[np.flatnonzero(numbers == p)[-1]]) + 1)
+                for p in _distinct(numbers)
+            ]
         else:
             latest: dict[tuple[str, int], int] = {}
             for t, p, o in zip(topics, numbers.tolist(), offsets.tolist(), strict=True):
@@ -618,6 +634,16 @@ PREFETCH_RECORDS = 50_000
 """The prefetching thread's batch size until the query asks for one (each read says)."""
 
 _NO_PIDS = np.empty(0, dtype=np.int64)
+
+
+def _distinct(values: np.ndarray) -> list[int]:
+    """The distinct values of ``values`` (a fetch's partitions: usually one, never many)."""
+    if not len(values):
+        return []
+    first = values[0]
+    if (values == first).all():
+        return [int(first)]
+    return [int(v) for v in np.unique(values)]
 
 
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
