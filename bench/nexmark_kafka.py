@@ -90,7 +90,7 @@ STALL_S = 60.0
 """A run fails when ``records_in`` has not moved for this long."""
 
 # Kafka catch-up targets (BENCH.md), events/s from one partition in one process.
-TARGETS = {"q0": 800e3, "q1": 800e3, "q2": 800e3, "q5": 500e3, "q7": 500e3}
+TARGETS = {"q0": 800e3, "q1": 800e3, "q2": 800e3, "q5": 600e3, "q7": 600e3}
 
 PRODUCER_CONFIG: dict[str, Any] = {
     "linger.ms": 50,
@@ -1055,8 +1055,10 @@ def markdown(
     ]
     lines += [
         "",
-        "Targets (BENCH.md: from Kafka JSON, 1 partition, 1 process: q0–q2 ≥ 800 K events/s, "
-        "q5, q7 ≥ 500 K) missed: " + (", ".join(missed) if missed else "none") + ".",
+        "Targets (from Kafka JSON, 1 partition, 1 process: q0–q2 ≥ 800 K events/s, q5, q7 "
+        "≥ 600 K, as the latency issue asks; BENCH.md says 500 K) missed: "
+        + (", ".join(missed) if missed else "none")
+        + ".",
         "",
         "**Correctness** (every run, against the polars batch reference of `bench/queries.py` "
         "on the same generated bids): "
@@ -1185,7 +1187,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=5_000_000, help="bids to load and consume")
     p.add_argument("--partitions", default="1,2", help="partition counts, comma-separated")
-    p.add_argument("--queries", default="q0,q2,q5,q7", help="comma-separated: q0 q1 q2 q5 q7")
+    p.add_argument("--queries", default="q0,q1,q2,q5,q7", help="comma-separated: q0 q1 q2 q5 q7")
     p.add_argument(
         "--configs",
         default="default",
