@@ -168,15 +168,21 @@ class KafkaWriter(Operator):
         headers: Sequence[Any] | None = None,
     ) -> None:
         producer, target = self.producer, topic or self.topic
-        for i, value in enumerate(values):
+        i, n = 0, len(values)
+        while i < n:
+            i = _produce_all(producer, target, values, keys, headers=headers, start=i)
+            if i == n:
+                return
+            # the queue is full, or the client refused record i: that one the careful way
             key = keys[i] if keys is not None else None
             extra = {"headers": headers[i]} if headers is not None else {}
             try:
-                produce(producer, target, value, key, while_full=self._while_full, **extra)
+                produce(producer, target, values[i], key, while_full=self._while_full, **extra)
             except _Stopping:  # the rest of the batch was never handed to the producer
                 reason = self._stopped_reason()
                 self._failures += [_Failure(reason, v or b"", target, None) for v in values[i:]]
                 return
+            i += 1
 
     def _while_full(self) -> None:
         """The producer's queue is full (the broker is slow or gone): report what failed, and
@@ -323,6 +329,38 @@ PRODUCER_SETTINGS: Mapping[str, Any] = MappingProxyType(
 )
 """The sink's producer settings (a user's ``config=`` overrides them); the benchmarks' plain
 consume -> produce loop uses the same."""
+
+
+def _produce_all(
+    producer: Any,
+    topic: str,
+    values: Sequence[bytes | None],
+    keys: Sequence[bytes | None] | None,
+    *,
+    headers: Sequence[Any] | None,
+    start: int,
+) -> int:
+    """Hand records ``start...`` to the producer in a tight loop (the C call is most of the
+    cost of a record); returns where it stopped: at the end, or at the record the producer
+    did not take (its queue is full, or it refused it), which the caller deals with."""
+    from confluent_kafka import KafkaException
+
+    send = producer.produce
+    i = start
+    try:
+        if keys is None and headers is None:
+            for i in range(start, len(values)):
+                send(topic, values[i])
+        elif headers is None:
+            assert keys is not None
+            for i in range(start, len(values)):
+                send(topic, values[i], keys[i])
+        else:
+            for i in range(start, len(values)):
+                send(topic, values[i], None if keys is None else keys[i], headers=headers[i])
+    except (BufferError, KafkaException):
+        return i
+    return len(values)
 
 
 class _Failure(NamedTuple):

@@ -1,0 +1,170 @@
+"""The Kafka source's pipelined read against a real broker: it takes what has arrived without
+waiting for a full batch, fetches ahead without moving positions or commits until the query
+takes a batch, grows its batches with a backlog, and leaves no thread behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+import streamnb as sn
+from streamnb.engine.core import Context
+from streamnb.io.kafka.client import consume_available
+from streamnb.io.sources.kafka.prefetch import Fetch
+from tests.io.kafka.test_source import run_until
+
+Produce = Callable[..., list[tuple[int, int]]]
+
+
+def records(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"id": i, "ts": 1_000 * i} for i in range(start, start + n)]
+
+
+def test_consume_available_takes_what_has_arrived_without_waiting_for_a_full_batch(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    produce(topic, records(3))
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        got: list[Any] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 3 and time.monotonic() < deadline:
+            started = time.monotonic()
+            # consume(50_000, 20) would wait the whole 20 s for a batch that never fills
+            got += consume_available(consumer, 50_000, 20.0)
+            assert time.monotonic() - started < 10
+        assert [m.offset() for m in got] == [0, 1, 2]
+        started = time.monotonic()
+        assert consume_available(consumer, 50_000, 0.2) == []  # nothing more: one short wait
+        assert time.monotonic() - started < 5
+    finally:
+        consumer.close()
+
+
+def test_fetched_records_move_positions_only_once_the_query_takes_them(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    produce(topic, records(500))
+    source = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest").plan.sources()[0]
+    reader = source.open(Context())  # type: ignore[attr-defined]
+    try:
+        # let the threads fetch and decode ahead; the query has taken nothing yet
+        deadline = time.monotonic() + 30
+        while reader._prefetch._queued < 500 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reader._prefetch._queued == 500
+        assert dict(reader.positions) == {}  # started at the beginning: none known yet
+        rows = reader.read(200, 1.0)
+        assert rows is not None and rows["id"].to_list() == list(range(rows.height))
+        assert dict(reader.positions) == {(topic, 0): rows.height}
+        taken = rows.height
+        while taken < 500:
+            more = reader.read(10_000, 1.0)
+            assert more is not None
+            assert more["id"].to_list() == list(range(taken, taken + more.height))
+            taken += more.height
+        assert dict(reader.positions) == {(topic, 0): 500}
+    finally:
+        reader.close()
+
+
+def test_a_group_commits_only_what_the_query_processed(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    produce(topic, records(100))
+    group = f"g-{uuid.uuid4()}"
+    gate = threading.Event()  # holds the first batch in the pipeline
+
+    def held(batch: Any) -> Any:
+        gate.wait(30)
+        return batch
+
+    query = (
+        sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest", group_id=group)
+        .map_batches(held)
+        .start(max_batch=40)
+    )
+    try:
+        time.sleep(2)  # the fetching threads run ahead and fetch everything
+        assert committed(bootstrap, group, topic) is None  # nothing processed, nothing sent
+        gate.set()
+        run_until(query, 100)
+    finally:
+        gate.set()
+        query.stop()
+    assert committed(bootstrap, group, topic) == 100
+    assert query.result().height == 100
+
+
+def committed(bootstrap: str, group: str, topic: str) -> int | None:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        [tp] = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        return tp.offset if tp.offset >= 0 else None
+    finally:
+        consumer.close()
+
+
+def test_a_backlog_is_decoded_in_larger_batches(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    produce(topic, records(20_000))
+    source = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest").plan.sources()[0]
+    reader = source.open(Context())  # type: ignore[attr-defined]
+    try:
+        time.sleep(2)  # a backlog: everything fetched while nothing is taken
+        sizes = []
+        while sum(sizes) < 20_000:
+            rows = reader.read(50_000, 1.0)
+            assert rows is not None
+            sizes.append(rows.height)
+        # fetched in consume chunks, decoded and handed over as a few large batches
+        assert len(sizes) <= 4, sizes
+    finally:
+        reader.close()
+
+
+def test_merged_fetches_keep_their_order() -> None:
+    def fetch(offsets: list[int], pid: int = 7) -> Fetch:
+        f = Fetch(float(offsets[-1]) if offsets else 0.0, np.array([pid] * len(offsets)))
+        if offsets:
+            f.numbers = np.zeros(len(offsets), dtype=np.int64)
+            f.offsets = np.array(offsets, dtype=np.int64)
+            f.messages = [f"m{o}" for o in offsets]
+        return f
+
+    merged = Fetch.merged([fetch([0, 1]), fetch([]), fetch([2, 3, 4])])
+    assert merged.messages == ["m0", "m1", "m2", "m3", "m4"]
+    assert merged.offsets is not None and merged.offsets.tolist() == [0, 1, 2, 3, 4]
+    assert merged.numbers is not None and merged.numbers.tolist() == [0] * 5
+    assert merged.pids.tolist() == [7] * 5
+    assert merged.at == 4.0
+
+
+@pytest.mark.parametrize("decoded", [True, False])
+def test_stopping_leaves_no_thread(
+    topic: str, produce: Produce, bootstrap: str, decoded: bool
+) -> None:
+    produce(topic, records(1_000))
+    before = {t for t in threading.enumerate() if t.name.startswith("streamnb")}
+    source = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest").plan.sources()[0]
+    reader = source.open(Context())  # type: ignore[attr-defined]
+    if decoded:
+        reader.read(100, 5.0)
+    reader.close()
+    after = {t for t in threading.enumerate() if t.name.startswith("streamnb")}
+    assert after - before == set()
