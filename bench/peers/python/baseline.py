@@ -131,24 +131,14 @@ class W1:
 
     def __init__(self, emit: Emitter) -> None:
         self.emit = emit
-        self.windows: dict[int, dict[int, int]] = {}
-        self.max_t = -(2**62)
+        self.counts = pc.TumblingCounts()
 
     def process(self, rows: list[dict[str, Any]], topic: str) -> None:
-        windows, size, max_t = self.windows, pc.W1_MS, self.max_t
+        add = self.counts.add
         for r in rows:
-            t = r["dateTime"]
-            max_t = t if t > max_t else max_t
-            ws = t - t % size
-            counts = windows.get(ws)
-            if counts is None:
-                counts = windows[ws] = defaultdict(int)
-            counts[r["auction"]] += 1
-        self.max_t = max_t
-        wm = max_t - pc.WATERMARK_MS
-        for ws in sorted(w for w in windows if w + size <= wm):
-            for a, n in windows.pop(ws).items():
-                self.emit({"window_start": ws, "window_end": ws + size, "auction": a, "bids": n})
+            add(r["dateTime"], r["auction"])
+        for row in self.counts.closed():
+            self.emit(row)
 
 
 class Q11:

@@ -48,3 +48,30 @@ class FirstRecord:
         if not self.done:
             self.done = True
             print(f"SN_FIRST_RECORD {time.time_ns() // 1_000_000}", flush=True)
+
+
+class TumblingCounts:
+    """w1 by hand: bids per auction in tumbling ``W1_MS`` windows, a window's rows handed out
+    once the watermark (max event time - ``WATERMARK_MS``, as of the last :meth:`closed`)
+    reaches its end. The data is in order, so nothing added can be late."""
+
+    def __init__(self) -> None:
+        self.windows: dict[int, dict[int, int]] = {}  # window start -> auction -> bids
+        self.max_t = -(2**62)
+
+    def add(self, t: int, auction: int) -> None:
+        self.max_t = max(self.max_t, t)
+        start = t - t % W1_MS
+        counts = self.windows.get(start)
+        if counts is None:
+            counts = self.windows[start] = {}
+        counts[auction] = counts.get(auction, 0) + 1
+
+    def closed(self) -> list[dict[str, int]]:
+        """The rows of every window the watermark has passed, oldest first (then forgotten)."""
+        wm = self.max_t - WATERMARK_MS
+        return [
+            {"window_start": ws, "window_end": ws + W1_MS, "auction": a, "bids": n}
+            for ws in sorted(w for w in self.windows if w + W1_MS <= wm)
+            for a, n in self.windows.pop(ws).items()
+        ]

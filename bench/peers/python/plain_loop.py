@@ -12,10 +12,10 @@ from the repository it runs in (so it follows them when they change):
 
 * consumer: ``streamnb.io.sources.kafka.reader.CONSUMER_SETTINGS``, ``auto.offset.reset=
   earliest``;
-* fetch: "take what has arrived", the pattern of ``streamnb.io.kafka.client.
-  consume_available``: ``consume(n, 0)``; only if that is empty, ``consume(1, timeout)`` then
-  ``consume(n - 1, 0)``; ``n`` = ``streamnb.engine.executor.DEFAULT_MAX_BATCH``, ``timeout``
-  0.1 s (the executor's wait when one input is read);
+* fetch: "take what has arrived", streamnb's own ``streamnb.io.kafka.client.
+  consume_available`` (it waits only for a first message when none has arrived); ``n`` =
+  ``streamnb.engine.executor.DEFAULT_MAX_BATCH``, ``timeout`` 0.1 s (the executor's wait when
+  one input is read);
 * producer: ``streamnb.io.sinks.kafka.PRODUCER_SETTINGS``, ``poll(0)`` after each batch.
 
 Queries: q0 hands each record's bytes on untouched (no decoding: the floor of the harness's
@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
@@ -42,24 +40,12 @@ import peercommon as pc  # noqa: E402
 from confluent_kafka import Consumer, Producer  # noqa: E402
 
 from streamnb.engine.executor import DEFAULT_MAX_BATCH  # noqa: E402
+from streamnb.io.kafka.client import consume_available  # noqa: E402
 from streamnb.io.sinks.kafka import PRODUCER_SETTINGS  # noqa: E402
 from streamnb.io.sources.kafka.reader import CONSUMER_SETTINGS  # noqa: E402
 
 WAIT = 0.1
 """Seconds to wait for the first message when none has arrived (the executor's wait)."""
-
-
-def take_available(consumer: Consumer, n: int, timeout: float) -> list[Any]:
-    """Up to ``n`` messages that have arrived; waits (up to ``timeout``) only when none has.
-
-    ``consume(n, timeout)`` would wait for ``n`` messages or the whole timeout."""
-    messages = consumer.consume(n, 0)
-    if messages:
-        return messages
-    messages = consumer.consume(1, timeout)
-    if messages and n > 1:
-        messages += consumer.consume(n - 1, 0)
-    return messages
 
 
 def main() -> None:
@@ -87,11 +73,10 @@ def main() -> None:
             producer.poll(0.05)
             producer.produce(topic, value)
 
-    windows: dict[int, dict[int, int]] = {}  # w1: window start -> auction -> bids
-    max_t, size = -(2**62), pc.W1_MS
+    w1 = pc.TumblingCounts()
     first = pc.FirstRecord()
     while True:
-        messages = take_available(consumer, DEFAULT_MAX_BATCH, WAIT)
+        messages = consume_available(consumer, DEFAULT_MAX_BATCH, WAIT)
         if messages:
             first()
         for m in messages:
@@ -108,22 +93,10 @@ def main() -> None:
                 if r["auction"] % 123 == 0:
                     produce(dumps({"auction": r["auction"], "price": r["price"]}))
             else:  # w1
-                t = r["dateTime"]
-                max_t = t if t > max_t else max_t
-                ws = t - t % size
-                counts = windows.get(ws)
-                if counts is None:
-                    counts = windows[ws] = defaultdict(int)
-                counts[r["auction"]] += 1
+                w1.add(r["dateTime"], r["auction"])
         if q == "w1":
-            wm = max_t - pc.WATERMARK_MS
-            for ws in sorted(w for w in windows if w + size <= wm):
-                for a, n in windows.pop(ws).items():
-                    produce(
-                        dumps(
-                            {"window_start": ws, "window_end": ws + size, "auction": a, "bids": n}
-                        )
-                    )
+            for row in w1.closed():
+                produce(dumps(row))
         producer.poll(0)
 
 

@@ -46,7 +46,13 @@ CLIENT_DEFAULTS: dict[str, Any] = {
     "socket.connection.setup.timeout.ms": 5000,
     "reconnect.backoff.max.ms": 1000,
 }
-PRODUCER_DEFAULTS: dict[str, Any] = {"message.timeout.ms": 10000, "linger.ms": 5}
+# idempotent: a batch retried under load (a fresh topic's leader not known yet) is never
+# written after the batches sent behind it, so a partition keeps the order records were sent
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "message.timeout.ms": 10000,
+    "linger.ms": 5,
+    "enable.idempotence": True,
+}
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "session.timeout.ms": 6000,
     "heartbeat.interval.ms": 1000,

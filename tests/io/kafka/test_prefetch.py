@@ -17,10 +17,17 @@ from confluent_kafka import Consumer, TopicPartition
 import streamnb as sn
 from streamnb.engine.core import Context
 from streamnb.io.kafka.client import consume_available
+from streamnb.io.sources.kafka import KafkaReader
 from streamnb.io.sources.kafka.prefetch import Fetch
 from tests.io.kafka.test_source import run_until
 
 Produce = Callable[..., list[tuple[int, int]]]
+
+
+def open_reader(topic: str, bootstrap: str) -> KafkaReader:
+    """A reader of ``topic`` from its beginning, as a query opens it (prefetching)."""
+    source = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest").plan.sources()[0]
+    return source.open(Context())  # type: ignore[attr-defined,no-any-return]
 
 
 def records(n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -59,14 +66,13 @@ def test_fetched_records_move_positions_only_once_the_query_takes_them(
     topic: str, produce: Produce, bootstrap: str
 ) -> None:
     produce(topic, records(500))
-    source = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest").plan.sources()[0]
-    reader = source.open(Context())  # type: ignore[attr-defined]
+    reader = open_reader(topic, bootstrap)
     try:
         # let the threads fetch and decode ahead; the query has taken nothing yet
         deadline = time.monotonic() + 30
-        while reader._prefetch._queued < 500 and time.monotonic() < deadline:
+        while reader._prefetch.queued < 500 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert reader._prefetch._queued == 500
+        assert reader._prefetch.queued == 500
         assert dict(reader.positions) == {}  # started at the beginning: none known yet
         rows = reader.read(200, 1.0)
         assert rows is not None and rows["id"].to_list() == list(range(rows.height))
@@ -123,8 +129,7 @@ def test_a_backlog_is_decoded_in_larger_batches(
     topic: str, produce: Produce, bootstrap: str
 ) -> None:
     produce(topic, records(20_000))
-    source = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest").plan.sources()[0]
-    reader = source.open(Context())  # type: ignore[attr-defined]
+    reader = open_reader(topic, bootstrap)
     try:
         time.sleep(2)  # a backlog: everything fetched while nothing is taken
         sizes = []
@@ -161,8 +166,7 @@ def test_stopping_leaves_no_thread(
 ) -> None:
     produce(topic, records(1_000))
     before = {t for t in threading.enumerate() if t.name.startswith("streamnb")}
-    source = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest").plan.sources()[0]
-    reader = source.open(Context())  # type: ignore[attr-defined]
+    reader = open_reader(topic, bootstrap)
     if decoded:
         reader.read(100, 5.0)
     reader.close()

@@ -1,17 +1,17 @@
-"""Fetching and decoding ahead of the query: :class:`Prefetcher`, a reader's own thread.
+"""Fetching and decoding ahead of the query: :class:`Prefetcher`, a reader's own threads.
 
 A Kafka read has three costs per batch: ``Consumer.consume`` (librdkafka hands over one
 Python ``Message`` per record, under the GIL), decoding (``pl.read_ndjson``, which releases
 the GIL) and the query's own operators. Done one after the other on the query's thread they
-add up; here the fetch and the decode of the next batch run on a thread of their own while
-the query processes the current one, so on two cores the slowest stage sets the pace, not
-the sum of them.
+add up; here one thread fetches and another decodes while the query processes the batch
+before, so on two cores the slowest stage sets the pace, not the sum of them. What piled up
+while the decoder was busy is decoded as one batch, so batches grow with a backlog.
 
 What is fetched is only *fetched*: the reader takes a :class:`Fetch` on the query's thread
 and only then reports its rejected records, moves its positions (what is committed) and
 marks partitions idle, so stopping never commits or counts a record that the query did not
-process. The queue is bounded: the thread fetches only while less than one batch is waiting,
-and librdkafka's own queue holds the rest.
+process. The queue is bounded: the fetching thread fetches only while less than two batches
+wait (one being decoded, one decoded), and librdkafka's own queue holds the rest.
 """
 
 from __future__ import annotations
@@ -172,6 +172,12 @@ class Prefetcher:
                 if fetch.failure is not None:
                     self._done = True
                 self._cond.notify_all()
+
+    @property
+    def queued(self) -> int:
+        """Records fetched and not taken yet (being decoded or waiting for the query)."""
+        with self._cond:
+            return self._queued
 
     def take(self, max_records: int, timeout: float) -> list[Fetch]:
         """What has been fetched and decoded, up to ``max_records`` records (whole fetches, at

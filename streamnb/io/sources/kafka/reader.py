@@ -137,7 +137,6 @@ class KafkaReader(Reader):
         # what only the consumer's thread reads of it: end offsets, positions (tables)
         self._highs: dict[tuple[str, int], tuple[int, int]] | None = None
         self._highs_read = 0.0
-        self._lag_measured = 0.0
         self._ends_wanted = False
         self._bootstrapped = False
         self._fetched: dict[tuple[str, int], int] = {}  # positions after the last fetch taken
@@ -409,8 +408,7 @@ class KafkaReader(Reader):
         if decoder.cut is not None:  # errors="fail": processed up to the first bad record
             cut = decoder.cut
             fetch.failure, decoder.failure = decoder.failure, None
-            fetch.numbers, fetch.offsets = fetch.numbers[:cut], fetch.offsets[:cut]
-            fetch.topics = fetch.topics[:cut] if fetch.topics else None
+            fetch.pids, fetch.offsets = fetch.pids[:cut], fetch.offsets[:cut]
         return frame
 
     def _apply(self, fetch: Fetch) -> pl.DataFrame | None:
@@ -426,13 +424,10 @@ class KafkaReader(Reader):
             self._mark_idle(fetch.at, fetch.pids)
         if fetch.positions is not None:
             self._fetched = fetch.positions
-        if self._prefetch is not None or fetch.at - self._lag_measured > 0.5:
-            self._lag_measured = fetch.at
-            self._measure_lag()
+        self._measure_lag()
         if fetch.offsets is not None:
-            assert fetch.numbers is not None
             self._last_records = fetch.at
-            self._remember(fetch.topics, fetch.numbers, fetch.offsets)
+            self._remember(fetch.pids, fetch.offsets)
         self._failure = fetch.failure
         return fetch.frame
 
@@ -477,24 +472,16 @@ class KafkaReader(Reader):
         )
 
     # -- offsets -----------------------------------------------------------------------------
-    def _remember(self, topics: list[str] | None, numbers: np.ndarray, offsets: np.ndarray) -> None:
-        """The next offset per partition: for the lag, and to commit once processed. Within a
-        partition offsets rise in fetch order, so its last message holds the largest."""
-        if topics is None:
-            topic = self.source.topics[0]
-            pairs = [
-                ((topic, p), int(offsets[np.flatnonzero(numbers == p)[-1]]) + 1)
-                for p in _distinct(numbers)
-            ]
-        else:
-            latest: dict[tuple[str, int], int] = {}
-            for t, p, o in zip(topics, numbers.tolist(), offsets.tolist(), strict=True):
-                latest[(t, p)] = o  # several topics: the worker's members (a small fetch)
-            pairs = [(key, o + 1) for key, o in latest.items()]
-        for key, offset in pairs:
-            self._positions[key] = offset
+    def _remember(self, pids: np.ndarray, offsets: np.ndarray) -> None:
+        """The next offset per partition (``pids``: each message's hidden partition id): for
+        the lag, and to commit once processed. Within a partition offsets rise in fetch
+        order, so its last message holds the largest."""
+        for pid in _distinct(pids):
+            topic, partition = self._parts[pid]
+            offset = int(offsets[np.flatnonzero(pids == pid)[-1]]) + 1
+            self._positions[(topic, partition)] = offset
             if self._commits is not None:
-                self._commits.note(key[0], key[1], offset)
+                self._commits.note(topic, partition, offset)
 
     def lag(self) -> int | None:
         return self._lag  # computed on the reader's thread: a consumer is not thread-safe
@@ -508,14 +495,14 @@ class KafkaReader(Reader):
         """Whether a partition's position is below its end offset (as the last fetch saw
         it). A transaction's commit marker takes an offset too and is never delivered, so
         the claim lapses once no fetch has brought a record for :data:`UNREAD_LAPSE` s."""
+        if self._prefetch is None:  # the end offsets as the last fetch answered them
+            self._highs = self._read_highs()
         self._measure_lag()
         return bool(self._lag) and time.monotonic() - self._last_records < UNREAD_LAPSE
 
     def _measure_lag(self) -> None:
-        """The lags from the end offsets last seen (by the fetching thread, if there is one:
-        a consumer's calls wait while another thread is in ``consume``)."""
-        if self._prefetch is None:
-            self._highs = self._read_highs()
+        """The lags from the end offsets last read (on the consumer's thread: a consumer's
+        calls wait while another thread is in ``consume``) and the positions taken."""
         highs = self._highs
         if highs is None:
             return  # not known yet, or a rebalance in progress: keep the last figure
@@ -549,10 +536,15 @@ class KafkaReader(Reader):
         if self._ends_wanted and self._ends is None:
             self._ends = self._read_ends()
         if self._ends and not self._bootstrapped:
-            from confluent_kafka import TopicPartition
+            fetch.positions = self._read_positions()
 
-            positions = self._consumer.position([TopicPartition(t, p) for t, p in self._ends])
-            fetch.positions = {(tp.topic, tp.partition): tp.offset for tp in positions}
+    def _read_positions(self) -> dict[tuple[str, int], int]:
+        """The consumer's position in every partition a table reads up to."""
+        from confluent_kafka import TopicPartition
+
+        assert self._ends is not None
+        positions = self._consumer.position([TopicPartition(t, p) for t, p in self._ends])
+        return {(tp.topic, tp.partition): tp.offset for tp in positions}
 
     def _read_ends(self) -> dict[tuple[str, int], tuple[int, int]]:
         """The low and high offsets of every assigned partition that holds records, asked of
@@ -578,9 +570,8 @@ class KafkaReader(Reader):
         if self._prefetch is None:
             if self._ends is None:
                 self._ends = self._read_ends()
-            fetch = Fetch(time.monotonic(), _NO_PIDS)
-            self._consumer_side(fetch)
-            self._fetched = fetch.positions or {}
+            if self._ends:
+                self._fetched = self._read_positions()
         else:
             self._ends_wanted = True
             if self._ends is None:
