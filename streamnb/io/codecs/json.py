@@ -50,10 +50,12 @@ def _without_nested_strings(
     parsed again to tell a nested value from a string that looks like one.
     """
     strings = [c for c, t in schema.items() if t == pl.String]
-    if not strings or not df.height:
+    if not strings or not df.height or _flat(docs):
         return df, kept
     suspect = df.select(
-        pl.any_horizontal(pl.col(c).str.contains(r"^[\[{]") for c in strings).fill_null(False)
+        pl.any_horizontal(
+            pl.col(c).str.starts_with("{") | pl.col(c).str.starts_with("[") for c in strings
+        ).fill_null(False)
     ).to_series()
     if not suspect.any():
         return df, kept
@@ -71,6 +73,14 @@ def _without_nested_strings(
         return df, kept
     good = pl.Series(nested).not_()
     return df.filter(good), [i for i, g in zip(kept, good.to_list(), strict=True) if g]
+
+
+def _flat(docs: list[bytes]) -> bool:
+    """Whether no document can hold an object or an array: each has one ``{`` (its own) and no
+    ``[`` at all. A byte scan, so that the common batch skips the column check (a string that
+    holds a brace or bracket only sends its batch to that check)."""
+    joined = b"".join(docs)
+    return b"[" not in joined and joined.count(b"{") == len(docs)
 
 
 def _decode(

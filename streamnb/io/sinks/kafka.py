@@ -1,6 +1,6 @@
 """``stream.to_kafka(topic)``: output rows as Kafka records (JSON or raw values, a key).
 
-Values are encoded per batch by polars (one ``write_ndjson``); the idempotent producer is
+Values are encoded per batch by polars (one ``struct.json_encode``); the idempotent producer is
 fed without per-message callbacks (only failed deliveries are reported), so the Python cost
 per record is one ``produce`` call. A table's deletes become tombstones (key, null value).
 With ``errors="dlq:<topic>"`` the query's error records go to that topic as well, with the
@@ -132,7 +132,7 @@ class KafkaWriter(Operator):
             return rows.get_column("value").cast(pl.Binary).to_list()
         if self.format == "avro":
             return avro.encode(rows, self.avro)
-        return rows.write_ndjson().encode().splitlines()
+        return json_lines(rows)
 
     def _headers(self, rows: pl.DataFrame) -> list[list[tuple[str, bytes | None]]] | None:
         """Per row, ``(header, value)`` pairs from the columns named in ``headers=``."""
@@ -158,7 +158,7 @@ class KafkaWriter(Operator):
                 None if k is None else k.encode()
                 for k in rows.get_column(self.key[0]).cast(pl.String).to_list()
             ]
-        return list(rows.select(self.key).write_ndjson().encode().splitlines())
+        return list(json_lines(rows.select(self.key)))
 
     def _send(
         self,
@@ -329,6 +329,15 @@ PRODUCER_SETTINGS: Mapping[str, Any] = MappingProxyType(
 )
 """The sink's producer settings (a user's ``config=`` overrides them); the benchmarks' plain
 consume -> produce loop uses the same."""
+
+
+def json_lines(rows: pl.DataFrame) -> list[bytes]:
+    """One JSON object per row, as ``write_ndjson`` writes it (the same serializer), without
+    its file writer: a few hundred microseconds less per batch, which a small batch feels."""
+    if not rows.width:
+        return [b"{}"] * rows.height
+    encoded = rows.select(pl.struct(pl.all()).struct.json_encode()).to_series()
+    return encoded.cast(pl.Binary).to_list()
 
 
 def _produce_all(
