@@ -32,7 +32,7 @@ def time_problems(df: pl.DataFrame, column: str) -> pl.Series | None:
         limit = TIME_LIMIT_MS * units_per_ms(column, dtype)
         physical = times.cast(pl.Int64, strict=False)
         lo, hi = physical.min(), physical.max()
-        if physical.null_count() == 0 and (lo is None or (-limit < lo and hi < limit)):  # type: ignore[operator]
+        if physical.null_count() == 0 and (lo is None or (-limit < lo and hi < limit)):
             return None
     ints = None  # not a time column: its cast reports that
     bad = times.is_null()
