@@ -1,0 +1,605 @@
+"""What a running query holds, for people asking "why hasn't my window fired?".
+
+``Query.state()``, ``windows()``, ``watermarks()``, ``lifecycle()`` and ``explain()`` are built
+here from a query's pipeline (or, in a worker, its tasks' pipelines). Everything that reads
+operator state does so under the pipeline's lock (:attr:`Pipeline.lock`), which the query's
+thread holds while a batch goes through: a reader sees the state between two batches, never
+half-way through one. Nothing is copied per batch; a request pays for what it reads (a keyed
+lookup for ``key=``, the open windows for ``windows()``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from streamnb.columns import SESSION_END, WINDOW_START
+from streamnb.definitions.eventtime import EventTime
+from streamnb.engine.core import NEG_INF, POS_INF
+from streamnb.engine.executor import Pipeline, Runner, Step
+from streamnb.engine.joins import IntervalJoin
+from streamnb.engine.operators import GroupByOperator
+from streamnb.engine.sessions import SessionOperator
+from streamnb.engine.state import KeyedState, key_hashes
+from streamnb.engine.windowing import WindowOperator, WindowOperatorBase, _started
+from streamnb.exceptions import ConfigError
+from streamnb.plan import SourceNode
+
+Key = Any
+"""``key=``: a value (one key column), a tuple (every key column, in order) or a dict (some or
+all key columns by name)."""
+
+Stateful = GroupByOperator | WindowOperator | SessionOperator
+
+
+def stateful_step(pipeline: Pipeline) -> Step | None:
+    """The query's stateful operator: the aggregate or window nearest the output."""
+    for step in pipeline.steps:  # the root first
+        if isinstance(step.op, (GroupByOperator, WindowOperator, SessionOperator)):
+            return step
+    return None
+
+
+def _require(pipeline: Pipeline, name: str) -> Stateful:
+    step = stateful_step(pipeline)
+    if step is None:
+        raise ConfigError(
+            f"query {name!r} keeps no keyed state: state() and windows() need a "
+            "group_by(...).agg(...) or a window(...).agg(...)"
+        )
+    assert isinstance(step.op, (GroupByOperator, WindowOperator, SessionOperator))
+    return step.op
+
+
+def _keys_of(op: Stateful) -> list[str]:
+    return list(op.keys) if isinstance(op, GroupByOperator) else list(op.by)
+
+
+# -- key= ------------------------------------------------------------------------------------
+def key_filter(key: Key, keys: Sequence[str]) -> dict[str, Any] | None:
+    """``key=`` as ``{key column: value}`` (``None``: every key); a clear error naming what
+    does not fit the state's key columns ``keys``."""
+    if key is None:
+        return None
+    if not keys:
+        raise ConfigError("the state has no key columns (no by= / group_by keys): drop key=")
+    if isinstance(key, Mapping):
+        unknown = [k for k in key if k not in keys]
+        if unknown:
+            raise ConfigError(
+                f"key= names {unknown[0]!r}, which is not a key column; the key columns are "
+                f"{list(keys)}"
+            )
+        return dict(key)
+    if isinstance(key, tuple):
+        if len(key) != len(keys):
+            raise ConfigError(
+                f"key={key!r} gives {len(key)} value(s) for the {len(keys)} key columns "
+                f"{list(keys)}"
+            )
+        return dict(zip(keys, key, strict=True))
+    if len(keys) > 1:
+        raise ConfigError(
+            f"the state has several key columns {list(keys)}: pass key= as a tuple or a dict"
+        )
+    return {keys[0]: key}
+
+
+def _key_frame(wanted: dict[str, Any], schema: pl.Schema) -> pl.DataFrame:
+    """The wanted key values as a one-row frame of the state's own key types."""
+    columns = []
+    for name, value in wanted.items():
+        dtype = schema[name]
+        try:
+            columns.append(pl.Series(name, [value]).cast(dtype, strict=True))
+        except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"key value {value!r} for {name!r} does not fit its type {dtype}: {exc}"
+            ) from None
+    return pl.DataFrame(columns)
+
+
+def _select(frame: pl.DataFrame | None, wanted: dict[str, Any] | None) -> pl.DataFrame | None:
+    """The rows of ``frame`` with the wanted keys (a filter; every row without ``key=``)."""
+    if frame is None or wanted is None:
+        return frame
+    keys = _key_frame(wanted, frame.schema)
+    return frame.join(keys, on=list(wanted), how="semi", nulls_equal=True)
+
+
+def _lookup(
+    store: KeyedState, keys: Sequence[str], wanted: dict[str, Any] | None
+) -> pl.DataFrame | None:
+    """The rows of a keyed state with the wanted keys: a hash lookup when every key column is
+    given, else a filter (every row without ``key=``)."""
+    frame_schema = store.rows.empty().schema if store.rows.names else None
+    if frame_schema is None or not len(store):
+        return None
+    if wanted is not None and set(wanted) == set(keys):
+        probe = _key_frame({k: wanted[k] for k in keys}, frame_schema)
+        found = store.lookup(probe, key_hashes(probe, list(keys)))
+        return found.rows if found.rows.height else None
+    return _select(_detach(store.frame()), wanted)
+
+
+def _detach(frame: pl.DataFrame | None) -> pl.DataFrame | None:
+    """A copy of ``frame`` that no later batch writes into (keyed state updates its columns in
+    place; a gather makes new buffers)."""
+    if frame is None:
+        return None
+    return frame[np.arange(frame.height)]
+
+
+# -- the stateful operator's rows --------------------------------------------------------------
+def _partials(op: Stateful, wanted: dict[str, Any] | None) -> pl.DataFrame | None:
+    """The partial aggregates the operator holds (of the wanted keys), with hidden columns."""
+    keys = _keys_of(op)
+    if isinstance(op, GroupByOperator):
+        if op.store is not None:
+            return _lookup(op.store, keys, wanted)
+        return _select(op.whole, wanted)
+    if isinstance(op, WindowOperator):
+        if op.stores is not None:
+            frames = []
+            for start, store in sorted(op.stores.items()):
+                rows = _lookup(store, keys, wanted)
+                if rows is not None:
+                    frames.append(_started(rows, start))
+            return pl.concat(frames, how="vertical_relaxed") if frames else None
+        return _select(op._compact(), wanted) if op.frames else None
+    sessions = op.sessions.frame() if op.indexed else op.whole
+    return _select(sessions, wanted)
+
+
+def _window_columns(op: WindowOperatorBase) -> tuple[pl.Expr, pl.Expr]:
+    """``window_start`` and ``window_end`` of a window operator's partial rows, as Int64."""
+    if isinstance(op, SessionOperator):
+        return pl.col(WINDOW_START), pl.col(SESSION_END) + op.gap
+    assert isinstance(op, WindowOperator)
+    return pl.col(WINDOW_START), pl.col(WINDOW_START) + op.size
+
+
+def _rows_expr(op: Stateful) -> pl.Expr:
+    count = op.agg.count_column()
+    return (pl.col(count) if count is not None else pl.lit(None)).cast(pl.Int64).alias("rows")
+
+
+def _empty_partials(op: Stateful) -> pl.DataFrame:
+    """No rows: the operator's output columns (for an empty state)."""
+    if isinstance(op, GroupByOperator):
+        return pl.DataFrame()
+    return op.schema.to_frame()
+
+
+def state_frame(pipelines: Iterable[Pipeline], name: str, key: Key = None) -> pl.DataFrame:
+    """``query.state(key=...)`` over one pipeline, or a worker's tasks (each read between its
+    own batches): current aggregates per key, or the open windows' partial results."""
+    frames = []
+    keys: list[str] | None = None
+    op: Stateful | None = None
+    for pipeline in pipelines:
+        with pipeline.lock:
+            op = _require(pipeline, name)
+            keys = _keys_of(op)
+            wanted = key_filter(key, keys)
+            partials = _partials(op, wanted)
+            if partials is not None and partials.height:
+                frames.append(_finals(op, _detach(partials)))
+    if op is None or keys is None:
+        raise ConfigError(f"query {name!r} has no running tasks")
+    if not frames:
+        key_filter(key, keys)  # a bad key= raises, even with nothing held
+        return _empty_partials(op)
+    out = pl.concat(frames, how="vertical_relaxed")
+    order = keys if isinstance(op, GroupByOperator) else ["window_end", "window_start", *keys]
+    return out.sort(order, nulls_last=True) if order else out
+
+
+def _finals(op: Stateful, partials: pl.DataFrame | None) -> pl.DataFrame:
+    assert partials is not None
+    if isinstance(op, GroupByOperator):
+        return partials.select(*op.keys, *op.agg.final_exprs())
+    start, end = _window_columns(op)
+    return partials.select(
+        op.et.to_dtype(start).alias("window_start"),
+        op.et.to_dtype(end).alias("window_end"),
+        *op.by,
+        *op.agg.final_exprs(),
+    )
+
+
+def windows_frame(pipelines: Iterable[Pipeline], name: str, key: Key = None) -> pl.DataFrame:
+    """``query.windows()``: the open windows, ``window_start, window_end, closes_at, rows``
+    and the keys, the next to close first."""
+    frames = []
+    op: Stateful | None = None
+    for pipeline in pipelines:
+        with pipeline.lock:
+            op = _require(pipeline, name)
+            if not isinstance(op, WindowOperatorBase):
+                raise ConfigError(
+                    f"query {name!r} has no windows (its state is a running aggregate: see state())"
+                )
+            partials = _detach(_partials(op, key_filter(key, op.by)))
+            if partials is not None and partials.height:
+                start, end = _window_columns(op)
+                frames.append(
+                    partials.select(
+                        op.et.to_dtype(start).alias("window_start"),
+                        op.et.to_dtype(end).alias("window_end"),
+                        op.et.to_dtype(end + op.grace).alias("closes_at"),
+                        _rows_expr(op),
+                        *op.by,
+                    )
+                )
+    if op is None:
+        raise ConfigError(f"query {name!r} has no running tasks")
+    assert isinstance(op, WindowOperatorBase)
+    if not frames:
+        schema = op.schema
+        return pl.DataFrame(
+            schema={
+                "window_start": schema["window_start"],
+                "window_end": schema["window_end"],
+                "closes_at": schema["window_end"],
+                "rows": pl.Int64,
+                **{k: schema[k] for k in op.by},
+            }
+        )
+    return pl.concat(frames, how="vertical_relaxed").sort(
+        ["closes_at", "window_start", *op.by], nulls_last=True
+    )
+
+
+# -- watermarks ------------------------------------------------------------------------------
+@dataclass
+class PartitionMark:
+    """One input partition as the query's event-time operator sees it."""
+
+    source: str
+    partition: int | None
+    watermark: int | None  # in the event time's unit; None: no record yet
+    idle: bool
+    lag: int | None
+    active: bool = True  # its watermark counts towards the operator's (assigned, not idle)
+    time: EventTime | None = None  # the event time its watermark is in
+
+
+def _trackers(pipeline: Pipeline) -> list[Any]:
+    """The operators that track a watermark (windows, sessions, interval joins), root first."""
+    return [s.op for s in pipeline.steps if isinstance(s.op, (WindowOperatorBase, IntervalJoin))]
+
+
+def _event_time(op: Any) -> EventTime:
+    return op.et if isinstance(op, WindowOperatorBase) else op.times[0]
+
+
+def partition_marks(runner: Runner, *, now: float | None = None) -> list[PartitionMark]:
+    """Every input partition of ``runner`` (every Kafka partition, one row per other source)
+    with its watermark, idleness and lag. Read under the pipeline's lock."""
+    pipeline, ctx = runner.pipeline, runner.ctx
+    now = time.monotonic() if now is None else now
+    marks: list[PartitionMark] = []
+    with pipeline.lock:
+        trackers = _trackers(pipeline)
+        idle = frozenset(ctx.partitions.idle)
+        readers = dict((id(step), reader) for step, reader in runner.readers)
+        for i, step in enumerate(pipeline.sources):
+            assert isinstance(step.node, SourceNode)
+            reader = readers.get(id(step))
+            parts = reader.parts() if reader is not None else None
+            if parts:
+                for part in parts:
+                    tracker = next((t for t in trackers if part.pid in t.tracker.part_max), None)
+                    mark = None
+                    if tracker is not None:
+                        mark = tracker.tracker.part_max[part.pid] - tracker.tracker.delay
+                    marks.append(
+                        PartitionMark(
+                            part.topic,
+                            part.partition,
+                            mark,
+                            part.pid in idle,
+                            part.lag,
+                            active=part.pid not in idle,
+                            time=_event_time(tracker or trackers[0]) if trackers else None,
+                        )
+                    )
+                continue
+            marks.append(_whole_source(runner, i, step, trackers, now))
+    return marks
+
+
+def _whole_source(
+    runner: Runner, i: int, step: Step, trackers: list[Any], now: float
+) -> PartitionMark:
+    """A source read as one part: its watermark from the event-time merge of several inputs,
+    else from the event-time operator (or the output's, for a plain stream)."""
+    assert isinstance(step.node, SourceNode)
+    name = step.node.source.name
+    reader = next((r for s, r in runner.readers if s is step), None)
+    lag = reader.lag() if reader is not None else None
+    merge = runner.merge
+    if merge is not None and merge.inputs[i].time is not None:
+        inp = merge.inputs[i]
+        assert inp.time is not None
+        idle = (
+            not inp.finished
+            and not inp.keys
+            and inp.empty_since is not None
+            and now - inp.empty_since >= inp.max_idle
+        )
+        mark = None
+        if inp.latest > NEG_INF:
+            mark = inp.latest // (1_000_000 // inp.time.per_ms) - inp.time.delay
+        return PartitionMark(name, None, mark, idle, lag, active=not idle, time=inp.time)
+    tracker = trackers[0] if trackers else None
+    if tracker is not None:
+        latest = tracker.tracker.max_time
+        mark = latest - tracker.tracker.delay if latest is not None else None
+        return PartitionMark(name, None, mark, False, lag, time=_event_time(tracker))
+    return PartitionMark(name, None, None, False, lag)
+
+
+def _shown(value: int | None, et: EventTime | None) -> datetime | int | None:
+    if value is None or et is None or value <= NEG_INF:
+        return None
+    if value >= POS_INF:
+        return None
+    return et.as_time(value)
+
+
+def watermarks_frame(runner: Runner) -> pl.DataFrame:
+    """``query.watermarks()``: ``source, partition, watermark, idle, lag``; ``watermark`` in
+    the type of the event-time column (epoch ms for an integer one)."""
+    marks = partition_marks(runner)
+    dtypes = {m.time.dtype for m in marks if m.time is not None}
+    raw = [
+        m.watermark if m.watermark is not None and NEG_INF < m.watermark < POS_INF else None
+        for m in marks
+    ]
+    if len(dtypes) == 1:
+        watermark = pl.Series("watermark", raw, dtype=pl.Int64).cast(dtypes.pop())
+    else:  # inputs with event times of different types: UTC datetimes
+        shown = [_shown(m.watermark, m.time) for m in marks]
+        times = [v.timestamp() * 1e6 if isinstance(v, datetime) else None for v in shown]
+        watermark = pl.Series("watermark", times, dtype=pl.Float64).cast(pl.Datetime("us", "UTC"))
+    return pl.DataFrame(
+        {
+            "source": pl.Series([m.source for m in marks], dtype=pl.String),
+            "partition": pl.Series([m.partition for m in marks], dtype=pl.Int32),
+            "watermark": watermark,
+            "idle": pl.Series([m.idle for m in marks], dtype=pl.Boolean),
+            "lag": pl.Series([m.lag for m in marks], dtype=pl.Int64),
+        }
+    )
+
+
+# -- lifecycle: the next window and what holds it back ------------------------------------------
+def _next_window(op: WindowOperatorBase) -> tuple[int, int] | None:
+    """(start, end) of the open window that closes next (cheap: no scan of a tumbling or
+    hopping window's state; sessions scan their closing times)."""
+    if isinstance(op, WindowOperator):
+        if op.min_start is None:
+            return None
+        return op.min_start, op.min_start + op.size
+    assert isinstance(op, SessionOperator)
+    if op.indexed:
+        best: tuple[int, int] | None = None
+        for run in op.sessions.runs:
+            if not run.live:
+                continue
+            order = run.by_expiry[run.expired :]
+            alive = np.flatnonzero(run.alive[order])
+            if not alive.size:
+                continue
+            row = int(order[alive[0]])
+            start = int(run.rows.item(row, WINDOW_START))
+            end = int(run.rows.item(row, SESSION_END)) + op.gap
+            if best is None or (end, start) < (best[1], best[0]):
+                best = (start, end)
+        return best
+    if op.whole is None or not op.whole.height:
+        return None
+    first = (
+        op.whole.select(pl.col(WINDOW_START), pl.col(SESSION_END) + op.gap)
+        .sort(SESSION_END, WINDOW_START)
+        .row(0)
+    )
+    return int(first[0]), int(first[1])
+
+
+def lifecycle(runner: Runner, name: str, state: str) -> dict[str, Any]:
+    """The next window to close and what holds it back, as data (for a UI panel; cheap
+    enough to call ten times a second: no state is scanned for tumbling or hopping windows).
+
+    Keys: ``query``, ``state``, ``operator`` (the window's plan node, or ``None``),
+    ``watermark`` (the operator's), ``grace_ms``, ``open_windows`` (``None`` for sessions),
+    ``next_window`` (``{"window_start", "window_end", "closes_at"}`` or ``None``),
+    ``waiting`` (``"watermark"`` while it waits, ``None`` without an open window), ``needs``
+    (the event time an input must reach: ``closes_at`` + the watermark delay),
+    ``holding`` (the partitions or inputs at the watermark, each
+    ``{"source", "partition", "watermark", "behind_ms", "lag", "reason"}`` with ``reason``
+    ``"no records yet"`` or ``"behind"``), ``idle`` (idle partitions, ``{"source",
+    "partition"}``) and ``merge`` (the input the event-time merge of several inputs waits
+    for, as ``status()["held_by"]``).
+    """
+    pipeline = runner.pipeline
+    marks = partition_marks(runner)
+    with pipeline.lock:
+        step = stateful_step(pipeline)
+        op = step.op if step is not None else None
+        out: dict[str, Any] = {
+            "query": name,
+            "state": state,
+            "operator": step.node.describe() if step is not None else None,
+            "watermark": None,
+            "grace_ms": None,
+            "open_windows": None,
+            "next_window": None,
+            "waiting": None,
+            "needs": None,
+            "holding": [],
+            "idle": [{"source": m.source, "partition": m.partition} for m in marks if m.idle],
+            "merge": runner.held_by(),
+        }
+        if not isinstance(op, WindowOperatorBase):
+            return out
+        et = op.et
+        out["watermark"] = _shown(op.watermark, et)
+        out["grace_ms"] = op.grace // et.per_ms
+        if isinstance(op, WindowOperator):
+            out["open_windows"] = len(op.stores) if op.stores is not None else _count_open(op)
+        window = _next_window(op)
+    if window is None:
+        return out
+    start, end = window
+    out["next_window"] = {
+        "window_start": et.as_time(start),
+        "window_end": et.as_time(end),
+        "closes_at": et.as_time(end + op.grace),
+    }
+    out["waiting"] = "watermark"
+    out["needs"] = et.as_time(end + op.grace + op.delay)
+    out["holding"] = _holding(marks, et)
+    return out
+
+
+def _count_open(op: WindowOperator) -> int:
+    """Open windows while the state is one short list of frames (small by definition)."""
+    if not op.frames:
+        return 0
+    return sum(1 for _ in op._compact().get_column(WINDOW_START).unique())
+
+
+def _holding(marks: list[PartitionMark], et: EventTime) -> list[dict[str, Any]]:
+    """The partitions (or inputs) whose watermark is the lowest of those that count: they
+    hold the query's watermark back."""
+    live = [m for m in marks if m.active and m.time is not None]
+    if not live:
+        return []
+    low = min(m.watermark if m.watermark is not None else NEG_INF for m in live)
+    known = [m.watermark for m in live if m.watermark is not None]
+    high = max(known) if known else None
+    out = []
+    for m in live:
+        mark = m.watermark if m.watermark is not None else NEG_INF
+        if mark != low:
+            continue
+        behind = None
+        if m.watermark is not None and high is not None:
+            behind = (high - m.watermark) / et.per_ms
+        out.append(
+            {
+                "source": m.source,
+                "partition": m.partition,
+                "watermark": _shown(m.watermark, m.time),
+                "behind_ms": behind,
+                "lag": m.lag,
+                "reason": "no records yet" if m.watermark is None else "behind",
+            }
+        )
+    return out
+
+
+# -- explain ---------------------------------------------------------------------------------
+class Explanation(str):
+    """``query.explain()``: a text (``str()`` is the text); a notebook shows it as is."""
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def explain(runner: Runner, name: str, state: str, idle_ms: Mapping[str, int]) -> Explanation:
+    """The running plan, the output at the top, each operator with its records in / out,
+    late and errors; then, for a window that has not fired, why."""
+    pipeline = runner.pipeline
+    lines = [f"query {name!r} ({state})"]
+    with pipeline.lock:
+        for step in pipeline.steps:
+            label = step.node.describe()
+            counts = f"in {step.records_in:,}, out {step.records_out:,}"
+            if step.late:
+                counts += f", late {step.late:,}"
+            if step.errors:
+                counts += f", errors {step.errors:,}"
+            lines.append("  " * (step.depth + 1) + f"{label}  [{counts}]")
+    info = lifecycle(runner, name, state)
+    lines += ["", *why(info, idle_ms)]
+    return Explanation("\n".join(lines))
+
+
+def why(info: Mapping[str, Any], idle_ms: Mapping[str, int]) -> list[str]:
+    """:func:`lifecycle`'s answer in words."""
+    if info["operator"] is None:
+        return ["no stateful operator: rows go out as they come"]
+    window = info["next_window"]
+    if window is None:
+        if info["grace_ms"] is None:
+            return [f"{info['operator']} holds a running aggregate (no windows to fire)"]
+        return ["no window is open"]
+    lines = [
+        f"window {_time(window['window_start'])}–{_time(window['window_end'])} closes at "
+        f"watermark {_time(window['closes_at'])} (grace {_duration(info['grace_ms'])}); "
+        f"the watermark is {_time(info['watermark'])}"
+    ]
+    for held in info["holding"]:
+        where = _where(held)
+        if held["reason"] == "no records yet":
+            wait = idle_ms.get(held["source"])
+            after = f" or until it is idle ({_duration(wait)} without records)" if wait else ""
+            lines.append(f"{where} has sent no records yet: it holds the watermark{after}")
+        elif held["behind_ms"]:
+            lines.append(
+                f"{where} is at {_time(held['watermark'])}, "
+                f"{_duration(held['behind_ms'])} behind the others"
+            )
+        else:
+            lines.append(
+                f"{where} is at {_time(held['watermark'])}: the window closes once an event "
+                f"at or after {_time(info['needs'])} arrives"
+            )
+    for idle in info["idle"]:
+        lines.append(f"{_where(idle)} is idle (it does not hold the watermark)")
+    merge = info["merge"]
+    if merge is not None:
+        lines.append(
+            f"input {merge['input']} holds the others back in the event-time merge "
+            f"({merge['reason']}, {merge['ms']:.0f} ms)"
+        )
+    return lines
+
+
+def _where(part: Mapping[str, Any]) -> str:
+    if part["partition"] is None:
+        return f"input {part['source']}"
+    return f"partition {part['partition']} of {part['source']}"
+
+
+def _time(value: datetime | int | None) -> str:
+    if value is None:
+        return "−∞ (no event yet)"
+    if isinstance(value, datetime):
+        value = value.astimezone(timezone.utc)
+        text = value.strftime("%H:%M:%S")
+        if value.microsecond:
+            text += f".{value.microsecond // 1000:03d}"
+        return text
+    return str(value)
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "?"
+    if ms % 1000 == 0:
+        return f"{int(ms // 1000)} s"
+    return str(timedelta(milliseconds=ms).total_seconds()) + " s"
