@@ -179,22 +179,30 @@ def _empty_partials(op: Stateful) -> pl.DataFrame:
 
 def state_frame(pipelines: Iterable[Pipeline], name: str, key: Key = None) -> pl.DataFrame:
     """``query.state(key=...)`` over one pipeline, or a worker's tasks (each read between its
-    own batches): current aggregates per key, or the open windows' partial results."""
+    own batches; tasks without keyed state, upstream of a repartition, are passed over):
+    current aggregates per key, or the open windows' partial results. No pipeline at all (a
+    worker before its partitions are assigned): an empty frame."""
+    pipelines = list(pipelines)
     frames = []
-    keys: list[str] | None = None
     op: Stateful | None = None
     for pipeline in pipelines:
         with pipeline.lock:
-            op = _require(pipeline, name)
-            keys = _keys_of(op)
-            wanted = key_filter(key, keys)
-            partials = _partials(op, wanted)
+            step = stateful_step(pipeline)
+            if step is None:
+                continue
+            assert isinstance(step.op, (GroupByOperator, WindowOperator, SessionOperator))
+            op = step.op
+            partials = _partials(op, key_filter(key, _keys_of(op)))
             if partials is not None and partials.height:
                 frames.append(_finals(op, _detach(partials)))
-    if op is None or keys is None:
-        raise ConfigError(f"query {name!r} has no running tasks")
+    if op is None:
+        if not pipelines:
+            return pl.DataFrame()
+        _require(pipelines[0], name)  # raises: no keyed state
+    assert op is not None
+    keys = _keys_of(op)
+    key_filter(key, keys)  # a bad key= raises, even with nothing held
     if not frames:
-        key_filter(key, keys)  # a bad key= raises, even with nothing held
         return _empty_partials(op)
     out = pl.concat(frames, how="vertical_relaxed")
     order = keys if isinstance(op, GroupByOperator) else ["window_end", "window_start", *keys]
@@ -216,16 +224,21 @@ def _finals(op: Stateful, partials: pl.DataFrame | None) -> pl.DataFrame:
 
 def windows_frame(pipelines: Iterable[Pipeline], name: str, key: Key = None) -> pl.DataFrame:
     """``query.windows()``: the open windows, ``window_start, window_end, closes_at, rows``
-    and the keys, the next to close first."""
+    and the keys, the next to close first (over a worker's tasks as :func:`state_frame`)."""
+    pipelines = list(pipelines)
     frames = []
-    op: Stateful | None = None
+    op: WindowOperatorBase | None = None
     for pipeline in pipelines:
         with pipeline.lock:
-            op = _require(pipeline, name)
-            if not isinstance(op, WindowOperatorBase):
+            step = stateful_step(pipeline)
+            if step is None:
+                continue
+            if not isinstance(step.op, WindowOperatorBase):
                 raise ConfigError(
                     f"query {name!r} has no windows (its state is a running aggregate: see state())"
                 )
+            op = step.op
+            assert isinstance(op, (WindowOperator, SessionOperator))
             partials = _detach(_partials(op, key_filter(key, op.by)))
             if partials is not None and partials.height:
                 start, end = _window_columns(op)
@@ -239,8 +252,11 @@ def windows_frame(pipelines: Iterable[Pipeline], name: str, key: Key = None) -> 
                     )
                 )
     if op is None:
-        raise ConfigError(f"query {name!r} has no running tasks")
-    assert isinstance(op, WindowOperatorBase)
+        if not pipelines:
+            return pl.DataFrame()
+        _require(pipelines[0], name)  # raises: no keyed state
+    assert op is not None
+    key_filter(key, op.by)  # a bad key= raises, even with nothing held
     if not frames:
         schema = op.schema
         return pl.DataFrame(
@@ -424,7 +440,9 @@ def lifecycle(runner: Runner, name: str, state: str) -> dict[str, Any]:
     ``next_window`` (``{"window_start", "window_end", "closes_at"}`` or ``None``),
     ``waiting`` (``"watermark"`` while it waits, ``None`` without an open window), ``needs``
     (the event time an input must reach: ``closes_at`` + the watermark delay),
-    ``holding`` (the partitions or inputs at the watermark, each
+    ``pending`` (the watermark the next record brings, when partitions went idle since the
+    last one: a watermark moves only with records; else ``None``), ``holding`` (the
+    partitions or inputs at the watermark, each
     ``{"source", "partition", "watermark", "behind_ms", "lag", "reason"}`` with ``reason``
     ``"no records yet"`` or ``"behind"``), ``idle`` (idle partitions, ``{"source",
     "partition"}``) and ``merge`` (the input the event-time merge of several inputs waits
@@ -445,6 +463,7 @@ def lifecycle(runner: Runner, name: str, state: str) -> dict[str, Any]:
             "next_window": None,
             "waiting": None,
             "needs": None,
+            "pending": None,
             "holding": [],
             "idle": [{"source": m.source, "partition": m.partition} for m in marks if m.idle],
             "merge": runner.held_by(),
@@ -453,6 +472,9 @@ def lifecycle(runner: Runner, name: str, state: str) -> dict[str, Any]:
             return out
         et = op.et
         out["watermark"] = _shown(op.watermark, et)
+        pending = _pending(marks)
+        if pending is not None and pending > op.watermark:
+            out["pending"] = _shown(pending, et)
         out["grace_ms"] = op.grace // et.per_ms
         if isinstance(op, WindowOperator):
             out["open_windows"] = len(op.stores) if op.stores is not None else _count_open(op)
@@ -469,6 +491,14 @@ def lifecycle(runner: Runner, name: str, state: str) -> dict[str, Any]:
     out["needs"] = et.as_time(end + op.grace + op.delay)
     out["holding"] = _holding(marks, et)
     return out
+
+
+def _pending(marks: list[PartitionMark]) -> int | None:
+    """The lowest watermark of the partitions that count, when every one has sent records."""
+    live = [m.watermark for m in marks if m.active and m.time is not None]
+    if not live or any(w is None for w in live):
+        return None
+    return min(w for w in live if w is not None)
 
 
 def _count_open(op: WindowOperator) -> int:
@@ -552,6 +582,11 @@ def why(info: Mapping[str, Any], idle_ms: Mapping[str, int]) -> list[str]:
         f"watermark {_time(window['closes_at'])} (grace {_duration(info['grace_ms'])}); "
         f"the watermark is {_time(info['watermark'])}"
     ]
+    if info["pending"] is not None:
+        lines.append(
+            f"the next record moves the watermark to {_time(info['pending'])} (a partition "
+            "went idle since the last one; a watermark moves only with records)"
+        )
     for held in info["holding"]:
         where = _where(held)
         if held["reason"] == "no records yet":

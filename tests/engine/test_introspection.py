@@ -407,3 +407,26 @@ def test_state_read_while_batches_run_is_always_a_state_between_batches() -> Non
     assert all(n % batch == 0 for n in totals), sorted({n % batch for n in totals})
     assert sums == totals  # every v is 1: sum and count agree, row by row of one snapshot
     assert totals == sorted(totals)
+
+
+def test_why_says_when_the_next_record_moves_the_watermark() -> None:
+    from streamnb.engine.introspect import why
+
+    info = {
+        "operator": "window[...]",
+        "grace_ms": 0,
+        "watermark": None,
+        "next_window": {"window_start": 0, "window_end": 10_000, "closes_at": 10_000},
+        "needs": 10_000,
+        "pending": 40_000,
+        "holding": [],
+        "idle": [{"source": "bids", "partition": 2}],
+        "merge": {"input": "persons", "reason": "max_idle", "ms": 80.0},
+    }
+    assert why(info, {}) == [
+        "window 0–10000 closes at watermark 10000 (grace 0 s); the watermark is −∞ (no event yet)",
+        "the next record moves the watermark to 40000 (a partition went idle since the last "
+        "one; a watermark moves only with records)",
+        "partition 2 of bids is idle (it does not hold the watermark)",
+        "input persons holds the others back in the event-time merge (max_idle, 80 ms)",
+    ]
