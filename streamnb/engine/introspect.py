@@ -27,7 +27,7 @@ from streamnb.engine.joins import IntervalJoin
 from streamnb.engine.operators import GroupByOperator
 from streamnb.engine.sessions import SessionOperator
 from streamnb.engine.state import KeyedState, key_hashes
-from streamnb.engine.windowing import WindowOperator, WindowOperatorBase, _started
+from streamnb.engine.windowing import WindowOperator, WindowOperatorBase, started
 from streamnb.exceptions import ConfigError
 from streamnb.plan import SourceNode
 
@@ -150,9 +150,9 @@ def _partials(op: Stateful, wanted: dict[str, Any] | None) -> pl.DataFrame | Non
             for start, store in sorted(op.stores.items()):
                 rows = _lookup(store, keys, wanted)
                 if rows is not None:
-                    frames.append(_started(rows, start))
+                    frames.append(started(rows, start))
             return pl.concat(frames, how="vertical_relaxed") if frames else None
-        return _select(op._compact(), wanted) if op.frames else None
+        return _select(op.state, wanted)
     sessions = op.sessions.frame() if op.indexed else op.whole
     return _select(sessions, wanted)
 
@@ -436,7 +436,7 @@ def lifecycle(runner: Runner, name: str, state: str) -> dict[str, Any]:
     enough to call ten times a second: no state is scanned for tumbling or hopping windows).
 
     Keys: ``query``, ``state``, ``operator`` (the window's plan node, or ``None``),
-    ``watermark`` (the operator's), ``grace_ms``, ``open_windows`` (``None`` for sessions),
+    ``watermark`` (the operator's), ``grace_ms``, ``open_windows`` (open sessions, for sessions),
     ``next_window`` (``{"window_start", "window_end", "closes_at"}`` or ``None``),
     ``waiting`` (``"watermark"`` while it waits, ``None`` without an open window), ``needs``
     (the event time an input must reach: ``closes_at`` + the watermark delay),
@@ -476,8 +476,7 @@ def lifecycle(runner: Runner, name: str, state: str) -> dict[str, Any]:
         if pending is not None and pending > op.watermark:
             out["pending"] = _shown(pending, et)
         out["grace_ms"] = op.grace // et.per_ms
-        if isinstance(op, WindowOperator):
-            out["open_windows"] = len(op.stores) if op.stores is not None else _count_open(op)
+        out["open_windows"] = _count_open(op)
         window = _next_window(op)
     if window is None:
         return out
@@ -501,11 +500,20 @@ def _pending(marks: list[PartitionMark]) -> int | None:
     return min(w for w in live if w is not None)
 
 
-def _count_open(op: WindowOperator) -> int:
-    """Open windows while the state is one short list of frames (small by definition)."""
+def _count_open(op: WindowOperatorBase) -> int:
+    """Open windows (sessions: open sessions); a keyed state knows, a small one (a short list
+    of frames, or one frame of sessions) counts."""
+    if isinstance(op, SessionOperator):
+        if op.indexed:
+            return len(op.sessions)
+        return op.whole.height if op.whole is not None else 0
+    assert isinstance(op, WindowOperator)
+    if op.stores is not None:
+        return len(op.stores)
     if not op.frames:
         return 0
-    return sum(1 for _ in op._compact().get_column(WINDOW_START).unique())
+    starts = [f.get_column(WINDOW_START) for f in op.frames]
+    return pl.concat(starts).n_unique()
 
 
 def _holding(marks: list[PartitionMark], et: EventTime) -> list[dict[str, Any]]:
