@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from streamnb.columns import visible
-from streamnb.engine import introspect
+from streamnb.engine import introspect, lookup
 from streamnb.engine.core import NEG_INF, Context, Delta
 from streamnb.engine.executor import DEFAULT_LATENCY_MS, DEFAULT_MAX_BATCH, Pipeline, Runner
 from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS
@@ -291,14 +291,14 @@ class Query:
         Raises :class:`ConfigError` for a query without keyed state or an unknown key
         column.
         """
-        return introspect.state_frame([self._exec.pipeline], self.name, key)
+        return lookup.state_frame([self._exec.pipeline], self.name, key)
 
     def windows(self, key: Any = None) -> pl.DataFrame:
         """The open windows, the next to close first: ``window_start``, ``window_end``,
         ``closes_at`` (``window_end`` + grace: the watermark that closes it), ``rows`` (the
         records aggregated so far, counted by a ``pl.len()`` aggregate; null when the
         aggregation has none) and the keys. ``key=`` as in :meth:`state`."""
-        return introspect.windows_frame([self._exec.pipeline], self.name, key)
+        return lookup.windows_frame([self._exec.pipeline], self.name, key)
 
     def watermarks(self) -> pl.DataFrame:
         """Every input partition: ``source`` (the topic, or the source's name), ``partition``

@@ -44,7 +44,7 @@ from typing import Any, cast
 import polars as pl
 
 from streamnb.columns import PARTITION, visible
-from streamnb.engine import heap, introspect
+from streamnb.engine import heap, lookup
 from streamnb.engine.core import NEG_INF, Context, Delta
 from streamnb.engine.executor import (
     DEFAULT_LATENCY_MS,
@@ -222,11 +222,11 @@ class TaskWorker:
         """``Query.state()`` over the tasks: each task's stateful operator read between its
         own batches (a key lives in one task: its partition's, or its repartition
         partition's)."""
-        return introspect.state_frame(self._pipelines(), self.name, key)
+        return lookup.state_frame(self._pipelines(), self.name, key)
 
     def windows(self, key: Any = None) -> pl.DataFrame:
         """``Query.windows()`` over the tasks."""
-        return introspect.windows_frame(self._pipelines(), self.name, key)
+        return lookup.windows_frame(self._pipelines(), self.name, key)
 
     def _pipelines(self) -> list[Pipeline]:
         """The running tasks' pipelines (the dict changes only in a rebalance: read again)."""
