@@ -281,6 +281,14 @@ class Aggregation:
             return None
         return [e for i, a in enumerate(self._aggs) for e in a.kind.pair(self._prefix(i))]  # type: ignore[misc]
 
+    def count_column(self) -> str | None:
+        """The partial column that holds each group's number of records (a ``pl.len()``
+        aggregate's), or ``None`` when the aggregation keeps no such count."""
+        for i, a in enumerate(self._aggs):
+            if a.kind is _LEN:
+                return f"{self._prefix(i)}_v"
+        return None
+
     def final_exprs(self) -> list[pl.Expr]:
         return [
             a.kind.final(self._prefix(i)).cast(self.output_schema[a.name]).alias(a.name)

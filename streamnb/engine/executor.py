@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -56,6 +57,23 @@ class Step:
     waiting: int  # inputs not yet finished
     index: int = 0  # its place in Pipeline.steps
     depth: int = 0  # steps between it and the root
+    # what went through it (query.explain()): counted per batch, never per record
+    records_in: int = 0
+    records_out: int = 0
+    late: int = 0
+    errors: int = 0
+
+    def ran(
+        self, ctx: Context, records: int, run: Callable[..., Delta | None], *args: Any
+    ) -> Delta | None:
+        """``run(*args)``, its operator's work on ``records`` rows, counting what it did."""
+        late, errors = ctx.late.count, ctx.errors.count
+        out = run(*args)
+        self.records_in += records
+        self.records_out += out.rows.height if out is not None else 0
+        self.late += ctx.late.count - late
+        self.errors += ctx.errors.count - errors
+        return out
 
 
 class Pipeline:
@@ -66,10 +84,16 @@ class Pipeline:
     :meth:`push_merged` (every input's part of the batch at once; operators that take
     several inputs interleave them by the ``ORDER`` column) when every such operator can,
     else one run of one input at a time (:meth:`push`), which is exact for any operator.
+
+    ``lock`` is held while a batch goes through (:meth:`push`, :meth:`push_merged`,
+    :meth:`deliver`, :meth:`finish`): whoever holds it sees the operators' state between
+    batches (``query.state()``), never half-way through one.
     """
 
     def __init__(self, root: Node, ctx: Context, sink: Callable[[Delta], None]) -> None:
         self.sink = sink
+        self.ctx = ctx
+        self.lock = threading.RLock()
         self.steps: list[Step] = []
         self.sources: list[Step] = []
         stack: list[tuple[Node, Step | None, int]] = [(root, None, 0)]
@@ -144,29 +168,37 @@ class Pipeline:
         return False
 
     def push(self, source: Step, rows: pl.DataFrame) -> None:
-        self._deliver(source.parent, Delta(rows), source.side)
+        with self.lock:
+            source.records_in += rows.height
+            source.records_out += rows.height
+            self._deliver(source.parent, Delta(rows), source.side)
 
     def push_merged(self, parts: list[tuple[Step, pl.DataFrame]]) -> None:
         """One merged batch: each source's part, its records numbered in merged order."""
-        inbox: dict[int, tuple[Step, list[tuple[int, Delta]]]] = {}
-        for source, rows in parts:
-            self._deliver(source.parent, Delta(rows), source.side, inbox)
-        while inbox:
-            # an operator with several inputs runs once all of its inputs below have run
-            at = max(inbox, key=lambda i: self.steps[i].depth)
-            step, received = inbox.pop(at)
-            delta = _combine(step, received)
-            if delta:
-                self._deliver(step.parent, delta, step.side, inbox)
+        with self.lock:
+            inbox: dict[int, tuple[Step, list[tuple[int, Delta]]]] = {}
+            for source, rows in parts:
+                source.records_in += rows.height
+                source.records_out += rows.height
+                self._deliver(source.parent, Delta(rows), source.side, inbox)
+            while inbox:
+                # an operator with several inputs runs once all of its inputs below have run
+                at = max(inbox, key=lambda i: self.steps[i].depth)
+                step, received = inbox.pop(at)
+                records = sum(d.rows.height for _, d in received)
+                delta = step.ran(self.ctx, records, _combine, step, received)
+                if delta:
+                    self._deliver(step.parent, delta, step.side, inbox)
 
     def deliver(self, released: list[tuple[Step, pl.DataFrame]]) -> None:
         """What an event-time merge released: at once when every operator can take a merged
         batch, else run by run of one input."""
-        if self.merged:
-            self.push_merged(released)
-        else:
-            for source, rows in runs(released):
-                self.push(source, rows)
+        with self.lock:
+            if self.merged:
+                self.push_merged(released)
+            else:
+                for source, rows in runs(released):
+                    self.push(source, rows)
 
     def merge(self, max_idle_ms: int) -> Merge | None:
         """The event-time merge of this pipeline's inputs (``None`` for one input): ranks put
@@ -197,16 +229,17 @@ class Pipeline:
 
     def finish(self, source: Step) -> None:
         """``source`` ended: flush every operator whose inputs have all ended."""
-        step = source.parent
-        while step is not None:
-            step.waiting -= 1
-            if step.waiting > 0:
-                return
-            if step.op is not None:
-                out = step.op.finish()
-                if out:
-                    self._deliver(step.parent, out, step.side)
-            step = step.parent
+        with self.lock:
+            step = source.parent
+            while step is not None:
+                step.waiting -= 1
+                if step.waiting > 0:
+                    return
+                if step.op is not None:
+                    out = step.ran(self.ctx, 0, step.op.finish)
+                    if out:
+                        self._deliver(step.parent, out, step.side)
+                step = step.parent
 
     def _deliver(
         self,
@@ -220,7 +253,9 @@ class Pipeline:
                 inbox.setdefault(step.index, (step, []))[1].append((side, delta))
                 return
             if step.op is not None:
-                delta = step.op.process_input(side, delta)
+                done = step.ran(self.ctx, delta.rows.height, step.op.process_input, side, delta)
+                assert done is not None
+                delta = done
                 if not delta:
                     return
             side = step.side

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from streamnb.columns import visible
+from streamnb.engine import introspect, lookup
 from streamnb.engine.core import NEG_INF, Context, Delta
 from streamnb.engine.executor import DEFAULT_LATENCY_MS, DEFAULT_MAX_BATCH, Pipeline, Runner
 from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS
@@ -277,6 +278,51 @@ class Query:
     def errors(self) -> pl.DataFrame:
         """The most recent records that could not be processed, with the reason."""
         return self._exec.ctx.errors.frame()
+
+    # -- introspection (a consistent view between batches: see engine.introspect) ----------
+    def state(self, key: Any = None) -> pl.DataFrame:
+        """The live keyed state of the query's stateful operator: the current aggregates per
+        key (``group_by().agg()``), or the open windows' partial results (``window_start``,
+        ``window_end``, the keys, the aggregates as they would be if the window closed now).
+
+        ``key=`` keeps one key: a value (one key column), a tuple (every key column, in
+        order) or a dict (some key columns by name). The state is read between two batches,
+        never half-way through one; a full key is a hash lookup, whatever the state's size.
+        Raises :class:`ConfigError` for a query without keyed state or an unknown key
+        column.
+        """
+        return lookup.state_frame([self._exec.pipeline], self.name, key)
+
+    def windows(self, key: Any = None) -> pl.DataFrame:
+        """The open windows, the next to close first: ``window_start``, ``window_end``,
+        ``closes_at`` (``window_end`` + grace: the watermark that closes it), ``rows`` (the
+        records aggregated so far, counted by a ``pl.len()`` aggregate; null when the
+        aggregation has none) and the keys. ``key=`` as in :meth:`state`."""
+        return lookup.windows_frame([self._exec.pipeline], self.name, key)
+
+    def watermarks(self) -> pl.DataFrame:
+        """Every input partition: ``source`` (the topic, or the source's name), ``partition``
+        (Kafka; null for a source read as one part), ``watermark`` (its latest event time
+        minus the delay, as the query's event-time operator sees it; null before its first
+        record), ``idle`` (it no longer holds the watermark) and ``lag`` (records not read
+        yet, when the source can tell)."""
+        return introspect.watermarks_frame(self._exec.runner)
+
+    def lifecycle(self) -> dict[str, Any]:
+        """The next window to close and what holds it back, as data (see
+        :func:`streamnb.engine.introspect.lifecycle`); cheap enough to poll ten times a
+        second."""
+        return introspect.lifecycle(self._exec.runner, self.name, self._state)
+
+    def explain(self) -> introspect.Explanation:
+        """The running plan with records in / out, late and errors per operator, and, for a
+        window that has not fired, why (in words)."""
+        idle_ms = {  # Kafka sources: how long a quiet partition holds the watermark
+            topic: getattr(source, "idle_ms", 0)
+            for source in self.plan.sources()
+            for topic in getattr(source, "topics", ())
+        }
+        return introspect.explain(self._exec.runner, self.name, self._state, idle_ms)
 
     @property
     def widget(self) -> Any:

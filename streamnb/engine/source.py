@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import polars as pl
 
@@ -74,6 +74,17 @@ class Source(ABC):
         """
 
 
+class PartView(NamedTuple):
+    """One partition a reader reads, as ``query.watermarks()`` shows it."""
+
+    topic: str
+    partition: int
+    pid: int
+    """Its hidden partition id (the ``PARTITION`` column of its records)."""
+    lag: int | None
+    """Records not read yet, as last measured (``None``: not known)."""
+
+
 class Reader(ABC):
     """One pass over a source."""
 
@@ -87,6 +98,12 @@ class Reader(ABC):
 
     def lag(self) -> int | None:
         """Records available but not yet read, when the source can tell."""
+        return None
+
+    def parts(self) -> list[PartView] | None:
+        """The partitions it reads, each with its own watermark (Kafka); ``None`` for a
+        source read as one part. Called from other threads: reads only what it replaces
+        whole."""
         return None
 
     def has_unread(self) -> bool:

@@ -185,7 +185,7 @@ class WindowOperator(WindowOperatorBase):
     def _rows(start: int, store: KeyedState) -> pl.DataFrame | None:
         """A window's partials from its keyed state, with its start (None: none)."""
         frame = store.frame()
-        return None if frame is None else _started(frame, start)
+        return None if frame is None else started(frame, start)
 
     def process(self, delta: Delta) -> Delta:
         stamped = self._stamp(delta.rows)
@@ -247,7 +247,7 @@ class WindowOperator(WindowOperatorBase):
             else:
                 rows, _ = fold(store, part, self.by, self.agg)
             if self.emit == "update":
-                changed.append(_started(rows, start))
+                changed.append(started(rows, start))
         return pl.concat(changed, how="vertical_relaxed") if changed else None
 
     def _open_windows(self) -> pl.Expr:
@@ -335,6 +335,6 @@ class WindowOperator(WindowOperatorBase):
             store.settle()
 
 
-def _started(frame: pl.DataFrame, start: int) -> pl.DataFrame:
+def started(frame: pl.DataFrame, start: int) -> pl.DataFrame:
     """A window's partials (by key) with its start as the first column, as in the frames."""
     return frame.select(pl.lit(start, dtype=pl.Int64).alias(WINDOW_START), pl.all())

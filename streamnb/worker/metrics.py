@@ -1,12 +1,27 @@
-"""Prometheus metrics of a running query, over HTTP on 127.0.0.1 only."""
+"""Prometheus metrics of a running query, and lookups of its live state, over HTTP on
+127.0.0.1 only.
+
+* ``GET /metrics``: the Prometheus text exposition of its status;
+* ``GET /state/<query>``: its keyed state as JSON (``query.state()``), read between batches;
+  ``?key=<k>`` keeps one key (repeat ``key=`` for several key columns, in order, or name them:
+  ``?channel=3&bidder=7``). Values are read as JSON when they parse (``3`` is a number,
+  ``"3"`` a string), else as text, then converted to the key column's type. Answers
+  ``{"query", "key", "rows": [{column: value}, ...]}``, datetimes as ISO 8601 strings; 404
+  for another query's name and 400 for a key that does not fit, each with ``{"error"}``.
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from streamnb.exceptions import ConfigError
 
 
 def render(status: Mapping[str, Any]) -> str:
@@ -113,20 +128,75 @@ def render(status: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _key_value(text: str) -> Any:
+    """A key value from a query string: JSON when it parses, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_key(query_string: str) -> Any:
+    """``key=`` of ``query.state()`` from ``/state/<query>?...`` (``None``: every key)."""
+    pairs = parse_qsl(query_string, keep_blank_values=True)
+    values = [_key_value(v) for k, v in pairs if k == "key"]
+    named = {k: _key_value(v) for k, v in pairs if k != "key"}
+    if values and named:
+        raise ConfigError("give key=... or the key columns by name (?col=value), not both")
+    if named:
+        return named
+    if len(values) > 1:
+        return tuple(values)
+    return values[0] if values else None
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def state_answer(query: Any, name: str, query_string: str) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and JSON body of ``GET /state/<name>?<query_string>``."""
+    if name != query.name:
+        return 404, {"error": f"no query named {name!r}; this worker runs {query.name!r}"}
+    try:
+        key = parse_key(query_string)
+        rows = query.state(key=key).to_dicts()
+    except ConfigError as exc:
+        return 400, {"error": str(exc)}
+    return 200, {"query": name, "key": key, "rows": rows}
+
+
 class MetricsServer:
-    """Serves ``/metrics`` for ``query`` on 127.0.0.1:``port`` (0 picks a free port)."""
+    """Serves ``/metrics`` and ``/state/<query>`` for ``query`` on 127.0.0.1:``port`` (0
+    picks a free port)."""
 
     def __init__(self, query: Any, port: int) -> None:
         status = query.status
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?")[0] != "/metrics":
+                url = urlsplit(self.path)
+                if url.path.startswith("/state/"):
+                    code, answer = state_answer(query, unquote(url.path[7:]), url.query)
+                    self._send(code, "application/json", json.dumps(answer, default=_json_value))
+                    return
+                if url.path != "/metrics":
                     self.send_error(404)
                     return
-                body = render(status()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self._send(200, "text/plain; version=0.0.4", render(status()))
+
+            def _send(self, code: int, content_type: str, text: str) -> None:
+                body = text.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

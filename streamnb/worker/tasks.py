@@ -44,12 +44,13 @@ from typing import Any, cast
 import polars as pl
 
 from streamnb.columns import PARTITION, visible
-from streamnb.engine import heap
+from streamnb.engine import heap, lookup
 from streamnb.engine.core import NEG_INF, Context, Delta
 from streamnb.engine.executor import (
     DEFAULT_LATENCY_MS,
     DEFAULT_MAX_BATCH,
     BatchBudget,
+    Pipeline,
     RateMeter,
     Step,
 )
@@ -216,6 +217,25 @@ class TaskWorker:
 
     def result(self) -> pl.DataFrame:
         return self.table.frame()
+
+    def state(self, key: Any = None) -> pl.DataFrame:
+        """``Query.state()`` over the tasks: each task's stateful operator read between its
+        own batches (a key lives in one task: its partition's, or its repartition
+        partition's)."""
+        return lookup.state_frame(self._pipelines(), self.name, key)
+
+    def windows(self, key: Any = None) -> pl.DataFrame:
+        """``Query.windows()`` over the tasks."""
+        return lookup.windows_frame(self._pipelines(), self.name, key)
+
+    def _pipelines(self) -> list[Pipeline]:
+        """The running tasks' pipelines (the dict changes only in a rebalance: read again)."""
+        for _ in range(100):
+            try:
+                return [task.pipeline for task in list(self.tasks.running.values())]
+            except RuntimeError:  # changed size while it was read
+                continue
+        return []
 
     def status(self) -> WorkerStatus:
         lag, checkpoints = self.partition_lag, self.checkpoints

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from streamnb.engine.core import Context, error_from_python
-from streamnb.engine.source import PartOwner, Reader
+from streamnb.engine.source import PartOwner, PartView, Reader
 from streamnb.exceptions import ConfigError, SourceError
 from streamnb.io.kafka.client import client_config, consume_available, kafka_reason
 from streamnb.io.sources.kafka.commits import GroupCommits
@@ -485,6 +485,15 @@ class KafkaReader(Reader):
 
     def lag(self) -> int | None:
         return self._lag  # computed on the reader's thread: a consumer is not thread-safe
+
+    def parts(self) -> list[PartView]:
+        """Every partition assigned to it, with its lag as last measured."""
+        assigned, lags = frozenset(self.ctx.partitions.assigned), self.lags
+        return [
+            PartView(topic, partition, pid, lags.get((topic, partition)))
+            for pid, (topic, partition) in sorted(self._parts.items())
+            if pid in assigned
+        ]
 
     def has_unread_at(self, topic: str, partition: int) -> bool:
         """:meth:`has_unread` for one partition (as last measured)."""
