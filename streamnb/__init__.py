@@ -30,6 +30,7 @@ from streamnb.api import (
 from streamnb.definitions.windows import Hopping, Session, Tumbling
 from streamnb.engine.query import Query, queries
 from streamnb.exceptions import ConfigError, DecodeError, QueryFailed, SourceError, StreamnbError
+from streamnb.sql import sql
 from streamnb.stream import GroupedStream, Stream, WindowedStream
 from streamnb.stream import register_frontend as _register_frontend
 
@@ -54,6 +55,7 @@ __all__ = [
     "load_ipython_extension",
     "nexmark",
     "queries",
+    "sql",
     "table_from_kafka",
     "table_from_records",
     "unload_ipython_extension",

@@ -1,0 +1,69 @@
+"""Streaming SQL: ``sn.sql(text, **streams)`` translates Flink's streaming SQL to the fluent query.
+
+::
+
+    sn.sql(
+        '''SELECT auction, COUNT(*) AS bids, window_start, window_end
+           FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '10' SECOND))
+           GROUP BY auction, window_start, window_end''',
+        bid=sn.nexmark(events=100_000),
+    )
+
+The result is the :class:`~streamnb.Stream` the fluent API builds (``.explain()`` shows its
+code), so it runs everywhere a fluent query does. What is translated, and how:
+
+* ``SELECT a, b * 2 AS c FROM t WHERE p`` → ``t.filter(p).select("a", (pl.col("b") * 2)
+  .alias("c"))``;
+* ``GROUP BY k`` with aggregates → ``.group_by("k").agg(...)`` (a running aggregate: a table);
+* ``TABLE(TUMBLE(TABLE t, DESCRIPTOR(c), size))``, ``HOP(..., slide, size)``,
+  ``SESSION(TABLE t PARTITION BY k, ..., gap)`` with ``GROUP BY window_start, window_end, k``
+  → ``.window(sn.Tumbling(size) | sn.Hopping(size, slide) | sn.Session(gap), by="k")
+  .agg(...)``; without GROUP BY, a TUMBLE adds each record's ``window_start``/``window_end``;
+* ``COUNT(*)`` ``COUNT(x)`` ``COUNT(DISTINCT x)`` ``SUM`` ``MIN`` ``MAX`` ``AVG``
+  ``FIRST_VALUE`` ``LAST_VALUE`` → ``pl.len()`` ``.count()`` ``.n_unique()`` ``.sum()``
+  ``.min()`` ``.max()`` ``.mean()`` ``.first()`` ``.last()``;
+* ``s JOIN table ON s.k = table.k`` (or ``LEFT JOIN``) → ``s.join(table, on="k")``;
+* ``s JOIN s2 ON ... AND s.t BETWEEN s2.t - i AND s2.t + i`` → ``s.join(s2, on=...,
+  within=i)`` (an interval join; the condition may be in WHERE);
+* two window results ``ON window_start, window_end`` and their keys → a window join;
+* subqueries ``(SELECT ...) AS t`` in FROM and JOIN, and ``WITH t AS (...)``.
+
+Differences from Flink: ``/`` is true division; ``COUNT(DISTINCT x)`` counts a null as a
+value (polars' ``n_unique``); a windowing table function's time column becomes the event
+time (``with_watermark(column)``, delay 0) unless it already is; an interval join of a window
+result gets ``grace=`` its window size (its rows come out when their window closes).
+Anything else (ORDER BY, LIMIT, OVER, UNION, outer joins other than LEFT to a table,
+CUMULATE, unknown functions, ...) raises :class:`~streamnb.ConfigError` naming the construct
+and its line and column.
+"""
+
+from __future__ import annotations
+
+from streamnb.sql.dialect import parse
+from streamnb.sql.translate import Translator
+from streamnb.stream import Stream
+
+__all__ = ["sql"]
+
+
+def sql(text: str, /, **streams: Stream) -> Stream:
+    """The streaming query of SQL ``text``; its table names are the keyword arguments.
+
+    Parameters
+    ----------
+    text
+        One ``SELECT`` query in Flink's streaming SQL.
+    **streams
+        The tables it reads, by name: ``sn.sql("SELECT * FROM bid", bid=stream)``. A stream
+        with keys (a running aggregate, ``sn.table_from_*``) is a table to join.
+
+    Returns
+    -------
+    Stream
+        The fluent query it translates to; ``.explain()`` shows its code.
+    """
+    if not isinstance(text, str):
+        from streamnb.exceptions import ConfigError
+
+        raise ConfigError(f"sn.sql() takes the SQL text, got {type(text).__name__}")
+    return Translator(text, streams).statement(parse(text)).finish()

@@ -1,0 +1,222 @@
+"""``JOIN ... ON`` → ``stream.join(...)``: stream–table, interval and window joins.
+
+The ON clause (and, for an inner join, the WHERE clause) is split into its conjuncts:
+
+* ``a.x = b.y`` between the two sides: a join key. ``join(on=...)`` needs one name on both
+  sides, so one side's column is renamed to the other's (the right one's, when it is free);
+* ``a.t BETWEEN b.t - INTERVAL 'n' u AND b.t + INTERVAL 'n' u``: an interval join,
+  ``within=`` that interval (both bounds must be equal: streamnb's interval is symmetric);
+* anything else: a filter after an inner join (refused in a LEFT JOIN's ON).
+
+Which join it is follows from the inputs, as in the fluent API: a table on the right is a
+stream–table join (LEFT allowed), an interval condition an interval join, and two window
+results joined on ``window_start``, ``window_end`` and their keys a window join.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from streamnb.definitions.code import duration_text
+from streamnb.exceptions import ConfigError
+from streamnb.sql.expressions import interval_ms
+from streamnb.sql.relations import Relation
+from streamnb.sql.translate import Translator, conjuncts
+
+__all__ = ["join"]
+
+_BOUNDS = ("window_start", "window_end")
+
+
+class _Conditions:
+    """The ON / WHERE conjuncts of one join, sorted by what they do."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[str, str]] = []  # (left column, right column), physical
+        self.interval: tuple[str, str, int, exp.Expr] | None = None  # left t, right t
+        self.rest: list[exp.Expr] = []
+
+
+def join(
+    tr: Translator, left: Relation, node: exp.Join, where: list[exp.Expr]
+) -> tuple[Relation, list[exp.Expr]]:
+    """``left JOIN node`` and the WHERE conjuncts it leaves for after the join."""
+    side, kind = (node.side or "").upper(), (node.kind or "").upper()
+    if node.args.get("using"):
+        raise tr.fail(node, "JOIN ... USING", "write ON a.k = b.k", keyword="USING")
+    if kind in ("CROSS", "SEMI", "ANTI") or node.args.get("on") is None:
+        raise tr.fail(node.this, f"{kind or 'a'} JOIN without ON" if kind != "CROSS"
+                      else "CROSS JOIN", "join ON key equality", keyword="JOIN")  # fmt: skip
+    if side in ("RIGHT", "FULL"):
+        raise tr.fail(node.this, f"{side} OUTER JOIN",
+                      "streamnb joins inner, or LEFT to a table", keyword=side)  # fmt: skip
+    how = "left" if side == "LEFT" else "inner"
+    right = tr.per_record_window(tr.from_item(node.this))
+    if set(left.tables) & set(right.tables):
+        raise tr.fail(node.this, f"table name {sorted(set(left.tables) & set(right.tables))[0]!r}"
+                      " used twice", "give one of them an alias")  # fmt: skip
+    conditions = _Conditions()
+    for condition in conjuncts(node.args["on"]):
+        _classify(tr, left, right, condition, conditions, keep=True)
+    remaining = []
+    for condition in where:
+        if how == "left" or not _classify(tr, left, right, condition, conditions, keep=False):
+            remaining.append(condition)
+    if how == "left" and conditions.rest:
+        raise tr.fail(conditions.rest[0], "a LEFT JOIN condition other than key equality",
+                      "filter the table before joining")  # fmt: skip
+    joined = _join(tr, left, right, node, how=how, found=conditions)
+    if conditions.rest:
+        joined = tr.filtered(joined, conditions.rest)
+    return joined, remaining
+
+
+def _owner(left: Relation, right: Relation, column: exp.Column) -> str | None:
+    """``"left"`` or ``"right"``: the side whose tables have ``column``; None if both or none."""
+    name, qualifier = column.name, column.table
+    sides = [
+        side
+        for side, relation in (("left", left), ("right", right))
+        if any((not qualifier or a == qualifier) and name in c for a, c in relation.tables.items())
+    ]
+    return sides[0] if len(sides) == 1 else None
+
+
+def _classify(
+    tr: Translator,
+    left: Relation,
+    right: Relation,
+    condition: exp.Expr,
+    found: _Conditions,
+    *,
+    keep: bool,
+) -> bool:
+    """Sort ``condition`` into ``found``; False (and not kept) for a plain filter unless
+    ``keep``."""
+    if isinstance(condition, exp.EQ) and all(
+        isinstance(c, exp.Column) for c in (condition.this, condition.expression)
+    ):
+        a, b = condition.this, condition.expression
+        owners = (_owner(left, right, a), _owner(left, right, b))
+        if owners in (("left", "right"), ("right", "left")):
+            lcol, rcol = (a, b) if owners[0] == "left" else (b, a)
+            found.keys.append((left.lookup(tr.text, lcol), right.lookup(tr.text, rcol)))
+            return True
+    if isinstance(condition, exp.Between) and isinstance(condition.this, exp.Column):
+        interval = _interval(tr, left, right, condition)
+        if interval is not None:
+            if found.interval is not None:
+                raise tr.fail(condition, "a second interval condition in one join")
+            found.interval = interval
+            return True
+    if keep:
+        found.rest.append(condition)
+    return False
+
+
+def _interval(
+    tr: Translator, left: Relation, right: Relation, condition: exp.Between
+) -> tuple[str, str, int, exp.Expr] | None:
+    """``x.t BETWEEN y.t - INTERVAL a AND y.t + INTERVAL a`` across the two sides."""
+    this = condition.this
+    low, high = condition.args["low"], condition.args["high"]
+
+    def shifted(bound: exp.Expr, op: type[exp.Expr]) -> tuple[exp.Column, int] | None:
+        if isinstance(bound, exp.Column):
+            return bound, 0
+        if isinstance(bound, op) and isinstance(bound.this, exp.Column):
+            return bound.this, interval_ms(tr.text, bound.expression)
+        return None
+
+    lo, hi = shifted(low, exp.Sub), shifted(high, exp.Add)
+    if lo is None or hi is None or lo[0].sql() != hi[0].sql():
+        return None
+    owners = (_owner(left, right, this), _owner(left, right, lo[0]))
+    if owners not in (("left", "right"), ("right", "left")):
+        return None
+    if lo[1] != hi[1]:
+        raise tr.fail(condition, "an asymmetric interval join condition",
+                      "streamnb's interval joins are symmetric: write BETWEEN b.t - INTERVAL x "
+                      "AND b.t + INTERVAL x with the same x")  # fmt: skip
+    lcol, rcol = (this, lo[0]) if owners[0] == "left" else (lo[0], this)
+    return left.lookup(tr.text, lcol), right.lookup(tr.text, rcol), lo[1], condition
+
+
+def _join(
+    tr: Translator,
+    left: Relation,
+    right: Relation,
+    node: exp.Join,
+    *,
+    how: str,
+    found: _Conditions,
+) -> Relation:
+    lstream, rstream = left.stream, right.stream
+    if lstream.value.keys is not None:
+        raise tr.fail(node, "a table on the left of a JOIN",
+                      "put the stream on the left: stream JOIN table", keyword="JOIN")  # fmt: skip
+    table = rstream.value.keys is not None
+    windowed = lstream.value.plan.windowed is not None and rstream.value.plan.windowed is not None
+    pairs = list(found.keys)
+    if found.interval is None and not table and windowed:
+        for bound in _BOUNDS:
+            if (bound, bound) not in pairs:
+                raise tr.fail(node.this, f"a window join without {bound} equality",
+                              "join two window results ON window_start, window_end and "
+                              "their keys")  # fmt: skip
+            pairs.remove((bound, bound))
+    elif found.interval is None and not table:
+        raise tr.fail(node.this, "a JOIN of two streams without an interval condition",
+                      "add a.t BETWEEN b.t - INTERVAL ... AND b.t + INTERVAL ..., join a "
+                      "table, or join two window results", keyword="JOIN")  # fmt: skip
+    if how == "left" and not table:
+        raise tr.fail(node.this, "LEFT JOIN of two streams", "LEFT JOIN a table",
+                      keyword="LEFT")  # fmt: skip
+    lcols, rcols = set(left.columns()), set(right.columns())
+    lrename: dict[str, str] = {}
+    rrename: dict[str, str] = {}
+    for lname, rname in pairs:
+        if lname == rname:
+            continue
+        if lname not in rcols:
+            rrename[rname] = lname
+        elif rname not in lcols:
+            lrename[lname] = rname
+        else:
+            raise ConfigError(
+                f"cannot join {lname!r} = {rname!r}: both names are taken on both sides; "
+                "rename one in a subquery"
+            )
+    if lrename:
+        lstream = lstream.call("rename", lrename)
+    if rrename:
+        rstream = rstream.call("rename", rrename)
+    on = [lrename.get(lname, lname) for lname, _ in pairs]
+    options: dict[str, object] = {"on": on[0] if len(on) == 1 else on}
+    if how == "left":
+        options["how"] = "left"
+    if found.interval is not None:
+        ltime, rtime, within_ms, condition = found.interval
+        ltime, rtime = lrename.get(ltime, ltime), rrename.get(rtime, rtime)
+        if lstream.value.event_time != ltime:
+            lstream = lstream.call("with_watermark", ltime)
+        if rstream.value.event_time != rtime:
+            rstream = rstream.call("with_watermark", rtime)
+        late = max(left.late_ms, right.late_ms)
+        if min(left.late_ms, right.late_ms) < 0:
+            raise tr.fail(condition, "an interval join of a SESSION window result")
+        options["within"] = duration_text(within_ms)
+        if late:
+            options["grace"] = duration_text(late)
+    joined = lstream.call("join", rstream, **options)
+    keys = set(on) | (set(_BOUNDS) if windowed and found.interval is None and not table else set())
+    left_after = {lrename.get(c, c) for c in lcols}
+    tables = {a: {n: lrename.get(p, p) for n, p in c.items()} for a, c in left.tables.items()}
+    for alias, columns in right.tables.items():
+        mapped = {}
+        for name, column in columns.items():
+            physical = rrename.get(column, column)
+            clash = physical in left_after and physical not in keys
+            mapped[name] = f"{physical}_right" if clash else physical
+        tables[alias] = mapped
+    return Relation(joined, tables, late_ms=left.late_ms)
