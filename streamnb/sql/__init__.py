@@ -39,11 +39,14 @@ and its line and column.
 
 from __future__ import annotations
 
+from sqlglot import exp
+
+from streamnb.exceptions import ConfigError
 from streamnb.sql.dialect import parse
 from streamnb.sql.translate import Translator
 from streamnb.stream import Stream
 
-__all__ = ["sql"]
+__all__ = ["sql", "tables"]
 
 
 def sql(text: str, /, **streams: Stream) -> Stream:
@@ -63,7 +66,18 @@ def sql(text: str, /, **streams: Stream) -> Stream:
         The fluent query it translates to; ``.explain()`` shows its code.
     """
     if not isinstance(text, str):
-        from streamnb.exceptions import ConfigError
-
         raise ConfigError(f"sn.sql() takes the SQL text, got {type(text).__name__}")
     return Translator(text, streams).statement(parse(text)).finish()
+
+
+def tables(text: str) -> list[str]:
+    """The table names SQL ``text`` reads (not its ``WITH`` names), in order of appearance:
+    what ``%%stream_sql`` looks up in the notebook."""
+    tree = parse(text)
+    views = {cte.alias for cte in tree.find_all(exp.CTE)}
+    names: list[str] = []
+    for table in tree.find_all(exp.Table):  # TUMBLE(TABLE t, ...) holds a Table too
+        name = table.name if isinstance(table.this, exp.Identifier) else None
+        if name is not None and name not in views and name not in names:
+            names.append(name)
+    return names
