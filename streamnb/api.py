@@ -102,7 +102,10 @@ def from_files(
     """JSON-lines, CSV or Parquet files (a path or a glob), replayed in file-name order."""
     from streamnb.io.sources.files import FilesSource
 
-    return _stream(FilesSource(path, format=format, timestamp=timestamp, batch_size=batch_size))
+    return _stream(
+        FilesSource(path, format=format, timestamp=timestamp, batch_size=batch_size),
+        code=_source_call("from_files", str(path), format=format, timestamp=timestamp),
+    )
 
 
 def from_kafka(
@@ -168,6 +171,7 @@ def from_kafka(
             connect_timeout=connect_timeout,
         ),
         max_idle,
+        code=_source_call("from_kafka", topic, format=format, timestamp=timestamp),
     )
 
 
@@ -202,7 +206,10 @@ def table_from_records(
         root = MapNode((root,), "deleted", lambda f: f.rename({deleted: DELETE}))
         if columns is not None:
             columns = pl.Schema({c: t for c, t in columns.items() if c != deleted})
-    return Stream(Plan(TableNode((root,), keys), columns, None, True, keys))
+    return Stream(
+        Plan(TableNode((root,), keys), columns, None, True, keys),
+        code=_source_call("table_from_records", ..., key=key),
+    )
 
 
 def table_from_kafka(
@@ -236,4 +243,7 @@ def table_from_kafka(
         key_column=key,
     )
     stream = _stream(source, max_idle)
-    return Stream(Plan(TableNode((stream.plan.root,), (key,)), stream.schema, None, False, (key,)))
+    return Stream(
+        Plan(TableNode((stream.plan.root,), (key,)), stream.schema, None, False, (key,)),
+        code=_source_call("table_from_kafka", topic, key=key),
+    )

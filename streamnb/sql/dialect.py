@@ -91,17 +91,16 @@ def position(text: str, node: exp.Expr, keyword: str | None = None) -> str:
     """Where ``node`` (or the ``keyword`` that introduces it) is in ``text``: "line L, column C".
 
     sqlglot keeps the offsets of identifiers, literals and some functions; a construct's place
-    is that of the first such token in it, or of the nearest ``keyword`` before that token.
+    is that of the first such token in it, or of its ``keyword``: the nearest one before that
+    token (``ORDER BY`` x), else the first after it (f(...) ``OVER`` ...).
     """
     starts = [
         n.meta["start"] for n in node.walk() if isinstance(n.meta, dict) and "start" in n.meta
     ]
     offset = min(starts) if starts else None
     if keyword is not None:
-        upto = len(text) if offset is None else offset
-        found = _last_keyword(text[:upto], keyword)
-        if found is not None:
-            offset = found
+        found = _keyword(text, keyword, offset)
+        offset = found if found is not None else offset
     if offset is None:
         return "an unknown place"
     line = text.count("\n", 0, offset) + 1
@@ -109,13 +108,18 @@ def position(text: str, node: exp.Expr, keyword: str | None = None) -> str:
     return f"line {line}, column {column}"
 
 
-def _last_keyword(text: str, keyword: str) -> int | None:
-    """The offset of the last ``keyword`` token (a word or words, any case) in ``text``."""
+def _keyword(text: str, keyword: str, near: int | None) -> int | None:
+    """The offset of the ``keyword`` token(s) nearest before ``near``, else first after it."""
     words = keyword.upper().split()
-    found = None
-    toks = FlinkStreaming().tokenize(text) if text.strip() else []
-    for i, token in enumerate(toks):
-        texts = [t.text.upper() for t in toks[i : i + len(words)]]
-        if texts == words:
-            found = token.start
-    return found
+    toks = FlinkStreaming().tokenize(text)
+    offsets = [  # "ORDER BY" may be one token or two
+        token.start
+        for i, token in enumerate(toks)
+        if token.text.upper().split() == words
+        or [t.text.upper() for t in toks[i : i + len(words)]] == words
+    ]
+    if near is None:
+        return offsets[0] if offsets else None
+    before = [o for o in offsets if o <= near]
+    after = [o for o in offsets if o > near]
+    return before[-1] if before else (after[0] if after else None)

@@ -76,16 +76,24 @@ def unsupported(
 def interval_ms(text: str, node: exp.Expr) -> int:
     """``INTERVAL '10' SECOND`` (also ``'10 SECOND'``, plural units) in milliseconds."""
     if not isinstance(node, exp.Interval):
-        raise unsupported(text, node, "a window size or gap that is not an INTERVAL",
-                          "write e.g. INTERVAL '10' SECOND")  # fmt: skip
+        raise unsupported(
+            text,
+            node,
+            "a window size or gap that is not an INTERVAL",
+            "write e.g. INTERVAL '10' SECOND",
+        )
     amount = node.this.name if node.this is not None else ""
     unit = node.unit.name if node.unit is not None else ""
     if not unit and " " in amount.strip():
         amount, unit = amount.split(None, 1)
     unit = unit.upper().removesuffix("S")
     if unit not in _UNIT_MS or not amount.strip().isdigit():
-        raise unsupported(text, node, f"INTERVAL {amount!r} {unit}",
-                          f"use a whole number of {', '.join(_UNIT_MS)}")  # fmt: skip
+        raise unsupported(
+            text,
+            node,
+            f"INTERVAL {amount!r} {unit}",
+            f"use a whole number of {', '.join(_UNIT_MS)}",
+        )
     return int(amount) * _UNIT_MS[unit]
 
 
@@ -135,20 +143,34 @@ def scalar(text: str, node: exp.Expr, resolve: Resolve, aggregate: Aggregate | N
     if isinstance(node, exp.Length):
         return go(node.this).attr("str").call("len_chars")
     if isinstance(node, exp.Window):
-        raise unsupported(text, node, "OVER (a window function)",
-                          "use the windowing table functions TUMBLE, HOP or SESSION with GROUP BY",
-                          keyword="OVER")  # fmt: skip
+        raise unsupported(
+            text,
+            node,
+            "OVER (a window function)",
+            "use the windowing table functions TUMBLE, HOP or SESSION with GROUP BY",
+            keyword="OVER",
+        )
     if isinstance(node, (exp.Subquery, exp.Select, exp.Exists)):
-        raise unsupported(text, node, "a subquery inside an expression",
-                          "subqueries are supported in FROM and JOIN")  # fmt: skip
+        raise unsupported(
+            text,
+            node,
+            "a subquery inside an expression",
+            "subqueries are supported in FROM and JOIN",
+        )
     if isinstance(node, exp.AggFunc):
         if aggregate is None:
-            raise unsupported(text, node, f"aggregate {_name(node)}(...) here",
-                              "aggregates belong in the SELECT list (or HAVING) of a query with "
-                              "GROUP BY")  # fmt: skip
+            raise unsupported(
+                text,
+                node,
+                f"aggregate {_name(node)}(...) here",
+                "aggregates belong in the SELECT list (or HAVING) of a query with GROUP BY",
+            )
         return aggregate(node)
+    if isinstance(node, (exp.Case, exp.Cast)):
+        name = "CASE" if isinstance(node, exp.Case) else "CAST"
+        raise unsupported(text, node, f"{name} expression", keyword=name)
     if isinstance(node, exp.Func):
-        raise unsupported(text, node, f"function {_name(node)}")
+        raise unsupported(text, node, f"function {_name(node)}", keyword=_name(node))
     raise unsupported(text, node, f"{type(node).__name__.upper()} expression")
 
 
@@ -171,9 +193,13 @@ def aggregate_expr(text: str, node: exp.AggFunc, resolve: Resolve) -> Py:
         if isinstance(node.this, exp.Distinct):
             raise unsupported(text, node, f"{_name(node)}(DISTINCT ...)")
         return argument(node.this).call(AGGREGATES[type(node)])
-    raise unsupported(text, node, f"aggregate function {_name(node)}",
-                      "supported: COUNT(*), COUNT(x), COUNT(DISTINCT x), SUM, MIN, MAX, AVG, "
-                      "FIRST_VALUE, LAST_VALUE")  # fmt: skip
+    raise unsupported(
+        text,
+        node,
+        f"aggregate function {_name(node)}",
+        "supported: COUNT(*), COUNT(x), COUNT(DISTINCT x), SUM, MIN, MAX, AVG, "
+        "FIRST_VALUE, LAST_VALUE",
+    )
 
 
 def _name(node: exp.Expr) -> str:

@@ -45,16 +45,27 @@ def join(
     if node.args.get("using"):
         raise tr.fail(node, "JOIN ... USING", "write ON a.k = b.k", keyword="USING")
     if kind in ("CROSS", "SEMI", "ANTI") or node.args.get("on") is None:
-        raise tr.fail(node.this, f"{kind or 'a'} JOIN without ON" if kind != "CROSS"
-                      else "CROSS JOIN", "join ON key equality", keyword="JOIN")  # fmt: skip
+        raise tr.fail(
+            node.this,
+            f"{kind or 'a'} JOIN without ON" if kind != "CROSS" else "CROSS JOIN",
+            "join ON key equality",
+            keyword="JOIN",
+        )
     if side in ("RIGHT", "FULL"):
-        raise tr.fail(node.this, f"{side} OUTER JOIN",
-                      "streamnb joins inner, or LEFT to a table", keyword=side)  # fmt: skip
+        raise tr.fail(
+            node.this,
+            f"{side} OUTER JOIN",
+            "streamnb joins inner, or LEFT to a table",
+            keyword=side,
+        )
     how = "left" if side == "LEFT" else "inner"
     right = tr.per_record_window(tr.from_item(node.this))
     if set(left.tables) & set(right.tables):
-        raise tr.fail(node.this, f"table name {sorted(set(left.tables) & set(right.tables))[0]!r}"
-                      " used twice", "give one of them an alias")  # fmt: skip
+        raise tr.fail(
+            node.this,
+            f"table name {sorted(set(left.tables) & set(right.tables))[0]!r} used twice",
+            "give one of them an alias",
+        )
     conditions = _Conditions()
     for condition in conjuncts(node.args["on"]):
         _classify(tr, left, right, condition, conditions, keep=True)
@@ -63,8 +74,11 @@ def join(
         if how == "left" or not _classify(tr, left, right, condition, conditions, keep=False):
             remaining.append(condition)
     if how == "left" and conditions.rest:
-        raise tr.fail(conditions.rest[0], "a LEFT JOIN condition other than key equality",
-                      "filter the table before joining")  # fmt: skip
+        raise tr.fail(
+            conditions.rest[0],
+            "a LEFT JOIN condition other than key equality",
+            "filter the table before joining",
+        )
     joined = _join(tr, left, right, node, how=how, found=conditions)
     if conditions.rest:
         joined = tr.filtered(joined, conditions.rest)
@@ -135,9 +149,12 @@ def _interval(
     if owners not in (("left", "right"), ("right", "left")):
         return None
     if lo[1] != hi[1]:
-        raise tr.fail(condition, "an asymmetric interval join condition",
-                      "streamnb's interval joins are symmetric: write BETWEEN b.t - INTERVAL x "
-                      "AND b.t + INTERVAL x with the same x")  # fmt: skip
+        raise tr.fail(
+            condition,
+            "an asymmetric interval join condition",
+            "streamnb's interval joins are symmetric: write BETWEEN b.t - INTERVAL x "
+            "AND b.t + INTERVAL x with the same x",
+        )
     lcol, rcol = (this, lo[0]) if owners[0] == "left" else (lo[0], this)
     return left.lookup(tr.text, lcol), right.lookup(tr.text, rcol), lo[1], condition
 
@@ -153,25 +170,34 @@ def _join(
 ) -> Relation:
     lstream, rstream = left.stream, right.stream
     if lstream.value.keys is not None:
-        raise tr.fail(node, "a table on the left of a JOIN",
-                      "put the stream on the left: stream JOIN table", keyword="JOIN")  # fmt: skip
+        raise tr.fail(
+            node,
+            "a table on the left of a JOIN",
+            "put the stream on the left: stream JOIN table",
+            keyword="JOIN",
+        )
     table = rstream.value.keys is not None
     windowed = lstream.value.plan.windowed is not None and rstream.value.plan.windowed is not None
     pairs = list(found.keys)
     if found.interval is None and not table and windowed:
         for bound in _BOUNDS:
             if (bound, bound) not in pairs:
-                raise tr.fail(node.this, f"a window join without {bound} equality",
-                              "join two window results ON window_start, window_end and "
-                              "their keys")  # fmt: skip
+                raise tr.fail(
+                    node.this,
+                    f"a window join without {bound} equality",
+                    "join two window results ON window_start, window_end and their keys",
+                )
             pairs.remove((bound, bound))
     elif found.interval is None and not table:
-        raise tr.fail(node.this, "a JOIN of two streams without an interval condition",
-                      "add a.t BETWEEN b.t - INTERVAL ... AND b.t + INTERVAL ..., join a "
-                      "table, or join two window results", keyword="JOIN")  # fmt: skip
+        raise tr.fail(
+            node.this,
+            "a JOIN of two streams without an interval condition",
+            "add a.t BETWEEN b.t - INTERVAL ... AND b.t + INTERVAL ..., join a "
+            "table, or join two window results",
+            keyword="JOIN",
+        )
     if how == "left" and not table:
-        raise tr.fail(node.this, "LEFT JOIN of two streams", "LEFT JOIN a table",
-                      keyword="LEFT")  # fmt: skip
+        raise tr.fail(node.this, "LEFT JOIN of two streams", "LEFT JOIN a table", keyword="LEFT")
     lcols, rcols = set(left.columns()), set(right.columns())
     lrename: dict[str, str] = {}
     rrename: dict[str, str] = {}

@@ -66,8 +66,10 @@ class Translator:
             keyword = {"UNION": "UNION", "INTERSECT": "INTERSECT", "EXCEPT": "EXCEPT"}.get(name)
             hint = "merge streams with stream.union(...) in Python" if name == "UNION" else ""
             raise self.fail(node.expression, name, hint, keyword=keyword)
-        raise self.fail(node, f"a {type(node).__name__.upper()} statement",
-                        "sn.sql() takes one SELECT query")  # fmt: skip
+        statement = type(node).__name__.upper()
+        raise self.fail(
+            node, f"statement {statement}", "sn.sql() takes one SELECT query", keyword=statement
+        )
 
     def query(self, select: exp.Select) -> Result:
         for arg, construct, keyword, hint in _REFUSED:
@@ -151,8 +153,11 @@ class Translator:
             or str(args[1].this).upper() != "DESCRIPTOR"
         ):
             usage = {"TUMBLE": "size", "HOP": "slide, size", "SESSION": "gap"}[kind]
-            raise self.fail(inner, f"{kind} with these arguments",
-                            f"write {kind}(TABLE t, DESCRIPTOR(time_column), {usage})")  # fmt: skip
+            raise self.fail(
+                inner,
+                f"{kind} with these arguments",
+                f"write {kind}(TABLE t, DESCRIPTOR(time_column), {usage})",
+            )
         table = args[0].this
         relation = self.table(table, table.name, node.alias or table.name)
         ((alias, columns),) = relation.tables.items()
@@ -186,9 +191,12 @@ class Translator:
         if window is None:
             return relation
         if window.kind != "TUMBLE":
-            raise self.fail(window.node, f"{window.kind} without GROUP BY window_start, window_end",
-                            "a record is in several hopping windows (or a session not yet "
-                            "known); aggregate them with GROUP BY")  # fmt: skip
+            raise self.fail(
+                window.node,
+                f"{window.kind} without GROUP BY window_start, window_end",
+                "a record is in several hopping windows (or a session not yet "
+                "known); aggregate them with GROUP BY",
+            )
         time = relation.stream.value.event_time
         start = PL.call("col", time).attr("dt").call("truncate", duration_text(window.size_ms))
         end = start.op("+", PL.call("duration", milliseconds=window.size_ms))
@@ -226,15 +234,24 @@ class Translator:
             elif name not in keys:
                 keys.append(name)
         if window is not None and bounds != set(_WINDOW_BOUNDS):
-            raise self.fail(group or select, f"{window.kind} without GROUP BY window_start, "
-                            "window_end", "group a windowing table function by both bounds",
-                            keyword="GROUP BY")  # fmt: skip
+            raise self.fail(
+                group or select,
+                f"{window.kind} without GROUP BY window_start, window_end",
+                "group a windowing table function by both bounds",
+                keyword="GROUP BY",
+            )
         if not keys and window is None:
-            raise self.fail(select, "an aggregate without GROUP BY (one global running row)",
-                            "group by a key column")  # fmt: skip
+            raise self.fail(
+                select,
+                "an aggregate without GROUP BY (one global running row)",
+                "group by a key column",
+            )
         if window is not None and window.partition and set(window.partition) != set(keys):
-            raise self.fail(window.node, "SESSION PARTITION BY other columns than GROUP BY",
-                            f"partition by the GROUP BY keys {keys}")  # fmt: skip
+            raise self.fail(
+                window.node,
+                "SESSION PARTITION BY other columns than GROUP BY",
+                f"partition by the GROUP BY keys {keys}",
+            )
         base = self.filtered(relation.with_stream(relation.stream, window=None), where)
         aggregates: list[Py] = []
         names: set[str] = set(keys) | (set(_WINDOW_BOUNDS) if window else set())
@@ -321,8 +338,11 @@ def _unique(
     seen: set[str] = set()
     for name, _ in items:
         if name in seen:
-            raise translator.fail(select, f"two output columns named {name!r}",
-                                  "give one of them another name with AS")  # fmt: skip
+            raise translator.fail(
+                select,
+                f"two output columns named {name!r}",
+                "give one of them another name with AS",
+            )
         seen.add(name)
     return items
 

@@ -153,8 +153,9 @@ def q5_reference(bid: pl.DataFrame) -> pl.DataFrame:
     size, every = 10_000, 2_000
     last = _T // every * every
     starts = (
-        bid.select("auction", _T.alias("t"), (last - pl.int_ranges(0, size // every) * every)
-                   .alias("ws"))  # fmt: skip
+        bid.select(
+            "auction", _T.alias("t"), (last - pl.int_ranges(0, size // every) * every).alias("ws")
+        )
         .explode("ws")
         .filter(pl.col("ws") + size > pl.col("t"))
     )
@@ -282,8 +283,12 @@ def q11_reference(bid: pl.DataFrame) -> pl.DataFrame:
     sessions = ordered.with_columns(new.cast(pl.Int64).cum_sum().alias("session"))
     return (
         sessions.group_by("session")
-        .agg(pl.col("bidder").first(), pl.col("t").min().alias("s"),
-             pl.col("t").max().alias("m"), pl.len().alias("bid_count"))  # fmt: skip
+        .agg(
+            pl.col("bidder").first(),
+            pl.col("t").min().alias("s"),
+            pl.col("t").max().alias("m"),
+            pl.len().alias("bid_count"),
+        )
         .select(
             "bidder",
             "bid_count",
