@@ -19,6 +19,7 @@ __all__ = [
     "AGGREGATES",
     "Resolve",
     "aggregate_expr",
+    "conjuncts",
     "interval_ms",
     "scalar",
     "unsupported",
@@ -206,3 +207,16 @@ def _name(node: exp.Expr) -> str:
     if isinstance(node, exp.Anonymous):
         return str(node.this).upper()
     return node.sql_name() if isinstance(node, exp.Func) else type(node).__name__.upper()
+
+
+def conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
+    """``a AND b AND c`` → ``[a, b, c]`` (a WHERE clause's or an ON clause's)."""
+    if node is None:
+        return []
+    if isinstance(node, exp.Where):
+        return conjuncts(node.this)
+    if isinstance(node, exp.Paren) and isinstance(node.this, exp.And):
+        return conjuncts(node.this)
+    if isinstance(node, exp.And):
+        return conjuncts(node.this) + conjuncts(node.expression)
+    return [node]

@@ -15,13 +15,17 @@ results joined on ``window_start``, ``window_end`` and their keys a window join.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlglot import exp
 
 from streamnb.definitions.code import duration_text
 from streamnb.exceptions import ConfigError
-from streamnb.sql.expressions import interval_ms
+from streamnb.sql.expressions import conjuncts, interval_ms
 from streamnb.sql.relations import Relation
-from streamnb.sql.translate import Translator, conjuncts
+
+if TYPE_CHECKING:  # the translator calls join(); join() calls back into it
+    from streamnb.sql.translate import Translator
 
 __all__ = ["join"]
 
@@ -228,9 +232,9 @@ def _join(
             lstream = lstream.call("with_watermark", ltime)
         if rstream.value.event_time != rtime:
             rstream = rstream.call("with_watermark", rtime)
-        late = max(left.late_ms, right.late_ms)
-        if min(left.late_ms, right.late_ms) < 0:
+        if left.late_ms is None or right.late_ms is None:
             raise tr.fail(condition, "an interval join of a SESSION window result")
+        late = max(left.late_ms, right.late_ms)
         options["within"] = duration_text(within_ms)
         if late:
             options["grace"] = duration_text(late)

@@ -9,7 +9,7 @@ a window result (a window join needs that) and ``explain()`` stays short.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import polars as pl
 from sqlglot import exp
@@ -40,9 +40,10 @@ class Relation:
     stream: Py
     tables: dict[str, dict[str, str]]
     window: WindowCall | None = None
-    late_ms: int = 0
+    late_ms: int | None = 0
     """How far behind the source watermark its rows' times may be (a window result's rows
-    come out when their window closes): an interval join on them needs that much grace."""
+    come out when their window closes): an interval join on them needs that much grace.
+    None: without bound (a session's rows)."""
 
     def columns(self) -> list[str]:
         schema = self.stream.value.schema
@@ -76,9 +77,6 @@ class Relation:
     def col(self, text: str, column: exp.Column) -> Py:
         return PL.call("col", self.lookup(text, column))
 
-    def with_stream(self, stream: Py, **changes: object) -> Relation:
-        return replace(self, stream=stream, **changes)  # type: ignore[arg-type]
-
 
 @dataclass
 class Result:
@@ -86,8 +84,7 @@ class Result:
 
     stream: Py
     select: list[tuple[str, Py]]
-    late_ms: int = 0
-    window_keys: tuple[str, ...] = field(default=())
+    late_ms: int | None = 0
 
     def is_projection(self) -> bool:
         """True when the SELECT list only picks (and renames) physical columns."""

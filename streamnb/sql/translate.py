@@ -9,6 +9,7 @@ query's consumer applies it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from sqlglot import exp
 
@@ -16,11 +17,18 @@ from streamnb.definitions.code import duration_text
 from streamnb.exceptions import ConfigError
 from streamnb.sql.code import PL, SN, Py
 from streamnb.sql.dialect import TableArgument, position
-from streamnb.sql.expressions import aggregate_expr, interval_ms, scalar, unsupported
+from streamnb.sql.expressions import (
+    aggregate_expr,
+    conjuncts,
+    interval_ms,
+    scalar,
+    unsupported,
+)
+from streamnb.sql.joins import join
 from streamnb.sql.relations import Relation, Result, WindowCall, column_name
 from streamnb.stream import Stream
 
-__all__ = ["Translator", "conjuncts"]
+__all__ = ["Translator"]
 
 # Select arguments with no streaming translation: (argument, construct, keyword, hint)
 _REFUSED = [
@@ -40,6 +48,12 @@ _REFUSED = [
     ("distribute", "DISTRIBUTE BY", "DISTRIBUTE BY", ""),
 ]
 _WINDOW_BOUNDS = ("window_start", "window_end")
+_GROUP_WINDOWS = ("TUMBLE", "HOP", "SESSION")
+_GROUP_WINDOW_BOUNDS = {
+    f"{kind}_{end}": bound
+    for kind in _GROUP_WINDOWS
+    for end, bound in (("START", "window_start"), ("END", "window_end"))
+}
 
 
 class Translator:
@@ -88,12 +102,13 @@ class Translator:
         where = conjuncts(select.args.get("where"))
         joins = select.args.get("joins") or []
         if joins:
-            from streamnb.sql.joins import join  # joins.py builds on this module: import late
-
             relation = self.per_record_window(relation)
             for node in joins:
                 relation, where = join(self, relation, node, where)
         group = select.args.get("group")
+        if group is not None and any(_is_group_window(e) for e in group.expressions):
+            select, relation = self.group_window(select, relation)
+            group = select.args["group"]
         aggregates = any(isinstance(e, exp.AggFunc) for s in select.expressions for e in s.walk())
         if group is not None or aggregates or select.args.get("having") is not None:
             return self.grouped(select, relation, where, group)
@@ -169,12 +184,7 @@ class Translator:
         if stream.value.event_time != time:
             stream = stream.call("with_watermark", time)
         ms = [interval_ms(self.text, a) for a in args[2:]]
-        if kind == "TUMBLE":
-            spec = SN.call("Tumbling", duration_text(ms[0]))
-        elif kind == "HOP":
-            spec = SN.call("Hopping", duration_text(ms[1]), duration_text(ms[0]))
-        else:
-            spec = SN.call("Session", duration_text(ms[0]))
+        spec = _window_spec(kind, ms)
         partition = tuple(
             relation.lookup(self.text, c) for c in args[0].args.get("partition") or []
         )
@@ -183,6 +193,50 @@ class Translator:
         window = WindowCall(kind, spec, ms[-1], partition, inner)
         tables = {alias: {**columns, **{b: b for b in _WINDOW_BOUNDS}}}
         return Relation(stream, tables, window=window)
+
+    def group_window(self, select: exp.Select, relation: Relation) -> tuple[exp.Select, Relation]:
+        """Flink's legacy group windows, ``GROUP BY k, TUMBLE(t, size)`` (``HOP(t, slide,
+        size)``, ``SESSION(t, gap)``) with ``TUMBLE_START(...)``, ``..._END(...)`` in the
+        SELECT list: rewritten to the table function's ``GROUP BY k, window_start,
+        window_end`` and its columns."""
+        select = select.copy()
+        group = select.args["group"]
+        calls = [e for e in group.expressions if _is_group_window(e)]
+        if len(calls) > 1:
+            raise self.fail(calls[1], "a second group window in one GROUP BY")
+        call = calls[0]
+        kind, args = str(call.this).upper(), call.expressions
+        if len(relation.tables) != 1:
+            raise self.fail(call, f"GROUP BY {kind}(...) over a join", "window a subquery's result")
+        if len(args) != 1 + (2 if kind == "HOP" else 1) or not isinstance(args[0], exp.Column):
+            usage = {"TUMBLE": "size", "HOP": "slide, size", "SESSION": "gap"}[kind]
+            raise self.fail(
+                call, f"GROUP BY {kind} with these arguments", f"write {kind}(time_column, {usage})"
+            )
+        time = relation.lookup(self.text, args[0])
+        stream = relation.stream
+        if stream.value.event_time != time:
+            stream = stream.call("with_watermark", time)
+        ms = [interval_ms(self.text, a) for a in args[1:]]
+        window = WindowCall(kind, _window_spec(kind, ms), ms[-1], (), call)
+        ((alias, columns),) = relation.tables.items()
+        tables = {alias: {**columns, **{b: b for b in _WINDOW_BOUNDS}}}
+        signature = [a.sql() for a in args]
+        for node in list(select.find_all(exp.Anonymous)):
+            name = str(node.this).upper()
+            bound = _GROUP_WINDOW_BOUNDS.get(name)
+            if bound is None:
+                continue
+            if not name.startswith(kind) or [a.sql() for a in node.expressions] != signature:
+                raise self.fail(
+                    node,
+                    f"{name}(...) of another window than GROUP BY {kind}(...)",
+                    f"write {kind}_START / {kind}_END with the GROUP BY's arguments",
+                )
+            node.replace(exp.column(bound))
+        call.replace(exp.column("window_start"))
+        group.append("expressions", exp.column("window_end"))
+        return select, Relation(stream, tables, window=window)
 
     def per_record_window(self, relation: Relation) -> Relation:
         """A windowing table function used without GROUP BY: each record gets its window's
@@ -201,14 +255,14 @@ class Translator:
         start = PL.call("col", time).attr("dt").call("truncate", duration_text(window.size_ms))
         end = start.op("+", PL.call("duration", milliseconds=window.size_ms))
         stream = relation.stream.call("with_columns", window_start=start, window_end=end)
-        return relation.with_stream(stream, window=None)
+        return replace(relation, stream=stream, window=None)
 
     # -- WHERE, GROUP BY --------------------------------------------------------------------
     def filtered(self, relation: Relation, where: list[exp.Expr]) -> Relation:
         if not where:
             return relation
         predicate = self.scalar(_conjunction(where), relation)
-        return relation.with_stream(relation.stream.call("filter", predicate))
+        return replace(relation, stream=relation.stream.call("filter", predicate))
 
     def scalar(self, node: exp.Expr, relation: Relation) -> Py:
         return scalar(self.text, node, lambda c: relation.col(self.text, c), None)
@@ -252,7 +306,7 @@ class Translator:
                 "SESSION PARTITION BY other columns than GROUP BY",
                 f"partition by the GROUP BY keys {keys}",
             )
-        base = self.filtered(relation.with_stream(relation.stream, window=None), where)
+        base = self.filtered(replace(relation, window=None), where)
         aggregates: list[Py] = []
         names: set[str] = set(keys) | (set(_WINDOW_BOUNDS) if window else set())
 
@@ -299,13 +353,13 @@ class Translator:
             by: dict[str, object] = {"by": keys[0] if len(keys) == 1 else keys} if keys else {}
             windowed = base.stream.call("window", window.spec, **by)
             stream = windowed.call("agg", *aggregates)
-            late = window.size_ms if window.kind != "SESSION" else -1
+            late = window.size_ms if window.kind != "SESSION" else None
         else:
             stream = base.stream.call("group_by", *keys).call("agg", *aggregates)
             late = 0
         if condition is not None:
             stream = stream.call("filter", condition)
-        return Result(stream, _unique(self, select, items), late, tuple(keys))
+        return Result(stream, _unique(self, select, items), late)
 
     # -- SELECT -----------------------------------------------------------------------------
     def select_list(self, select: exp.Select, relation: Relation) -> list[tuple[str, Py]]:
@@ -327,6 +381,20 @@ class Translator:
         return _unique(self, select, items)
 
 
+def _window_spec(kind: str, ms: list[int]) -> Py:
+    """``sn.Tumbling(size)``, ``sn.Hopping(size, slide)`` or ``sn.Session(gap)`` from SQL's
+    intervals (``HOP`` takes the slide first)."""
+    if kind == "TUMBLE":
+        return SN.call("Tumbling", duration_text(ms[0]))
+    if kind == "HOP":
+        return SN.call("Hopping", duration_text(ms[1]), duration_text(ms[0]))
+    return SN.call("Session", duration_text(ms[0]))
+
+
+def _is_group_window(node: exp.Expr) -> bool:
+    return isinstance(node, exp.Anonymous) and str(node.this).upper() in _GROUP_WINDOWS
+
+
 def _default_name(node: exp.Expr, index: int) -> str:
     """A select item's name without AS: a column's own name, else Flink's ``EXPR$i``."""
     return node.name if isinstance(node, exp.Column) else f"EXPR${index}"
@@ -345,19 +413,6 @@ def _unique(
             )
         seen.add(name)
     return items
-
-
-def conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
-    """``a AND b AND c`` → ``[a, b, c]`` (a WHERE clause's or an ON clause's)."""
-    if node is None:
-        return []
-    if isinstance(node, exp.Where):
-        return conjuncts(node.this)
-    if isinstance(node, exp.Paren) and isinstance(node.this, exp.And):
-        return conjuncts(node.this)
-    if isinstance(node, exp.And):
-        return conjuncts(node.this) + conjuncts(node.expression)
-    return [node]
 
 
 def _conjunction(nodes: list[exp.Expr]) -> exp.Expr:

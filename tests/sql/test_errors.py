@@ -57,6 +57,19 @@ UNSUPPORTED = [
     ("SELECT k FROM events QUALIFY v > 1", "QUALIFY", 1, 22),
     ("INSERT INTO x SELECT * FROM events", "statement INSERT", 1, 1),
     ("SELECT 1", "SELECT without FROM", 1, 1),
+    (
+        "SELECT k, TUMBLE_START(t, INTERVAL '1' SECOND) FROM events\n"
+        "GROUP BY k, TUMBLE(t, INTERVAL '5' SECOND)",
+        "TUMBLE_START(...) of another window than GROUP BY TUMBLE",
+        1,
+        11,
+    ),
+    (
+        "SELECT k FROM events GROUP BY k, HOP(t, INTERVAL '5' SECOND)",
+        "GROUP BY HOP with these arguments",
+        1,
+        38,
+    ),
 ]
 
 

@@ -3,6 +3,7 @@
 For each query: the SQL's result equals the fluent query's (bench/queries.py and
 bench/nexmark_joins.py, projected to the SQL's columns) and a polars batch computation on the
 whole input, and the code ``explain()`` shows, run as Python, gives that result too.
+q0, q1, q2 and q11 are Flink's text as it is (q11 with its legacy ``GROUP BY SESSION(...)``).
 
 Where Flink's SQL needs what streamnb's SQL does not translate, the test's SQL is the closest
 supported form, said at the query:
@@ -18,7 +19,6 @@ supported form, said at the query:
   window start (the bids' TUMBLE without GROUP BY gives it), the price, and within 10 s.
 * q8: Flink groups the persons by ``id, name``; a window join is on the windows' keys, so
   here the persons are grouped by ``id`` with ``FIRST_VALUE(name)`` (ids are unique).
-* q11: Flink uses the legacy ``GROUP BY SESSION(...)``; here the SESSION table function.
 """
 
 from __future__ import annotations
@@ -262,10 +262,10 @@ Q11 = """
 SELECT
     B.bidder,
     count(*) as bid_count,
-    window_start as starttime,
-    window_end as endtime
-FROM TABLE(SESSION(TABLE bid PARTITION BY bidder, DESCRIPTOR(`dateTime`), INTERVAL '10' SECOND)) B
-GROUP BY B.bidder, window_start, window_end
+    SESSION_START(B.`dateTime`, INTERVAL '10' SECOND) as starttime,
+    SESSION_END(B.`dateTime`, INTERVAL '10' SECOND) as endtime
+FROM bid B
+GROUP BY B.bidder, SESSION(B.`dateTime`, INTERVAL '10' SECOND);
 """
 
 

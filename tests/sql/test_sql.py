@@ -225,6 +225,40 @@ def test_session_partitioned_by_key() -> None:
     assert_same_rows(got, want)
 
 
+@pytest.mark.parametrize(
+    ("legacy", "function"),
+    [
+        (
+            "TUMBLE(t, INTERVAL '5' SECOND)",
+            "TUMBLE(TABLE events, DESCRIPTOR(t), INTERVAL '5' SECOND)",
+        ),
+        (
+            "HOP(t, INTERVAL '2' SECOND, INTERVAL '6' SECOND)",
+            "HOP(TABLE events, DESCRIPTOR(t), INTERVAL '2' SECOND, INTERVAL '6' SECOND)",
+        ),
+        (
+            "SESSION(t, INTERVAL '3' SECOND)",
+            "SESSION(TABLE events PARTITION BY k, DESCRIPTOR(t), INTERVAL '3' SECOND)",
+        ),
+    ],
+)
+def test_legacy_group_windows_are_the_table_functions(legacy: str, function: str) -> None:
+    kind = legacy.split("(", maxsplit=1)[0]
+    arguments = legacy[len(kind) :]
+    old = sn.sql(
+        f"""SELECT k, {kind}_START{arguments} AS ws, {kind}_END{arguments} AS we,
+                   COUNT(*) AS n FROM events GROUP BY {legacy}, k""",
+        events=events(),
+    )
+    new = sn.sql(
+        f"""SELECT k, window_start AS ws, window_end AS we, COUNT(*) AS n
+            FROM TABLE({function}) GROUP BY k, window_start, window_end""",
+        events=events(),
+    )
+    assert str(old.explain()) == str(new.explain())
+    assert_same_rows(old.collect(), new.collect())
+
+
 def test_tumble_without_group_by_gives_each_record_its_window() -> None:
     got = sql(
         """SELECT k, v, window_start, window_end
