@@ -39,14 +39,12 @@ and its line and column.
 
 from __future__ import annotations
 
-from sqlglot import exp
-
 from streamnb.exceptions import ConfigError
-from streamnb.sql.dialect import parse
-from streamnb.sql.translate import Translator
 from streamnb.stream import Stream
 
 __all__ = ["sql", "tables"]
+
+# sqlglot loads on first use (about a fifth of ``import streamnb``'s time otherwise).
 
 
 def sql(text: str, /, **streams: Stream) -> Stream:
@@ -67,12 +65,19 @@ def sql(text: str, /, **streams: Stream) -> Stream:
     """
     if not isinstance(text, str):
         raise ConfigError(f"sn.sql() takes the SQL text, got {type(text).__name__}")
+    from streamnb.sql.dialect import parse
+    from streamnb.sql.translate import Translator
+
     return Translator(text, streams).statement(parse(text)).finish()
 
 
 def tables(text: str) -> list[str]:
     """The table names SQL ``text`` reads (not its ``WITH`` names), in order of appearance:
     what ``%%stream_sql`` looks up in the notebook."""
+    from sqlglot import exp
+
+    from streamnb.sql.dialect import parse
+
     tree = parse(text)
     views = {cte.alias for cte in tree.find_all(exp.CTE)}
     names: list[str] = []
