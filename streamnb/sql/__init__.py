@@ -39,10 +39,13 @@ and its line and column.
 
 from __future__ import annotations
 
+from typing import Any
+
+from streamnb.capture import capture
 from streamnb.exceptions import ConfigError
 from streamnb.stream import Stream
 
-__all__ = ["sql", "tables"]
+__all__ = ["headless_cell", "sql", "tables"]
 
 # sqlglot loads on first use (about a fifth of ``import streamnb``'s time otherwise).
 
@@ -86,3 +89,24 @@ def tables(text: str) -> list[str]:
         if name is not None and name not in views and name not in names:
             names.append(name)
     return names
+
+
+def headless_cell(namespace: dict[str, Any], line: str, cell: str) -> Any:
+    """A ``%%stream_sql NAME ...`` cell run without a kernel (a worker rebuilding a notebook,
+    an exported job): the query over the namespace's streams, captured under NAME."""
+    import argparse
+    import shlex
+
+    parser = argparse.ArgumentParser(prog="%%stream_sql", add_help=False)
+    parser.add_argument("name")
+    parser.add_argument("--show", action="store_true")
+    parser.add_argument("--chart")
+    try:
+        args = parser.parse_args(shlex.split(line))
+    except (SystemExit, ValueError):
+        raise ConfigError(f"%%stream_sql {line}: bad arguments") from None
+    names = tables(cell)
+    missing = [n for n in names if not isinstance(namespace.get(n), Stream)]
+    if missing:
+        raise ConfigError(f"%%stream_sql {args.name}: no Stream named {missing[0]!r}")
+    return capture(sql(cell, **{n: namespace[n] for n in names}), args.name)

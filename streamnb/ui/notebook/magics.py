@@ -115,7 +115,7 @@ def _parse(stub: Any, argstring: str, usage: str) -> Any:
 
 @dataclass(frozen=True)
 class _Definition:
-    """What a ``%%stream`` cell ran: kept for ``%stream promote``."""
+    """What a ``%%stream`` or ``%%stream_sql`` cell ran: kept for ``%stream promote``."""
 
     cell: str
     to_kafka: str | None
@@ -198,7 +198,10 @@ class StreamMagics(Magics):
             )
         stream = sn.sql(cell, **{n: namespace[n] for n in names})
         chart = self._evaluate_spec(args.chart, SQL_USAGE) if args.chart else None
-        return self._start(stream, args.name, show=args.show, chart=chart)
+        query = self._start(stream, args.name, show=args.show, chart=chart)
+        history = self._user_ns()[1].get("In", [])
+        self.definitions[args.name] = _Definition(cell, None, len(history) - 1)
+        return query
 
     def _start(self, stream: Stream, name: str, *, show: bool, chart: Any) -> Query:
         """Start ``stream`` as query ``name``, with a live table and/or chart."""
@@ -345,7 +348,7 @@ class StreamMagics(Magics):
         definition = self.definitions.get(args.name)
         if definition is None:
             raise UsageError(
-                f"no %%stream cell defined query {args.name!r}; defined: "
+                f"no %%stream cell defined query {args.name!r} (nor a %%stream_sql cell); defined: "
                 f"{sorted(self.definitions) or 'none'}\nusage: {usage}"
             )
         path = Path(args.to).expanduser()

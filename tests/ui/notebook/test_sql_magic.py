@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +14,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import streamnb as sn
+from streamnb.promote import load_query, write_job
 from streamnb.stream import Stream
 from streamnb.ui.notebook.widgets import StaticView
 from tests.sql.nexmark import assert_same_rows
@@ -93,3 +98,44 @@ def test_unload_removes_the_sql_magic(shell: InteractiveShell) -> None:
         assert shell.magics_manager.magics["cell"].get("stream_sql") is None
     finally:
         shell.run_line_magic("load_ext", "streamnb")
+
+
+def test_headless_rebuild_of_a_sql_cell_is_the_same_query() -> None:
+    """A worker or an exported job runs a notebook's %%stream_sql cell as the kernel does."""
+    cells = [
+        "import streamnb as sn\nbid = sn.nexmark(events=20_000, event_rate=2_000)",
+        f"%%stream_sql counts --show\n{COUNTS}",
+    ]
+    stream = load_query(cells, "counts", "test notebook")
+    assert isinstance(stream, Stream)
+    want = sn.sql(COUNTS, bid=sn.nexmark(events=20_000, event_rate=2_000)).collect()
+    assert_same_rows(stream.collect(), want)
+    with pytest.raises(sn.ConfigError, match="no Stream named 'bid'"):
+        load_query(cells[1:], "counts", "test notebook")
+
+
+def test_promote_puts_the_sql_cell_in_the_job(run: Run, tmp_path: Path) -> None:
+    run("bid = sn.nexmark(events=20_000, event_rate=2_000)")
+    query = run(f"%%stream_sql promoted_sql\n{COUNTS}")
+    assert query.wait(timeout=60)
+    job = tmp_path / "job.py"
+    run(f"%stream promote promoted_sql --to {job}")
+    assert "run_cell_magic('stream_sql', 'promoted_sql'" in job.read_text()
+
+
+def test_a_job_with_a_sql_cell_runs_the_query(tmp_path: Path) -> None:
+    """The job file of ``streamnb export`` / ``%stream promote`` runs %%stream_sql headless.
+    (Its cells are given here, not the session's history, which other tests fill.)"""
+    cells = [
+        "import streamnb as sn\nbid = sn.nexmark(events=20_000, event_rate=2_000)",
+        f"%%stream_sql counts\n{COUNTS}",
+    ]
+    job = write_job(cells, "counts", tmp_path / "job.py", origin="test notebook")
+    done = subprocess.run(
+        [sys.executable, str(job)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    final = json.loads(done.stderr.strip().splitlines()[-1])
+    assert final["name"] == "counts" and final["state"] == "finished"
+    want = sn.sql(COUNTS, bid=sn.nexmark(events=20_000, event_rate=2_000)).collect()
+    assert final["records_out"] == want.height > 0
