@@ -312,11 +312,12 @@ class Translator:
 
         def aggregate(node: exp.AggFunc, alias: str | None = None) -> Py:
             expr = aggregate_expr(self.text, node, lambda c: base.col(self.text, c))
+            if alias and alias in names:
+                raise self.fail(node, f"two outputs named {alias!r}")
+            # unnamed: polars' name (MAX(price) -> price, COUNT(*) -> len) while it is free
             name = alias or expr.value.meta.output_name()
             if name in names:
                 name = f"EXPR${len(aggregates)}"
-            if alias and alias in names:
-                raise self.fail(node, f"two outputs named {alias!r}")
             names.add(name)
             same = name == expr.value.meta.output_name()
             aggregates.append(expr if same else expr.call("alias", name))

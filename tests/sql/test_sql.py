@@ -68,6 +68,16 @@ def test_projection_computes_expressions() -> None:
 def test_unnamed_expressions_are_named_as_flink_names_them() -> None:
     got = sql("SELECT k, v + 1, v FROM events")
     assert got.columns == ["k", "EXPR$1", "v"]
+    # an unnamed aggregate keeps polars' name while it is free
+    grouped = sql("SELECT k, MAX(v), MIN(v), COUNT(*), COUNT(*) + 1 FROM events GROUP BY k")
+    assert grouped.columns == ["k", "v", "EXPR$1", "len", "EXPR$4"]
+    want = EVENTS.group_by("k").agg(
+        pl.col("v").max(),
+        pl.col("v").min().alias("EXPR$1"),
+        pl.len(),
+        (pl.len() + 1).alias("EXPR$4"),
+    )
+    assert_same_rows(grouped, want)
 
 
 def test_where_filters_records() -> None:
