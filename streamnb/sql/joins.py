@@ -4,8 +4,11 @@ The ON clause (and, for an inner join, the WHERE clause) is split into its conju
 
 * ``a.x = b.y`` between the two sides: a join key. ``join(on=...)`` needs one name on both
   sides, so one side's column is renamed to the other's (the right one's, when it is free);
-* ``a.t BETWEEN b.t - INTERVAL 'n' u AND b.t + INTERVAL 'n' u``: an interval join,
-  ``within=`` that interval (both bounds must be equal: streamnb's interval is symmetric);
+* ``a.t BETWEEN b.t - INTERVAL x AND b.t + INTERVAL y``: an interval join. streamnb's
+  interval is symmetric, ``|a.t - b.t| <= within``; unequal bounds become one by moving
+  ``b.t`` to the middle of the interval: ``|a.t - (b.t + (y - x) / 2)| <= (x + y) / 2``, a
+  column ``<b.t>_shifted`` that is ``b``'s event time in the join, with ``grace=`` the shift
+  (the inputs are merged in their sources' time order, which the shifted time is not);
 * anything else: a filter after an inner join (refused in a LEFT JOIN's ON).
 
 Which join it is follows from the inputs, as in the fluent API: a table on the right is a
@@ -15,12 +18,14 @@ results joined on ``window_start``, ``window_end`` and their keys a window join.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
 from streamnb.definitions.code import duration_text
 from streamnb.exceptions import ConfigError
+from streamnb.sql.code import PL, Py
 from streamnb.sql.expressions import conjuncts, interval_ms
 from streamnb.sql.relations import Relation
 
@@ -32,12 +37,24 @@ __all__ = ["join"]
 _BOUNDS = ("window_start", "window_end")
 
 
+@dataclass(frozen=True)
+class _Interval:
+    """``this BETWEEN other - low_ms AND other + high_ms``; columns physical, by side."""
+
+    this: str
+    this_side: str  # "left" or "right"
+    other: str
+    low_ms: int
+    high_ms: int
+    condition: exp.Between
+
+
 class _Conditions:
     """The ON / WHERE conjuncts of one join, sorted by what they do."""
 
     def __init__(self) -> None:
         self.keys: list[tuple[str, str]] = []  # (left column, right column), physical
-        self.interval: tuple[str, str, int, exp.Expr] | None = None  # left t, right t
+        self.interval: _Interval | None = None
         self.rest: list[exp.Expr] = []
 
 
@@ -134,8 +151,8 @@ def _classify(
 
 def _interval(
     tr: Translator, left: Relation, right: Relation, condition: exp.Between
-) -> tuple[str, str, int, exp.Expr] | None:
-    """``x.t BETWEEN y.t - INTERVAL a AND y.t + INTERVAL a`` across the two sides."""
+) -> _Interval | None:
+    """``x.t BETWEEN y.t - INTERVAL a AND y.t + INTERVAL b`` across the two sides."""
     this = condition.this
     low, high = condition.args["low"], condition.args["high"]
 
@@ -152,15 +169,21 @@ def _interval(
     owners = (_owner(left, right, this), _owner(left, right, lo[0]))
     if owners not in (("left", "right"), ("right", "left")):
         return None
-    if lo[1] != hi[1]:
+    if (hi[1] - lo[1]) % 2:
         raise tr.fail(
             condition,
-            "an asymmetric interval join condition",
-            "streamnb's interval joins are symmetric: write BETWEEN b.t - INTERVAL x "
-            "AND b.t + INTERVAL x with the same x",
+            "interval bounds that differ by an odd number of milliseconds",
+            "streamnb's interval joins are symmetric around the middle of the interval",
         )
-    lcol, rcol = (this, lo[0]) if owners[0] == "left" else (lo[0], this)
-    return left.lookup(tr.text, lcol), right.lookup(tr.text, rcol), lo[1], condition
+    this_side, other_side = (left, right) if owners[0] == "left" else (right, left)
+    return _Interval(
+        this_side.lookup(tr.text, this),
+        owners[0],
+        other_side.lookup(tr.text, lo[0]),
+        lo[1],
+        hi[1],
+        condition,
+    )
 
 
 def _join(
@@ -225,17 +248,26 @@ def _join(
     options: dict[str, object] = {"on": on[0] if len(on) == 1 else on}
     if how == "left":
         options["how"] = "left"
-    if found.interval is not None:
-        ltime, rtime, within_ms, condition = found.interval
+    interval = found.interval
+    if interval is not None:
+        if left.late_ms is None or right.late_ms is None:
+            raise tr.fail(interval.condition, "an interval join of a SESSION window result")
+        this_left = interval.this_side == "left"
+        ltime, rtime = (interval.this, interval.other)[:: 1 if this_left else -1]
         ltime, rtime = lrename.get(ltime, ltime), rrename.get(rtime, rtime)
+        shift_ms = (interval.high_ms - interval.low_ms) // 2
+        if shift_ms and this_left:
+            rstream, rtime = _shifted(rstream, rtime, shift_ms)
+        elif shift_ms:
+            lstream, ltime = _shifted(lstream, ltime, shift_ms)
         if lstream.value.event_time != ltime:
             lstream = lstream.call("with_watermark", ltime)
         if rstream.value.event_time != rtime:
             rstream = rstream.call("with_watermark", rtime)
-        if left.late_ms is None or right.late_ms is None:
-            raise tr.fail(condition, "an interval join of a SESSION window result")
-        late = max(left.late_ms, right.late_ms)
-        options["within"] = duration_text(within_ms)
+        # inputs are merged in their sources' time order, which a shifted time runs ahead of
+        # (or behind) by the shift: the join waits that much longer for partners
+        late = max(left.late_ms, right.late_ms) + abs(shift_ms)
+        options["within"] = duration_text((interval.low_ms + interval.high_ms) // 2)
         if late:
             options["grace"] = duration_text(late)
     joined = lstream.call("join", rstream, **options)
@@ -250,3 +282,11 @@ def _join(
             mapped[name] = f"{physical}_right" if clash else physical
         tables[alias] = mapped
     return Relation(joined, tables, late_ms=left.late_ms)
+
+
+def _shifted(stream: Py, column: str, shift_ms: int) -> tuple[Py, str]:
+    """``stream`` with ``<column>_shifted = column + shift`` (either sign), and that name."""
+    name = f"{column}_shifted"
+    op = "+" if shift_ms > 0 else "-"
+    moved = PL.call("col", column).op(op, PL.call("duration", milliseconds=abs(shift_ms)))
+    return stream.call("with_columns", **{name: moved}), name

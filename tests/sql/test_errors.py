@@ -13,7 +13,7 @@ from streamnb.exceptions import ConfigError
 W = "TABLE(TUMBLE(TABLE events, DESCRIPTOR(t), INTERVAL '5' SECOND))"
 HOP = "TABLE(HOP(TABLE events, DESCRIPTOR(t), INTERVAL '1' SECOND, INTERVAL '5' SECOND))"
 CUMULATE = "TABLE(CUMULATE(TABLE events, DESCRIPTOR(t), INTERVAL '1' SECOND, INTERVAL '5' SECOND))"
-BETWEEN = "e.t BETWEEN f.t - INTERVAL '1' SECOND AND f.t + INTERVAL '2' SECOND"
+BETWEEN = "e.t BETWEEN f.t - INTERVAL '0' SECOND AND f.t + INTERVAL '1' MILLISECOND"
 
 # (SQL, the construct named in the message, line, column)
 UNSUPPORTED = [
@@ -47,7 +47,7 @@ UNSUPPORTED = [
     ),
     (
         f"SELECT * FROM events e JOIN events f ON e.k = f.k AND {BETWEEN}",
-        "asymmetric interval",
+        "odd number of milliseconds",
         1,
         55,
     ),

@@ -3,20 +3,17 @@
 For each query: the SQL's result equals the fluent query's (bench/queries.py and
 bench/nexmark_joins.py, projected to the SQL's columns) and a polars batch computation on the
 whole input, and the code ``explain()`` shows, run as Python, gives that result too.
-q0, q1, q2 and q11 are Flink's text as it is (q11 with its legacy ``GROUP BY SESSION(...)``).
+q0, q1, q2, q5, q7 and q11 are Flink's text as it is (q11 with its legacy ``GROUP BY
+SESSION(...)``; q7's asymmetric interval becomes streamnb's symmetric one around a shifted
+window end). In q5 the per-window maximum is a table (a running ``GROUP BY``) that the
+counts join: on a bounded input it is read to its end before the join (docs/semantics.md
+§3.10), so the result is exact; live, a count meets the maximum as it stands when it arrives.
 
 Where Flink's SQL needs what streamnb's SQL does not translate, the test's SQL is the closest
 supported form, said at the query:
 
 * q3: Flink joins two append streams (a regular join). Here the persons are a table, the
   latest row per person id (``LAST_VALUE ... GROUP BY id``), which an auction joins.
-* q5: Flink joins the per-auction counts to their per-window maximum (a second aggregation
-  of a window result, joined with ``>=``). Here: the per-auction counts in the hopping
-  windows (Flink's ``AuctionBids`` subquery), the part the fluent q5 computes before its
-  ``map_batches`` step.
-* q7: Flink's interval is asymmetric (``BETWEEN B1.dateTime - INTERVAL '10' SECOND AND
-  B1.dateTime``); streamnb's is symmetric. Here the bids join their window's maximum on the
-  window start (the bids' TUMBLE without GROUP BY gives it), the price, and within 10 s.
 * q8: Flink groups the persons by ``id, name``; a window join is on the windows' keys, so
   here the persons are grouped by ``id`` with ``FIRST_VALUE(name)`` (ids are unique).
 """
@@ -128,61 +125,77 @@ def q3_reference(auction: pl.DataFrame, person: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-# -- q5: hot items (the per-auction counts) --------------------------------------------------------
+# -- q5: hot items ------------------------------------------------------------------------------
 Q5 = """
-SELECT
-    auction,
-    count(*) AS num,
-    window_start AS starttime,
-    window_end AS endtime
-FROM TABLE(
-        HOP(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
-GROUP BY auction, window_start, window_end
+SELECT AuctionBids.auction, AuctionBids.num
+ FROM (
+   SELECT
+     auction,
+     count(*) AS num,
+     window_start AS starttime,
+     window_end AS endtime
+     FROM TABLE(
+             HOP(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+     GROUP BY auction, window_start, window_end
+ ) AS AuctionBids
+ JOIN (
+   SELECT
+     max(CountBids.num) AS maxn,
+     CountBids.starttime,
+     CountBids.endtime
+   FROM (
+     SELECT
+       count(*) AS num,
+       window_start AS starttime,
+       window_end AS endtime
+     FROM TABLE(
+                HOP(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+     GROUP BY auction, window_start, window_end
+     ) AS CountBids
+   GROUP BY CountBids.starttime, CountBids.endtime
+ ) AS MaxBids
+ ON AuctionBids.starttime = MaxBids.starttime AND
+    AuctionBids.endtime = MaxBids.endtime AND
+    AuctionBids.num >= MaxBids.maxn;
 """
 
 
 def q5(bid: sn.Stream) -> sn.Stream:
-    return (
-        bid.window(sn.Hopping("10s", "2s"), by="auction")
-        .agg(pl.len().alias("num"))
-        .select("auction", "num", starttime="window_start", endtime="window_end")
-    )
+    """bench/queries.py's q5: the counts, then each window's maximum picked from its rows
+    (a window's final rows come out together, in one batch)."""
+    counts = bid.window(sn.Hopping("10s", "2s"), by="auction").agg(pl.len().alias("num"))
+    return counts.map_batches(_hot_items).select("auction", "num")
+
+
+def _hot_items(rows: pl.DataFrame) -> pl.DataFrame:
+    return rows.filter(pl.col("num") == pl.col("num").max().over("window_start"))
 
 
 def q5_reference(bid: pl.DataFrame) -> pl.DataFrame:
     size, every = 10_000, 2_000
     last = _T // every * every
+    windows = (last - pl.int_ranges(0, size // every) * every).alias("ws")
     starts = (
-        bid.select(
-            "auction", _T.alias("t"), (last - pl.int_ranges(0, size // every) * every).alias("ws")
-        )
+        bid.select("auction", _T.alias("t"), windows)
         .explode("ws")
         .filter(pl.col("ws") + size > pl.col("t"))
     )
-    return (
-        starts.group_by("ws", "auction")
-        .agg(pl.len().alias("num"))
-        .select(
-            "auction",
-            "num",
-            pl.col("ws").cast(_DT).alias("starttime"),
-            (pl.col("ws") + size).cast(_DT).alias("endtime"),
-        )
-    )
+    counts = starts.group_by("ws", "auction").agg(pl.len().alias("num"))
+    return counts.filter(pl.col("num") == pl.col("num").max().over("ws")).select("auction", "num")
 
 
 # -- q7: highest bid ------------------------------------------------------------------------------
 Q7 = """
 SELECT B.auction, B.price, B.bidder, B.`dateTime`, B.extra
-FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '10' SECOND)) B
+from bid B
 JOIN (
-  SELECT MAX(price) AS maxprice, window_start, window_start AS `dateTime`
-  FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '10' SECOND))
+  SELECT MAX(price) AS maxprice, window_end as `dateTime`
+  FROM TABLE(
+          TUMBLE(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '10' SECOND))
   GROUP BY window_start, window_end
 ) B1
-ON B.price = B1.maxprice AND B.window_start = B1.window_start
-WHERE B.`dateTime` BETWEEN B1.`dateTime` - INTERVAL '10' SECOND
-                       AND B1.`dateTime` + INTERVAL '10' SECOND
+ON B.price = B1.maxprice
+WHERE B.`dateTime` BETWEEN B1.`dateTime`  - INTERVAL '10' SECOND AND B1.`dateTime`;
 """
 
 

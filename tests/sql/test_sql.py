@@ -342,9 +342,12 @@ VIEWS = pl.DataFrame(
 ).with_columns(pl.col("t").cast(_DT))
 
 
-def _interval_reference(within_ms: int) -> pl.DataFrame:
+def _interval_reference(before_ms: int, after_ms: int = -1) -> pl.DataFrame:
+    """Clicks and views of a user with view.t - before <= click.t <= view.t + after."""
+    after_ms = before_ms if after_ms < 0 else after_ms
     pairs = CLICKS.join(VIEWS, on="user", suffix="_v")
-    close = (pl.col("t") - pl.col("t_v")).abs() <= pl.duration(milliseconds=within_ms)
+    gap = pl.col("t") - pl.col("t_v")
+    close = gap.is_between(-pl.duration(milliseconds=before_ms), pl.duration(milliseconds=after_ms))
     return pairs.filter(close).select("user", "page", "ad", pl.col("t").alias("click_time"))
 
 
@@ -361,6 +364,27 @@ def test_interval_join(where: bool) -> None:
     )
     assert 'within="2s"' in str(query.explain())
     assert_same_rows(query.collect(), _interval_reference(2_000))
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+def test_asymmetric_interval_join_moves_one_time_to_the_middle(flipped: bool) -> None:
+    condition = (
+        "v.t BETWEEN c.t - INTERVAL '3' SECOND AND c.t + INTERVAL '500' MILLISECOND"
+        if flipped  # the same pairs, the bounds on the clicks' side
+        else "c.t BETWEEN v.t - INTERVAL '500' MILLISECOND AND v.t + INTERVAL '3' SECOND"
+    )
+    query = sn.sql(
+        "SELECT c.user, c.page, v.ad, c.t AS click_time FROM clicks c JOIN views v "
+        f"ON c.user = v.user AND {condition}",
+        clicks=sn.from_records(CLICKS, timestamp="t", batch_size=2),
+        views=sn.from_records(VIEWS, timestamp="t", batch_size=2),
+    )
+    code = str(query.explain())
+    assert 'within="1750ms"' in code
+    assert ('t_shifted=pl.col("t") - pl' if flipped else 't_shifted=pl.col("t") + pl') in code
+    want = _interval_reference(500, 3_000)
+    assert 0 < want.height < _interval_reference(3_000).height  # the bounds matter here
+    assert_same_rows(query.collect(), want)
 
 
 def test_window_join_of_two_window_results() -> None:
