@@ -13,7 +13,8 @@ Where Flink's SQL needs what streamnb's SQL does not translate, the test's SQL i
 supported form, said at the query:
 
 * q3: Flink joins two append streams (a regular join). Here the persons are a table, the
-  latest row per person id (``LAST_VALUE ... GROUP BY id``), which an auction joins.
+  latest row per person id (``LAST_VALUE ... GROUP BY id``), which an auction joins; Flink's
+  own text runs too when ``person`` is passed as such a table (the last test).
 * q8: Flink groups the persons by ``id, name``; a window join is on the windows' keys, so
   here the persons are grouped by ``id`` with ``FIRST_VALUE(name)`` (ids are unique).
 """
@@ -345,3 +346,24 @@ def test_explain_is_the_code_of_the_query(name: str) -> None:
     rebuilt = eval(code, {"pl": pl, "sn": sn, **named})
     assert isinstance(rebuilt, sn.Stream)
     assert_same_rows(rebuilt.collect(), query.collect())
+
+
+FLINK_Q3 = """
+SELECT
+    P.name, P.city, P.state, A.id
+FROM
+    auction AS A INNER JOIN person AS P on A.seller = P.id
+WHERE
+    A.category = 10 and (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA');
+"""
+
+
+def test_q3_as_flink_writes_it_over_a_persons_table() -> None:
+    """Flink's own q3 text runs when ``person`` is given as a table (the latest row per id)."""
+    persons = (
+        source("person")
+        .group_by("id")
+        .agg(pl.col("name").last(), pl.col("city").last(), pl.col("state").last())
+    )
+    got = sn.sql(FLINK_Q3, auction=source("auction"), person=persons).collect()
+    assert_same_rows(got, q3_reference(frame("auction"), frame("person")))
