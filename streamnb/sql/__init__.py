@@ -19,16 +19,20 @@ code), so it runs everywhere a fluent query does. What is translated, and how:
   ``SESSION(TABLE t PARTITION BY k, ..., gap)`` with ``GROUP BY window_start, window_end, k``
   → ``.window(sn.Tumbling(size) | sn.Hopping(size, slide) | sn.Session(gap), by="k")
   .agg(...)``; without GROUP BY, a TUMBLE adds each record's ``window_start``/``window_end``;
+  Flink's legacy ``GROUP BY TUMBLE(c, size)`` with ``TUMBLE_START(...)`` (``HOP``, ``SESSION``)
+  is the same;
 * ``COUNT(*)`` ``COUNT(x)`` ``COUNT(DISTINCT x)`` ``SUM`` ``MIN`` ``MAX`` ``AVG``
   ``FIRST_VALUE`` ``LAST_VALUE`` → ``pl.len()`` ``.count()`` ``.n_unique()`` ``.sum()``
   ``.min()`` ``.max()`` ``.mean()`` ``.first()`` ``.last()``;
 * ``s JOIN table ON s.k = table.k`` (or ``LEFT JOIN``) → ``s.join(table, on="k")``;
 * ``s JOIN s2 ON ... AND s.t BETWEEN s2.t - i AND s2.t + i`` → ``s.join(s2, on=...,
-  within=i)`` (an interval join; the condition may be in WHERE);
+  within=i)`` (an interval join; the condition may be in WHERE; unequal bounds centre the
+  interval on a shifted ``s2.t``, see :mod:`streamnb.sql.joins`);
 * two window results ``ON window_start, window_end`` and their keys → a window join;
 * subqueries ``(SELECT ...) AS t`` in FROM and JOIN, and ``WITH t AS (...)``.
 
-Differences from Flink: ``/`` is true division; ``COUNT(DISTINCT x)`` counts a null as a
+Differences from Flink: an unnamed aggregate keeps polars' name (``MAX(price)`` → ``price``)
+while it is free; ``/`` is true division; ``COUNT(DISTINCT x)`` counts a null as a
 value (polars' ``n_unique``); a windowing table function's time column becomes the event
 time (``with_watermark(column)``, delay 0) unless it already is; an interval join of a window
 result gets ``grace=`` its window size (its rows come out when their window closes).
