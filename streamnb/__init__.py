@@ -30,6 +30,8 @@ from streamnb.api import (
 from streamnb.definitions.windows import Hopping, Session, Tumbling
 from streamnb.engine.query import Query, queries
 from streamnb.exceptions import ConfigError, DecodeError, QueryFailed, SourceError, StreamnbError
+from streamnb.promote import register_cell_magic as _register_cell_magic
+from streamnb.sql import sql
 from streamnb.stream import GroupedStream, Stream, WindowedStream
 from streamnb.stream import register_frontend as _register_frontend
 
@@ -54,6 +56,7 @@ __all__ = [
     "load_ipython_extension",
     "nexmark",
     "queries",
+    "sql",
     "table_from_kafka",
     "table_from_records",
     "unload_ipython_extension",
@@ -77,6 +80,15 @@ def _live_chart() -> _Any:
 
 _register_frontend("table", _live_table)
 _register_frontend("chart", _live_chart)
+
+
+def _headless_sql_cell() -> _Any:
+    from streamnb.sql import headless_cell
+
+    return headless_cell
+
+
+_register_cell_magic("stream_sql", _headless_sql_cell)  # workers and jobs run %%stream_sql
 
 
 # IPython looks for these on the package (``%load_ext streamnb``). They import the magics, and

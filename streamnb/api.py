@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 
 from streamnb.columns import DELETE
+from streamnb.definitions.code import call_code
 from streamnb.definitions.durations import Duration, to_ms
 from streamnb.engine.source import Source
 from streamnb.exceptions import ConfigError
@@ -19,10 +20,16 @@ from streamnb.stream import Stream
 from streamnb.types import FileFormat, KafkaFormat, Kind
 
 
-def _stream(source: Source, max_idle: Duration | None = None) -> Stream:
+def _stream(source: Source, max_idle: Duration | None = None, *, code: str | None = None) -> Stream:
     if max_idle is not None:
         source.max_idle_ms = to_ms(max_idle, name="max_idle")
-    return Stream(Plan(SourceNode((), source), source.schema, source.event_time, source.bounded))
+    plan = Plan(SourceNode((), source), source.schema, source.event_time, source.bounded)
+    return Stream(plan, code=code)
+
+
+def _source_call(function: str, *args: Any, **options: Any) -> str:
+    """``sn.function(args, option=value)`` for the options that are set (explain())."""
+    return call_code("sn", function, *args, **{k: v for k, v in options.items() if v is not None})
 
 
 def from_records(
@@ -53,7 +60,8 @@ def from_records(
     return _stream(
         RecordsSource(
             data, timestamp=timestamp, batch_size=batch_size, schema=schema, partition=partition
-        )
+        ),
+        code=_source_call("from_records", ..., timestamp=timestamp, partition=partition),
     )
 
 
@@ -80,6 +88,7 @@ def nexmark(
             events, kind=kind, rate=rate, event_rate=event_rate, seed=seed, base_time=base_time
         ),
         max_idle,
+        code=_source_call("nexmark", events, kind=kind, rate=rate, seed=seed or None),
     )
 
 
@@ -93,7 +102,10 @@ def from_files(
     """JSON-lines, CSV or Parquet files (a path or a glob), replayed in file-name order."""
     from streamnb.io.sources.files import FilesSource
 
-    return _stream(FilesSource(path, format=format, timestamp=timestamp, batch_size=batch_size))
+    return _stream(
+        FilesSource(path, format=format, timestamp=timestamp, batch_size=batch_size),
+        code=_source_call("from_files", str(path), format=format, timestamp=timestamp),
+    )
 
 
 def from_kafka(
@@ -159,6 +171,7 @@ def from_kafka(
             connect_timeout=connect_timeout,
         ),
         max_idle,
+        code=_source_call("from_kafka", topic, format=format, timestamp=timestamp),
     )
 
 
@@ -193,7 +206,10 @@ def table_from_records(
         root = MapNode((root,), "deleted", lambda f: f.rename({deleted: DELETE}))
         if columns is not None:
             columns = pl.Schema({c: t for c, t in columns.items() if c != deleted})
-    return Stream(Plan(TableNode((root,), keys), columns, None, True, keys))
+    return Stream(
+        Plan(TableNode((root,), keys), columns, None, True, keys),
+        code=_source_call("table_from_records", ..., key=key),
+    )
 
 
 def table_from_kafka(
@@ -227,4 +243,7 @@ def table_from_kafka(
         key_column=key,
     )
     stream = _stream(source, max_idle)
-    return Stream(Plan(TableNode((stream.plan.root,), (key,)), stream.schema, None, False, (key,)))
+    return Stream(
+        Plan(TableNode((stream.plan.root,), (key,)), stream.schema, None, False, (key,)),
+        code=_source_call("table_from_kafka", topic, key=key),
+    )

@@ -2,9 +2,10 @@
 
 The notebook's own code builds the ``Stream``, exactly as in the kernel: code cells run in
 order in one namespace, with IPython syntax translated by IPython itself and a stand-in
-``get_ipython()`` that understands ``%%stream`` cells and ignores magics that only display or
-inspect. Starting a stream (``start``, ``show``, ``chart`` or ``%%stream``) records it instead
-of running it (:mod:`streamnb.capture`); loading stops once the wanted query exists.
+``get_ipython()`` that understands ``%%stream`` and ``%%stream_sql`` cells and ignores magics
+that only display or inspect. Starting a stream (``start``, ``show``, ``chart``, ``%%stream``,
+``%%stream_sql``) records it instead of running it (:mod:`streamnb.capture`); loading stops once
+the wanted query exists.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib.util
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,17 @@ from streamnb.exceptions import ConfigError
 from streamnb.io.kafka.client import set_default_bootstrap
 
 _DISPLAY_ONLY = {"load_ext", "reload_ext", "config", "matplotlib", "time", "timeit", "who"}
+
+CellMagic = Callable[[dict[str, Any], str, str], Any]
+"""``handler(namespace, line, cell)``: a cell magic run headless (it returns ``capture(...)``)."""
+
+_cell_magics: dict[str, Callable[[], CellMagic]] = {}
+
+
+def register_cell_magic(name: str, load: Callable[[], CellMagic]) -> None:
+    """Teach the headless shell cell magic ``%%name`` of a layer above this one
+    (``%%stream_sql``); the package root registers a loader that imports it on first use."""
+    _cell_magics[name] = load
 
 
 def code_cells(path: str | Path) -> list[str]:
@@ -56,6 +69,8 @@ class HeadlessShell:
     def run_cell_magic(self, magic: str, line: str, cell: str) -> Any:
         if magic == "stream":
             return self._stream_cell(line, cell)
+        if magic in _cell_magics:
+            return _cell_magics[magic]()(self.user_ns, line, cell)
         if magic in ("time", "timeit", "capture"):
             exec(compile(to_python(cell), f"<%%{magic}>", "exec"), self.user_ns)
         return None

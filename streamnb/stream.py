@@ -16,6 +16,7 @@ import polars as pl
 from streamnb.capture import capture
 from streamnb.columns import hidden, visible_schema
 from streamnb.definitions.aggregates import Aggregation, column_error
+from streamnb.definitions.code import Code, call_code
 from streamnb.definitions.durations import Duration, to_ms
 from streamnb.definitions.eventtime import EventTime, units_per_ms
 from streamnb.definitions.windows import Session, WindowSpec
@@ -69,8 +70,9 @@ class Stream:
     transformations, then ``collect()`` it (bounded sources) or ``start()`` it.
     """
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, *, code: str | None = None) -> None:
         self._plan = plan
+        self._code = code
 
     @property
     def plan(self) -> Plan:
@@ -102,13 +104,22 @@ class Stream:
         """For tables (running aggregates, ``emit="update"`` windows): the key columns."""
         return self._plan.keys
 
-    def explain(self) -> str:
-        """An outline of the plan, the output at the top."""
-        return self._plan.explain()
+    def explain(self) -> Code:
+        """The fluent Python code of the query (``str()`` of it), e.g.
+        ``bids.window(sn.Tumbling("10s"), by="auction").agg(pl.len().alias("bids"))``.
+
+        Queries from :func:`streamnb.sql` show the exact code they translate to; fluent ones
+        show their calls, with expressions as polars prints them.
+        """
+        return Code(self._code or _source_code(self._plan))
 
     def __repr__(self) -> str:
         kind = "table" if self.keys else "stream"
-        return f"<streamnb {kind} {self.columns}>\n{self.explain()}"
+        return f"<streamnb {kind} {self.columns}>\n{self._plan.explain()}"
+
+    def _called(self, method: str, *args: Any, **kwargs: Any) -> str:
+        """The code of ``self.method(*args, **kwargs)``."""
+        return call_code(str(self.explain()), method, *args, **kwargs)
 
     # -- per-record transformations ---------------------------------------------------------
     def _map(
@@ -116,6 +127,7 @@ class Stream:
         label: str,
         op: _Op,
         *,
+        code: str,
         rename: Mapping[str, str] | None = None,
         predicate: pl.Expr | None = None,
         opaque: bool = False,
@@ -143,10 +155,11 @@ class Stream:
             opaque=opaque,
         )
         windowed = meta.windowed
+        if windowed is not None and rename:  # renamed keys still key the windows
+            renamed_bounds = {"window_start", "window_end"} & set(rename)
+            windowed = None if renamed_bounds else tuple(rename.get(k, k) for k in windowed)
         if windowed is not None and (
-            schema is None
-            or not {"window_start", "window_end", *windowed} <= set(schema.names())
-            or rename
+            schema is None or not {"window_start", "window_end", *windowed} <= set(schema.names())
         ):
             windowed = None
         return Stream(
@@ -159,6 +172,7 @@ class Stream:
                 meta.result_time,
                 windowed,
             ),
+            code=code,
         )
 
     def filter(self, *predicates: pl.Expr | str, **constraints: Any) -> Stream:
@@ -169,11 +183,13 @@ class Stream:
             *[pl.col(p) if isinstance(p, str) else p for p in predicates],
             *[pl.col(k) == v for k, v in constraints.items()],
         )
-        return self._map("filter", lambda f: f.filter(combined), predicate=combined)
+        code = self._called("filter", *predicates, **constraints)
+        return self._map("filter", lambda f: f.filter(combined), code=code, predicate=combined)
 
     def with_columns(self, *exprs: Any, **named: Any) -> Stream:
         """Add or replace columns (as ``pl.DataFrame.with_columns``)."""
-        return self._map("with_columns", lambda f: f.with_columns(*exprs, **named))
+        code = self._called("with_columns", *exprs, **named)
+        return self._map("with_columns", lambda f: f.with_columns(*exprs, **named), code=code)
 
     def select(self, *exprs: Any, **named: Any) -> Stream:
         """Choose and compute columns (as ``pl.DataFrame.select``), record by record."""
@@ -181,13 +197,13 @@ class Stream:
         def run(frame: Any) -> Any:
             return frame.select(*exprs, *_hidden(frame), **named)
 
-        return self._map("select", run)
+        return self._map("select", run, code=self._called("select", *exprs, **named))
 
     def drop(self, *columns: str) -> Stream:
         missing = [c for c in columns if self.schema is not None and c not in self.schema]
         if missing:
             raise ConfigError(f"drop(): no column {missing[0]!r}; columns are {self.columns}")
-        return self._map("drop", lambda f: f.drop(*columns))
+        return self._map("drop", lambda f: f.drop(*columns), code=self._called("drop", *columns))
 
     def rename(self, mapping: Mapping[str, str]) -> Stream:
         if not isinstance(mapping, Mapping):
@@ -195,11 +211,14 @@ class Stream:
         missing = [c for c in mapping if self.schema is not None and c not in self.schema]
         if missing:
             raise ConfigError(f"rename(): no column {missing[0]!r}; columns are {self.columns}")
-        return self._map("rename", lambda f: f.rename(dict(mapping)), rename=mapping)
+        code = self._called("rename", dict(mapping))
+        return self._map("rename", lambda f: f.rename(dict(mapping)), code=code, rename=mapping)
 
     def explode(self, column: str) -> Stream:
         """One record per element of list column ``column``."""
-        return self._map("explode", lambda f: f.explode(column))
+        return self._map(
+            "explode", lambda f: f.explode(column), code=self._called("explode", column)
+        )
 
     def map_batches(self, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> Stream:
         """Apply ``fn`` to each micro-batch.
@@ -226,10 +245,13 @@ class Stream:
                 out = out.with_columns(frame.select(hidden))
             return out
 
-        stream = self._map("map_batches", run, opaque=True)
+        code = self._called("map_batches", fn)
+        stream = self._map("map_batches", run, code=code, opaque=True)
         if stream.schema is not None and stream.schema.len() == 0:
             plan = stream.plan  # the columns are known once data flows
-            return Stream(Plan(plan.root, None, self._plan.event_time, plan.bounded, plan.keys))
+            return Stream(
+                Plan(plan.root, None, self._plan.event_time, plan.bounded, plan.keys), code=code
+            )
         return stream
 
     # -- event time -------------------------------------------------------------------------
@@ -258,6 +280,7 @@ class Stream:
                 meta.keys,
                 meta.result_time,
             ),
+            code=self._called("with_watermark", column, delay),
         )
 
     # -- stateful ---------------------------------------------------------------------------
@@ -286,7 +309,12 @@ class Stream:
             raise ConfigError("window() works on streams, not on tables")
         keys = _key_list(by, "by")
         self._check_columns(keys, "window(by=...)")
-        return WindowedStream(self, spec, tuple(keys), to_ms(grace, name="grace"), emit)
+        options = {"by": by, "grace": grace, "emit": emit}
+        defaults = {"by": None, "grace": "0s", "emit": "final"}
+        code = self._called(
+            "window", spec, **{k: v for k, v in options.items() if v != defaults[k]}
+        )
+        return WindowedStream(self, spec, tuple(keys), to_ms(grace, name="grace"), emit, code=code)
 
     def group_by(self, *keys: str | Sequence[str]) -> GroupedStream:
         """A running aggregate per key (a table: one live row per key)."""
@@ -294,7 +322,7 @@ class Stream:
         if not flat:
             raise ConfigError("group_by() needs at least one key column")
         self._check_columns(flat, "group_by()")
-        return GroupedStream(self, tuple(flat))
+        return GroupedStream(self, tuple(flat), self._called("group_by", *keys))
 
     def union(self, *others: Stream) -> Stream:
         """Merge streams with the same schema, in arrival order."""
@@ -315,7 +343,8 @@ class Stream:
                 self.schema,
                 self._plan.event_time if len(times) == 1 else None,
                 all(s.bounded for s in streams),
-            )
+            ),
+            code=self._called("union", *others),
         )
 
     def join(
@@ -397,6 +426,9 @@ class Stream:
             )
         except pl.exceptions.PolarsError as exc:
             raise column_error(exc, "join()") from None
+        options = {"on": on, "how": how, "within": within, "grace": grace}
+        defaults = {"on": None, "how": "inner", "within": None, "grace": "0s"}
+        code = self._called("join", other, **{k: v for k, v in options.items() if v != defaults[k]})
         node = JoinNode(
             (self._plan.root, other._plan.root),
             kind,
@@ -416,6 +448,7 @@ class Stream:
                 out_keys,
                 meta.result_time,
             ),
+            code=code,
         )
 
     def _check_columns(self, columns: Sequence[str], where: str) -> None:
@@ -442,7 +475,8 @@ class Stream:
             raise ConfigError("to_parquet(): rows_per_file must be ≥ 1 and flush_seconds > 0")
         sink = ParquetSink(Path(path).expanduser(), rows_per_file, flush_seconds)
         node = SinkNode((self._plan.root,), sink)
-        return Stream(self._plan.then(node))
+        code = self._called("to_parquet", str(path))
+        return Stream(self._plan.then(node), code=code)
 
     def to_kafka(
         self,
@@ -477,7 +511,7 @@ class Stream:
             headers=headers,
         )
         node = SinkNode((self._plan.root,), sink)
-        return Stream(self._plan.then(node))
+        return Stream(self._plan.then(node), code=self._called("to_kafka", topic))
 
     # -- running ----------------------------------------------------------------------------
     def collect(
@@ -565,7 +599,14 @@ class WindowedStream:
     """``stream.window(...)``: finish it with ``.agg(*exprs)``."""
 
     def __init__(
-        self, stream: Stream, spec: WindowSpec, by: tuple[str, ...], grace_ms: int, emit: Emit
+        self,
+        stream: Stream,
+        spec: WindowSpec,
+        by: tuple[str, ...],
+        grace_ms: int,
+        emit: Emit,
+        *,
+        code: str,
     ) -> None:
         self._stream, self._spec, self._by, self._grace_ms, self._emit = (
             stream,
@@ -574,6 +615,7 @@ class WindowedStream:
             grace_ms,
             emit,
         )
+        self._code = code
 
     def agg(self, *exprs: pl.Expr | Sequence[pl.Expr]) -> Stream:
         """Aggregate each window; columns: window_start, window_end, the keys, the aggregates."""
@@ -617,14 +659,15 @@ class WindowedStream:
                 et,
                 windowed,
             ),
+            code=call_code(self._code, "agg", *exprs),
         )
 
 
 class GroupedStream:
     """``stream.group_by(...)``: finish it with ``.agg(*exprs)``."""
 
-    def __init__(self, stream: Stream, keys: tuple[str, ...]) -> None:
-        self._stream, self._keys = stream, keys
+    def __init__(self, stream: Stream, keys: tuple[str, ...], code: str) -> None:
+        self._stream, self._keys, self._code = stream, keys, code
 
     def agg(self, *exprs: pl.Expr | Sequence[pl.Expr]) -> Stream:
         """The running aggregates per key, updated after every micro-batch."""
@@ -635,7 +678,10 @@ class GroupedStream:
         if schema is not None:
             out = pl.Schema({**{k: schema[k] for k in self._keys}, **aggregation.output_schema})
         node = GroupByNode((stream._plan.root,), self._keys, aggregation)
-        return Stream(Plan(node, out, None, stream.bounded, self._keys, stream._plan.event_time))
+        return Stream(
+            Plan(node, out, None, stream.bounded, self._keys, stream._plan.event_time),
+            code=call_code(self._code, "agg", *exprs),
+        )
 
 
 def _aggregation(
@@ -716,3 +762,9 @@ def _follow_time(
     except ConfigError:
         return None
     return EventTime(column, et.delay_ms, dtype)
+
+
+def _source_code(plan: Plan) -> str:
+    """A stream made without a recorded call (a source): its source's name, or its sources'."""
+    names = [source.name for source in plan.sources()]
+    return names[0] if len(names) == 1 else f"<{' + '.join(names)}>"

@@ -397,3 +397,20 @@ def test_collect_timeout_on_a_slow_bounded_source() -> None:
     assert slow.bounded
     with pytest.raises(TimeoutError):
         slow.collect(timeout=0.3)
+
+
+def test_renaming_a_window_results_keys_keeps_it_joinable_as_one() -> None:
+    """A window join needs both inputs to be window results keyed alike (sn.sql renames one
+    side's key to join ``ON a.id = b.seller``); renaming a window bound ends that."""
+    auctions = sn.nexmark(events=20_000, kind="auction", event_rate=1_000)
+    persons = sn.nexmark(events=20_000, kind="person", event_rate=1_000)
+    sellers = auctions.window(sn.Tumbling("5s"), by="seller").agg(pl.len().alias("auctions"))
+    assert sellers.rename({"seller": "id"}).plan.windowed == ("id",)
+    assert sellers.rename({"window_start": "ws"}).plan.windowed is None
+    people = persons.window(sn.Tumbling("5s"), by="id").agg(pl.col("name").first())
+    got = people.join(sellers.rename({"seller": "id"}), on="id").collect()
+    unrenamed = persons.window(sn.Tumbling("5s"), by="id").agg(pl.col("name").first())
+    by_seller = auctions.select("dateTime", id="seller").window(sn.Tumbling("5s"), by="id")
+    want = unrenamed.join(by_seller.agg(pl.len().alias("auctions")), on="id").collect()
+    assert got.height > 0
+    assert_frame_equal(got.sort(got.columns), want.sort(want.columns))

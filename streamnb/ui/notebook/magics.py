@@ -6,6 +6,9 @@
     %%stream NAME [--show] [--chart SPEC] [--to-kafka TOPIC]
     <Python whose last expression is a Stream>
 
+    %%stream_sql NAME [--show] [--chart SPEC]
+    <one SELECT query; its tables are the notebook's Streams of those names>
+
     %stream list | stop NAME | stop --all | status NAME | topics
     %stream connect BOOTSTRAP [--config KEY=VALUE ...]
     %stream peek TOPIC [-n N] | promote NAME --to PATH
@@ -34,6 +37,7 @@ from streamnb.engine.query import Query
 from streamnb.exceptions import ConfigError
 from streamnb.io.kafka.client import SECRET_KEYS, kafka_reason, redact
 from streamnb.promote import write_job
+from streamnb.sql import tables as sql_tables
 from streamnb.stream import GroupedStream, Stream, WindowedStream
 from streamnb.types import Status
 from streamnb.ui.notebook.widgets import display_query
@@ -41,6 +45,7 @@ from streamnb.ui.notebook.widgets import display_query
 __all__ = ["StreamMagics", "load_ipython_extension", "unload_ipython_extension"]
 
 CELL_USAGE = "%%stream NAME [--show] [--chart SPEC] [--to-kafka TOPIC]"
+SQL_USAGE = "%%stream_sql NAME [--show] [--chart SPEC]"
 CONNECT_USAGE = "%stream connect BOOTSTRAP [--config KEY=VALUE ...]"
 LINE_USAGE = (
     "%stream list | stop NAME | stop --all | status NAME | "
@@ -110,7 +115,7 @@ def _parse(stub: Any, argstring: str, usage: str) -> Any:
 
 @dataclass(frozen=True)
 class _Definition:
-    """What a ``%%stream`` cell ran: kept for ``%stream promote``."""
+    """What a ``%%stream`` or ``%%stream_sql`` cell ran: kept for ``%stream promote``."""
 
     cell: str
     to_kafka: str | None
@@ -158,37 +163,74 @@ class StreamMagics(Magics):
         """
         args = _parse(self.stream_cell, line, CELL_USAGE)
         stream = self._run_cell(cell)
-        chart = self._evaluate_spec(args.chart) if args.chart else None  # may use the cell's names
+        # --chart may use the cell's names
+        chart = self._evaluate_spec(args.chart, CELL_USAGE) if args.chart else None
         if args.to_kafka:
             stream = stream.to_kafka(args.to_kafka)
+        query = self._start(stream, args.name, show=args.show, chart=chart)
+        history = self._user_ns()[1].get("In", [])
+        self.definitions[args.name] = _Definition(cell, args.to_kafka, len(history) - 1)
+        return query
+
+    @magic_arguments(name="%%stream_sql")
+    @argument("name", help="the query's name; a running query of that name is replaced")
+    @argument("--show", action="store_true", help="display a live table of the result")
+    @argument("--chart", metavar="SPEC", help="a Python expression giving an Altair chart")
+    @cell_magic("stream_sql")  # type: ignore[arg-type]
+    def stream_sql_cell(self, line: str, cell: str) -> Query:
+        """Translate the cell's SQL with ``sn.sql`` (its table names are the notebook's
+        Streams) and start it as query NAME. Returns the Query at once."""
+        args = _parse(self.stream_sql_cell, line, SQL_USAGE)
+        if not cell.strip():
+            raise UsageError(f"the %%stream_sql cell is empty: write a SELECT query\n{SQL_USAGE}")
+        namespace = {**self._user_ns()[0], **self._user_ns()[1]}
+        try:
+            names = sql_tables(cell)
+        except ConfigError as exc:
+            raise UsageError(f"%%stream_sql {args.name}: {exc}") from None
+        missing = [n for n in names if not isinstance(namespace.get(n), Stream)]
+        if missing:
+            found = sorted(k for k, v in namespace.items() if isinstance(v, Stream))
+            raise UsageError(
+                f"%%stream_sql {args.name}: no Stream named {missing[0]!r} in the notebook "
+                f"(the SQL's tables are Streams of the user namespace; Streams here: "
+                f"{found or 'none'})"
+            )
+        stream = sn.sql(cell, **{n: namespace[n] for n in names})
+        chart = self._evaluate_spec(args.chart, SQL_USAGE) if args.chart else None
+        query = self._start(stream, args.name, show=args.show, chart=chart)
+        history = self._user_ns()[1].get("In", [])
+        self.definitions[args.name] = _Definition(cell, None, len(history) - 1)
+        return query
+
+    def _start(self, stream: Stream, name: str, *, show: bool, chart: Any) -> Query:
+        """Start ``stream`` as query ``name``, with a live table and/or chart."""
         options: dict[str, Any] = {
             "max_rows": self.max_rows,
             "max_updates_per_second": self.max_updates_per_second,
         }
         # through the Stream methods, so the worker's capture mode sees these queries too
         if chart is not None:
-            query = stream.chart(chart, args.name)
-            if args.show and isinstance(query, Query):
+            query = stream.chart(chart, name)
+            if show and isinstance(query, Query):
                 display_query(query, **options)
-        elif args.show:
-            query = stream.show(args.name, **options)
+        elif show:
+            query = stream.show(name, **options)
         else:
-            query = stream.start(args.name)
-        self.queries[args.name] = query
-        history = self._user_ns()[1].get("In", [])
-        self.definitions[args.name] = _Definition(cell, args.to_kafka, len(history) - 1)
+            query = stream.start(name)
+        self.queries[name] = query
         return query
 
     def _user_ns(self) -> tuple[dict[str, Any], dict[str, Any]]:
         assert self.shell is not None
         return self.shell.user_global_ns, self.shell.user_ns
 
-    def _evaluate_spec(self, spec: str) -> Any:
+    def _evaluate_spec(self, spec: str, usage: str) -> Any:
         try:
-            code = compile(spec, "<%%stream --chart>", "eval")
+            code = compile(spec, "<--chart>", "eval")
         except SyntaxError as exc:
             raise UsageError(
-                f"--chart {spec!r} is not a Python expression ({exc.msg})\nusage: {CELL_USAGE}"
+                f"--chart {spec!r} is not a Python expression ({exc.msg})\nusage: {usage}"
             ) from None
         return eval(code, *self._user_ns())
 
@@ -306,7 +348,7 @@ class StreamMagics(Magics):
         definition = self.definitions.get(args.name)
         if definition is None:
             raise UsageError(
-                f"no %%stream cell defined query {args.name!r}; defined: "
+                f"no %%stream cell defined query {args.name!r} (nor a %%stream_sql cell); defined: "
                 f"{sorted(self.definitions) or 'none'}\nusage: {usage}"
             )
         path = Path(args.to).expanduser()
@@ -343,7 +385,8 @@ def _settings(items: list[str]) -> dict[str, str]:
 
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:
-    """``%load_ext streamnb``: register ``%%stream``, ``%stream`` and ``StreamMagics`` config."""
+    """``%load_ext streamnb``: register ``%%stream``, ``%%stream_sql``, ``%stream`` and the
+    ``StreamMagics`` config."""
     ipython.register_magics(StreamMagics(shell=ipython))
 
 
@@ -354,8 +397,8 @@ def unload_ipython_extension(ipython: InteractiveShell) -> None:
     if not isinstance(magics, StreamMagics):
         return
     magics.close()
-    for kind in ("line", "cell"):
-        if manager.magics[kind].get("stream") is not None:
-            del manager.magics[kind]["stream"]
+    for kind, name in (("line", "stream"), ("cell", "stream"), ("cell", "stream_sql")):
+        if manager.magics[kind].get(name) is not None:
+            del manager.magics[kind][name]
     if magics in ipython.configurables:
         ipython.configurables.remove(magics)
