@@ -159,3 +159,12 @@ def visible(df: pl.DataFrame) -> pl.DataFrame:
 def visible_schema(schema: pl.Schema) -> pl.Schema:
     """``schema`` without streamnb's hidden columns."""
     return pl.Schema({c: t for c, t in schema.items() if not c.startswith(PREFIX)})
+
+
+def with_series(df: pl.DataFrame, series: list[pl.Series]) -> pl.DataFrame:
+    """``df.with_columns(series)`` for ready-made columns: appended without a query plan
+    (``hstack``, a tenth of the cost on a small batch) unless one replaces a column."""
+    names = set(df.columns)
+    if any(s.name in names for s in series):
+        return df.with_columns(series)
+    return df.hstack(series)

@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import polars as pl
 
 from streamnb.columns import (
@@ -30,6 +31,7 @@ from streamnb.columns import (
     WATERMARK,
     WINDOW_START,
     visible,
+    with_series,
 )
 from streamnb.definitions.aggregates import Aggregation
 from streamnb.definitions.eventtime import EventTime
@@ -88,10 +90,13 @@ class WindowOperatorBase(Operator):
         if MARKER in df.columns:  # watermark-only rows: their times are taken in, no more
             data = ~df.get_column(MARKER).fill_null(False)
             df, times, wm = df.filter(data).drop(MARKER), times.filter(data), wm.filter(data)
-        stamped = df.with_columns(
-            times.alias(TIME),
-            wm.alias(WATERMARK),
-            pl.int_range(self.seq, self.seq + df.height).alias(SEQ),
+        stamped = with_series(
+            df,
+            [
+                times.alias(TIME),
+                wm.alias(WATERMARK),
+                pl.Series(SEQ, np.arange(self.seq, self.seq + df.height), dtype=pl.Int64),
+            ],
         )
         self.seq += df.height
         return stamped
@@ -191,15 +196,17 @@ class WindowOperator(WindowOperatorBase):
         stamped = self._stamp(delta.rows)
         if stamped.height == 0:  # the watermark may still have moved (marker rows)
             return self._advance(self.watermark, None, 0)
-        stamped = stamped.with_columns(self._open_windows().alias(OPEN))
-        late = stamped.get_column(OPEN) == 0
+        times = stamped.get_column(TIME).to_numpy()
+        opened = self._open_windows(times, stamped.get_column(WATERMARK).to_numpy())
+        stamped = with_series(stamped, [pl.Series(OPEN, opened, dtype=pl.Int64)])
+        on_time = opened > 0
+        late = pl.Series(~on_time)
         self._late(stamped, late)
-        kept = stamped.filter(~late)
+        kept = stamped if on_time.all() else stamped.filter(~late)
         partial = None
         if kept.height and self.per_record == 1:
-            assigned = kept.with_columns(
-                ((pl.col(TIME) // self.size) * self.size).alias(WINDOW_START)
-            )
+            starts = times[on_time] // self.size * self.size
+            assigned = with_series(kept, [pl.Series(WINDOW_START, starts, dtype=pl.Int64)])
             partial = self.agg.partial(self.agg.prepare(assigned, self.groups), self.groups)
         elif kept.height:
             # Aggregate per pane first (records sharing a window set and the same number of
@@ -250,18 +257,19 @@ class WindowOperator(WindowOperatorBase):
                 changed.append(started(rows, start))
         return pl.concat(changed, how="vertical_relaxed") if changed else None
 
-    def _open_windows(self) -> pl.Expr:
-        """How many of a record's windows are open, newest first (0: the record is late).
+    def _open_windows(self, times: np.ndarray, watermarks: np.ndarray) -> np.ndarray:
+        """How many of each record's windows are open, newest first (0: the record is late).
 
         A record at ``t`` is in the windows starting ``last − j·every`` (``last`` the newest
         start ≤ t) that still contain t; window j is open while its end + grace > W, and
-        since starts decrease with j the open ones are exactly j < n.
+        since starts decrease with j the open ones are exactly j < n. (numpy, floor division
+        as polars': a few microseconds a batch, where expressions cost a query plan.)
         """
-        last = (pl.col(TIME) // self.every) * self.every
-        containing = (last + self.size - pl.col(TIME) + self.every - 1) // self.every
-        room = last + self.size + self.grace - pl.col(WATERMARK)
-        open_ = pl.min_horizontal((room + self.every - 1) // self.every, containing)
-        return pl.when(room > 0).then(open_).otherwise(0)
+        last = times // self.every * self.every
+        containing = (last + self.size - times + self.every - 1) // self.every
+        room = last + self.size + self.grace - watermarks
+        opened = np.minimum((room + self.every - 1) // self.every, containing)
+        return np.where(room > 0, opened, 0)
 
     def finish(self) -> Delta | None:
         return self._advance(POS_INF, None, 0)
