@@ -27,6 +27,8 @@ from streamnb.engine.introspect import duration_text, time_text, why
 STYLE = """<style>
 .streamnb-lifecycle {font: 12px/1.5 var(--jp-ui-font-family, sans-serif);}
 .streamnb-lifecycle ul.streamnb-why {margin: 2px 0 6px; padding-left: 18px;}
+.streamnb-lifecycle .streamnb-partitions th:first-child,
+.streamnb-lifecycle .streamnb-partitions th:last-child {text-align: left;}
 .streamnb-lifecycle tr.holding td {background: #fff8c5;}
 .streamnb-lifecycle tr.idle td {color: #8c959f;}
 .streamnb-lifecycle .streamnb-late {color: #57606a; margin: 2px 0 6px;}

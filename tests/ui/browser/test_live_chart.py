@@ -14,8 +14,9 @@ opens the notebook in chromium, runs the cells and checks that:
 A second test (``lifecycle_panel.mjs``) shows a windowed query over a three-partition Kafka
 topic whose partition 2 lags 40 s of event time behind, opens the live table's lifecycle
 section with a click and checks that it renders, changes while records come, and names
-partition 2 as the one holding the watermark back; its screenshot is
-``docs/img/lifecycle-panel.png``.
+partition 2 as the one holding the watermark back. Its screenshot goes to
+``test-artifacts/browser/lifecycle_panel.png``, and with ``STREAMNB_UPDATE_SCREENSHOTS=1`` to
+``docs/img/lifecycle-panel.png`` (the README's picture) too.
 
 Screenshots go to ``test-artifacts/browser/``. Needs ``scripts/install-browser-deps`` (run here
 when something is missing). Skipped only with ``STREAMNB_SKIP_BROWSER=1``.
@@ -36,6 +37,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -285,6 +287,7 @@ def test_live_chart_updates_in_place(lab: Lab) -> None:
 # -- the lifecycle panel ---------------------------------------------------------------------
 PANEL_NOTEBOOK = "lifecycle_panel_test.ipynb"
 PANEL_BUDGET_SECONDS = 60
+PANEL_PICTURE = ROOT / "docs" / "img" / "lifecycle-panel.png"
 T0_MS = 1_767_268_800_000  # 2026-01-01T12:00:00Z
 BEHIND_MS = 40_000
 
@@ -338,7 +341,7 @@ def producing(bootstrap: str, topic: str) -> Iterator[Callable[[], int]]:
 def test_lifecycle_panel_names_the_partition_that_holds_the_watermark_back(
     tmp_path: Path, make_topic: Callable[..., str], bootstrap: str
 ) -> None:
-    topic = make_topic(partitions=3)
+    topic = make_topic(partitions=3, name=f"bids-{uuid.uuid4().hex[:8]}")
     began = time.monotonic()
     with (
         producing(bootstrap, topic) as sent,
@@ -350,7 +353,6 @@ def test_lifecycle_panel_names_the_partition_that_holds_the_watermark_back(
             PANEL_NOTEBOOK,
             PANEL_BUDGET_SECONDS,
             SNB_TOPIC=topic,
-            SNB_SCREENSHOT=str(ROOT / "docs" / "img" / "lifecycle-panel.png"),
         )
         assert sent() > 4
     assert report["holding"] == ["2"], report
@@ -366,6 +368,8 @@ def test_lifecycle_panel_names_the_partition_that_holds_the_watermark_back(
     ), sentences
     assert not report["pageErrors"], f"uncaught page errors: {report['pageErrors']}"
     assert not report["consoleErrors"], f"console errors: {report['consoleErrors']}"
+    if os.environ.get("STREAMNB_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(report["screenshot"], PANEL_PICTURE)
     print(
         f"\nlifecycle panel: {sentences}; {report['totalMs'] / 1000:.1f} s in the browser, "
         f"{time.monotonic() - began:.1f} s in all; picture {report['screenshot']}"
