@@ -10,7 +10,7 @@ the partitions or inputs that hold it back, and the records that went through ea
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -313,6 +313,16 @@ class Explanation(str):
         return str(self)
 
 
+def idle_timeouts(sources: Iterable[Any]) -> dict[str, int]:
+    """How long a quiet partition holds the watermark, in ms, per Kafka topic of ``sources``
+    (the ``idle_ms`` of :func:`explain` and :func:`why`)."""
+    return {
+        topic: getattr(source, "idle_ms", 0)
+        for source in sources
+        for topic in getattr(source, "topics", ())
+    }
+
+
 def explain(runner: Runner, name: str, state: str, idle_ms: Mapping[str, int]) -> Explanation:
     """The running plan, the output at the top, each operator with its records in / out,
     late and errors; then, for a window that has not fired, why."""
@@ -342,33 +352,33 @@ def why(info: Mapping[str, Any], idle_ms: Mapping[str, int]) -> list[str]:
             return [f"{info['operator']} holds a running aggregate (no windows to fire)"]
         return ["no window is open"]
     lines = [
-        f"window {_time(window['window_start'])}–{_time(window['window_end'])} closes at "
-        f"watermark {_time(window['closes_at'])} (grace {_duration(info['grace_ms'])}); "
-        f"the watermark is {_time(info['watermark'])}"
+        f"window {time_text(window['window_start'])}–{time_text(window['window_end'])} closes at "
+        f"watermark {time_text(window['closes_at'])} (grace {duration_text(info['grace_ms'])}); "
+        f"the watermark is {time_text(info['watermark'])}"
     ]
     if info["pending"] is not None:
         lines.append(
-            f"the next record moves the watermark to {_time(info['pending'])} (a partition "
+            f"the next record moves the watermark to {time_text(info['pending'])} (a partition "
             "went idle since the last one; a watermark moves only with records)"
         )
     for held in info["holding"]:
-        where = _where(held)
+        where = where_text(held)
         if held["reason"] == "no records yet":
             wait = idle_ms.get(held["source"])
-            after = f" or until it is idle ({_duration(wait)} without records)" if wait else ""
+            after = f" or until it is idle ({duration_text(wait)} without records)" if wait else ""
             lines.append(f"{where} has sent no records yet: it holds the watermark{after}")
         elif held["behind_ms"]:
             lines.append(
-                f"{where} is at {_time(held['watermark'])}, "
-                f"{_duration(held['behind_ms'])} behind the others"
+                f"{where} is at {time_text(held['watermark'])}, "
+                f"{duration_text(held['behind_ms'])} behind the others"
             )
         else:
             lines.append(
-                f"{where} is at {_time(held['watermark'])}: the window closes once an event "
-                f"at or after {_time(info['needs'])} arrives"
+                f"{where} is at {time_text(held['watermark'])}: the window closes once an event "
+                f"at or after {time_text(info['needs'])} arrives"
             )
     for idle in info["idle"]:
-        lines.append(f"{_where(idle)} is idle (it does not hold the watermark)")
+        lines.append(f"{where_text(idle)} is idle (it does not hold the watermark)")
     merge = info["merge"]
     if merge is not None:
         lines.append(
@@ -378,13 +388,16 @@ def why(info: Mapping[str, Any], idle_ms: Mapping[str, int]) -> list[str]:
     return lines
 
 
-def _where(part: Mapping[str, Any]) -> str:
+def where_text(part: Mapping[str, Any]) -> str:
+    """``partition 3 of bids`` (Kafka), ``input nexmark[bid]`` (a source read as one part)."""
     if part["partition"] is None:
         return f"input {part['source']}"
     return f"partition {part['partition']} of {part['source']}"
 
 
-def _time(value: datetime | int | None) -> str:
+def time_text(value: datetime | int | None) -> str:
+    """An event time as :func:`why` words it: ``12:00:05`` (UTC; ms when there are some), an
+    integer as is, ``None`` as −∞."""
     if value is None:
         return "−∞ (no event yet)"
     if isinstance(value, datetime):
@@ -396,7 +409,8 @@ def _time(value: datetime | int | None) -> str:
     return str(value)
 
 
-def _duration(ms: float | None) -> str:
+def duration_text(ms: float | None) -> str:
+    """Milliseconds in seconds: ``2 s``, ``0.25 s``."""
     if ms is None:
         return "?"
     if ms % 1000 == 0:

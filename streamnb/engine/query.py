@@ -317,11 +317,7 @@ class Query:
     def explain(self) -> introspect.Explanation:
         """The running plan with records in / out, late and errors per operator, and, for a
         window that has not fired, why (in words)."""
-        idle_ms = {  # Kafka sources: how long a quiet partition holds the watermark
-            topic: getattr(source, "idle_ms", 0)
-            for source in self.plan.sources()
-            for topic in getattr(source, "topics", ())
-        }
+        idle_ms = introspect.idle_timeouts(self.plan.sources())
         return introspect.explain(self._exec.runner, self.name, self._state, idle_ms)
 
     @property

@@ -1,11 +1,14 @@
 """Live tables for running queries: ``stream.show()`` and the views behind it.
 
 In a Jupyter kernel, :func:`show` displays a :class:`LiveTable`: an ipywidgets ``VBox`` with
-a status bar, Pause / Resume / Stop buttons, the newest rows of the result table, and
-"late (N)" / "errors (N)" toggles that reveal the side outputs. One daemon updater thread per
-view polls ``query.version`` and ``query.status()`` and redraws at most
+a status bar, Pause / Resume / Stop buttons, the newest rows of the result table,
+"late (N)" / "errors (N)" toggles that reveal the side outputs, and a collapsed "lifecycle"
+section (an ``Accordion``): every input partition's watermark, idleness and lag, and the next
+window to close and what holds it back, in words (:mod:`._lifecycle`). One daemon updater
+thread per view polls ``query.version`` and ``query.status()`` and redraws at most
 ``max_updates_per_second`` times a second (coalesced, trailing redraw when the query ends);
-the engine thread never touches a widget.
+the engine thread never touches a widget. The lifecycle section is drawn by the same redraws,
+only while it is open, and at least once a second then (idleness changes without records).
 
 Without a kernel (a plain script, a terminal IPython, the worker) nothing can render a
 widget: :class:`StaticView` prints a text snapshot after the first results and a final one
@@ -21,11 +24,12 @@ from typing import Any
 
 import polars as pl
 
+from streamnb.engine import introspect
 from streamnb.engine.query import Observed, Query
 from streamnb.exceptions import ConfigError
 from streamnb.stream import Stream
 from streamnb.types import Status
-from streamnb.ui.notebook import _render
+from streamnb.ui.notebook import _lifecycle, _render
 from streamnb.ui.notebook._frontend import frontend
 from streamnb.ui.notebook._throttle import Throttle
 
@@ -124,17 +128,35 @@ class _View:
         if self.first_result_at is None and self.query.version > 0:
             self.first_result_at = time.monotonic()
 
+    def lifecycle_html(self) -> str | None:
+        """The lifecycle panel's HTML (None for a query that cannot tell: a stand-in)."""
+        query = self.query
+        if not isinstance(query, Query):
+            return None
+        return _lifecycle.lifecycle_html(
+            query.lifecycle(),
+            query.watermarks(),
+            late=query.status()["late"],
+            idle_ms=introspect.idle_timeouts(query.plan.sources()),
+        )
+
     def snapshot_html(self) -> str:
-        """Status and table as static HTML (what a notebook without widgets shows)."""
+        """Status, table and lifecycle (in a ``<details>``) as static HTML: what a notebook
+        without widgets shows."""
         rows, total = self._rows()
-        return _render.snapshot_html(self.query.status(), rows, total)
+        html = _render.snapshot_html(self.query.status(), rows, total)
+        lifecycle = self.lifecycle_html()
+        if lifecycle is None:
+            return html
+        return f"{html}{_lifecycle.STYLE}<details><summary>lifecycle</summary>{lifecycle}</details>"
 
 
 class LiveTable(_View):
     """A live table widget over a running query; display it, then :meth:`start` it.
 
-    ``widget`` is the ipywidgets ``VBox``; ``status``, ``table``, the buttons and the side
-    output panels are its parts. Displaying it shows the widget, with a static HTML
+    ``widget`` is the ipywidgets ``VBox``; ``status``, ``table``, the buttons, the side
+    output panels and ``lifecycle`` (an ``Accordion``, collapsed; ``lifecycle_panel`` is its
+    HTML) are its parts. Displaying it shows the widget, with a static HTML
     snapshot as ``text/html`` for frontends that cannot render widgets.
     """
 
@@ -152,6 +174,14 @@ class LiveTable(_View):
         self.table = w.HTML(_render.html_table(query.result().head(0)))
         self.late_panel = w.HTML(layout=w.Layout(display="none"))
         self.errors_panel = w.HTML(layout=w.Layout(display="none"))
+        self.lifecycle_panel = w.HTML()
+        self.lifecycle = w.Accordion(
+            children=[self.lifecycle_panel],
+            titles=("lifecycle: watermarks, the next window and what it waits for",),
+            selected_index=None,
+        )
+        self.lifecycle.add_class("streamnb-lifecycle-section")
+        parts = [self.lifecycle] if isinstance(query, Query) else []
         controls = w.HBox(
             [
                 self.pause_button,
@@ -163,12 +193,13 @@ class LiveTable(_View):
         )
         self.widget = w.VBox(
             [
-                w.HTML(_render.STYLE),
+                w.HTML(_render.STYLE + _lifecycle.STYLE),
                 self.status,
                 controls,
                 self.table,
                 self.late_panel,
                 self.errors_panel,
+                *parts,
             ]
         )
         self.pause_button.on_click(lambda _: self._control(query.pause))
@@ -176,20 +207,28 @@ class LiveTable(_View):
         self.stop_button.on_click(lambda _: self._control(lambda: query.stop(timeout=0)))
         self.late_toggle.observe(lambda _: self._refresh_panels(force=True), names="value")
         self.errors_toggle.observe(lambda _: self._refresh_panels(force=True), names="value")
+        self.lifecycle.observe(lambda _: self._control(lambda: None), names="selected_index")
         self._shown_version = -1
         self._shown_side: dict[str, int] = {}
         self._handle: Any = None
 
     def _control(self, action: Any) -> None:
+        """Do ``action`` (a click), then redraw: by the updater if it runs, else here."""
         action()
         if self._throttle.alive:
             self._throttle.wake()  # the updater redraws the status at once
         else:
             self._push()
 
+    @property
+    def lifecycle_open(self) -> bool:
+        return self.lifecycle.selected_index is not None
+
     def _probe(self) -> Hashable:
         s = self.query.status()
-        return (self.query.version, s["state"], s["records_in"], s["late"], s["errors"])
+        # an open lifecycle section changes without records too (a partition goes idle)
+        tick = int(time.monotonic()) if self.lifecycle_open else None
+        return (self.query.version, s["state"], s["records_in"], s["late"], s["errors"], tick)
 
     def _push(self) -> None:
         query = self.query
@@ -210,6 +249,8 @@ class LiveTable(_View):
                 self._shown_version = version
                 self._note_result()
             self._refresh_panels(status)
+            if self.lifecycle_open:
+                self._refresh_lifecycle()
         if state in _ENDED and self._handle is not None:
             self._handle.update(self)  # refresh the static fallback with the final table
 
@@ -228,6 +269,12 @@ class LiveTable(_View):
                         rows, caption=f"{kind}: newest {rows.height} of {count:,}"
                     )
                     self._shown_side[kind] = count
+
+    def _refresh_lifecycle(self) -> None:
+        """Redraw the lifecycle section if it is open (it costs nothing while closed)."""
+        with self._lock:
+            if self.lifecycle_open and (text := self.lifecycle_html()) is not None:
+                self.lifecycle_panel.value = text
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})

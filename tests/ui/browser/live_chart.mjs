@@ -9,7 +9,7 @@
 // SNB_DEADLINE_MS (total budget, default 100000).
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch, openNotebook, runCell as runCellIn, session, sleep } from "./lab.mjs";
 
 const base = process.env.SNB_LAB_URL;
 const token = process.env.SNB_TOKEN;
@@ -17,118 +17,19 @@ const notebook = process.env.SNB_NOTEBOOK;
 const cells = JSON.parse(process.env.SNB_CELLS);
 const artifacts = process.env.SNB_ARTIFACTS || "test-artifacts/browser";
 const executablePath = process.env.SNB_CHROMIUM || "/usr/bin/chromium";
-const started = Date.now();
-const deadline = started + Number(process.env.SNB_DEADLINE_MS || 100000);
 
 mkdirSync(artifacts, { recursive: true });
 
 const result = { steps: [], consoleErrors: [], pageErrors: [] };
-const log = (msg) => {
-  const line = `[${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}`;
-  result.steps.push(line);
-  console.error(line);
-};
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const remaining = () => Math.max(1000, deadline - Date.now());
-
-// polls fn() (in node) until it returns a truthy value; throws after timeoutMs
-async function until(what, fn, timeoutMs = 20000, everyMs = 100) {
-  const end = Math.min(Date.now() + timeoutMs, deadline);
-  let last;
-  while (Date.now() < end) {
-    last = await fn();
-    if (last) {
-      return last;
-    }
-    await sleep(everyMs);
-  }
-  throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
-}
-
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-    "--disable-extensions",
-  ],
-});
+const run = session(result, Number(process.env.SNB_DEADLINE_MS || 100000));
+const { log, until } = run;
+const browser = await launch(executablePath);
 
 let page;
 let exitCode = 0;
 try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
-  page = await context.newPage();
-  page.on("console", (msg) => {
-    if (msg.type() === "error") {
-      result.consoleErrors.push(msg.text());
-    }
-  });
-  page.on("pageerror", (err) => result.pageErrors.push(String(err && err.stack ? err.stack : err)));
-
-  // -- open the notebook; wait for its kernel ----------------------------------------------
-  await page.goto(`${base}/lab/tree/${encodeURIComponent(notebook)}?token=${token}`, {
-    timeout: remaining(),
-    waitUntil: "domcontentloaded",
-  });
-  await page.waitForFunction(
-    (name) => {
-      const app = window.jupyterapp;
-      const widget = app && app.shell && app.shell.currentWidget;
-      const ctx = widget && widget.sessionContext;
-      const kernel = ctx && ctx.session && ctx.session.kernel;
-      return Boolean(
-        widget &&
-        widget.context &&
-        widget.context.path.endsWith(name) &&
-        kernel &&
-        kernel.status === "idle" &&
-        widget.content.widgets.length > 0
-      );
-    },
-    notebook,
-    { timeout: remaining(), polling: 200 },
-  );
-  log("notebook open, kernel idle");
-
-  // runs cell i with notebook:run-cell-and-select-next; waits until it has run (kernel idle)
-  const runCell = async (index, timeoutMs = 30000) => {
-    await page.evaluate(async (i) => {
-      const panel = window.jupyterapp.shell.currentWidget;
-      panel.content.activeCellIndex = i;
-      panel.content.widgets[i].model.executionCount = null;
-      await window.jupyterapp.commands.execute("notebook:run-cell-and-select-next");
-    }, index);
-    const state = await until(
-      `cell ${index} to run`,
-      () =>
-        page.evaluate((i) => {
-          const panel = window.jupyterapp.shell.currentWidget;
-          const cell = panel.content.widgets[i];
-          const kernel = panel.sessionContext.session.kernel;
-          if (cell.model.executionCount === null || kernel.status !== "idle") {
-            return null;
-          }
-          const outputs = cell.model.outputs.toJSON();
-          return { count: cell.model.executionCount, outputs };
-        }, index),
-      timeoutMs,
-      50,
-    );
-    const errors = state.outputs.filter((o) => o.output_type === "error");
-    if (errors.length) {
-      throw new Error(`cell ${index} failed: ${errors.map((e) => `${e.ename}: ${e.evalue}`)}`);
-    }
-    return state;
-  };
+  page = await openNotebook(browser, { base, token, notebook, result, run });
+  const runCell = (index, timeoutMs) => runCellIn(page, run, index, timeoutMs);
 
   // the chart in cell i's output: its <svg> (tagged by the widget), marks, the widget's counters
   const chartState = (index = cells.chart) =>
@@ -304,7 +205,7 @@ try {
     }
   }
 } finally {
-  result.totalMs = Date.now() - started;
+  result.totalMs = Date.now() - run.started;
   await browser.close();
 }
 console.log(`RESULT ${JSON.stringify(result)}`);

@@ -1,4 +1,5 @@
-"""The live chart in a real browser: JupyterLab, Debian's chromium, playwright-core.
+"""The live chart and the live table's lifecycle panel in a real browser: JupyterLab,
+Debian's chromium, playwright-core.
 
 The test writes a small notebook (a Nexmark query with ``rate=`` and ``stream.chart(...)``,
 then ``q.pause()``, ``q.resume()``, ``stream.show()`` when this build has it, ``q.stop()``),
@@ -10,6 +11,13 @@ opens the notebook in chromium, runs the cells and checks that:
 - pausing the query stops the updates, resuming restarts them;
 - the page logs no JavaScript error.
 
+A second test (``lifecycle_panel.mjs``) shows a windowed query over a three-partition Kafka
+topic whose partition 2 lags 40 s of event time behind, opens the live table's lifecycle
+section with a click and checks that it renders, changes while records come, and names
+partition 2 as the one holding the watermark back. Its screenshot goes to
+``test-artifacts/browser/lifecycle_panel.png``, and with ``STREAMNB_UPDATE_SCREENSHOTS=1`` to
+``docs/img/lifecycle-panel.png`` (the README's picture) too.
+
 Screenshots go to ``test-artifacts/browser/``. Needs ``scripts/install-browser-deps`` (run here
 when something is missing). Skipped only with ``STREAMNB_SKIP_BROWSER=1``.
 """
@@ -20,18 +28,25 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
+
+from tests.io.kafka.broker import PRODUCER_DEFAULTS, client_config
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[2]
@@ -79,18 +94,20 @@ for query in (q, k, r, globals().get("t")):
 """
 
 
-def _notebook() -> tuple[dict[str, Any], dict[str, int]]:
-    named = [
-        ("setup", SETUP),
-        ("chart", CHART),
-        ("pause", PAUSE),
-        ("resume", RESUME),
-        ("again", AGAIN),
-        ("keyed", KEYED),
-        ("trim", TRIM),
-        ("show", SHOW),
-        ("stop", STOP),
-    ]
+CHART_CELLS = [
+    ("setup", SETUP),
+    ("chart", CHART),
+    ("pause", PAUSE),
+    ("resume", RESUME),
+    ("again", AGAIN),
+    ("keyed", KEYED),
+    ("trim", TRIM),
+    ("show", SHOW),
+    ("stop", STOP),
+]
+
+
+def _notebook(named: list[tuple[str, str]]) -> tuple[dict[str, Any], dict[str, int]]:
     sources = [source for _, source in named]
     cells = [
         {"cell_type": "code", "metadata": {}, "source": s, "outputs": [], "execution_count": None}
@@ -135,13 +152,17 @@ def _lab_settings(settings: Path) -> None:
     (nbext / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, int], Path]]:
+Lab = tuple[str, str, dict[str, int], Path]  # url, token, cell indices by name, tmp_path
+
+
+@contextmanager
+def running_lab(tmp_path: Path, named: list[tuple[str, str]], notebook: str) -> Iterator[Lab]:
+    """``jupyter lab`` on 127.0.0.1 with ``notebooks/<notebook>`` made of the ``named`` cells."""
     _ensure_deps()
-    nb, cells = _notebook()
+    nb, cells = _notebook(named)
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    (notebooks / NOTEBOOK).write_text(json.dumps(nb, indent=1))
+    (notebooks / notebook).write_text(json.dumps(nb, indent=1))
     _lab_settings(tmp_path / "settings")
     token = secrets.token_hex(16)
     port = _free_port()
@@ -199,40 +220,53 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, int], Path]]:
         log.close()
 
 
-def test_live_chart_updates_in_place(
-    lab: tuple[str, str, dict[str, int], Path],
-) -> None:
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with running_lab(tmp_path, CHART_CELLS, NOTEBOOK) as running:
+        yield running
+
+
+def _drive(script: str, lab: Lab, notebook: str, budget: float, **env: str) -> dict[str, Any]:
+    """Run ``script`` (node) against ``lab``; its RESULT report (in ``ARTIFACTS``), checked
+    for a clean exit."""
     url, token, cells, tmp_path = lab
     node = shutil.which("node")
     assert node, "node is needed (scripts/install-browser-deps)"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.update(
+    environ = dict(os.environ)
+    environ.update(
         SNB_LAB_URL=url,
         SNB_TOKEN=token,
-        SNB_NOTEBOOK=NOTEBOOK,
+        SNB_NOTEBOOK=notebook,
         SNB_CELLS=json.dumps(cells),
         SNB_ARTIFACTS=str(ARTIFACTS),
         SNB_CHROMIUM=str(CHROMIUM),
-        SNB_DEADLINE_MS=str(BUDGET_SECONDS * 1000 - 20_000),
+        SNB_DEADLINE_MS=str(int(budget * 1000) - 20_000),
+        **env,
     )
     proc = subprocess.run(
-        [node, str(HERE / "live_chart.mjs")],
+        [node, str(HERE / script)],
         check=False,
         cwd=HERE,
-        env=env,
+        env=environ,
         capture_output=True,
         text=True,
-        timeout=BUDGET_SECONDS,
+        timeout=budget,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     report: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :]) if lines else {}
-    (ARTIFACTS / "result.json").write_text(json.dumps(report, indent=2))
+    name = Path(script).stem
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(report, indent=2))
     detail = (
         f"\nnode stderr:\n{proc.stderr[-4000:]}\nlab log:\n"
         + ((tmp_path / "lab.log").read_text()[-3000:])
     )
     assert proc.returncode == 0 and report, f"browser run failed{detail}"
+    return report
+
+
+def test_live_chart_updates_in_place(lab: Lab) -> None:
+    report = _drive("live_chart.mjs", lab, NOTEBOOK, BUDGET_SECONDS)
     assert report["marksLater"] > report["marksAtTag"] > 0
     assert report["paused"][0] == report["paused"][1]
     assert report["resumed"] > report["paused"][1]
@@ -247,4 +281,96 @@ def test_live_chart_updates_in_place(
         f"{report['firstUpdateMs']} ms after running it; marks {report['marksAtTag']} -> "
         f"{report['marksLater']} in the same <svg>; paused at {report['paused'][1]}, resumed to "
         f"{report['resumed']}; total {report['totalMs'] / 1000:.1f} s; screenshots in {ARTIFACTS}"
+    )
+
+
+# -- the lifecycle panel ---------------------------------------------------------------------
+PANEL_NOTEBOOK = "lifecycle_panel_test.ipynb"
+PANEL_BUDGET_SECONDS = 60
+PANEL_PICTURE = ROOT / "docs" / "img" / "lifecycle-panel.png"
+T0_MS = 1_767_268_800_000  # 2026-01-01T12:00:00Z
+BEHIND_MS = 40_000
+
+
+def panel_cells(topic: str, bootstrap: str) -> list[tuple[str, str]]:
+    setup = f"""\
+import polars as pl
+import streamnb as sn
+
+bids = sn.from_kafka({topic!r}, bootstrap_servers={bootstrap!r}, start="earliest")
+"""
+    show = """\
+per_window = bids.window(sn.Tumbling("10s"), grace="2s").agg(pl.len().alias("records"))
+q = per_window.show(name="browser-lifecycle")
+"""
+    return [("setup", setup), ("show", show), ("stop", "q.stop()")]
+
+
+@contextmanager
+def producing(bootstrap: str, topic: str) -> Iterator[Callable[[], int]]:
+    """Every 0.25 s, a record on each of partitions 0, 1 and 2 of ``topic``: event time (the
+    record's timestamp) 12:00:40 + 0.5 s a step on 0 and 1, 40 s earlier on 2. Yields the
+    count of steps sent."""
+    producer = Producer(client_config(bootstrap, PRODUCER_DEFAULTS))
+    steps = [0]
+    done = threading.Event()
+
+    def send(step: int) -> None:
+        for partition in (0, 1, 2):
+            ts = T0_MS + step * 500 + (0 if partition == 2 else BEHIND_MS)
+            value = json.dumps({"step": step, "partition": partition})
+            producer.produce(topic, value.encode(), partition=partition, timestamp=ts)
+        producer.flush(10)
+
+    def loop() -> None:
+        while not done.wait(0.25):
+            send(steps[0])
+            steps[0] += 1
+
+    send(0)  # the query learns the JSON schema from the first records
+    steps[0] = 1
+    sender = threading.Thread(target=loop, name="test-producer", daemon=True)
+    sender.start()
+    try:
+        yield lambda: steps[0]
+    finally:
+        done.set()
+        sender.join(15)
+
+
+def test_lifecycle_panel_names_the_partition_that_holds_the_watermark_back(
+    tmp_path: Path, make_topic: Callable[..., str], bootstrap: str
+) -> None:
+    topic = make_topic(partitions=3, name=f"bids-{uuid.uuid4().hex[:8]}")
+    began = time.monotonic()
+    with (
+        producing(bootstrap, topic) as sent,
+        running_lab(tmp_path, panel_cells(topic, bootstrap), PANEL_NOTEBOOK) as lab,
+    ):
+        report = _drive(
+            "lifecycle_panel.mjs",
+            lab,
+            PANEL_NOTEBOOK,
+            PANEL_BUDGET_SECONDS,
+            SNB_TOPIC=topic,
+        )
+        assert sent() > 4
+    assert report["holding"] == ["2"], report
+    assert report["namesPartition2"], report["laterPanel"]["sentences"]
+    assert report["firstPanel"]["text"] != report["laterPanel"]["text"]
+    assert sorted(row[1] for row in report["rows"]) == ["0", "1", "2"]
+    assert all(row[0] == topic and row[2] == "false" for row in report["rows"])
+    sentences = report["laterPanel"]["sentences"]
+    assert re.fullmatch(
+        r"window 12:\d\d:\d0–12:\d\d:\d0 closes at watermark 12:\d\d:\d2 \(grace 2 s\); "
+        r"the watermark is 12:\d\d:\d\d(\.\d+)?",
+        sentences[0],
+    ), sentences
+    assert not report["pageErrors"], f"uncaught page errors: {report['pageErrors']}"
+    assert not report["consoleErrors"], f"console errors: {report['consoleErrors']}"
+    if os.environ.get("STREAMNB_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(report["screenshot"], PANEL_PICTURE)
+    print(
+        f"\nlifecycle panel: {sentences}; {report['totalMs'] / 1000:.1f} s in the browser, "
+        f"{time.monotonic() - began:.1f} s in all; picture {report['screenshot']}"
     )

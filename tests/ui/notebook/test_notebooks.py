@@ -49,9 +49,8 @@ def test_the_notebooks_are_stored_without_outputs() -> None:
         assert outputs(notebook) == [], f"{path.name} has outputs"
 
 
-@pytest.mark.parametrize("name", ["quickstart", "dashboard", "promote"])
-def test_notebook_runs_headless(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    notebook = execute(name, monkeypatch)
+def check_live_views(notebook: Any) -> None:
+    """It displayed a live view, and a live table, each with a static fallback."""
     live_tables = [o for o in outputs(notebook) if WIDGET_VIEW in o.get("data", {})]
     assert live_tables, "no live view was displayed"
     for output in live_tables:  # a frontend without widgets still gets a table or a chart
@@ -61,6 +60,11 @@ def test_notebook_runs_headless(name: str, monkeypatch: pytest.MonkeyPatch) -> N
     assert tables, "no live table with a static HTML table"
 
 
+@pytest.mark.parametrize("name", ["quickstart", "dashboard", "promote"])
+def test_notebook_runs_headless(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    check_live_views(execute(name, monkeypatch))
+
+
 def test_kafka_notebook_runs_against_a_broker(
     bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -68,3 +72,25 @@ def test_kafka_notebook_runs_against_a_broker(
     notebook = execute("kafka", monkeypatch)
     texts = [str(o.get("data", {}).get("text/plain", "")) for o in outputs(notebook)]
     assert any("bids-" in t and "partitions" in t for t in texts)  # %stream topics
+
+
+def test_explore_notebook_names_the_slow_input_and_looks_up_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    notebook = execute("explore", monkeypatch)
+    check_live_views(notebook)
+    texts = [
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for o in outputs(notebook)
+    ]
+    explained = next(t for t in texts if t.startswith("query 'activity' (running)"))
+    assert "input nexmark[auction] is at " in explained and "behind the others" in explained
+    assert "held back by nexmark[auction]\n" in texts
+    lookup = next(t for t in texts if "top_price" in t)  # the state of auction 1000
+    assert "│ 1000" in lookup and "shape: (1, 3)" in lookup
+    panels = [
+        o["data"]["text/html"]
+        for o in outputs(notebook)
+        if "streamnb-lifecycle" in o.get("data", {}).get("text/html", "")
+    ]
+    assert panels, "the live table's static fallback has no lifecycle section"
