@@ -11,16 +11,9 @@ from collections.abc import Callable
 import polars as pl
 
 import streamnb as sn
+from tests.threads import wait_until as wait_for
 
 Produce = Callable[..., list[tuple[int, int]]]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
 
 
 def test_a_partition_without_records_holds_the_watermark_until_it_is_idle(

@@ -14,16 +14,9 @@ import pytest
 
 import streamnb as sn
 from tests.io.kafka.broker import KafkaBroker
+from tests.threads import wait_until as wait_for
 
 Produce = Callable[..., list[tuple[int, int]]]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
 
 
 def run_until(query: sn.Query, records: int, timeout: float = 30.0) -> sn.Query:
@@ -86,16 +79,19 @@ def test_start_positions(make_topic: Callable[..., str], produce: Produce, boots
     base = 1_700_000_000_000
     produce(topic, rows(10), timestamp=[base + 1000 * i for i in range(10)])
 
-    def ids(**kw: Any) -> list[int]:
+    def ids(expected: int, **kw: Any) -> list[int]:
+        """The ids read from ``start``: once ``expected`` records are in (a loaded machine may
+        take seconds to position a consumer), and whatever else comes within 0.5 s."""
         q = sn.from_kafka(topic, bootstrap_servers=bootstrap, timestamp="ts", **kw).start()
-        time.sleep(1.5)
+        wait_for(lambda: q.status()["records_in"] >= expected)
+        time.sleep(0.5)
         q.stop()
         return sorted(q.result()["id"].to_list())
 
-    assert ids(start="earliest") == list(range(10))
-    assert ids(start={0: 7}) == [7, 8, 9]
+    assert ids(10, start="earliest") == list(range(10))
+    assert ids(3, start={0: 7}) == [7, 8, 9]
     middle = datetime.fromtimestamp((base + 4_000) / 1000, tz=timezone.utc)
-    assert ids(start=middle) == [4, 5, 6, 7, 8, 9]
+    assert ids(6, start=middle) == [4, 5, 6, 7, 8, 9]
     latest = sn.from_kafka(topic, bootstrap_servers=bootstrap, timestamp="ts").start()
     wait_for(lambda: latest.status()["lag"] is not None)  # assigned and positioned
     produce(topic, rows(12, start=10))

@@ -119,3 +119,16 @@ export async function runCell(page, run, index, timeoutMs = 30000) {
   }
   return state;
 }
+
+// a failed run: its error in the result, and a screenshot of the page when there is one
+export async function failed(err, result, page, screenshotPath) {
+  result.error = String(err && err.stack ? err.stack : err);
+  console.error(`FAILED: ${result.error}`);
+  if (page) {
+    try {
+      await page.screenshot({ path: screenshotPath, fullPage: true });
+    } catch {
+      // the page is gone: nothing to keep
+    }
+  }
+}

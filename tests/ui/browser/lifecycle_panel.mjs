@@ -11,7 +11,7 @@
 // SNB_DEADLINE_MS.
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { launch, openNotebook, runCell, session, sleep } from "./lab.mjs";
+import { failed, launch, openNotebook, runCell, session, sleep } from "./lab.mjs";
 
 const base = process.env.SNB_LAB_URL;
 const token = process.env.SNB_TOKEN;
@@ -87,15 +87,7 @@ try {
   log("stopped");
 } catch (err) {
   exitCode = 1;
-  result.error = String(err && err.stack ? err.stack : err);
-  console.error(`FAILED: ${result.error}`);
-  if (page) {
-    try {
-      await page.screenshot({ path: join(artifacts, "lifecycle_failure.png"), fullPage: true });
-    } catch {
-      // the page is gone: nothing to keep
-    }
-  }
+  await failed(err, result, page, join(artifacts, "lifecycle_failure.png"));
 } finally {
   result.totalMs = Date.now() - run.started;
   await browser.close();

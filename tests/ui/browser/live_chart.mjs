@@ -9,7 +9,7 @@
 // SNB_DEADLINE_MS (total budget, default 100000).
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { launch, openNotebook, runCell as runCellIn, session, sleep } from "./lab.mjs";
+import { failed, launch, openNotebook, runCell as runCellIn, session, sleep } from "./lab.mjs";
 
 const base = process.env.SNB_LAB_URL;
 const token = process.env.SNB_TOKEN;
@@ -195,15 +195,7 @@ try {
   await page.screenshot({ path: join(artifacts, "notebook.png"), fullPage: true });
 } catch (err) {
   exitCode = 1;
-  result.error = String(err && err.stack ? err.stack : err);
-  console.error(`FAILED: ${result.error}`);
-  if (page) {
-    try {
-      await page.screenshot({ path: join(artifacts, "failure.png"), fullPage: true });
-    } catch {
-      // the page is gone: nothing to keep
-    }
-  }
+  await failed(err, result, page, join(artifacts, "failure.png"));
 } finally {
   result.totalMs = Date.now() - run.started;
   await browser.close();
