@@ -201,8 +201,9 @@ def lifecycle(runner: Runner, name: str, state: str) -> dict[str, Any]:
     partitions or inputs at the watermark, each
     ``{"source", "partition", "watermark", "behind_ms", "lag", "reason"}`` with ``reason``
     ``"no records yet"`` or ``"behind"``), ``idle`` (idle partitions, ``{"source",
-    "partition"}``) and ``merge`` (the input the event-time merge of several inputs waits
-    for, as ``status()["held_by"]``).
+    "partition"}``), ``merge`` (the input the event-time merge of several inputs waits
+    for, as ``status()["held_by"]``) and ``late_windows`` (late records per window, newest
+    first, ``{"window_start", "window_end", "late"}``; tumbling and hopping windows).
     """
     pipeline = runner.pipeline
     marks = partition_marks(runner)
@@ -223,6 +224,7 @@ def lifecycle(runner: Runner, name: str, state: str) -> dict[str, Any]:
             "holding": [],
             "idle": [{"source": m.source, "partition": m.partition} for m in marks if m.idle],
             "merge": runner.held_by(),
+            "late_windows": [],
         }
         if not isinstance(op, WindowOperatorBase):
             return out
@@ -233,6 +235,7 @@ def lifecycle(runner: Runner, name: str, state: str) -> dict[str, Any]:
             out["pending"] = _shown(pending, et)
         out["grace_ms"] = op.grace // et.per_ms
         out["open_windows"] = _count_open(op)
+        out["late_windows"] = _late_windows(op)
         window = _next_window(op)
     if window is None:
         return out
@@ -246,6 +249,22 @@ def lifecycle(runner: Runner, name: str, state: str) -> dict[str, Any]:
     out["needs"] = et.as_time(end + op.grace + op.delay)
     out["holding"] = _holding(marks, et)
     return out
+
+
+def _late_windows(op: WindowOperatorBase, newest: int = 10) -> list[dict[str, Any]]:
+    """Late records per window, newest window first (tumbling and hopping windows: a late
+    record counts for the newest window it would have been in)."""
+    if not isinstance(op, WindowOperator):
+        return []
+    et = op.et
+    return [
+        {
+            "window_start": et.as_time(start),
+            "window_end": et.as_time(start + op.size),
+            "late": op.late_windows[start],
+        }
+        for start in sorted(op.late_windows, reverse=True)[:newest]
+    ]
 
 
 def _pending(marks: list[PartitionMark]) -> int | None:

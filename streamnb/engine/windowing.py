@@ -119,6 +119,10 @@ class WindowOperatorBase(Operator):
         return out.sort(order or ["window_end", "window_start", *self.by])
 
 
+LATE_WINDOWS = 100
+"""How many windows :attr:`WindowOperator.late_windows` keeps late counts of (the newest)."""
+
+
 class WindowOperator(WindowOperatorBase):
     """Tumbling (``every == size``) and hopping windows.
 
@@ -145,6 +149,20 @@ class WindowOperator(WindowOperatorBase):
         self.frames: list[pl.DataFrame] = []  # while small: partials of all open windows
         self.stores: dict[int, KeyedState] | None = None  # once large: per window start
         self.min_start: int | None = None
+        self.late_windows: dict[int, int] = {}
+        """Late records per window start (the newest window each would have been in), for
+        the newest :data:`LATE_WINDOWS` such windows: what ``lifecycle()`` shows."""
+
+    def _late(self, stamped: pl.DataFrame, late: pl.Series) -> None:
+        super()._late(stamped, late)
+        if not late.any():
+            return
+        times = stamped.get_column(TIME).filter(late).to_numpy()
+        starts, counts = np.unique(times // self.every * self.every, return_counts=True)
+        for start, count in zip(starts.tolist(), counts.tolist(), strict=True):  # per window
+            self.late_windows[start] = self.late_windows.get(start, 0) + count
+        for start in sorted(self.late_windows)[:-LATE_WINDOWS]:
+            del self.late_windows[start]
 
     @property
     def state(self) -> pl.DataFrame | None:

@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import polars as pl
@@ -325,6 +325,27 @@ def test_explain_counts_records_per_operator_and_says_what_the_window_waits_for(
             }
         ]
         assert repr(query.explain()) == text  # shown as text in a notebook
+    finally:
+        query.stop()
+
+
+def test_lifecycle_counts_late_records_per_window() -> None:
+    feed = Feed()
+    query = feed.stream().window(sn.Tumbling("10s"), by="k").agg(pl.len().alias("n")).start()
+    try:
+        feed.send(records(range(0, 35)))  # the watermark is at 34 s: [0, 30 s) closed
+        feed.send(records(range(3, 6)))  # late for [0, 10 s)
+        feed.send(records(range(12, 13)))  # late for [10 s, 20 s)
+        feed.send(records(range(31, 33)))  # on time
+        feed.send(records(range(8, 10)))  # late for [0, 10 s)
+        wait_until(lambda: query.status()["records_in"] == 43, timeout=10)
+        wait_until(lambda: query.status()["late"] == 6, timeout=10)
+        t0 = T0.replace(tzinfo=timezone.utc)  # lifecycle() gives times in UTC
+        assert query.lifecycle()["late_windows"] == [
+            {"window_start": t0 + timedelta(seconds=10), "window_end": t0 + timedelta(seconds=20),
+             "late": 1},
+            {"window_start": t0, "window_end": t0 + timedelta(seconds=10), "late": 5},
+        ]  # fmt: skip
     finally:
         query.stop()
 

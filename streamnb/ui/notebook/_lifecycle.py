@@ -112,6 +112,12 @@ def lifecycle_html(
         f"<tbody>{''.join(body)}</tbody></table>"
     )
     late_text = f"late records: {late:,}" + (" (dropped: their window had closed)" if late else "")
+    per_window = [
+        f"{time_text(w['window_start'])}–{time_text(w['window_end'])}: {w['late']:,}"
+        for w in info.get("late_windows", ())
+    ]
+    if per_window:
+        late_text += "; per window, newest first: " + ", ".join(per_window)
     root = (
         f'<div class="streamnb-lifecycle" data-state="{html.escape(str(info.get("state")))}" '
         f'data-holding="{html.escape(" ".join(sorted(holding)))}">'

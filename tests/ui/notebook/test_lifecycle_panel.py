@@ -57,6 +57,10 @@ def held_back_by_partition_3() -> tuple[dict[str, object], pl.DataFrame]:
         ],
         "idle": [{"source": "bids", "partition": 1}],
         "merge": None,
+        "late_windows": [
+            {"window_start": at(10), "window_end": at(20), "late": 2},
+            {"window_start": at(0), "window_end": at(10), "late": 5},
+        ],
     }
     return info, marks
 
@@ -88,7 +92,12 @@ def test_the_panel_says_which_window_closes_when_and_which_partition_holds_it() 
     cells = dict(re.findall(r'data-partition="(\d+)".*?</td><td class="">[^<]*</td><td class="">'
                             r"[^<]*</td><td class=\"\">([^<]*)</td>", html))  # fmt: skip
     assert cells == {"0": "0 s", "1": "–", "2": "0 s", "3": "40 s"}
-    assert "3,400" in html and "late records: 7" in html
+    assert "3,400" in html
+    late = re.findall(r'<div class="streamnb-late">(.*?)</div>', html)
+    assert late == [
+        "late records: 7 (dropped: their window had closed); per window, newest first: "
+        "12:00:10–12:00:20: 2, 12:00:00–12:00:10: 5"
+    ]
 
 
 def test_a_partition_without_records_is_named_with_its_idle_timeout() -> None:
@@ -100,6 +109,7 @@ def test_a_partition_without_records_is_named_with_its_idle_timeout() -> None:
         .alias("watermark")
     )
     info["watermark"] = None
+    info["late_windows"] = []
     info["holding"] = [{**info["holding"][0], "watermark": None, "behind_ms": None,  # type: ignore[index]
                         "reason": "no records yet"}]  # fmt: skip
     html = lifecycle_html(info, marks, late=0, idle_ms={"bids": 10_000})
