@@ -110,8 +110,9 @@ JOIN_RIGHT_ORDER = "__sn_jor"
 JOIN_RIGHT_WATERMARK = "__sn_jwr"
 """Interval joins over a merged batch: the watermark before the right record."""
 
-JOIN_SIDE = "__sn_jside"
-"""Interval joins over a merged batch: which input a record came from."""
+JOIN_ARRIVING = "__sn_jarriving"
+"""Interval joins over a merged batch: the arrival number (``JOIN_SEQ``) of the record that made
+a pair; pairs go out in that order."""
 
 MATCHED = "__sn_matched"
 """Left interval joins: the left record has met a partner."""

@@ -94,6 +94,9 @@ def interval_reference(
 class Result:
     emitted: pl.DataFrame  # final rows in emission order
     late: list[int]  # arrival indices of late records
+    closed_at: list[int] = field(default_factory=list)
+    """Per emitted row: the arrival index of the record whose processing closed its window
+    (the input's length for the end of input): where it goes on, downstream."""
 
 
 @dataclass
@@ -136,10 +139,11 @@ def reference(
     watermark = -math.inf
     late: list[int] = []
     closed: list[tuple[int, int, tuple, list[int]]] = []  # (start, end, key, members)
+    closed_at: list[int] = []
     windows: dict[tuple[int, tuple], list[int]] = {}
     sessions: dict[tuple, list[_Session]] = {}
 
-    def close_windows(w: float) -> None:
+    def close_windows(w: float, at: int) -> None:
         batch = []
         if kind == "session":
             for key, open_sessions in sessions.items():
@@ -150,6 +154,7 @@ def reference(
             for start, key in [wk for wk in windows if wk[0] + size + grace <= w]:
                 batch.append((start, start + size, key, windows.pop((start, key))))
         closed.extend(sorted(batch, key=lambda r: (r[1], r[0], *(_order(k) for k in r[2]))))
+        closed_at.extend([at] * len(batch))
 
     for i, (t, key, part) in enumerate(zip(times, keys, parts, strict=True)):
         if kind == "session":
@@ -176,9 +181,9 @@ def reference(
                 windows.setdefault((s, key), []).append(i)
         part_max[part] = max(part_max[part], t)
         watermark = max(watermark, min(part_max.values()) - delay)
-        close_windows(watermark)
-    close_windows(math.inf)
-    return Result(_aggregate(df, closed, by, aggs), late)
+        close_windows(watermark, i)
+    close_windows(math.inf, df.height)
+    return Result(_aggregate(df, closed, by, aggs), late, closed_at)
 
 
 def _order(value: object) -> tuple[bool, object]:

@@ -283,7 +283,7 @@ def _combine(step: Step, received: list[tuple[int, Delta]]) -> Delta:
         pl.concat(rows, how="diagonal_relaxed") if len(rows) > 1 else (rows or [pl.DataFrame()])[0]
     )
     if len(rows) > 1 and ORDER in merged.columns:
-        merged = merged.sort(ORDER)
+        merged = merged.sort(ORDER, maintain_order=True)  # window rows closed at one record
     return Delta(merged, pl.concat(deletes, how="diagonal_relaxed") if deletes else None)
 
 

@@ -24,17 +24,18 @@ import polars as pl
 
 from streamnb.columns import (
     DELETE,
+    JOIN_ARRIVING,
     JOIN_RIGHT_ORDER,
     JOIN_RIGHT_SEQ,
     JOIN_RIGHT_TIME,
     JOIN_RIGHT_WATERMARK,
     JOIN_SEQ,
-    JOIN_SIDE,
     JOIN_TIME,
     MARKER,
     MATCHED,
     ORDER,
     PARTITION,
+    SEQ,
     VERSION,
     WATERMARK,
     is_hidden,
@@ -156,7 +157,7 @@ class StreamTableJoin(Operator):
                 ],
                 how="diagonal_relaxed",
             )
-            .sort(ORDER)
+            .sort(ORDER, maintain_order=True)  # changes made by one window row: in order
             .with_row_index(VERSION)
             .with_columns(pl.col(VERSION).cast(pl.Int64))
         )
@@ -176,7 +177,8 @@ class StreamTableJoin(Operator):
             )
             .get_column(VERSION)
         )
-        stream = stream.with_columns(latest.alias(VERSION))
+        # SEQ keeps the stream's order, ties in ORDER included (window rows closed at one record)
+        stream = stream.with_columns(latest.alias(VERSION), pl.int_range(stream.height).alias(SEQ))
         fresh = pl.col(VERSION).is_not_null()
         table = self.keyed.empty()
         upserts = versions.filter(~pl.col(DELETE)).select(*table.columns, VERSION)
@@ -186,8 +188,8 @@ class StreamTableJoin(Operator):
                 self._join(stream.filter(fresh), upserts, [*self.on, VERSION]).drop(VERSION),
             ],
             how="diagonal_relaxed",
-        ).sort(ORDER)
-        return joined.select(self._join(stream.clear().drop(VERSION), table).columns)
+        ).sort(SEQ)
+        return joined.select(self._join(stream.clear().drop(VERSION, SEQ), table).columns)
 
 
 class TableTableJoin(Operator):
@@ -504,7 +506,9 @@ class IntervalJoin(Operator):
         """Both inputs' records of a merged batch at once, as one after the other in ``ORDER``:
         each record's watermark is that of the merged sequence before it, and a record pairs
         with the partners that came before it (in earlier batches or earlier in this one)
-        and were still kept at its moment."""
+        and were still kept at its moment. A window's final rows come at the place of the
+        record that closed them (:mod:`streamnb.engine.windowing`), several at one place in
+        their closing order."""
         sides: dict[int, pl.DataFrame] = {}
         for side, delta in parts:
             rows, errors = split_valid(
@@ -516,40 +520,48 @@ class IntervalJoin(Operator):
                 sides[side] = rows
         if len(sides) < 2 or any(ORDER not in rows.columns for rows in sides.values()):
             return super().process_merged([(side, Delta(rows)) for side, rows in sides.items()])
-        # the merged sequence: times, watermark before each record, arrival numbers
-        sequence = pl.concat(
+        # the merged sequence: times, watermark before each record, arrival numbers. Rows
+        # that share an ORDER (the final rows of windows that closed at one record) keep
+        # their order, so each side's rows are stamped by position, not joined on ORDER.
+        arrival = pl.concat(
             [
-                rows.select(
+                sides[side].select(
                     ORDER,
-                    self.times[side].values(rows).alias(JOIN_TIME),
-                    *([PARTITION] if PARTITION in rows.columns else []),
-                    pl.lit(side, pl.Int8).alias(JOIN_SIDE),
+                    self.times[side].values(sides[side]).alias(JOIN_TIME),
+                    *([PARTITION] if PARTITION in sides[side].columns else []),
                 )
-                for side, rows in sides.items()
+                for side in (0, 1)
             ],
             how="diagonal_relaxed",
-        ).sort(ORDER)
+        )
+        merged = np.argsort(arrival.get_column(ORDER).to_numpy(), kind="stable")
+        sequence = arrival[merged]
         parts_column = sequence.get_column(PARTITION) if PARTITION in sequence.columns else None
         wm = self.tracker.before_each(sequence.get_column(JOIN_TIME), parts_column)
         self.ctx.watermarks[id(self)] = self.tracker.current
-        sequence = sequence.select(
-            ORDER,
-            JOIN_TIME,
-            wm.alias(WATERMARK),
-            pl.int_range(self.seq, self.seq + sequence.height).alias(JOIN_SEQ),
+        place = np.empty(sequence.height, dtype=np.int64)  # arrival row -> merged place
+        place[merged] = np.arange(sequence.height)
+        stamps = pl.DataFrame(
+            {
+                JOIN_TIME: arrival.get_column(JOIN_TIME),
+                WATERMARK: wm.gather(place),
+                JOIN_SEQ: pl.Series(place + self.seq),
+            }
         )
         self.seq += sequence.height
-        for side, rows in sides.items():  # watermark-only rows: their times are taken in
-            if MARKER in rows.columns:
-                sides[side] = rows.filter(~pl.col(MARKER).fill_null(False))
         late = pl.col(JOIN_TIME) + self.within + self.grace <= pl.col(WATERMARK)
         live = []
+        offset = 0
         for side in (0, 1):
+            rows = sides[side]
             stamped = (
-                visible(sides[side])
-                .with_columns(sides[side].get_column(ORDER))
-                .join(sequence, on=ORDER, how="left", maintain_order="left")
+                visible(rows)
+                .with_columns(rows.get_column(ORDER))
+                .hstack(stamps.slice(offset, rows.height))
             )
+            offset += rows.height
+            if MARKER in rows.columns:  # watermark-only rows: their times are taken in
+                stamped = stamped.filter(~rows.get_column(MARKER).fill_null(False))
             if (gone := stamped.filter(late)).height:
                 self.ctx.late.add(visible(gone))
             live.append(stamped.filter(~late))
@@ -583,11 +595,11 @@ class IntervalJoin(Operator):
         )
         pairs = pl.concat(
             [
-                by_left.with_columns(pl.col(ORDER).alias(JOIN_SIDE)),
-                by_right.with_columns(pl.col(JOIN_RIGHT_ORDER).alias(JOIN_SIDE)),
+                by_left.with_columns(pl.col(JOIN_SEQ).alias(JOIN_ARRIVING)),
+                by_right.with_columns(pl.col(JOIN_RIGHT_SEQ).alias(JOIN_ARRIVING)),
             ],
             how="diagonal_relaxed",
-        ).sort(JOIN_SIDE, JOIN_SEQ, JOIN_RIGHT_SEQ)  # by arriving record, then partner
+        ).sort(JOIN_ARRIVING, JOIN_SEQ, JOIN_RIGHT_SEQ)  # by arriving record, then partner
         self._mark(pairs.get_column(JOIN_SEQ).to_numpy())
         self.kept[0].append(left.drop(WATERMARK, ORDER))
         self.kept[1].append(right.drop(WATERMARK, ORDER))

@@ -129,6 +129,7 @@ class SessionOperator(WindowOperatorBase):
         return Delta(pl.concat(out) if out else self.schema.to_frame(), deletes)
 
     def finish(self) -> Delta | None:
+        self.closing = None  # emitted after every record
         closed = self._close(POS_INF) if self.indexed else self._close_whole(POS_INF)
         return Delta(pl.concat(closed) if closed else self.schema.to_frame())
 

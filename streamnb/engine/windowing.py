@@ -6,6 +6,14 @@ Windows close at the end of a batch once ``W ≥ window_end + grace``: since a r
 ever added to windows open at its own moment, closing later than record-at-a-time processing
 would change nothing in the emitted rows (docs/semantics.md §3).
 
+*When* a row is emitted matters downstream, though: record by record, a window's row reaches
+the next operator right after the record that closed it, before the records that follow it.
+In a merged batch (several inputs, records numbered in merged order by ``ORDER``), each final
+row therefore carries the ``ORDER`` of the record whose arrival raised the watermark to its
+window's end + grace (one binary search of the batch's watermarks per batch), and operators
+with several inputs (interval and stream–table joins, unions) take it at that place, with the
+watermark that stood there, not after the batch's last record (docs/semantics.md §3.3).
+
 State is columnar: while small, a short list of partial-aggregate frames keyed by (window
 start, keys), compacted from time to time; once large, a keyed state per open window, so that a
 batch costs O(batch) and a window's close O(its groups). No per-record Python runs on the hot
@@ -24,6 +32,7 @@ import polars as pl
 from streamnb.columns import (
     MARKER,
     OPEN,
+    ORDER,
     PANE,
     PARTITION,
     SEQ,
@@ -71,6 +80,9 @@ class WindowOperatorBase(Operator):
         self.ctx = ctx
         self.tracker = WatermarkTracker(self.delay, ctx.partitions, scope)
         self.seq = 0
+        self.closing: tuple[np.ndarray, np.ndarray] | None = None
+        """In a merged batch: the watermark after each record, and the record's ``ORDER``
+        (where each window that closes in the batch closed); ``None`` outside one."""
 
     @property
     def watermark(self) -> int:
@@ -87,6 +99,11 @@ class WindowOperatorBase(Operator):
         parts = df.get_column(PARTITION) if PARTITION in df.columns else None
         wm = self.tracker.before_each(times, parts)
         self.ctx.watermarks[id(self)] = self.watermark
+        self.closing = None
+        if ORDER in df.columns and df.height:
+            # the watermark after record i is the one before record i + 1
+            after = np.append(wm.to_numpy()[1:], self.watermark)
+            self.closing = (after, df.get_column(ORDER).to_numpy())
         if MARKER in df.columns:  # watermark-only rows: their times are taken in, no more
             data = ~df.get_column(MARKER).fill_null(False)
             df, times, wm = df.filter(data).drop(MARKER), times.filter(data), wm.filter(data)
@@ -109,14 +126,26 @@ class WindowOperatorBase(Operator):
         self, combined: pl.DataFrame, end: pl.Expr, order: Sequence[str] | None = None
     ) -> pl.DataFrame:
         """Final rows: window_start, window_end, keys, aggregates; in closing order (or by
-        ``order``: one window's rows by key, a sort of one column instead of three)."""
+        ``order``: one window's rows by key, a sort of one column instead of three). In a
+        merged batch, final rows carry the ``ORDER`` of the record that closed them."""
         out = combined.select(
             self.et.to_dtype(pl.col(WINDOW_START)).alias("window_start"),
             self.et.to_dtype(end).alias("window_end"),
             *self.by,
             *self.agg.final_exprs(),
         )
+        if self.emit == "final" and self.closing is not None:
+            out = out.with_columns(self._closed_by(combined.select(end + self.grace).to_series()))
         return out.sort(order or ["window_end", "window_start", *self.by])
+
+    def _closed_by(self, due: pl.Series) -> pl.Series:
+        """The ``ORDER`` of the record whose arrival closed each window (``due``: its end +
+        grace): the first whose watermark after it reaches ``due`` (watermarks never go
+        back)."""
+        assert self.closing is not None
+        after, orders = self.closing
+        at = np.minimum(np.searchsorted(after, due.to_numpy()), after.size - 1)
+        return pl.Series(ORDER, orders[at], dtype=pl.Int64)
 
 
 LATE_WINDOWS = 100
@@ -290,6 +319,7 @@ class WindowOperator(WindowOperatorBase):
         return np.where(room > 0, opened, 0)
 
     def finish(self) -> Delta | None:
+        self.closing = None  # emitted after every record
         return self._advance(POS_INF, None, 0)
 
     def _advance(self, watermark: int, current: pl.DataFrame | None, batch: int) -> Delta:
