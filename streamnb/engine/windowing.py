@@ -100,10 +100,13 @@ class WindowOperatorBase(Operator):
         wm = self.tracker.before_each(times, parts)
         self.ctx.watermarks[id(self)] = self.watermark
         self.closing = None
-        if ORDER in df.columns and df.height:
-            # the watermark after record i is the one before record i + 1
+        orders = df.get_column(ORDER) if ORDER in df.columns else None
+        if orders is not None and orders.null_count() < orders.len():
+            # the watermark after record i is the one before record i + 1; a row without a
+            # place (a watermark-only row from a repartition topic) takes its neighbour's
             after = np.append(wm.to_numpy()[1:], self.watermark)
-            self.closing = (after, df.get_column(ORDER).to_numpy())
+            placed = orders.forward_fill().backward_fill().cast(pl.Int64).to_numpy()
+            self.closing = (after, placed)
         if MARKER in df.columns:  # watermark-only rows: their times are taken in, no more
             data = ~df.get_column(MARKER).fill_null(False)
             df, times, wm = df.filter(data).drop(MARKER), times.filter(data), wm.filter(data)
