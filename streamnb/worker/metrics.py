@@ -159,7 +159,7 @@ def _json_value(value: Any) -> Any:
         return str(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="backslashreplace")
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return str(value)  # anything else a column can hold, as its text
 
 
 def state_answer(query: Any, name: str, query_string: str) -> tuple[int, dict[str, Any]]:
