@@ -86,27 +86,39 @@ def reference(data: pl.DataFrame) -> Counter[tuple[Any, ...]]:
 
 class MessageFeeder:
     """Produces ``messages`` (topic, key, partition, value) in order at about ``rate`` per
-    second, in a thread."""
+    second, in a thread. Idempotent, so that a retry (the broker restarting) can neither
+    reorder a partition's records (a record behind a later one would be late: the reference
+    takes produce order as event-time order) nor write one twice; every delivery is checked."""
 
     def __init__(
         self, bootstrap: str, messages: list[tuple[str, bytes, int, bytes]], rate: float
     ) -> None:
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+        )
         self.messages, self.rate = messages, rate
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.done = threading.Event()
+        self.failed: list[str] = []
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.failed.append(str(err))
 
     def _run(self) -> None:
         started = time.monotonic()
         chunk = 200
         for at in range(0, len(self.messages), chunk):
             for topic, key, partition, value in self.messages[at : at + chunk]:
-                self.producer.produce(topic, value, key=key, partition=partition)
+                self.producer.produce(
+                    topic, value, key=key, partition=partition, on_delivery=self._delivered
+                )
             self.producer.poll(0)
             ahead = (at + chunk) / self.rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
-        self.producer.flush(30)
+        if self.producer.flush(30):
+            self.failed.append("not delivered within 30 s")
         self.done.set()
 
     def start(self) -> MessageFeeder:
@@ -115,6 +127,7 @@ class MessageFeeder:
 
     def wait(self, timeout: float = 120) -> None:
         assert self.done.wait(timeout), "the feeder did not finish"
+        assert not self.failed, f"the feeder lost records: {self.failed[:3]}"
 
 
 class Feeder(MessageFeeder):

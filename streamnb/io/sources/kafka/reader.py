@@ -129,6 +129,9 @@ class KafkaReader(Reader):
         self._last_seen: dict[int, float] = {}
         self._positions: dict[tuple[str, int], int] = {}  # next offset to read, when known
         self._started: set[tuple[str, int]] = set()  # partitions given their start position
+        # without an owner: the next offset after the last message fetched, per partition (on
+        # the consumer's thread), where a partition given back to this reader resumes
+        self._consumed: dict[tuple[str, int], int] = {}
         self._lag: int | None = None
         self._last_records = 0.0  # when a fetch last brought records (monotonic)
         self._ends: dict[tuple[str, int], tuple[int, int]] | None = None  # (low, high) at start
@@ -271,19 +274,51 @@ class KafkaReader(Reader):
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         """A group member resumes from the group's commits (``auto.offset.reset`` where there
         are none); an explicit datetime / offsets start applies to a partition of the source's
-        topics on its first assignment only, so a rebalance never rewinds it."""
+        topics on its first assignment only, so a rebalance never rewinds it. A partition this
+        reader fetched before and is given back (a rejoin after a broker restart) goes on
+        after what it fetched: see :meth:`_resumed`."""
         pairs = [(tp.topic, tp.partition) for tp in partitions]
         fresh = [pair for pair in pairs if pair not in self._started and pair[0] in self._lut]
         self._started.update(fresh)
+        offsets = list(partitions)
         if isinstance(self.source.start, (datetime, Mapping)) and fresh:
             explicit = {(tp.topic, tp.partition): tp for tp in self._start_offsets(fresh)}
-            self._assign(
-                [explicit.get(pair, tp) for pair, tp in zip(pairs, partitions, strict=True)]
-            )
-        else:
-            self._assign(partitions)
+            offsets = [explicit.get(pair, tp) for pair, tp in zip(pairs, offsets, strict=True)]
+        if self._owner is None and any(pair in self._consumed for pair in pairs):
+            offsets = self._resumed(offsets)
+        self._assign(offsets)
         if self._owner is not None:
             self._owner.assigned(pairs)
+
+    def _resumed(self, offsets: list[Any]) -> list[Any]:
+        """``offsets`` with each partition this reader fetched before starting after what it
+        fetched, or after the group's commit if another member has gone further since.
+
+        What was fetched is processed all the same (it waits in the prefetch queue), so the
+        group's last commit, or ``auto.offset.reset`` without one, would read it twice. A
+        reader without an owner only (an owner positions its tasks itself)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        mine = [tp for tp in offsets if (tp.topic, tp.partition) in self._consumed]
+        committed: dict[tuple[str, int], int] = {}
+        try:
+            for tp in self._consumer.committed(
+                [TopicPartition(tp.topic, tp.partition) for tp in mine], timeout=5
+            ):
+                if tp.error is None and tp.offset >= 0:
+                    committed[(tp.topic, tp.partition)] = tp.offset
+        except KafkaException:
+            pass  # the coordinator cannot say: no other member can have committed since
+        return [
+            TopicPartition(
+                tp.topic,
+                tp.partition,
+                max(self._consumed[pair], committed.get(pair, 0)),
+            )
+            if (pair := (tp.topic, tp.partition)) in self._consumed
+            else tp
+            for tp in offsets
+        ]
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         if self._commits is not None:
@@ -354,6 +389,10 @@ class KafkaReader(Reader):
         if messages:
             fetch.offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
             fetch.messages = messages
+            if self._owner is None:
+                for pid in _distinct(fetch.pids):
+                    last = int(fetch.offsets[np.flatnonzero(fetch.pids == pid)[-1]]) + 1
+                    self._consumed[self._parts[pid]] = last
         return fetch
 
     def _decode_fetch(self, fetch: Fetch) -> Fetch:
