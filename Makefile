@@ -11,7 +11,7 @@ DEMO_ARGS ?= --duration 30
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps kafka browser-deps demo test lint typecheck pytest bench peers clean
+.PHONY: setup system-deps kafka schema-registry browser-deps demo test lint typecheck pytest bench peers clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ system-deps:
 
 kafka: system-deps setup
 	scripts/kafka-local fetch
+
+# a Confluent-compatible Schema Registry (Apicurio, built once from Maven Central jars)
+schema-registry: system-deps
+	scripts/schema-registry-local fetch
 
 # Debian chromium + playwright-core (npm, from the lockfile) for the real-browser test
 browser-deps: setup
@@ -43,7 +47,7 @@ lint: setup
 typecheck: setup
 	$(PY) -m mypy
 
-pytest: setup kafka browser-deps
+pytest: setup kafka schema-registry browser-deps
 	rc=0; \
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m 'not serial' $(PYTEST_ARGS) || rc=$$?; \
 	$(PY) -m pytest -m serial $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \

@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient
 
 from tests.io.kafka import broker as kafka
 from tests.io.kafka.broker import KafkaBroker, KafkaRecord
+from tests.io.kafka.registry import SchemaRegistry
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +43,21 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         yield broker
     finally:
         broker.close()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchemaRegistry]:
+    """The session's Schema Registry (``.url``: its Confluent-compatible API; ``.request``),
+    checking new versions for BACKWARD compatibility, as Confluent's does by default."""
+    external = os.environ.get("STREAMNB_TEST_SCHEMA_REGISTRY")
+    if external:
+        yield SchemaRegistry(external)
+        return
+    registry = SchemaRegistry.launch(tmp_path_factory.mktemp("registry"))
+    try:
+        yield registry
+    finally:
+        registry.close()
 
 
 @pytest.fixture(scope="session")
