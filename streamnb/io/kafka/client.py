@@ -1,8 +1,10 @@
 """Kafka helpers for exploration: where the broker is, what topics it has, a peek at records.
 
-``sn.kafka.connect("host:9092")`` sets the default bootstrap servers (the ``%stream connect``
-magic calls it); ``sn.kafka.topics()`` lists topics with partitions and end offsets;
-``sn.kafka.peek(topic, n=10)`` returns recent records, decoded, with their Kafka metadata.
+``sn.kafka.connect("host:9092", schema_registry=...)`` sets the default bootstrap servers (and
+Schema Registry; the ``%stream connect`` magic calls it); ``sn.kafka.topics()`` lists topics
+with partitions, record counts and, given a registry, their subjects; ``sn.kafka.peek(topic,
+n=10)`` returns recent records, decoded (framed values by their registry schema), with their
+Kafka metadata.
 """
 
 from __future__ import annotations
@@ -18,6 +20,17 @@ import polars as pl
 
 from streamnb.definitions.durations import Duration, to_ms
 from streamnb.exceptions import ConfigError, SinkError, SourceError
+from streamnb.io.kafka.peek_decode import decode_framed, decode_json
+from streamnb.io.kafka.registry import (
+    REGISTRY_FORMATS,
+    REGISTRY_SECRETS,
+    check_registry,
+    redact_url,
+    resolve_registry,
+    set_default_registry,
+    split_framed,
+    subject_name,
+)
 
 __all__ = [
     "client_config",
@@ -34,27 +47,38 @@ log = logging.getLogger("streamnb.kafka")
 
 _defaults: dict[str, Any] = {}  # "bootstrap" and "config": set by connect()
 
-SECRET_KEYS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem")
-"""Config keys whose values never appear in logs, reprs or errors."""
+SECRET_KEYS = REGISTRY_SECRETS
+"""Config keys whose values never appear in logs, reprs or errors: Kafka's and the Schema
+Registry's alike (see :data:`~streamnb.io.kafka.registry.REGISTRY_SECRETS`)."""
 
 
 def connect(
     bootstrap_servers: str,
     *,
     config: Mapping[str, Any] | None = None,
+    schema_registry: str | Mapping[str, Any] | None = None,
     timeout: Duration = "10s",
 ) -> list[str]:
     """Check that the broker answers and make it the default for later calls.
 
     ``config`` holds client settings (``security.protocol``, ``sasl.*``, ``ssl.*``): they are
     used to connect, and by later calls that use this default broker without a ``config=`` of
-    their own (``topics``, ``peek``, ``to_kafka``). Returns the topic names (excluding Kafka's
+    their own (``topics``, ``peek``, ``to_kafka``). ``schema_registry`` (a URL, or a client
+    config dict with its credentials: ``basic.auth.user.info``, ``bearer.auth.*``, ``ssl.*``)
+    becomes the default registry of later calls; without it the default stays as it was. The
+    registry in use (this one, else ``STREAMNB_SCHEMA_REGISTRY``'s or the earlier default) must
+    answer, or :class:`ConfigError` names its URL. Returns the topic names (excluding Kafka's
     internal ones).
     """
     names = sorted(
         t for t in _metadata(bootstrap_servers, config, timeout).topics if not t.startswith("__")
     )
+    registry = resolve_registry(schema_registry)
+    if registry is not None:
+        check_registry(registry)
     set_default_bootstrap(bootstrap_servers, config)
+    if schema_registry is not None:
+        set_default_registry(registry)
     return names
 
 
@@ -92,9 +116,13 @@ def resolve_config(
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` with secret values replaced, for anything a person may read."""
+    """``config`` with secret values (and the user info of URLs) replaced, for anything a
+    person may read."""
     return {
-        k: ("***" if any(s in k.lower() for s in SECRET_KEYS) else v) for k, v in config.items()
+        k: "***"
+        if any(s in k.lower() for s in SECRET_KEYS)
+        else (redact_url(v) if isinstance(v, str) else v)
+        for k, v in config.items()
     }
 
 
@@ -196,11 +224,16 @@ def topics(
     bootstrap_servers: str | None = None,
     *,
     config: Mapping[str, Any] | None = None,
+    schema_registry: str | Mapping[str, Any] | None = None,
     timeout: Duration = "10s",
 ) -> pl.DataFrame:
-    """The topics of the cluster: name, partitions, and total records (end − start offsets)."""
+    """The topics of the cluster: name, partitions, and total records (end − start offsets);
+    with a Schema Registry (``schema_registry=``, ``STREAMNB_SCHEMA_REGISTRY`` or
+    ``connect``'s), also ``subject`` and ``key_subject``: the topic's ``<topic>-value`` and
+    ``<topic>-key`` subjects where the registry has them (topic-name strategy), else null."""
     from confluent_kafka import Consumer, TopicPartition
 
+    registry = resolve_registry(schema_registry)
     config = resolve_config(bootstrap_servers, config)
     meta = _metadata(bootstrap_servers, config, timeout)
     bootstrap = resolve_bootstrap(bootstrap_servers)
@@ -223,9 +256,22 @@ def topics(
             rows.append({"topic": name, "partitions": len(topic.partitions), "records": total})
     finally:
         consumer.close()
-    return pl.DataFrame(
+    listing = pl.DataFrame(
         rows, schema={"topic": pl.String, "partitions": pl.Int64, "records": pl.Int64}
     )
+    if registry is None:
+        return listing
+    subjects = set(check_registry(registry))  # one request, whatever the number of topics
+    return listing.with_columns(
+        subject=_registered(listing["topic"], subjects, is_key=False),
+        key_subject=_registered(listing["topic"], subjects, is_key=True),
+    )
+
+
+def _registered(topics: pl.Series, subjects: set[str], *, is_key: bool) -> pl.Series:
+    """Each topic's topic-name-strategy subject where ``subjects`` has it, else null."""
+    names = (subject_name(t, is_key=is_key) for t in topics)
+    return pl.Series([n if n in subjects else None for n in names], dtype=pl.String)
 
 
 def peek(
@@ -233,21 +279,72 @@ def peek(
     n: int = 10,
     *,
     bootstrap_servers: str | None = None,
-    format: str = "json",
+    format: str | None = None,
+    schema_registry: str | Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     timeout: Duration = "10s",
 ) -> pl.DataFrame:
-    """The last ``n`` records of each partition of ``topic`` (newest last), decoded.
+    """The last ``n`` records of each partition of ``topic`` (oldest first), decoded.
 
-    Columns: the decoded value's fields (JSON) or ``key``/``value`` (raw), then ``_partition``,
-    ``_offset``, ``_timestamp``. The inferred schema is ``peek(...).schema``.
+    ``format=None`` looks at the values: framed ones (a Schema Registry serializer's: magic
+    byte 0, schema id) are decoded by their writer schema, Avro, Protobuf or JSON Schema alike,
+    through the registry (``schema_registry=``, else ``STREAMNB_SCHEMA_REGISTRY``, else
+    ``connect``'s); others as JSON. ``"avro"``, ``"protobuf"``, ``"jsonschema"`` expect framed
+    values of that type; ``"json"`` and ``"raw"`` (``key``/``value`` bytes) ignore any framing.
+
+    Columns: the decoded value's fields, then ``_partition``, ``_offset``, ``_timestamp``;
+    decoded through the registry, also ``_subject``, ``_schema_id``, ``_version`` and
+    ``_error``. A record that does not decode is not left out: its fields are null and
+    ``_error`` says why (for JSON, ``_error`` appears when a record failed).
     """
+    if format not in PEEK_FORMATS:
+        raise ConfigError(f"format={format!r}: peek() reads one of {PEEK_FORMATS}")
+    registry = resolve_registry(
+        schema_registry, required=format in REGISTRY_FORMATS, what=f"peek(format={format!r})"
+    )
+    messages = _last_messages(topic, n, bootstrap_servers, config, timeout)
+    kafka_columns = pl.DataFrame(
+        {
+            "_partition": pl.Series([m.partition() for m in messages], dtype=pl.Int32),
+            "_offset": pl.Series([m.offset() for m in messages], dtype=pl.Int64),
+            "_timestamp": pl.Series([m.timestamp()[1] for m in messages], dtype=pl.Int64).cast(
+                pl.Datetime("ms", "UTC")
+            ),
+        }
+    )
+    if format == "raw":
+        keys = pl.Series("key", [m.key() for m in messages], dtype=pl.Binary)
+        values = pl.Series("value", [m.value() for m in messages], dtype=pl.Binary)
+        return kafka_columns.insert_column(0, keys).insert_column(1, values).sort(*ORDER)
+    raw = [m.value() for m in messages]
+    framed = sorted(set(split_framed(raw)[0].tolist()) - {-1}) if format is None else []
+    if framed:
+        registry = resolve_registry(
+            schema_registry,
+            required=True,
+            what=f"peek({topic!r}) (its values are framed with schema ids {framed[:5]})",
+        )
+    if registry is not None and (framed or format in REGISTRY_FORMATS):
+        fields, extra = decode_framed(raw, topic, registry, format)
+    else:
+        fields, extra = decode_json([v or b"" for v in raw])
+    return pl.concat([fields, kafka_columns, extra], how="horizontal").sort(*ORDER)
+
+
+PEEK_FORMATS = (None, "json", "raw", *REGISTRY_FORMATS)
+ORDER = ("_timestamp", "_partition", "_offset")
+
+
+def _last_messages(
+    topic: str,
+    n: int,
+    bootstrap_servers: str | None,
+    config: Mapping[str, Any] | None,
+    timeout: Duration,
+) -> list[Any]:
+    """The last ``n`` messages of each partition of ``topic``."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    from streamnb.io.codecs.json import decode_ndjson, infer_json_schema
-
-    if format not in ("json", "raw"):
-        raise ConfigError(f"format={format!r}: peek() reads 'json' or 'raw'")
     config = resolve_config(bootstrap_servers, config)
     meta = _metadata(bootstrap_servers, config, timeout)
     if topic not in meta.topics:
@@ -267,6 +364,7 @@ def peek(
             },
         )
     )
+    messages: list[Any] = []
     try:
         assignment, expected = [], 0
         for p in meta.topics[topic].partitions:
@@ -275,7 +373,6 @@ def peek(
                 start = max(low, high - n)
                 assignment.append(TopicPartition(topic, p, start))
                 expected += high - start
-        messages: list[Any] = []
         if assignment:
             consumer.assign(assignment)
             deadline = time.monotonic() + to_ms(timeout, name="timeout") / 1000
@@ -289,28 +386,7 @@ def peek(
                         eof += 1
     finally:
         consumer.close()
-    meta_cols = {
-        "_partition": pl.Series([m.partition() for m in messages], dtype=pl.Int32),
-        "_offset": pl.Series([m.offset() for m in messages], dtype=pl.Int64),
-        "_timestamp": pl.Series([m.timestamp()[1] for m in messages], dtype=pl.Int64).cast(
-            pl.Datetime("ms", "UTC")
-        ),
-    }
-    if format == "raw":
-        body = pl.DataFrame(
-            {
-                "key": pl.Series([m.key() for m in messages], dtype=pl.Binary),
-                "value": pl.Series([m.value() for m in messages], dtype=pl.Binary),
-            }
-        )
-        return body.with_columns(**meta_cols).sort("_timestamp", "_partition", "_offset")
-    values = [m.value() or b"" for m in messages]
-    schema = infer_json_schema(values)
-    decoded, kept = decode_ndjson(values, schema, lambda i, doc, why: None)
-    picked = pl.Series(kept, dtype=pl.Int64)
-    return decoded.with_columns(**{k: v.gather(picked) for k, v in meta_cols.items()}).sort(
-        "_timestamp", "_partition", "_offset"
-    )
+    return messages
 
 
 def produce(

@@ -16,6 +16,7 @@ it, ``STREAMNB_SCHEMA_REGISTRY`` or what ``sn.kafka.connect(..., schema_registry
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,10 +28,13 @@ from streamnb.io._extras import require
 
 __all__ = [
     "REGISTRY_FORMATS",
+    "check_registry",
     "client",
     "frame_header",
     "redact_registry",
+    "redact_url",
     "resolve_registry",
+    "scrub",
     "set_default_registry",
     "split_framed",
     "subject_name",
@@ -42,8 +46,20 @@ REGISTRY_FORMATS = ("avro", "protobuf", "jsonschema")
 MAGIC = 0
 HEADER = 5  # the magic byte and the 4-byte schema id
 
-REGISTRY_SECRETS = ("basic.auth.user.info", "bearer.auth.token", "ssl.key", "password", "secret")
-"""Registry config keys whose values never appear in logs, reprs or errors."""
+REGISTRY_SECRETS = (
+    "basic.auth.user.info",
+    "token",
+    "ssl.key",
+    "password",
+    "secret",
+    "sasl.oauthbearer.config",
+)
+"""Config keys whose values never appear in logs, reprs or errors: a key holding one of these
+is secret. They cover the registry's (``basic.auth.user.info``, ``bearer.auth.token``,
+``bearer.auth.client.secret``, ``ssl.key.password``) and Kafka's (``sasl.password``,
+``ssl.key.pem``, ``sasl.oauthbearer.*``), since either kind may end up in the other's config."""
+
+_USER_INFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 
 _defaults: dict[str, Any] = {}  # "registry": set by connect(..., schema_registry=...)
 _clients: dict[tuple[tuple[str, str], ...], Any] = {}
@@ -103,16 +119,30 @@ def _as_config(schema_registry: str | Mapping[str, Any]) -> dict[str, Any]:
 
 def redact_registry(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` with secret values replaced (and a URL's user info), for output."""
-    out: dict[str, Any] = {}
+    return {
+        k: "***"
+        if any(s in k.lower() for s in REGISTRY_SECRETS)
+        else (redact_url(v) if isinstance(v, str) else v)
+        for k, v in config.items()
+    }
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the user info of every URL in it (``https://user:pw@host``) replaced."""
+    return _USER_INFO.sub(r"\g<scheme>***@", text)
+
+
+def scrub(text: str, config: Mapping[str, Any]) -> str:
+    """``text`` (an error message, say) without any secret of ``config`` in it: the secret
+    values, their parts (``user:pw`` as ``pw``) and the user info of URLs."""
+    secrets = set()
     for k, v in config.items():
-        if any(s in k.lower() for s in REGISTRY_SECRETS):
-            out[k] = "***"
-        elif k == "url" and isinstance(v, str) and "@" in v.split("//", 1)[-1].split("/", 1)[0]:
-            scheme, rest = v.split("//", 1) if "//" in v else ("", v)
-            out[k] = f"{scheme}//***@{rest.split('@', 1)[1]}"
-        else:
-            out[k] = v
-    return out
+        if isinstance(v, str) and v and any(s in k.lower() for s in REGISTRY_SECRETS):
+            secrets.add(v)
+            secrets.update(part for part in v.split(":", 1)[1:] if part)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return redact_url(text)
 
 
 def client(config: Mapping[str, Any]) -> Any:
@@ -128,8 +158,27 @@ def client(config: Mapping[str, Any]) -> Any:
             try:
                 found = _clients[key] = SchemaRegistryClient(dict(config))
             except Exception as exc:  # a bad setting: name it, without its secrets
-                raise ConfigError(f"schema_registry={redact_registry(config)!r}: {exc}") from None
+                raise ConfigError(
+                    f"schema_registry={redact_registry(config)!r}: {scrub(str(exc), config)}"
+                ) from None
         return found
+
+
+def check_registry(config: Mapping[str, Any]) -> list[str]:
+    """The registry's subjects, asked for to check that it answers (and takes the
+    credentials); a registry that does not raises :class:`ConfigError` naming its URL
+    (redacted) and why."""
+    try:
+        return list(client(config).get_subjects())
+    except ConfigError:
+        raise
+    except Exception as exc:  # transport (refused, TLS, timeout) or HTTP (401, 403, 404)
+        raise ConfigError(
+            f"the Schema Registry at {redact_url(str(config.get('url')))} does not answer "
+            f"GET /subjects: {scrub(str(exc), config)}; check the URL (Confluent-compatible "
+            "API, e.g. http://host:8081 or …/apis/ccompat/v7) and its credentials "
+            "(basic.auth.user.info, bearer.auth.*)"
+        ) from None
 
 
 def split_framed(values: Sequence[bytes | None]) -> tuple[np.ndarray, list[bytes]]:

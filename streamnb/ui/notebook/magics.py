@@ -10,8 +10,9 @@
     <one SELECT query; its tables are the notebook's Streams of those names>
 
     %stream list | stop NAME | stop --all | status NAME | topics
-    %stream connect BOOTSTRAP [--config KEY=VALUE ...]
-    %stream peek TOPIC [-n N] | promote NAME --to PATH
+    %stream connect BOOTSTRAP [--config KEY=VALUE ...] [--schema-registry URL
+                    [--registry-config KEY=VALUE ...]]
+    %stream peek TOPIC [-n N] [--format F] | promote NAME --to PATH
 
 Defaults of the live views are configurable: ``%config StreamMagics.max_rows = 50``,
 ``%config StreamMagics.max_updates_per_second = 4``.
@@ -36,6 +37,7 @@ import streamnb as sn
 from streamnb.engine.query import Query
 from streamnb.exceptions import ConfigError
 from streamnb.io.kafka.client import SECRET_KEYS, kafka_reason, redact
+from streamnb.io.kafka.registry import redact_registry
 from streamnb.promote import write_job
 from streamnb.sql import tables as sql_tables
 from streamnb.stream import GroupedStream, Stream, WindowedStream
@@ -46,11 +48,15 @@ __all__ = ["StreamMagics", "load_ipython_extension", "unload_ipython_extension"]
 
 CELL_USAGE = "%%stream NAME [--show] [--chart SPEC] [--to-kafka TOPIC]"
 SQL_USAGE = "%%stream_sql NAME [--show] [--chart SPEC]"
-CONNECT_USAGE = "%stream connect BOOTSTRAP [--config KEY=VALUE ...]"
+CONNECT_USAGE = (
+    "%stream connect BOOTSTRAP [--config KEY=VALUE ...] "
+    "[--schema-registry URL [--registry-config KEY=VALUE ...]]"
+)
+PEEK_USAGE = "%stream peek TOPIC [-n N] [--format F]"
 LINE_USAGE = (
     "%stream list | stop NAME | stop --all | status NAME | "
-    "connect BOOTSTRAP [--config KEY=VALUE ...] | topics | peek TOPIC [-n N] | "
-    "promote NAME --to PATH"
+    "connect BOOTSTRAP [--config KEY=VALUE ...] [--schema-registry URL] | topics | "
+    "peek TOPIC [-n N] [--format F] | promote NAME --to PATH"
 )
 
 
@@ -77,13 +83,32 @@ def _name_args() -> None:
     metavar="KEY=VALUE",
     help="a client setting (security.protocol, sasl.*, ssl.*); repeat for several",
 )
+@argument(
+    "--schema-registry",
+    metavar="URL",
+    help="the Schema Registry (Confluent-compatible API) that peek, topics, from_kafka and "
+    "to_kafka use by default",
+)
+@argument(
+    "--registry-config",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="a Schema Registry client setting (basic.auth.user.info, bearer.auth.*, ssl.*); "
+    "repeat for several",
+)
 def _connect_args() -> None:
-    """Set the default Kafka bootstrap servers and client settings."""
+    """Set the default Kafka bootstrap servers, client settings and Schema Registry."""
 
 
 @magic_arguments(name="%stream peek")
 @argument("topic", help="the topic")
 @argument("-n", type=int, default=10, help="records per partition (default 10)")
+@argument(
+    "--format",
+    choices=["json", "raw", "avro", "protobuf", "jsonschema"],
+    help="how values are decoded (default: framed values by their registry schema, else JSON)",
+)
 def _peek_args() -> None:
     """The newest records of a topic."""
 
@@ -269,8 +294,8 @@ class StreamMagics(Magics):
         """Manage queries.
 
         ``%stream list | stop NAME | stop --all | status NAME |
-        connect BOOTSTRAP [--config KEY=VALUE ...] | topics | peek TOPIC [-n N] |
-        promote NAME --to PATH``
+        connect BOOTSTRAP [--config KEY=VALUE ...] [--schema-registry URL] | topics |
+        peek TOPIC [-n N] [--format F] | promote NAME --to PATH``
         """
         command, _, rest = line.strip().partition(" ")
         handlers = {
@@ -324,12 +349,24 @@ class StreamMagics(Magics):
         from confluent_kafka import KafkaException
 
         args = _parse(_connect_args, rest, CONNECT_USAGE)
-        config = _settings(args.config)
+        config = _settings(args.config, "--config")
+        registry_config = _settings(args.registry_config, "--registry-config")
+        if registry_config and args.schema_registry is None:
+            raise UsageError(f"--registry-config needs --schema-registry\nusage: {CONNECT_USAGE}")
+        registry = None
+        if args.schema_registry is not None:
+            registry = {"url": args.schema_registry, **registry_config}
         try:
-            topics = sn.kafka.connect(args.bootstrap, config=config or None)
+            topics = sn.kafka.connect(
+                args.bootstrap, config=config or None, schema_registry=registry
+            )
         except KafkaException as exc:  # a setting librdkafka does not take
             raise UsageError(f"--config: {kafka_reason(exc)}\nusage: {CONNECT_USAGE}") from None
         shown = "".join(f", {k}={v}" for k, v in redact(config).items())
+        if registry is not None:
+            shown += ", schema registry " + ", ".join(
+                str(v) if k == "url" else f"{k}={v}" for k, v in redact_registry(registry).items()
+            )
         print(f"connected to {args.bootstrap}{shown}: {len(topics)} topics")
 
     def _topics(self, rest: str) -> pl.DataFrame:
@@ -337,10 +374,10 @@ class StreamMagics(Magics):
         return sn.kafka.topics()
 
     def _peek(self, rest: str) -> pl.DataFrame:
-        args = _parse(_peek_args, rest, "%stream peek TOPIC [-n N]")
+        args = _parse(_peek_args, rest, PEEK_USAGE)
         if args.n < 1:
-            raise UsageError(f"-n {args.n}: must be ≥ 1\nusage: %stream peek TOPIC [-n N]")
-        return sn.kafka.peek(args.topic, n=args.n)
+            raise UsageError(f"-n {args.n}: must be ≥ 1\nusage: {PEEK_USAGE}")
+        return sn.kafka.peek(args.topic, n=args.n, format=args.format)
 
     def _promote(self, rest: str) -> None:
         usage = "%stream promote NAME --to PATH"
@@ -371,15 +408,16 @@ class StreamMagics(Magics):
         self.queries.clear()
 
 
-def _settings(items: list[str]) -> dict[str, str]:
-    """``--config KEY=VALUE`` arguments as client settings (a later key wins); one that is
-    not ``KEY=VALUE`` is a UsageError naming it (its value hidden when it may be a secret)."""
+def _settings(items: list[str], option: str) -> dict[str, str]:
+    """``--config KEY=VALUE`` (or ``--registry-config``) arguments as client settings (a later
+    key wins); one that is not ``KEY=VALUE`` is a UsageError naming it (its value hidden when
+    it may be a secret)."""
     settings = {}
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             shown = "***" if any(s in item.lower() for s in SECRET_KEYS) else repr(item)
-            raise UsageError(f"--config {shown}: expected KEY=VALUE\nusage: {CONNECT_USAGE}")
+            raise UsageError(f"{option} {shown}: expected KEY=VALUE\nusage: {CONNECT_USAGE}")
         settings[key.strip()] = value
     return settings
 

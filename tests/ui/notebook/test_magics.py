@@ -198,10 +198,14 @@ def test_connect_topics_peek_call_the_kafka_api(
 ) -> None:
     calls: list[tuple[str, Any]] = []
     monkeypatch.setattr(
-        sn.kafka, "connect", lambda b, config=None: calls.append(("connect", b)) or ["t"]
+        sn.kafka,
+        "connect",
+        lambda b, config=None, schema_registry=None: calls.append(("connect", b)) or ["t"],
     )
     monkeypatch.setattr(sn.kafka, "topics", lambda: calls.append(("topics", None)) or "T")
-    monkeypatch.setattr(sn.kafka, "peek", lambda t, n: calls.append(("peek", (t, n))) or "P")
+    monkeypatch.setattr(
+        sn.kafka, "peek", lambda t, n, format=None: calls.append(("peek", (t, n))) or "P"
+    )
     run("%stream connect 127.0.0.1:9092")
     assert "connected to 127.0.0.1:9092: 1 topics" in capsys.readouterr().out
     assert run("%stream topics") == "T"
@@ -220,7 +224,9 @@ def test_connect_passes_client_settings_and_prints_no_secret(
 ) -> None:
     calls: list[Any] = []
     monkeypatch.setattr(
-        sn.kafka, "connect", lambda b, config=None: calls.append((b, config)) or ["t", "u"]
+        sn.kafka,
+        "connect",
+        lambda b, config=None, schema_registry=None: calls.append((b, config)) or ["t", "u"],
     )
     run(
         "%stream connect broker:9093 --config security.protocol=SASL_SSL "
