@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from streamnb.exceptions import ConfigError
+from streamnb.exceptions import ConfigError, DecodeError
 from streamnb.io.kafka.registry import client, redact_url, scrub, split_framed, subject_name
 
 __all__ = ["SCHEMA_TYPES", "decode_framed", "decode_json"]
@@ -219,7 +219,7 @@ class _Decoder:
             return self._json(value, self.context)
         if schema_type == "PROTOBUF":
             return self._protobuf(value)
-        raise ValueError(f"schema type {schema_type!r} is not AVRO, PROTOBUF or JSON")
+        raise DecodeError(f"schema type {schema_type!r} is not AVRO, PROTOBUF or JSON")
 
     def _protobuf(self, value: bytes) -> dict[str, Any]:
         from confluent_kafka.schema_registry.serde import SchemaId
@@ -266,8 +266,8 @@ def _add_file(pool: Any, sr: Any, schema: Any, name: str | None) -> Any:
             _add_file(pool, sr, registered.schema, ref.name)
     try:
         raw = base64.b64decode(schema.schema_str, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(
+    except (binascii.Error, ValueError):  # not base64
+        raise DecodeError(
             "the registry gave this Protobuf schema as .proto text, which peek does not "
             "compile (it reads the serialized form a registry gives with ?format=serialized)"
         ) from None

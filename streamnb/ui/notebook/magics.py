@@ -350,7 +350,10 @@ class StreamMagics(Magics):
 
         args = _parse(_connect_args, rest, CONNECT_USAGE)
         config = _settings(args.config, "--config")
-        registry_config = _settings(args.registry_config, "--registry-config")
+        registry_config = {  # the registry's client takes numbers as numbers, not text
+            k: int(v) if v.isdigit() else v
+            for k, v in _settings(args.registry_config, "--registry-config").items()
+        }
         if registry_config and args.schema_registry is None:
             raise UsageError(f"--registry-config needs --schema-registry\nusage: {CONNECT_USAGE}")
         registry = None
@@ -362,6 +365,9 @@ class StreamMagics(Magics):
             )
         except KafkaException as exc:  # a setting librdkafka does not take
             raise UsageError(f"--config: {kafka_reason(exc)}\nusage: {CONNECT_USAGE}") from None
+        except ConfigError as exc:  # a registry that does not answer: the message alone (it
+            # is redacted), not a traceback that would echo the line and its credentials
+            raise UsageError(str(exc)) from None
         shown = "".join(f", {k}={v}" for k, v in redact(config).items())
         if registry is not None:
             shown += ", schema registry " + ", ".join(
