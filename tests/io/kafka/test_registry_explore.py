@@ -74,10 +74,11 @@ READINGS = [
 ]
 
 
-def reading_class() -> Any:
+def reading_class(imported: bool = False) -> Any:
     """A Protobuf message class built at run time: ``explore.Reading`` (the file's second
     message, so its values carry message index 1) with an enum, a Timestamp, a repeated
-    field and a nested message."""
+    field and a nested message; ``imported``: ``Position`` comes from a file of its own, which
+    the serializer registers as a schema reference."""
     from google.protobuf import descriptor_pb2, descriptor_pool, timestamp_pb2
     from google.protobuf.message_factory import GetMessageClass
 
@@ -85,18 +86,27 @@ def reading_class() -> Any:
     timestamp = descriptor_pb2.FileDescriptorProto()
     timestamp_pb2.DESCRIPTOR.CopyToProto(timestamp)
     pool.Add(timestamp)
+    field = descriptor_pb2.FieldDescriptorProto
     file = descriptor_pb2.FileDescriptorProto(
         name="explore/reading.proto",
         package="explore",
         syntax="proto3",
         dependency=["google/protobuf/timestamp.proto"],
     )
-    field = descriptor_pb2.FieldDescriptorProto
+    holder = file
+    if imported:
+        holder = descriptor_pb2.FileDescriptorProto(
+            name="explore/position.proto", package="explore", syntax="proto3"
+        )
+        file.name = "explore/reading_imports.proto"
+        file.dependency.append(holder.name)
+    position = holder.message_type.add(name="Position")
+    position.field.add(name="x", number=1, type=field.TYPE_DOUBLE, label=field.LABEL_OPTIONAL)
+    if imported:
+        pool.Add(holder)
     level = file.enum_type.add(name="Level")
     level.value.add(name="LOW", number=0)
     level.value.add(name="HIGH", number=1)
-    position = file.message_type.add(name="Position")
-    position.field.add(name="x", number=1, type=field.TYPE_DOUBLE, label=field.LABEL_OPTIONAL)
     reading = file.message_type.add(name="Reading")
     for number, (name, kind, type_name, label) in enumerate(
         [
@@ -115,7 +125,13 @@ def reading_class() -> Any:
 
 
 def serialize(
-    url: str, topic: str, format: str, records: list[dict[str, Any]], *, schema: str = ""
+    url: str,
+    topic: str,
+    format: str,
+    records: list[dict[str, Any]],
+    *,
+    schema: str = "",
+    imported: bool = False,
 ) -> list[bytes]:
     """``records`` as a service writes them: framed by confluent-kafka's serializer, which
     registers the schema under ``<topic>-value``."""
@@ -127,7 +143,7 @@ def serialize(
     if format == "jsonschema":
         as_json = JSONSerializer(schema or JSON_SCHEMA, registry)
         return [as_json(r, context) for r in records]
-    message = reading_class()
+    message = reading_class(imported)
     proto = ProtobufSerializer(message, registry, {"use.deprecated.format": False})
     out = []
     for r in records:
@@ -200,6 +216,24 @@ def test_peek_decodes_each_format_and_names_subject_id_and_version(
         assert set(peeked["_schema_id"]) == {written}
         assert set(peeked["_version"]) == {1}
         assert peeked["_error"].null_count() == len(records)
+
+
+def test_peek_decodes_protobuf_whose_schema_imports_another_registered_one(
+    make_topic: Callable[..., str],
+    produce: Produce,
+    bootstrap: str,
+    schema_registry: SchemaRegistry,
+    no_defaults: None,
+) -> None:
+    topic = make_topic()
+    values = serialize(schema_registry.url, topic, "protobuf", READINGS, imported=True)
+    produce(topic, values)
+    registry = SchemaRegistryClient({"url": schema_registry.url})
+    references = registry.get_latest_version(f"{topic}-value").schema.references
+    assert [r.name for r in references] == ["explore/position.proto"]  # really a reference
+    peeked = sn.kafka.peek(topic, bootstrap_servers=bootstrap, schema_registry=schema_registry.url)
+    assert peeked.select(list(READINGS[0])).to_dicts() == READINGS
+    assert peeked["_error"].null_count() == len(READINGS)
 
 
 def test_two_schema_versions_show_both_ids_and_versions(
