@@ -100,8 +100,8 @@ class FramedWriter:
         except Exception as exc:  # SchemaRegistryError (409: incompatible), or no connection
             url = redact_registry(registry).get("url")
             raise SinkError(
-                f"{where}: the Schema Registry at {url} refused the {self.format} schema for "
-                f"subject {self.subject!r}: {_reason(exc)}"
+                f"{where}: the Schema Registry at {url} did not register the {self.format} "
+                f"schema under subject {self.subject!r}: {_reason(exc)}"
             ) from None
         prefix = frame_header(schema_id)
         if self.format == "protobuf":

@@ -119,22 +119,30 @@ def as_row(message: Any) -> dict[str, Any]:
     return row
 
 
+def registered_deserializer(registry: SchemaRegistryClient, subject: str) -> Any:
+    """confluent-kafka's Protobuf deserializer for the (one) message of the file registered
+    under ``subject`` (the registry keeps it as a base64 ``FileDescriptorProto``)."""
+    registered = registry.get_latest_version(subject).schema
+    assert registered.schema_type == "PROTOBUF"
+    file = descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(registered.schema_str))
+    assert len(file.message_type) == 1
+    cls = message_class(file, f"{file.package}.{file.message_type[0].name}")
+    return ProtobufDeserializer(cls, {"use.deprecated.format": False})
+
+
 def test_protobuf_from_the_columns_reads_back_with_confluents_deserializer(
-    topic: str, consume_all: Consume, bootstrap: str, schema_registry: SchemaRegistry, registry
+    topic: str, consume_all: Consume, bootstrap: str, schema_registry: SchemaRegistry
 ) -> None:
-    rows = ROWS.drop("bidder")  # a null struct is an unset message: checked below
-    sn.from_records(rows).to_kafka(
+    sn.from_records(ROWS).to_kafka(
         topic, bootstrap_servers=bootstrap, format="protobuf", schema_registry=schema_registry.url
     ).collect()
     records = consume_all(topic, min_count=3)
-    registered = registry.get_latest_version(f"{topic}-value").schema
-    file = descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(registered.schema_str))
-    assert [m.name for m in file.message_type] == [file.message_type[0].name]
-    cls = message_class(file, f"{file.package}.{file.message_type[0].name}")
-    deserializer = ProtobufDeserializer(cls, {"use.deprecated.format": False})
+    deserializer = registered_deserializer(
+        SchemaRegistryClient({"url": schema_registry.url}), f"{topic}-value"
+    )
     got = [as_row(m) for m in values(records, deserializer, topic)]
     # a null list is an empty repeated field: Protobuf has no null list
-    assert got == [{**r, "tags": r["tags"] or []} for r in rows.to_dicts()]
+    assert got == [{**r, "tags": r["tags"] or []} for r in ROWS.to_dicts()]
 
 
 def test_protobuf_with_a_users_message_class(
@@ -197,7 +205,7 @@ def test_the_record_strategy_registers_under_the_records_full_name(
     assert f"{derived}-streamnb.{name}Value" in registry.get_subjects()
 
 
-@pytest.mark.parametrize("key_format", ["avro", "jsonschema"])
+@pytest.mark.parametrize("key_format", ["avro", "jsonschema", "protobuf"])
 def test_keys_are_framed_under_the_key_subject(
     key_format: str,
     topic: str,
@@ -214,11 +222,13 @@ def test_keys_are_framed_under_the_key_subject(
         schema_registry=schema_registry.url,
     ).collect()
     records = consume_all(topic, min_count=3)
-    deserializer = (
-        AvroDeserializer(registry)
-        if key_format == "avro"
-        else JSONDeserializer(None, schema_registry_client=registry)
-    )
+    if key_format == "avro":
+        deserializer = AvroDeserializer(registry)
+    elif key_format == "jsonschema":
+        deserializer = JSONDeserializer(None, schema_registry_client=registry)
+    else:
+        protobuf = registered_deserializer(registry, f"{topic}-key")
+        deserializer = lambda value, context: as_row(protobuf(value, context))  # noqa: E731
     context = SerializationContext(topic, MessageField.KEY)
     assert [deserializer(r["key"], context) for r in records] == ROWS.select(
         "id", "channel"
