@@ -87,10 +87,16 @@ def test_avro_from_the_columns_reads_back_with_confluents_deserializer(
 
 
 def test_jsonschema_from_the_columns_reads_back_with_confluents_deserializer(
-    topic: str, consume_all: Consume, bootstrap: str, schema_registry: SchemaRegistry, registry
+    topic: str,
+    consume_all: Consume,
+    bootstrap: str,
+    schema_registry: SchemaRegistry,
+    registry,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("STREAMNB_SCHEMA_REGISTRY", schema_registry.url)  # no argument needed
     sn.from_records(ROWS).to_kafka(
-        topic, bootstrap_servers=bootstrap, format="jsonschema", schema_registry=schema_registry.url
+        topic, bootstrap_servers=bootstrap, format="jsonschema"
     ).collect()
     records = consume_all(topic, min_count=3)
     # the deserializer validates each value against the registered schema
@@ -237,6 +243,31 @@ def test_keys_are_framed_under_the_key_subject(
         registry.get_latest_version(f"{topic}-key").schema_id
     }
     assert f"{topic}-value" not in registry.get_subjects()  # the values are plain JSON
+
+
+def test_a_tables_tombstones_have_framed_keys(
+    topic: str, consume_all: Consume, bootstrap: str, schema_registry: SchemaRegistry, registry
+) -> None:
+    data = [{"k": "a", "t": 0}, {"k": "a", "t": 2_000}, {"k": "a", "t": 1_000}]
+    sessions = (
+        sn.from_records(data, timestamp="t", batch_size=1)
+        .window(sn.Session("1500ms"), by="k", emit="update")
+        .agg(pl.len().alias("n"))
+    )
+    sessions.to_kafka(
+        topic,
+        bootstrap_servers=bootstrap,
+        format="avro",
+        key_format="avro",
+        schema_registry=schema_registry.url,
+    ).collect()
+    records = consume_all(topic, min_count=4)
+    keys = values([{**r, "value": r["key"]} for r in records], AvroDeserializer(registry), topic)
+    tombstones = [k for k, r in zip(keys, records, strict=True) if r["value"] is None]
+    # [2 s] was retracted when the record at 1 s merged it into [1 s, 3.5 s]
+    assert tombstones == [{"window_start": 2000, "window_end": 3500, "k": "a"}]
+    last = values(records[-1:], AvroDeserializer(registry), topic)
+    assert last == [{"window_start": 1000, "window_end": 3500, "k": "a", "n": 2}]
 
 
 def test_an_incompatible_schema_fails_the_start_naming_the_subject(
