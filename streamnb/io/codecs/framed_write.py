@@ -63,11 +63,11 @@ class FramedWriter:
     ) -> FramedWriter:
         """The writer for ``format``: ``schema`` (the user's) or one made from ``columns``;
         raises :class:`ConfigError` when neither gives one."""
-        side = "key" if is_key else "value"
         if schema is None and columns is None:
+            fix = "a key schema needs them" if is_key else "pass the value's schema as schema="
             raise ConfigError(
-                f"to_kafka(format={format!r}): the stream's columns are not known before it "
-                f"runs; pass the {side} schema as schema="
+                f"to_kafka({'key_' if is_key else ''}format={format!r}): the stream's columns "
+                f"are not known before it runs; {fix}"
             )
         name = record_name(topic, is_key=is_key)
         if format == "avro":
@@ -97,6 +97,8 @@ class FramedWriter:
             schema_id = client(registry).register_schema(
                 self.subject, Schema(self.text, SCHEMA_TYPES[self.format])
             )
+        except ConfigError:  # a bad client setting (named without its secrets), or no extra
+            raise
         except Exception as exc:  # SchemaRegistryError (409: incompatible), or no connection
             url = redact_registry(registry).get("url")
             raise SinkError(

@@ -84,10 +84,11 @@ class KafkaSink(Sink):
         """The value's and the key's schemas registered (or found) in the registry, once per
         run, before any record: a refusal raises :class:`SinkError` and the query does not
         start."""
-        where = self.describe()
-        return tuple(  # type: ignore[return-value]
-            None if w is None else w.register(self.registry or {}, where=where)
-            for w in (self.value_writer, self.key_writer)
+        registry, where = self.registry or {}, self.describe()
+        value, key = self.value_writer, self.key_writer
+        return (
+            None if value is None else value.register(registry, where=where),
+            None if key is None else key.register(registry, where=where),
         )
 
 
