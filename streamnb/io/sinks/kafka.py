@@ -30,7 +30,7 @@ from streamnb.io.codecs import avro
 from streamnb.io.codecs.framed_write import FramedEncoder, FramedWriter
 from streamnb.io.codecs.json_write import json_lines
 from streamnb.io.kafka.client import client_config, produce, resolve_bootstrap, resolve_config
-from streamnb.io.kafka.registry import REGISTRY_FORMATS, resolve_registry
+from streamnb.io.kafka.registry import REGISTRY_FORMATS, client, resolve_registry
 from streamnb.types import KafkaFormat
 
 FORMATS = ("json", "raw", "avro", "protobuf", "jsonschema")
@@ -558,10 +558,11 @@ def _registry(
                 f"'jsonschema', not format={format!r}"
             )
         return None
-    needs = format in ("protobuf", "jsonschema") or key_format is not None
-    if format == "avro" and schema is None:
-        needs = True
-    what = (
-        f"to_kafka(format={format!r}{'' if key_format is None else f', key_format={key_format!r}'})"
+    needs = format != "avro" or schema is None or key_format is not None
+    keys = "" if key_format is None else f", key_format={key_format!r}"
+    registry = resolve_registry(
+        schema_registry, required=needs, what=f"to_kafka(format={format!r}{keys})"
     )
-    return resolve_registry(schema_registry, required=needs, what=what)
+    if registry is not None:
+        client(registry)  # a bad setting is a ConfigError now, not when the query starts
+    return registry

@@ -315,21 +315,32 @@ def test_a_row_that_does_not_fit_the_schema_goes_to_errors(
     ]
 
 
-def test_registry_secrets_never_show(bootstrap: str) -> None:
-    secrets = {
-        "url": "http://ann:url-secret@127.0.0.1:9",
-        "basic.auth.user.info": "ann:info-secret",
-        "basic.auth.credentials.source": "USER_INFO",
-    }
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"url": "http://ann:url-secret@127.0.0.1:9"},
+        {"url": "http://127.0.0.1:9", "basic.auth.user.info": "ann:info-secret"},
+    ],
+)
+def test_registry_secrets_never_show(config: dict[str, str], bootstrap: str) -> None:
     stream = sn.from_records(ROWS.select("id")).to_kafka(
-        "t", bootstrap_servers=bootstrap, format="jsonschema", schema_registry=secrets
+        "t", bootstrap_servers=bootstrap, format="jsonschema", schema_registry=config
     )
-    with pytest.raises(SinkError) as failed:  # nothing listens there
+    with pytest.raises(SinkError, match="subject 't-value'") as failed:  # nothing listens there
         stream.collect()
     sink = stream._plan.root.sink  # type: ignore[attr-defined]
     for shown in (repr(stream), repr(sink), str(failed.value)):
         assert "secret" not in shown
-    assert "http://***@127.0.0.1:9" in str(failed.value)
+    assert "127.0.0.1:9" in str(failed.value)
+
+
+def test_a_bad_registry_setting_is_a_config_error_without_its_secrets(bootstrap: str) -> None:
+    both = {"url": "http://ann:url-secret@127.0.0.1:9", "basic.auth.user.info": "ann:info-secret"}
+    with pytest.raises(sn.ConfigError, match="userinfo") as failed:
+        sn.from_records(ROWS.select("id")).to_kafka(
+            "t", bootstrap_servers=bootstrap, format="avro", schema_registry=both
+        )
+    assert "secret" not in str(failed.value)
 
 
 def test_registry_formats_need_a_registry(bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
