@@ -318,11 +318,11 @@ def test_a_row_that_does_not_fit_the_schema_goes_to_errors(
 @pytest.mark.parametrize(
     "config",
     [
-        {"url": "http://ann:url-secret@127.0.0.1:9"},
-        {"url": "http://127.0.0.1:9", "basic.auth.user.info": "ann:info-secret"},
+        {"url": "http://ann:url-secret@127.0.0.1:9", "max.retries": 0},
+        {"url": "http://127.0.0.1:9", "basic.auth.user.info": "ann:info-secret", "max.retries": 0},
     ],
 )
-def test_registry_secrets_never_show(config: dict[str, str], bootstrap: str) -> None:
+def test_registry_secrets_never_show(config: dict[str, Any], bootstrap: str) -> None:
     stream = sn.from_records(ROWS.select("id")).to_kafka(
         "t", bootstrap_servers=bootstrap, format="jsonschema", schema_registry=config
     )
