@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import polars as pl
 
@@ -489,14 +489,28 @@ class Stream:
         errors: str | None = None,
         schema: Any = None,
         headers: Mapping[str, str] | None = None,
+        schema_registry: str | Mapping[str, Any] | None = None,
+        subject_strategy: Literal["topic", "record", "topic_record"] = "topic",
+        key_format: Literal["avro", "protobuf", "jsonschema"] | None = None,
     ) -> Stream:
         """Also write the output rows to Kafka ``topic``; ``start()`` the returned stream.
 
         ``key`` names the key column(s) (default: a table's keys); a table's deleted rows
         become tombstones. ``errors="dlq:<topic>"`` sends the query's error records there,
         with the reason in a header. The producer is idempotent and flushed on stop.
-        ``format`` is ``"json"``, ``"raw"`` (a ``value`` column) or ``"avro"`` (with ``schema=``
-        an Avro record schema); ``headers={"header": "column"}`` adds record headers.
+        ``format`` is ``"json"``, ``"raw"`` (a ``value`` column), or ``"avro"``,
+        ``"protobuf"``, ``"jsonschema"``: values framed for a Schema Registry
+        (``schema_registry=`` its URL or client config, else ``STREAMNB_SCHEMA_REGISTRY`` or
+        ``sn.kafka.connect(schema_registry=...)``'s). Their schema is ``schema=`` (an Avro
+        schema; a generated Protobuf message class; a JSON Schema) or is made from the
+        stream's columns (a record ``<Topic>Value`` in namespace ``streamnb``, every field
+        nullable); it is registered when the query starts under the subject
+        ``subject_strategy`` names (``"topic"``: ``<topic>-value``; ``"record"``: the record's
+        full name; ``"topic_record"``: both), and a registry that refuses it fails the start
+        with its reason. Without a registry, ``"avro"`` with ``schema=`` writes schemaless Avro.
+        ``key_format`` frames the key columns too (subject ``<topic>-key``). A row that does
+        not fit the schema goes to ``errors()``. ``headers={"header": "column"}`` adds record
+        headers.
         """
         sink = kafka_sink(
             topic,
@@ -509,6 +523,9 @@ class Stream:
             config=config,
             avro_schema=schema,
             headers=headers,
+            schema_registry=schema_registry,
+            subject_strategy=subject_strategy,
+            key_format=key_format,
         )
         node = SinkNode((self._plan.root,), sink)
         return Stream(self._plan.then(node), code=self._called("to_kafka", topic))

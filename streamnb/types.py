@@ -41,7 +41,7 @@ StateStore = Union[Literal["memory", "disk"], "os.PathLike[str]"]
 """``start(state=...)``: keyed state in memory, or in files (under the system's temporary
 directory, or under the directory given) so that it may grow past memory."""
 
-KafkaFormat = Literal["json", "raw", "avro"]
+KafkaFormat = Literal["json", "raw", "avro", "protobuf", "jsonschema"]
 """How Kafka record values are encoded (``from_kafka``, ``table_from_kafka``, ``to_kafka``)."""
 
 JoinKind = Literal["stream_table", "table_table", "interval", "window"]

@@ -26,8 +26,9 @@ def no_fastavro(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_avro_works_with_the_extra() -> None:
     parsed = avro.parse_schema(SCHEMA)
     rows = pl.DataFrame({"k": [1, 2]})
-    frame, kept = avro.decode(avro.encode(rows, parsed), parsed, pl.Schema({"k": pl.Int64}), print)
-    assert frame["k"].to_list() == [1, 2] and kept == [0, 1]
+    values, unfit = avro.encode(rows, parsed)
+    frame, kept = avro.decode(values, parsed, pl.Schema({"k": pl.Int64}), print)
+    assert frame["k"].to_list() == [1, 2] and kept == [0, 1] and unfit == []
 
 
 @pytest.mark.usefixtures("no_fastavro")

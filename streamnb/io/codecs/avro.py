@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -121,12 +122,104 @@ def decode(
     return frame, kept
 
 
-def encode(rows: pl.DataFrame, parsed: Any) -> list[bytes]:
-    """Each row as schemaless Avro bytes."""
+def encode(
+    rows: pl.DataFrame, parsed: Any, *, prefix: bytes = b""
+) -> tuple[list[bytes], list[tuple[int, str]]]:
+    """Each row as ``prefix`` (a registry's frame header, or nothing) and its schemaless Avro
+    bytes; a row that does not fit the schema is listed with its reason (index, reason) and
+    its place in the values holds ``b""``.
+
+    The rows are written one after another into one buffer (fastavro's C writer, one call
+    per row: Avro has no batch writer in Python), then cut at the recorded ends."""
     schemaless_writer = _fastavro().schemaless_writer
-    out = []
-    for row in rows.iter_rows(named=True):
-        buffer = io.BytesIO()
-        schemaless_writer(buffer, parsed, row)
-        out.append(buffer.getvalue())
-    return out
+    buffer = io.BytesIO()
+    ends: list[int] = []
+    failed: list[tuple[int, str]] = []
+    for i, row in enumerate(rows.iter_rows(named=True)):
+        start = buffer.tell()
+        try:
+            schemaless_writer(buffer, parsed, row)
+        except Exception as exc:  # a null where the schema has none, a wrong type
+            buffer.seek(start)
+            buffer.truncate()
+            failed.append((i, f"does not fit the Avro schema: {exc!r}"))
+        ends.append(buffer.tell())
+    data = buffer.getvalue()
+    starts = [0, *ends[:-1]]
+    return [prefix + data[a:b] for a, b in zip(starts, ends, strict=True)], failed
+
+
+# -- writing framed values: an Avro schema for a stream's columns ----------------------------
+
+_AVRO_OF: dict[type[pl.DataType], str] = {
+    pl.Boolean: "boolean",
+    pl.Int8: "int",
+    pl.Int16: "int",
+    pl.Int32: "int",
+    pl.UInt8: "int",
+    pl.UInt16: "int",
+    pl.Int64: "long",
+    pl.UInt32: "long",
+    pl.UInt64: "long",
+    pl.Float32: "float",
+    pl.Float64: "double",
+    pl.String: "string",
+    pl.Categorical: "string",
+    pl.Binary: "bytes",
+}
+_AVRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def schema_for(columns: pl.Schema, name: str, namespace: str = "streamnb") -> dict[str, Any]:
+    """The Avro record schema of ``columns``: every field nullable (``["null", T]``, default
+    null), as any polars column may hold nulls; structs become records named after their
+    path, lists arrays, datetimes timestamps, decimals bytes+decimal, enums enums."""
+    return {"type": "record", "name": name, "namespace": namespace, **_record(columns, name)}
+
+
+def _record(columns: pl.Schema, path: str) -> dict[str, Any]:
+    return {
+        "fields": [
+            {"name": column, "type": _nullable(dtype, f"{path}_{column}"), "default": None}
+            for column, dtype in columns.items()
+        ]
+    }
+
+
+def _nullable(dtype: pl.DataType, path: str) -> Any:
+    avro_type = _avro_type(dtype, path)
+    return "null" if avro_type == "null" else ["null", avro_type]
+
+
+def _avro_type(dtype: pl.DataType, path: str) -> Any:
+    if type(dtype) in _AVRO_OF:
+        return _AVRO_OF[type(dtype)]
+    if isinstance(dtype, pl.Null):
+        return "null"
+    if isinstance(dtype, pl.Datetime):
+        logical = "timestamp-millis" if dtype.time_unit == "ms" else "timestamp-micros"
+        return {"type": "long", "logicalType": logical}
+    if isinstance(dtype, pl.Date):
+        return {"type": "int", "logicalType": "date"}
+    if isinstance(dtype, pl.Time):
+        return {"type": "long", "logicalType": "time-micros"}
+    if isinstance(dtype, pl.Decimal):
+        precision = dtype.precision or 38
+        return {
+            "type": "bytes",
+            "logicalType": "decimal",
+            "precision": precision,
+            "scale": dtype.scale,
+        }
+    if isinstance(dtype, pl.Enum):
+        symbols = list(dtype.categories)
+        if all(_AVRO_NAME.fullmatch(s) for s in symbols):
+            return {"type": "enum", "name": path, "symbols": symbols}
+        return "string"  # Avro enum symbols are names; these are not
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return {"type": "array", "items": _nullable(cast(pl.DataType, dtype.inner), f"{path}_item")}
+    if isinstance(dtype, pl.Struct):
+        return {"type": "record", "name": path, **_record(pl.Schema(dtype.to_schema()), path)}
+    raise ConfigError(
+        f"column {path!r}: polars type {dtype} has no Avro form; cast it, or pass schema="
+    )

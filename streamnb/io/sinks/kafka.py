@@ -1,6 +1,11 @@
-"""``stream.to_kafka(topic)``: output rows as Kafka records (JSON or raw values, a key).
+"""``stream.to_kafka(topic)``: output rows as Kafka records (JSON, raw, Avro, or values framed
+for a Schema Registry: Avro, Protobuf, JSON Schema; a key, framed too if asked).
 
-Values are encoded per batch by polars (one ``struct.json_encode``); the idempotent producer is
+JSON values are encoded per batch by polars (one ``struct.json_encode``); Avro and Protobuf
+have no batch writers, so those are one C call per record (see :mod:`streamnb.io.codecs`).
+A registry format registers its schema when the query starts (a refusal fails the start,
+naming the subject and the registry's reason); a row that does not fit the schema goes to
+``errors()``. The idempotent producer is
 fed without per-message callbacks (only failed deliveries are reported), so the Python cost
 per record is one ``produce`` call. A table's deletes become tombstones (key, null value).
 With ``errors="dlq:<topic>"`` the query's error records go to that topic as well, with the
@@ -22,10 +27,15 @@ from streamnb.engine.core import ERROR_SCHEMA, Context, Delta, Operator, error_f
 from streamnb.engine.source import Sink
 from streamnb.exceptions import ConfigError, SinkError
 from streamnb.io.codecs import avro
+from streamnb.io.codecs.framed_write import FramedEncoder, FramedWriter
+from streamnb.io.codecs.json_write import json_lines
 from streamnb.io.kafka.client import client_config, produce, resolve_bootstrap, resolve_config
+from streamnb.io.kafka.registry import REGISTRY_FORMATS, client, resolve_registry
 from streamnb.types import KafkaFormat
 
-FORMATS = ("json", "raw", "avro")
+FORMATS = ("json", "raw", "avro", "protobuf", "jsonschema")
+KEY_FORMATS = (None, *REGISTRY_FORMATS)
+SUBJECT_STRATEGIES = ("topic", "record", "topic_record")
 FLUSH_SECONDS = 30.0
 """How long the end of a query waits for its records to be delivered, when no stop timeout
 says otherwise."""
@@ -47,11 +57,15 @@ class KafkaSink(Sink):
     dlq: str | None = None
     avro_schema: Any = field(default=None, repr=False)
     headers: Mapping[str, str] | None = None
+    value_writer: FramedWriter | None = None
+    key_writer: FramedWriter | None = None
+    registry: Mapping[str, Any] | None = field(default=None, repr=False)  # has secrets
 
     def describe(self) -> str:
         return f"to_kafka[{self.topic}]"
 
     def open(self, ctx: Context) -> Operator:
+        value_encoder, key_encoder = self.register()
         return KafkaWriter(
             self.topic,
             bootstrap=self.bootstrap,
@@ -62,6 +76,19 @@ class KafkaSink(Sink):
             ctx=ctx,
             avro_schema=self.avro_schema,
             headers=self.headers,
+            value_encoder=value_encoder,
+            key_encoder=key_encoder,
+        )
+
+    def register(self) -> tuple[FramedEncoder | None, FramedEncoder | None]:
+        """The value's and the key's schemas registered (or found) in the registry, once per
+        run, before any record: a refusal raises :class:`SinkError` and the query does not
+        start."""
+        registry, where = self.registry or {}, self.describe()
+        value, key = self.value_writer, self.key_writer
+        return (
+            None if value is None else value.register(registry, where=where),
+            None if key is None else key.register(registry, where=where),
         )
 
 
@@ -88,12 +115,15 @@ class KafkaWriter(Operator):
         ctx: Context,
         avro_schema: Any = None,
         headers: Mapping[str, str] | None = None,
+        value_encoder: FramedEncoder | None = None,
+        key_encoder: FramedEncoder | None = None,
     ) -> None:
         from confluent_kafka import Producer
 
         self.topic, self.format, self.key, self.dlq, self.ctx = topic, format, list(key), dlq, ctx
         self.bootstrap = bootstrap
         self.avro = avro_schema
+        self.value_encoder, self.key_encoder = value_encoder, key_encoder
         self.headers = dict(headers or {})
         self._failures: list[_Failure] = []  # not in errors() yet
         self._finished = False
@@ -117,22 +147,49 @@ class KafkaWriter(Operator):
     def process(self, delta: Delta) -> Delta:
         rows = visible(delta.rows)
         if delta.deletes is not None and delta.deletes.height:  # retractions first
-            self._send([None] * delta.deletes.height, self._keys(delta.deletes))
+            keys, unfit = self._keys(delta.deletes)
+            self._send(*_without(unfit, [None] * delta.deletes.height, keys))
+            self._unfit(delta.deletes, unfit)
         if rows.height:
-            self._send(self._values(rows), self._keys(rows), headers=self._headers(rows))
+            values, unfit_values = self._values(rows)
+            keys, unfit_keys = self._keys(rows)
+            unfit = {**unfit_keys, **unfit_values}
+            values, keys, headers = _without(unfit, values, keys, self._headers(rows))
+            self._send(values, keys, headers=headers)
+            self._unfit(rows, unfit)
         self.tick()
         return delta
+
+    def _unfit(self, rows: pl.DataFrame, unfit: Mapping[int, str]) -> None:
+        """Rows that do not fit the value's or key's schema: into ``errors()`` as their JSON
+        text, with the reason (with ``errors="fail"`` the query fails)."""
+        if not unfit:
+            return
+        source = f"to_kafka[{self.topic}]"
+        frames = [
+            error_from_python(source, None, reason, rows.row(i, named=True), topic=self.topic)
+            for i, reason in unfit.items()
+        ]
+        self.ctx.errors.add(pl.concat(frames))
+        if self.ctx.fail_on_error:
+            first = next(iter(unfit.values()))
+            raise SinkError(f"{source}: {len(unfit)} rows do not fit the schema ({first})")
 
     def tick(self) -> None:
         self.producer.poll(0)
         self._report()
 
-    def _values(self, rows: pl.DataFrame) -> list[bytes]:
+    def _values(self, rows: pl.DataFrame) -> tuple[list[bytes], dict[int, str]]:
+        """The rows' values, and the rows that do not fit the schema (with the reason)."""
+        if self.value_encoder is not None:
+            values, unfit = self.value_encoder.encode(rows)
+            return values, dict(unfit)
         if self.format == "raw":
-            return rows.get_column("value").cast(pl.Binary).to_list()
+            return rows.get_column("value").cast(pl.Binary).to_list(), {}
         if self.format == "avro":
-            return avro.encode(rows, self.avro)
-        return json_lines(rows)
+            values, unfit = avro.encode(rows, self.avro)
+            return values, dict(unfit)
+        return json_lines(rows), {}
 
     def _headers(self, rows: pl.DataFrame) -> list[list[tuple[str, bytes | None]]] | None:
         """Per row, ``(header, value)`` pairs from the columns named in ``headers=``."""
@@ -150,15 +207,20 @@ class KafkaWriter(Operator):
             for values in zip(*columns.values(), strict=True)
         ]
 
-    def _keys(self, rows: pl.DataFrame) -> list[bytes | None] | None:
+    def _keys(self, rows: pl.DataFrame) -> tuple[list[bytes | None] | None, dict[int, str]]:
+        """The rows' keys (``None``: no key), and the rows whose key does not fit its
+        schema."""
         if not self.key:
-            return None
+            return None, {}
+        if self.key_encoder is not None:
+            keys, unfit = self.key_encoder.encode(rows.select(self.key))
+            return list(keys), {i: f"key {reason}" for i, reason in unfit}
         if len(self.key) == 1:
             return [
                 None if k is None else k.encode()
                 for k in rows.get_column(self.key[0]).cast(pl.String).to_list()
-            ]
-        return list(json_lines(rows.select(self.key)))
+            ], {}
+        return list(json_lines(rows.select(self.key))), {}
 
     def _send(
         self,
@@ -331,13 +393,14 @@ PRODUCER_SETTINGS: Mapping[str, Any] = MappingProxyType(
 consume -> produce loop uses the same."""
 
 
-def json_lines(rows: pl.DataFrame) -> list[bytes]:
-    """One JSON object per row, as ``write_ndjson`` writes it (the same serializer), without
-    its file writer: a few hundred microseconds less per batch, which a small batch feels."""
-    if not rows.width:
-        return [b"{}"] * rows.height
-    encoded = rows.select(pl.struct(pl.all()).struct.json_encode()).to_series()
-    return encoded.cast(pl.Binary).to_list()
+def _without(unfit: Mapping[int, str], *columns: Sequence[Any] | None) -> tuple[Any, ...]:
+    """Each of ``columns`` (values, keys, headers; ``None`` stays ``None``) without the
+    rows in ``unfit``."""
+    if not unfit:
+        return columns
+    return tuple(
+        None if c is None else [x for i, x in enumerate(c) if i not in unfit] for c in columns
+    )
 
 
 def _produce_all(
@@ -405,12 +468,26 @@ def kafka_sink(
     config: Mapping[str, Any] | None,
     avro_schema: Any = None,
     headers: Mapping[str, str] | None = None,
+    schema_registry: str | Mapping[str, Any] | None = None,
+    subject_strategy: str = "topic",
+    key_format: str | None = None,
 ) -> KafkaSink:
-    """The sink ``to_kafka`` attaches, its arguments checked against the output ``schema``."""
+    """The sink ``to_kafka`` attaches, its arguments checked against the output ``schema``.
+
+    ``avro_schema`` is the user's ``schema=``: an Avro schema for ``avro``, a generated
+    message class for ``protobuf``, a JSON Schema for ``jsonschema``."""
     if format not in FORMATS:
         raise ConfigError(f"format={format!r} must be one of {list(FORMATS)}")
-    if (format == "avro") != (avro_schema is not None):
-        raise ConfigError("schema= (an Avro record schema) goes with format='avro', and only then")
+    if key_format not in KEY_FORMATS:
+        raise ConfigError(f"key_format={key_format!r} must be one of {list(KEY_FORMATS)}")
+    if subject_strategy not in SUBJECT_STRATEGIES:
+        raise ConfigError(
+            f"subject_strategy={subject_strategy!r} must be one of {list(SUBJECT_STRATEGIES)}"
+        )
+    if avro_schema is not None and format not in REGISTRY_FORMATS:
+        raise ConfigError(
+            f"schema= goes with format 'avro', 'protobuf' or 'jsonschema', not {format!r}"
+        )
     for column in (headers or {}).values():
         if schema is not None and column not in schema:
             raise ConfigError(
@@ -431,9 +508,61 @@ def kafka_sink(
                 f"errors={errors!r}: use 'dlq:<topic>' to send error records to a dead-letter topic"
             )
         dlq = errors[4:]
+    if key_format is not None and not keys:
+        raise ConfigError(f"key_format={key_format!r} needs key= (the key columns)")
     bootstrap = resolve_bootstrap(bootstrap_servers)
-    parsed = avro.parse_schema(avro_schema) if format == "avro" else None
+    registry = _registry(format, key_format, schema_registry, avro_schema)
+    parsed = avro.parse_schema(avro_schema) if format == "avro" and registry is None else None
+    value_writer = key_writer = None
+    if registry is not None and format in REGISTRY_FORMATS:
+        value_writer = FramedWriter.make(
+            format, topic, schema=avro_schema, columns=schema, strategy=subject_strategy
+        )
+    if key_format is not None:
+        key_writer = FramedWriter.make(
+            key_format,
+            topic,
+            schema=None,
+            columns=None if schema is None else pl.Schema({k: schema[k] for k in keys}),
+            is_key=True,
+            strategy=subject_strategy,
+        )
     config = resolve_config(bootstrap_servers, config)  # connect()'s, for its broker
     return KafkaSink(
-        topic, bootstrap, format, tuple(keys), dict(config or {}), dlq, parsed, headers
+        topic,
+        bootstrap,
+        format,
+        tuple(keys),
+        dict(config or {}),
+        dlq,
+        parsed,
+        headers,
+        value_writer,
+        key_writer,
+        registry,
     )
+
+
+def _registry(
+    format: str,
+    key_format: str | None,
+    schema_registry: str | Mapping[str, Any] | None,
+    schema: Any,
+) -> dict[str, Any] | None:
+    """The registry the sink registers its schemas with, if it has any to register: Avro
+    with a user's schema and no registry anywhere stays schemaless Avro (unframed)."""
+    if format not in REGISTRY_FORMATS and key_format is None:
+        if schema_registry is not None:
+            raise ConfigError(
+                f"schema_registry= goes with format or key_format 'avro', 'protobuf' or "
+                f"'jsonschema', not format={format!r}"
+            )
+        return None
+    needs = format != "avro" or schema is None or key_format is not None
+    keys = "" if key_format is None else f", key_format={key_format!r}"
+    registry = resolve_registry(
+        schema_registry, required=needs, what=f"to_kafka(format={format!r}{keys})"
+    )
+    if registry is not None:
+        client(registry)  # a bad setting is a ConfigError now, not when the query starts
+    return registry
