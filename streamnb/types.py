@@ -41,8 +41,10 @@ StateStore = Union[Literal["memory", "disk"], "os.PathLike[str]"]
 """``start(state=...)``: keyed state in memory, or in files (under the system's temporary
 directory, or under the directory given) so that it may grow past memory."""
 
-KafkaFormat = Literal["json", "raw", "avro"]
-"""How Kafka record values are encoded (``from_kafka``, ``table_from_kafka``, ``to_kafka``)."""
+KafkaFormat = Literal["json", "raw", "avro", "protobuf", "jsonschema"]
+"""How Kafka record values are encoded (``from_kafka``, ``table_from_kafka``, ``to_kafka``):
+``protobuf`` and ``jsonschema`` (and ``avro`` with a registry) are framed with a Schema
+Registry id."""
 
 JoinKind = Literal["stream_table", "table_table", "interval", "window"]
 """Which join a ``join()`` is, from what is joined (plan nodes carry it)."""
