@@ -264,53 +264,123 @@ def _as(expr: pl.Expr, w: PolarsDataType, r: PolarsDataType) -> pl.Expr:
 # -- Avro -------------------------------------------------------------------------------------
 def avro_writer(schema_str: str) -> Writer:
     """An Avro schema as a :class:`Writer`: values decoded as one Avro block by polars, or
-    per record by fastavro when the schema has maps."""
+    per record by fastavro when the schema has maps (polars cannot read them) or the block
+    does not decode (to find the bad records)."""
     record = json.loads(schema_str)
     parsed = avro.parse_schema(record)
     schema = avro.polars_schema(parsed)
     required = frozenset(f["name"] for f in record["fields"] if "default" not in f)
+
+    def per_record(bodies: list[bytes], on_error: ErrorSink) -> tuple[pl.DataFrame, list[int]]:
+        return avro.decode(bodies, parsed, schema, on_error)
+
     if avro.has_maps(record):
-
-        def per_record(bodies: list[bytes], on_error: ErrorSink) -> tuple[pl.DataFrame, list[int]]:
-            return avro.decode(bodies, parsed, schema, on_error)
-
         return Writer(schema, per_record, required)
-    header = _container_header(json.dumps(_inline(record, set())))
+    header = _container_header(json.dumps(_inline(record, {}, set())))
+    sentinel = _encode(parsed, _sentinel(record, {}))
+    try:
+        expected = _read_block(header, [sentinel], schema)
+    except (Exception, pl.exceptions.PanicException):  # a schema polars cannot read
+        return Writer(schema, per_record, required)
 
     def block(bodies: list[bytes], on_error: ErrorSink) -> tuple[pl.DataFrame, list[int]]:
         if all(bodies):
             try:
-                df = pl.read_avro(io.BytesIO(_container(header, bodies)))
-                return df.cast(dict(schema)), list(range(len(bodies)))  # type: ignore[arg-type]
-            except Exception:  # a bad record: find it (and the good ones) record by record
-                pass
-        return avro.decode(bodies, parsed, schema, on_error)
+                df = _read_block(header, [*bodies, sentinel], schema)
+            except (Exception, pl.exceptions.PanicException):  # polars panics on some bytes
+                df = None
+            # a record with bytes left over (or missing) shifts every later one: then the
+            # last record read is not the sentinel, and the batch goes record by record
+            if df is not None and df.tail(1).equals(expected):
+                return df.head(len(bodies)), list(range(len(bodies)))
+        return per_record(bodies, on_error)
 
     return Writer(schema, block, required)
 
 
-def _inline(node: Any, seen: set[str], namespace: str = "") -> Any:
+def _read_block(header: bytes, bodies: list[bytes], schema: pl.Schema) -> pl.DataFrame:
+    df = pl.read_avro(io.BytesIO(_container(header, bodies)))
+    return df.cast(dict(schema))  # type: ignore[arg-type]  # enums: polars reads Categorical
+
+
+def _encode(parsed: Any, value: Any) -> bytes:
+    import fastavro
+
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, parsed, value)
+    return buffer.getvalue()
+
+
+_SENTINELS: dict[str, Any] = {
+    "null": None,
+    "boolean": True,
+    "int": -1_234_567,
+    "long": -1_234_567_890_123,
+    "float": -0.375,
+    "double": -1.2345e-7,
+    "string": "\x00streamnb sentinel",
+    "bytes": b"\x00streamnb\xff",
+}
+
+
+def _sentinel(node: Any, names: dict[str, Any]) -> Any:
+    """A distinctive value of an Avro schema, appended to every block: a record that
+    shifted the ones after it is found by the last one read not being this."""
+    if isinstance(node, list):
+        return _sentinel(next((t for t in node if t != "null"), "null"), names)
+    if isinstance(node, str):
+        return _SENTINELS[node] if node in _SENTINELS else _sentinel(names[node], names)
+    kind, logical = node.get("type"), node.get("logicalType")
+    if kind in ("record", "enum", "fixed") and "name" in node:
+        names[node["name"]] = names[node["name"].split(".")[-1]] = node
+        if node.get("namespace"):
+            names[f"{node['namespace']}.{node['name']}"] = node
+    if logical == "decimal":
+        from decimal import Decimal
+
+        return Decimal(-12345).scaleb(-node.get("scale", 0))
+    if logical == "uuid":
+        return "00000000-0000-4000-8000-00000000a5a5"
+    if kind == "record":
+        return {f["name"]: _sentinel(f["type"], names) for f in node["fields"]}
+    if kind == "enum":
+        return node["symbols"][-1]
+    if kind == "fixed":
+        return b"\xa5" * node["size"]
+    if kind == "array":
+        return [_sentinel(node["items"], names)]
+    return _sentinel(kind, names)  # a primitive, with or without a logical type
+
+
+def _inline(node: Any, defs: dict[str, Any], seen: set[str], namespace: str = "") -> Any:
     """An Avro schema with every named type written out where it is used (polars' reader
     does not resolve references to named types); a repeated definition is renamed, which
-    changes nothing in the binary encoding."""
+    changes nothing in the binary encoding. Fields keep only their name and type."""
     if isinstance(node, list):
-        return [_inline(n, seen, namespace) for n in node]
+        return [_inline(n, defs, seen, namespace) for n in node]
     if isinstance(node, str):
-        return node
+        if node not in defs:
+            return node
+        node = defs[node]
     if not isinstance(node, Mapping):
         return node
     out = dict(node)
     if out.get("type") in ("record", "enum", "fixed") and "name" in out:
         namespace = out.get("namespace", namespace)
-        full = out["name"] if "." in out["name"] else f"{namespace}.{out['name']}"
+        full = out["name"] if "." in out["name"] else f"{namespace}.{out['name']}".lstrip(".")
+        defs[full] = defs[full.split(".")[-1]] = node
         if full in seen:
-            out["name"] = f"{out['name']}_{len(seen)}"
-        seen.add(full)
-    if out.get("type") == "record":
-        out["fields"] = [{**f, "type": _inline(f["type"], seen, namespace)} for f in out["fields"]]
+            out["name"] = f"{out['name'].split('.')[-1]}_{len(seen)}"
+            out.pop("namespace", None)
+        seen.add(out["name"] if out["name"] != node["name"] else full)
+    if out.get("type") == "record":  # defaults and docs do not matter to the writer's own
+        out["fields"] = [  # schema, and polars' parser refuses some (a double's 0.0)
+            {"name": f["name"], "type": _inline(f["type"], defs, seen, namespace)}
+            for f in out["fields"]
+        ]
     elif out.get("type") in ("array", "map"):
         key = "items" if out["type"] == "array" else "values"
-        out[key] = _inline(out[key], seen, namespace)
+        out[key] = _inline(out[key], defs, seen, namespace)
     return out
 
 

@@ -21,6 +21,7 @@ from streamnb.exceptions import ConfigError
 from streamnb.io.kafka.registry import frame_header
 from tests.io.kafka.registry import SchemaRegistry
 from tests.io.kafka.test_source import run_until
+from tests.threads import wait_until
 
 pytest.importorskip("confluent_kafka.schema_registry")
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -319,33 +320,42 @@ def test_schema_evolution_mid_stream_adds_a_column_and_keeps_a_removed_one(
     produce(
         topic, avro_values(registry, topic, V1, [{"id": i, "comment": f"c{i}"} for i in range(3)])
     )
-    query = sn.from_kafka(
+    stream = sn.from_kafka(
         topic,
         bootstrap_servers=bootstrap,
         schema_registry=schema_registry.url,
         format="avro",
         start="earliest",
-    ).start()
-    from tests.threads import wait_until
-
+    )
+    query = stream.start()
+    # a stateful query over the same source: its output schema is its aggregation's
+    counts = stream.group_by("comment").agg(pl.len().alias("n")).start()
+    both = (query, counts)
     try:
-        wait_until(lambda: query.status()["records_in"] >= 3, 30)
-        produce(topic, avro_values(registry, topic, V2, [{"id": 3, "comment": "c3", "score": 1.5}]))
-        wait_until(lambda: query.status()["records_in"] >= 4, 30)
+        wait_until(lambda: all(q.status()["records_in"] >= 3 for q in both), 30)
+        produce(topic, avro_values(registry, topic, V2, [{"id": 3, "comment": "c1", "score": 1.5}]))
+        wait_until(lambda: all(q.status()["records_in"] >= 4 for q in both), 30)
         produce(topic, avro_values(registry, topic, V3, [{"id": 4, "score": 2.5}]))
-        wait_until(lambda: query.status()["records_in"] >= 5, 30)
-        assert query.status()["state"] == "running"
+        wait_until(lambda: all(q.status()["records_in"] >= 5 for q in both), 30)
+        assert [q.status()["state"] for q in both] == ["running", "running"]
     finally:
-        query.stop()
+        for q in both:
+            q.stop()
     got = query.result().drop("timestamp")
     assert got.to_dicts() == [
         {"id": 0, "comment": "c0", "score": None},
         {"id": 1, "comment": "c1", "score": None},
         {"id": 2, "comment": "c2", "score": None},
-        {"id": 3, "comment": "c3", "score": 1.5},
+        {"id": 3, "comment": "c1", "score": 1.5},
         {"id": 4, "comment": None, "score": 2.5},
     ]
-    assert query.status()["errors"] == 0
+    assert counts.result().sort("comment").to_dicts() == [
+        {"comment": None, "n": 1},
+        {"comment": "c0", "n": 1},
+        {"comment": "c1", "n": 2},
+        {"comment": "c2", "n": 1},
+    ]
+    assert query.status()["errors"] == counts.status()["errors"] == 0
 
 
 def test_unknown_id_incompatible_writer_and_unframed_values_go_to_errors(
