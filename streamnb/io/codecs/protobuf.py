@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from streamnb.exceptions import ConfigError
+from streamnb.exceptions import ConfigError, DecodeError
 from streamnb.io.codecs.framed import Writer, zigzag
 from streamnb.io.codecs.json import ErrorSink
 
@@ -108,7 +108,7 @@ def _payload(body: bytes, index: int) -> bytes:
     buffer = io.BytesIO(body)
     indexes = SchemaId._read_index_array(buffer, zigzag=True)
     if indexes != [index]:
-        raise ValueError(f"message index {indexes}: the schema's root message is [{index}]")
+        raise DecodeError(f"message index {indexes}: the schema's root message is [{index}]")
     return body[buffer.tell() :]
 
 

@@ -358,6 +358,27 @@ def test_schema_evolution_mid_stream_adds_a_column_and_keeps_a_removed_one(
     assert query.status()["errors"] == counts.status()["errors"] == 0
 
 
+def test_a_given_avro_reader_schema_picks_and_promotes_the_columns_and_never_grows(
+    topic: str,
+    produce: Produce,
+    bootstrap: str,
+    registry: SchemaRegistryClient,
+    schema_registry: SchemaRegistry,
+) -> None:
+    produce(topic, avro_values(registry, topic, V2, [{"id": 1, "comment": "a", "score": 0.5}]))
+    reader = {
+        "type": "record",
+        "name": "Event",
+        "fields": [
+            {"name": "id", "type": "double"},  # long promotes to double
+            {"name": "label", "type": ["null", "string"], "default": None},  # not written
+        ],
+    }
+    got, query = read(topic, bootstrap, schema_registry.url, 1, format="avro", schema=reader)
+    assert got.to_dicts() == [{"id": 1.0, "label": None}]
+    assert query.status()["errors"] == 0
+
+
 def test_unknown_id_incompatible_writer_and_unframed_values_go_to_errors(
     topic: str,
     produce: Produce,
