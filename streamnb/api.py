@@ -113,7 +113,8 @@ def from_kafka(
     *,
     bootstrap_servers: str | None = None,
     format: KafkaFormat = "json",
-    schema: Mapping[str, Any] | None = None,
+    schema: Mapping[str, Any] | str | None = None,
+    schema_registry: str | Mapping[str, Any] | None = None,
     timestamp: str | None = None,
     start: str | datetime | Mapping[int, int] = "latest",
     group_id: str | None = None,
@@ -132,10 +133,26 @@ def from_kafka(
         ``host:port[,host:port]``; default ``STREAMNB_KAFKA_BOOTSTRAP`` or ``%stream connect``.
     format
         ``"json"`` (one JSON object per message, decoded per batch), ``"raw"`` (columns
-        key, value, topic, partition, offset, timestamp) or ``"avro"`` (schemaless Avro).
+        key, value, topic, partition, offset, timestamp), ``"avro"``, ``"protobuf"`` or
+        ``"jsonschema"``. The last three are values framed with a Schema Registry id, as
+        Confluent's serializers write them: each is decoded with its writer schema and read
+        as the reader schema (the subject ``<topic>-value``'s latest version when the query
+        is defined); nested records/messages become Struct, arrays List, maps
+        ``List(Struct{key, value})``, enums String. A value that is not framed, names an id
+        the registry does not know, or was written with a schema the reader cannot read
+        goes to ``errors()`` with the reason. A newer version of the subject that adds a
+        field adds a column from its first record on (null in the rows before); a field
+        removed stays a column, null in the newer records. ``"avro"`` with ``schema=`` and
+        no ``schema_registry=``: schemaless Avro values (no framing) of that schema.
     schema
         Polars types of the JSON fields (default: learned from the newest records); for
-        ``"avro"``, the Avro record schema (a dict or its JSON text).
+        ``"avro"``, the Avro record schema (a dict or its JSON text): the schema of
+        schemaless values, or, with ``schema_registry=``, the reader schema of framed ones.
+    schema_registry
+        The Schema Registry of ``"avro"``, ``"protobuf"`` and ``"jsonschema"``: its URL or a
+        client config dict (``{"url": ..., "basic.auth.user.info": "user:secret"}``; secrets
+        never appear in output). Default: ``STREAMNB_SCHEMA_REGISTRY`` or
+        ``sn.kafka.connect(..., schema_registry=...)``.
     timestamp
         The event-time field; default the Kafka record timestamp, as column ``timestamp``.
     start
@@ -163,6 +180,7 @@ def from_kafka(
             bootstrap_servers=bootstrap_servers,
             format=format,
             schema=schema,
+            schema_registry=schema_registry,
             timestamp=timestamp,
             start=start,
             group_id=group_id,

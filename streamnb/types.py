@@ -42,7 +42,9 @@ StateStore = Union[Literal["memory", "disk"], "os.PathLike[str]"]
 directory, or under the directory given) so that it may grow past memory."""
 
 KafkaFormat = Literal["json", "raw", "avro", "protobuf", "jsonschema"]
-"""How Kafka record values are encoded (``from_kafka``, ``table_from_kafka``, ``to_kafka``)."""
+"""How Kafka record values are encoded (``from_kafka``, ``table_from_kafka``, ``to_kafka``):
+``protobuf`` and ``jsonschema`` (and ``avro`` with a registry) are framed with a Schema
+Registry id."""
 
 JoinKind = Literal["stream_table", "table_table", "interval", "window"]
 """Which join a ``join()`` is, from what is joined (plan nodes carry it)."""

@@ -54,7 +54,7 @@ class ResultTable:
             while self._parts and self._rows - self._parts[0].height >= self.keep:
                 self._rows -= self._parts.pop(0).height
         if len(self._parts) > _FOLD_AFTER:
-            self._parts = [pl.concat(self._parts)]
+            self._parts = [_stack(self._parts)]
 
     def _upsert(self, delta: Delta) -> None:
         assert self.keys is not None
@@ -83,7 +83,7 @@ class ResultTable:
         if not parts:
             table = self.schema.to_frame() if self.schema is not None else pl.DataFrame()
         elif self.keys is None:
-            table = pl.concat(parts) if len(parts) > 1 else parts[0]
+            table = _stack(parts) if len(parts) > 1 else parts[0]
             table = table.tail(self.keep) if self.keep is not None else table
         else:
             folded = self._fold(parts)
@@ -99,3 +99,11 @@ class ResultTable:
         with self._lock:
             self._cache = (version, table)
         return table
+
+
+def _stack(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Appended parts as one frame; a source whose schema grew mid-stream (a newer Schema
+    Registry version added a field) gives later parts more columns: null in the earlier."""
+    if any(p.schema != parts[0].schema for p in parts):
+        return pl.concat(parts, how="diagonal_relaxed")
+    return pl.concat(parts)

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 
@@ -27,13 +27,15 @@ _PRIMITIVES: dict[str, pl.DataType] = {
     "double": pl.Float64(),
     "string": pl.String(),
     "bytes": pl.Binary(),
-    "enum": pl.String(),
 }
 _LOGICAL: dict[str, pl.DataType] = {
     "timestamp-millis": pl.Datetime("ms", "UTC"),
     "timestamp-micros": pl.Datetime("us", "UTC"),
     "date": pl.Date(),
 }
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
 
 
 def _fastavro() -> ModuleType:
@@ -55,30 +57,97 @@ def parse_schema(schema: Any) -> Any:
 
 
 def polars_schema(avro: Mapping[str, Any]) -> pl.Schema:
-    """The polars columns of an Avro record schema."""
-    return pl.Schema({f["name"]: _dtype(f["type"], f["name"]) for f in avro["fields"]})
+    """The polars columns of an Avro record schema.
+
+    Records become Struct, arrays List, maps ``List(Struct{key, value})`` (polars has no map
+    type), unions with null nullable columns, enums String (a String column stays the same
+    type when a later schema version adds a symbol; a polars Enum would not), decimals
+    Decimal, ``timestamp-millis``/``-micros`` Datetime UTC and ``date`` Date.
+    """
+    return _record_schema(avro, {})
 
 
-def _dtype(avro_type: Any, name: str) -> pl.DataType:
+def _record_schema(record: Mapping[str, Any], names: dict[str, Any]) -> pl.Schema:
+    _name(record, names)
+    return pl.Schema({f["name"]: _dtype(f["type"], f["name"], names) for f in record["fields"]})
+
+
+def _name(named: Mapping[str, Any], names: dict[str, Any]) -> None:
+    """Remember a named type under its full and its short name (later fields refer to it)."""
+    if "name" in named:
+        full = (
+            named["name"]
+            if "." in named["name"] or not named.get("namespace")
+            else (f"{named['namespace']}.{named['name']}")
+        )
+        names[full] = names[full.split(".")[-1]] = named
+
+
+def _dtype(avro_type: Any, name: str, names: dict[str, Any]) -> pl.DataType:
     if isinstance(avro_type, list):  # a union: ["null", T] is a nullable T
         kinds = [t for t in avro_type if t != "null"]
         if len(kinds) != 1:
             raise ConfigError(f"Avro field {name!r}: only unions with null are supported")
-        return _dtype(kinds[0], name)
+        return _dtype(kinds[0], name, names)
     if isinstance(avro_type, Mapping):
         logical = avro_type.get("logicalType")
         if logical in _LOGICAL:
             return _LOGICAL[logical]
         kind = avro_type.get("type")
+        if logical == "decimal" and kind in ("bytes", "fixed"):
+            _name(avro_type, names)
+            return pl.Decimal(avro_type["precision"], avro_type.get("scale", 0))
         if kind == "record":
-            return pl.Struct(polars_schema(avro_type))
+            return pl.Struct(_record_schema(avro_type, names))
         if kind == "array":
-            return pl.List(_dtype(avro_type["items"], name))
-        return _dtype(kind, name)
-    key = avro_type.split(".")[-1] if isinstance(avro_type, str) else avro_type
-    if key in _PRIMITIVES:
-        return _PRIMITIVES[key]
+            return pl.List(_dtype(avro_type["items"], name, names))
+        if kind == "map":
+            value = _dtype(avro_type["values"], name, names)
+            return pl.List(pl.Struct({"key": pl.String(), "value": value}))
+        if kind in ("enum", "fixed"):
+            _name(avro_type, names)
+            return pl.String() if kind == "enum" else pl.Binary()
+        return _dtype(kind, name, names)
+    if isinstance(avro_type, str) and avro_type in names:  # a named type defined earlier
+        return _dtype(names[avro_type], name, names)
+    if avro_type in _PRIMITIVES:
+        return _PRIMITIVES[avro_type]
     raise ConfigError(f"Avro field {name!r}: type {avro_type!r} is not supported")
+
+
+def has_maps(avro: Any) -> bool:
+    """Whether an Avro schema holds a map anywhere (fastavro's dicts then need
+    :func:`rows_frame`'s conversion, and polars' Avro reader cannot read it)."""
+    if isinstance(avro, Mapping):
+        return avro.get("type") == "map" or any(has_maps(v) for v in avro.values())
+    if isinstance(avro, list):
+        return any(has_maps(v) for v in avro)
+    return False
+
+
+def rows_frame(rows: list[Any], schema: pl.Schema, maps: bool) -> pl.DataFrame:
+    """fastavro's records as one frame; ``maps``: dicts of the map fields turned into
+    ``[{key, value}, ...]`` lists first (the only per-record work besides fastavro's)."""
+    if not rows:
+        return schema.to_frame()
+    if maps:
+        rows = [_entries(row, pl.Struct(schema)) for row in rows]
+    return pl.from_dicts(rows, schema=schema)
+
+
+def _entries(value: Any, dtype: PolarsDataType) -> Any:
+    if value is None:
+        return None
+    if isinstance(dtype, pl.Struct):
+        return {f.name: _entries(value.get(f.name), f.dtype) for f in dtype.fields}
+    if isinstance(dtype, pl.List):
+        inner = dtype.inner
+        if isinstance(value, Mapping):
+            assert isinstance(inner, pl.Struct)
+            item = inner.fields[1].dtype
+            return [{"key": k, "value": _entries(v, item)} for k, v in value.items()]
+        return [_entries(v, inner) for v in value]
+    return value
 
 
 def decode(
@@ -118,8 +187,7 @@ def decode(
             continue
         rows.append(row)
         kept.append(i)
-    frame = pl.from_dicts(rows, schema=schema) if rows else schema.to_frame()
-    return frame, kept
+    return rows_frame(rows, schema, has_maps(parsed)), kept
 
 
 def encode(

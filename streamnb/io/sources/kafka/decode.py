@@ -209,7 +209,10 @@ class MessageDecoder:
             bad.append(present[j])
             why.append(reason)
 
-        if self.source.avro is not None:
+        if self.source.framed is not None:
+            df, kept = self.source.framed.decode(docs, report)
+            self.schema = self.source.framed.schema  # grows with a newer writer schema
+        elif self.source.avro is not None:
             df, kept = avro.decode(docs, self.source.avro, schema, report)
         else:
             df, kept = decode_ndjson(docs, schema, report)

@@ -20,13 +20,15 @@ from streamnb.engine.core import Context
 from streamnb.engine.source import Part, PartOwner, Source
 from streamnb.exceptions import ConfigError
 from streamnb.io.codecs import avro
+from streamnb.io.codecs.framed import FramedDecoder
 from streamnb.io.codecs.json import infer_json_schema
 from streamnb.io.kafka.client import _metadata, redact, resolve_bootstrap, resolve_config
+from streamnb.io.kafka.registry import redact_registry, resolve_registry
 from streamnb.io.sources.kafka.decode import RAW_SCHEMA, SAMPLE
 from streamnb.io.sources.kafka.reader import KafkaReader
 from streamnb.io.sources.records import check_timestamp
 
-FORMATS = ("json", "raw", "avro")
+FORMATS = ("json", "raw", "avro", "protobuf", "jsonschema")
 
 
 class KafkaSource(Source):
@@ -38,7 +40,8 @@ class KafkaSource(Source):
         *,
         bootstrap_servers: str | None = None,
         format: str = "json",
-        schema: Mapping[str, pl.DataType] | None = None,
+        schema: Mapping[str, Any] | str | None = None,
+        schema_registry: str | Mapping[str, Any] | None = None,
         timestamp: str | None = None,
         start: str | datetime | Mapping[int, int] = "latest",
         group_id: str | None = None,
@@ -79,13 +82,18 @@ class KafkaSource(Source):
         self.name = f"kafka[{','.join(self.topics)}]"
         self.bounded = False
         self.avro = None
-        if format == "raw":
-            self.value_schema: pl.Schema | None = RAW_SCHEMA
+        self.framed: FramedDecoder | None = None
+        self.registry = self._registry(format, schema, schema_registry)
+        if self.registry is not None:
+            self.framed = FramedDecoder(format, self.registry, self.topics[0], schema)
+            self.value_schema: pl.Schema | None = self.framed.schema
+        elif format == "raw":
+            self.value_schema = RAW_SCHEMA
         elif format == "avro":
             self.avro = avro.parse_schema(schema)
             self.value_schema = avro.polars_schema(self.avro)
         elif schema is not None:
-            self.value_schema = pl.Schema(schema)
+            self.value_schema = pl.Schema(schema)  # type: ignore[arg-type]
         else:
             self.value_schema = self._sample_schema() or None
         self.time_column = timestamp or "timestamp"
@@ -94,6 +102,25 @@ class KafkaSource(Source):
         self.event_time = check_timestamp(
             self.time_column, self.schema, f"topic {self.topics[0]!r}"
         )
+
+    @staticmethod
+    def _registry(
+        format: str, schema: Any, schema_registry: str | Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The registry the values are framed with: needed by ``protobuf`` and
+        ``jsonschema``, and by ``avro`` unless it has ``schema=`` and no ``schema_registry=``
+        (schemaless Avro, as before the registry: the environment's or ``connect()``'s
+        registry does not change what an existing ``schema=`` query reads)."""
+        if format not in ("avro", "protobuf", "jsonschema"):
+            if schema_registry is not None:
+                raise ConfigError(
+                    f"schema_registry= is for format='avro', 'protobuf' or 'jsonschema', "
+                    f"not {format!r}"
+                )
+            return None
+        if format == "avro" and schema is not None and schema_registry is None:
+            return None
+        return resolve_registry(schema_registry, required=True, what=f"format={format!r}")
 
     def _output_schema(self) -> pl.Schema | None:
         if self.value_schema is None:
@@ -156,5 +183,7 @@ class KafkaSource(Source):
     def __repr__(self) -> str:
         return (
             f"KafkaSource({self.topics}, bootstrap={self.bootstrap!r}, format={self.format!r}, "
-            f"config={redact(self.config)})"
+            f"config={redact(self.config)}"
+            + (f", schema_registry={redact_registry(self.registry)}" if self.registry else "")
+            + ")"
         )
