@@ -159,6 +159,7 @@ class Workers:
         self.args = list(args)  # more `streamnb run` arguments for every worker
         self.job.write_text(job)
         self.tmp, self.out, self.guarantee = tmp, out, guarantee
+        self.sink: str | None = f"kafka:{out}"  # None: the job's stream carries its own
         self.group = f"eos-{topic}"
         self.env = {**os.environ, "EOS_INPUT": topic, "EOS_BOOTSTRAP": bootstrap, **(env or {})}
         self.env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), self.env.get("PYTHONPATH", "")])
@@ -173,8 +174,7 @@ class Workers:
                 "streamnb",
                 "run",
                 f"{self.job}:stream",
-                "--sink",
-                f"kafka:{self.out}",
+                *(["--sink", self.sink] if self.sink else []),
                 "--guarantee",
                 self.guarantee,
                 "--group-id",
