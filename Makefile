@@ -59,11 +59,12 @@ test: lint typecheck pytest
 # defaults (hours on the 2-core machine; see bench/README.md), then the peers and their plots.
 # disk_state.py needs root (a memory cgroup): skipped, and said so, otherwise.
 # keyed_windows.py and keyed_sessions.py print tables only (kept by hand in BENCHMARKS.md).
-bench: setup system-deps kafka
+bench: setup system-deps kafka schema-registry
 	$(PY) bench/nexmark_memory.py
 	$(PY) bench/notebook_latency.py
 	$(PY) bench/kernel_throughput.py
 	$(PY) bench/nexmark_kafka.py
+	$(PY) bench/registry_kafka.py
 	$(PY) bench/nexmark_joins.py
 	$(PY) bench/worker_kafka.py
 	$(PY) bench/table_bootstrap.py

@@ -442,6 +442,14 @@ _JSON_TYPES: dict[str, pl.DataType] = {
 
 
 def _json_dtype(spec: Any, name: str) -> pl.DataType:
+    alternatives = spec.get("oneOf", spec.get("anyOf")) if isinstance(spec, Mapping) else None
+    if isinstance(alternatives, list):  # [{"type": "null"}, T] (what to_kafka writes): T
+        kinds = [
+            a for a in alternatives if not (isinstance(a, Mapping) and a.get("type") == "null")
+        ]
+        if len(kinds) != 1:
+            raise ConfigError(f"JSON Schema property {name!r}: only unions with null are supported")
+        return _json_dtype(kinds[0], name)
     kind = spec.get("type") if isinstance(spec, Mapping) else None
     if isinstance(kind, list):  # ["null", T]: a nullable T
         kinds = [k for k in kind if k != "null"]
