@@ -289,17 +289,29 @@ class Tasks:
         return {tp: offset for tp, (offset, _) in mine.items()}, newest
 
     def _committed(self, partitions: Sequence[TP]) -> dict[TP, tuple[int | None, str]]:
-        """The group's committed offset and its metadata (the snapshot pointer) per partition."""
+        """The group's committed offset and its metadata (the snapshot pointer) per partition.
+
+        A group coordinator that has just moved or restarted answers "not coordinator" (or
+        is loading) for a while: those answers are retried for up to
+        :data:`COMMITTED_SECONDS`, as Kafka's own clients do; any other error, or one that
+        lasts longer, fails the query naming it."""
         from confluent_kafka import KafkaException, TopicPartition
 
-        try:
-            found = self.restorer.committed(
-                [TopicPartition(t, p) for t, p in partitions], timeout=30
-            )
-        except KafkaException as exc:
-            raise SourceError(
-                f"{self.name}: cannot read the group's committed offsets: {exc}"
-            ) from exc
+        deadline, pause = time.monotonic() + COMMITTED_SECONDS, 0.1
+        while True:
+            try:
+                found = self.restorer.committed(
+                    [TopicPartition(t, p) for t, p in partitions], timeout=COMMITTED_SECONDS
+                )
+                break
+            except KafkaException as exc:
+                if not _passing(exc) or time.monotonic() + pause > deadline:
+                    raise SourceError(
+                        f"{self.name}: cannot read the group's committed offsets: {exc}"
+                    ) from exc
+                log.info("%s: reading the committed offsets again: %s", self.name, exc)
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
         return {
             (tp.topic, tp.partition): (
                 tp.offset if tp.offset >= 0 else None,
@@ -433,3 +445,25 @@ def _forget_table(step: Step) -> None:
 
 def _discard(delta: Delta) -> None:
     """Upstream halves end in the repartition topic: nothing reaches the result."""
+
+
+COMMITTED_SECONDS = 30.0
+"""How long reading the group's committed offsets may take, retries of a coordinator that is
+moving or loading included."""
+
+
+def _passing(exc: Exception) -> bool:
+    """Whether a Kafka error is one a coordinator gives while it moves or loads (retriable)."""
+    from confluent_kafka import KafkaError
+
+    error = exc.args[0] if exc.args else None
+    if not isinstance(error, KafkaError):
+        return False
+    return error.retriable() or error.code() in (
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError._WAIT_COORD,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+    )

@@ -241,9 +241,10 @@ def committed_output(
     want: int,
     timeout: float,
     fields: tuple[str, ...] = ("window_start", "window_end", "k", "n", "total"),
+    decode: Callable[[bytes], Any] = json.loads,
 ) -> list[tuple[Any, ...]]:
-    """The output rows (their ``fields``), read ``read_committed``, once ``want`` arrived
-    (and 3 s more)."""
+    """The output rows (their ``fields``, each value decoded by ``decode``), read
+    ``read_committed``, once ``want`` arrived (and 3 s more)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -260,7 +261,7 @@ def committed_output(
         while time.monotonic() < deadline:
             for m in consumer.consume(1000, timeout=0.5):
                 if m.error() is None:
-                    r = json.loads(m.value())
+                    r = decode(m.value())
                     rows.append(tuple(r[f] for f in fields))
             if len(rows) >= want and settle is None:
                 settle = time.monotonic() + 3  # any duplicate would show up by then

@@ -9,13 +9,11 @@ The output is read ``read_committed`` and must equal the batch reference exactly
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -92,35 +90,10 @@ def framed_output(bootstrap: str, topic: str, registry: str, want: int) -> list[
     ``AvroDeserializer`` (the schema from the registry by the id in each value)."""
     deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry}))
     ctx = SerializationContext(topic, MessageField.VALUE)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"check-{topic}-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
+
+    return committed_output(
+        bootstrap, topic, want, timeout=120, decode=lambda value: deserialize(value, ctx)
     )
-    consumer.subscribe([topic])
-    rows: list[tuple[Any, ...]] = []
-    deadline, settle = time.monotonic() + 120, None
-    try:
-        while time.monotonic() < deadline:
-            for m in consumer.consume(1000, timeout=0.5):
-                if m.error() is None:
-                    r = deserialize(m.value(), ctx)
-                    start, end = (
-                        int(x.timestamp() * 1000) if hasattr(x, "timestamp") else x
-                        for x in (r["window_start"], r["window_end"])
-                    )
-                    rows.append((start, end, r["k"], r["n"], r["total"]))
-            if len(rows) >= want and settle is None:
-                settle = time.monotonic() + 3  # any duplicate would show up by then
-            if settle is not None and time.monotonic() > settle:
-                break
-    finally:
-        consumer.close()
-    return rows
 
 
 def test_worker_reads_framed_avro_exactly_once(

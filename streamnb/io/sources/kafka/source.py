@@ -34,6 +34,9 @@ FORMATS = ("json", "raw", "avro", "protobuf", "jsonschema")
 class KafkaSource(Source):
     """A Kafka topic (or several) as an unbounded source. Create it with ``sn.from_kafka``."""
 
+    registry: dict[str, Any] | None = None
+    """The Schema Registry's client config, for the framed formats (``None``: not framed)."""
+
     def __init__(
         self,
         topic: str | Sequence[str],
