@@ -441,6 +441,7 @@ def test_workers_join_and_leave_exactly_once(workers: Any, bootstrap: str) -> No
     assert "tasks [" in w.logs()
 
 
+@pytest.mark.serial  # session.timeout.ms 6 s across a broker restart: a loaded machine breaks it
 def test_broker_restart_exactly_once(workers: Any, bootstrap: str, kafka_broker: Any) -> None:
     if not kafka_broker.is_local:
         pytest.skip("needs the test session's own broker to restart it")
