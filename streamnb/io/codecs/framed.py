@@ -120,7 +120,8 @@ class FramedDecoder:
             ) -> None:
                 on_error(int(at[j]), values[int(at[j])], f"schema id {schema_id}: {reason}")
 
-            df, kept = writer.decode([bodies[i] for i in at.tolist()], report)
+            mine = bodies if len(at) == len(bodies) else [bodies[i] for i in at.tolist()]
+            df, kept = writer.decode(mine, report)
             frames.append(df)
             index.append(at[np.asarray(kept, dtype=np.int64)])
         if not frames:
