@@ -74,12 +74,12 @@ def test_fetched_records_move_positions_only_once_the_query_takes_them(
             time.sleep(0.02)
         assert reader._prefetch.queued == 500
         assert dict(reader.positions) == {}  # started at the beginning: none known yet
-        rows = reader.read(200, 1.0)
+        rows = reader.read(200, 10.0)
         assert rows is not None and rows["id"].to_list() == list(range(rows.height))
         assert dict(reader.positions) == {(topic, 0): rows.height}
         taken = rows.height
         while taken < 500:
-            more = reader.read(10_000, 1.0)
+            more = reader.read(10_000, 10.0)
             assert more is not None
             assert more["id"].to_list() == list(range(taken, taken + more.height))
             taken += more.height
@@ -131,10 +131,16 @@ def test_a_backlog_is_decoded_in_larger_batches(
     produce(topic, records(20_000))
     reader = open_reader(topic, bootstrap)
     try:
-        time.sleep(2)  # a backlog: everything fetched while nothing is taken
+        # a backlog: everything fetched and decoded while nothing is taken (waited for, not
+        # slept on: a loaded machine takes longer than any fixed pause)
+        assert reader._prefetch is not None
+        deadline = time.monotonic() + 60
+        while reader._prefetch.ready < 20_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reader._prefetch.ready == 20_000
         sizes = []
         while sum(sizes) < 20_000:
-            rows = reader.read(50_000, 1.0)
+            rows = reader.read(50_000, 10.0)
             assert rows is not None
             sizes.append(rows.height)
         # fetched in consume chunks, decoded and handed over as a few large batches

@@ -179,6 +179,12 @@ class Prefetcher:
         with self._cond:
             return self._queued
 
+    @property
+    def ready(self) -> int:
+        """Records decoded and waiting for the query."""
+        with self._cond:
+            return sum(item.rows for item in self._items)
+
     def take(self, max_records: int, timeout: float) -> list[Fetch]:
         """What has been fetched and decoded, up to ``max_records`` records (whole fetches, at
         least one), waiting at most ``timeout`` seconds for the first; ``[]`` if none came."""
