@@ -1339,6 +1339,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="skip the harness floor (the plain loop on q0 at the absolute rates; "
                    "run when the plain loop is a latency engine)")  # fmt: skip
     p.add_argument("--latency-seconds", type=float, default=30.0)
+    p.add_argument("--keep-topics", action="store_true",
+                   help="with --bootstrap: leave the run's input and output topics on the "
+                   "broker (to look into a run's records and their timestamps)")  # fmt: skip
     p.add_argument("--warmup", type=float, default=5.0,
                    help="seconds at the rate before measuring")  # fmt: skip
     p.add_argument("--max-rate", type=float, default=300_000,
@@ -1473,7 +1476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for peer in list(LIVE):
             peer.stop()
-        if args.bootstrap:
+        if args.bootstrap and not args.keep_topics:
             delete_topics(broker.bootstrap, "peers-out-")
             delete_topics(broker.bootstrap, "peers-lat-")
         broker.stop()

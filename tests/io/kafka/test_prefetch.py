@@ -1,6 +1,7 @@
 """The Kafka source's pipelined read against a real broker: it takes what has arrived without
 waiting for a full batch, fetches ahead without moving positions or commits until the query
-takes a batch, grows its batches with a backlog, and leaves no thread behind."""
+takes a batch, grows its batches with a backlog, parks its threads under a light load (the
+query's thread reads itself) and wakes them for a backlog, and leaves no thread behind."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import streamnb as sn
 from streamnb.engine.core import Context
 from streamnb.io.kafka.client import consume_available
 from streamnb.io.sources.kafka import KafkaReader
-from streamnb.io.sources.kafka.prefetch import Fetch
+from streamnb.io.sources.kafka.prefetch import LIGHT_TAKES, Fetch
 from tests.io.kafka.test_source import run_until
 
 Produce = Callable[..., list[tuple[int, int]]]
@@ -145,6 +146,68 @@ def test_a_backlog_is_decoded_in_larger_batches(
             sizes.append(rows.height)
         # fetched in consume chunks, decoded and handed over as a few large batches
         assert len(sizes) <= 4, sizes
+    finally:
+        reader.close()
+
+
+def read_light(reader: KafkaReader, topic: str, produce: Produce, start: int = 0) -> list[int]:
+    """A light load: three records at a time, each read as soon as it is there, until the
+    threads have parked and a read was made on the query's thread; the ids read."""
+    got: list[int] = []
+    for step in range(10 * LIGHT_TAKES):
+        produce(topic, records(3, start + 3 * step))
+        deadline = time.monotonic() + 30
+        while len(got) < 3 * (step + 1) and time.monotonic() < deadline:
+            rows = reader.read(1_000, 1.0)
+            if rows is not None:
+                got += rows["id"].to_list()
+        assert reader._prefetch is not None
+        if step >= LIGHT_TAKES and reader._prefetch.inline:
+            return got
+    raise AssertionError(f"the threads never parked in {10 * LIGHT_TAKES} light reads")
+
+
+def test_a_light_load_parks_the_threads_and_the_query_reads_itself(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    before = {t for t in threading.enumerate() if t.name.startswith("streamnb")}
+    reader = open_reader(topic, bootstrap)
+    try:
+        got = read_light(reader, topic, produce)
+        assert got == list(range(len(got)))
+        assert dict(reader.positions) == {(topic, 0): len(got)}
+        # parked: nothing is fetched ahead of the query any more, and a read brings what came
+        produce(topic, records(2, len(got)))
+        time.sleep(1)
+        assert reader._prefetch is not None and reader._prefetch.queued == 0
+        rows = reader.read(1_000, 10.0)
+        assert rows is not None and rows["id"].to_list() == [len(got), len(got) + 1]
+        assert reader._prefetch.inline
+        assert dict(reader.positions) == {(topic, 0): len(got) + 2}
+    finally:
+        reader.close()
+    after = {t for t in threading.enumerate() if t.name.startswith("streamnb")}
+    assert after - before == set()
+
+
+def test_a_backlog_wakes_the_parked_threads(topic: str, produce: Produce, bootstrap: str) -> None:
+    reader = open_reader(topic, bootstrap)
+    try:
+        got = read_light(reader, topic, produce)
+        light = len(got)
+        produce(topic, records(20_000, light))
+        assert reader._prefetch is not None
+        woken = False
+        deadline = time.monotonic() + 60
+        while len(got) < light + 20_000 and time.monotonic() < deadline:
+            rows = reader.read(5_000, 10.0)
+            if rows is not None:
+                got += rows["id"].to_list()
+            woken = woken or not reader._prefetch.inline
+        # a read that filled its batch woke the threads; nothing lost, repeated or reordered
+        assert woken
+        assert got == list(range(light + 20_000))
+        assert dict(reader.positions) == {(topic, 0): light + 20_000}
     finally:
         reader.close()
 
