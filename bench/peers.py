@@ -22,7 +22,8 @@ Run from the repository root (``make peers`` does the same after setting up)::
 5. **Latency** (open-loop, the latency curve): bids are produced at fixed rates (default
    10 %, 25 %, 50 %, 80 % of each engine's own catch-up rate, and 10 000 and 50 000/s for
    every engine) with ``dateTime`` = wall-clock ms; latency = arrival − ``dateTime``
-   (stateless, q1) or arrival − (``window_end`` + 4 s) (windows, w1): p50 / p95 / p99, and
+   (stateless, q1) or arrival − the stamp of the first record at or after ``window_end`` +
+   4 s (windows, w1: when the watermark could pass the window): p50 / p95 / p99, and
    p99 divided by that of the plain consume -> produce loop (``plain``, tuned like streamnb:
    the floor) at the same rate; the plain loop on q0 is the harness's own floor.
 
@@ -929,6 +930,8 @@ def produce_main(argv: list[str]) -> None:
 
     bootstrap, topic, rate, seconds, templates = argv
     go = Path(os.environ["PEERS_GO_FILE"])
+    stamps_file = os.environ.get("PEERS_STAMPS_FILE")
+    stamps: list[int] = []  # every dateTime stamped, once each (in order)
     rows = [orjson.loads(x) for x in Path(templates).read_bytes().splitlines()]
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": 1,
                   "queue.buffering.max.messages": 2_000_000})  # fmt: skip
@@ -937,6 +940,8 @@ def produce_main(argv: list[str]) -> None:
     def send(k: int) -> None:
         nonlocal n
         ms = time.time_ns() // 1_000_000
+        if not stamps or stamps[-1] != ms:
+            stamps.append(ms)
         for _ in range(k):
             r = rows[n % len(rows)]
             r["dateTime"] = ms
@@ -963,7 +968,23 @@ def produce_main(argv: list[str]) -> None:
             time.sleep(0.0005)
     el = time.perf_counter() - t0
     p.flush(30)
+    if stamps_file:
+        Path(stamps_file).write_text(json.dumps(stamps))
     print(json.dumps({"sent": sent, "seconds": el, "start": time.time() - el}), flush=True)
+
+
+def closing_stamps(window_end: pl.Series, stamps_file: Path) -> pl.Series:
+    """When each window could close: the ``dateTime`` of the first record stamped at or after
+    its end + the watermark delay (the record that moves the watermark past it). That is its
+    end + 4 s while the producer keeps pace; when the producer itself stalls there, the
+    window cannot close before that record exists, and the stall is not the engine's."""
+    import numpy as np
+
+    stamps = np.array(json.loads(stamps_file.read_text()), dtype=np.int64)
+    due = window_end.cast(pl.Int64).to_numpy() + WATERMARK_MS
+    at = np.searchsorted(stamps, due)
+    closes = np.where(at < len(stamps), stamps[np.minimum(at, len(stamps) - 1)], due)
+    return pl.Series(closes)
 
 
 def run_latency(
@@ -987,6 +1008,7 @@ def run_latency(
     if not templates.exists():
         templates.write_bytes(b"\n".join(encode(refs.data["bids"].head(100_000))))
     go = logdir / f"go-{tag}"
+    stamps_file = logdir / f"stamps-{tag}.json"
     reader = OutputReader(bootstrap, out_topic)
     reader.start()
     measure = args.latency_seconds
@@ -995,7 +1017,8 @@ def run_latency(
     producer = subprocess.Popen(
         [sys.executable, __file__, "--_produce", bootstrap, in_topic, str(rate),
          str(measure + tail), str(templates)],
-        stdout=subprocess.PIPE, env={**os.environ, "PEERS_GO_FILE": str(go)},
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PEERS_GO_FILE": str(go), "PEERS_STAMPS_FILE": str(stamps_file)},
     )  # fmt: skip
     topics = {"bids": in_topic, "persons": in_topic, "auctions": in_topic}
     peer = Peer(engine, peer_args(bootstrap, query, topics, out_topic, f"peers-{tag}"),
@@ -1051,7 +1074,7 @@ def run_latency(
         # the windows of the measured phase's data; they close during the tail (the producer
         # keeps the rate for a window + 6 s after it), so each is closed by full-rate input
         df = df.filter((pl.col("window_start") >= t0_ms) & (pl.col("window_end") <= t1_ms))
-        lat = df["arrival"] - (df["window_end"] + WATERMARK_MS)
+        lat = df["arrival"] - closing_stamps(df["window_end"], stamps_file)
     else:
         df = df.filter((pl.col("dateTime") >= t0_ms) & (pl.col("dateTime") < t1_ms))
         lat = df["arrival"] - df["dateTime"]
@@ -1271,10 +1294,13 @@ def markdown(
             "- **Arrival:** a reader thread in the harness (read_committed) takes what has "
             "arrived (`consume(n, 0)`, and only when nothing has, `consume(1, 50 ms)`) and "
             "stamps each fetch with the wall clock when `consume` returns.",
-            "- **Latency:** stateless: arrival − `dateTime`; windows: arrival − (`window_end` "
-            "+ 4 s), i.e. from the moment the watermark (max event time − 4 s) could pass the "
-            "window's end. w1 (bids per auction, tumbling 1 s, final) emits a window every "
-            "second with a row per auction, so its percentiles rest on many rows.",
+            "- **Latency:** stateless: arrival − `dateTime`; windows: arrival − the `dateTime` "
+            "of the first record stamped at or after `window_end` + 4 s, i.e. from the moment "
+            "the watermark (max event time − 4 s) could pass the window's end (that is "
+            "`window_end` + 4 s itself unless the producer stalled just then; the producer "
+            "writes the stamps it used to a file). w1 (bids per auction, tumbling 1 s, "
+            "final) emits a window every second with a row per auction, so its percentiles "
+            "rest on many rows.",
             f"- **Rates:** `{args.rates}` (a percentage is of that engine's own catch-up "
             "events/s on the query in this run; an absolute rate is the same for every "
             f"engine; all capped at {fmt_rate(args.max_rate)}/s).",

@@ -18,8 +18,8 @@ a light load every batch is a handful of records, and three threads handing each
 the next, under one GIL, cost more than they save: each stage's fixed cost grows two- to
 threefold while the others hold the GIL, and that is latency (q1 at 10 000 records/s, broker
 append to sink: p99 24 ms through the threads, 11 ms on the query's thread alone). So when
-the pipeline has not been ahead of the query for :data:`LIGHT_TAKES` takes in a row, the
-threads park and the query's thread fetches and decodes for itself; the first fetch that
+:data:`LIGHT_TAKES` takes in a row found well under a batch to take (:data:`LIGHT_SHARE`),
+the threads park and the query's thread fetches and decodes for itself; the first fetch that
 fills a batch (a backlog) wakes them again.
 """
 
@@ -42,8 +42,14 @@ WAIT_SECONDS = 0.1
 """How long one fetch waits for a first record before it looks again whether to stop."""
 
 LIGHT_TAKES = 20
-"""Takes in a row that found nothing more waiting (less than a batch taken, nothing fetched
-or decoded behind it) before the threads park and the query's thread reads for itself."""
+"""Light takes in a row (see :data:`LIGHT_SHARE`) before the threads park and the query's
+thread reads for itself."""
+
+LIGHT_SHARE = 0.25
+"""A take is light when what it took and all that waits behind it (fetched or decoded) come
+to less than this share of the batch asked for: the pipeline is not what keeps the query up.
+(Whether anything waits at all is no measure: through the threads each batch costs more, so
+they always run a little behind and would never park.)"""
 
 
 @dataclass
@@ -245,8 +251,7 @@ class Prefetcher:
                 out.append(item)
                 taken += item.rows
             self._queued -= taken
-            # not ahead of the query: nothing more waits behind what was taken
-            light = taken < max_records and not self._items and not self._raw
+            light = taken + self._queued < LIGHT_SHARE * max_records
             self._light = self._light + 1 if light else 0
             if self._light >= LIGHT_TAKES:
                 self._park = True
