@@ -139,7 +139,7 @@ class Prefetcher:
         self._error: BaseException | None = None
         self._park = False  # the threads are to park: the query's thread will read itself
         self._parked = False  # the fetching thread waits, outside any fetch
-        self._light = 0  # takes in a row that found nothing more waiting
+        self._light = 0  # light takes in a row (LIGHT_SHARE)
         self._cond = threading.Condition()
         self._threads = [
             threading.Thread(target=self._guarded, args=(run,), name=f"{part}:{name}", daemon=True)
