@@ -407,7 +407,13 @@ def test_kill_9_at_least_once_loses_nothing(workers: Any, bootstrap: str) -> Non
         for row in want
         if (seen := best.get(row[:3])) is None or seen[0] < row[3] or seen[1] < row[4]
     ]
-    assert not short, f"{len(short)} windows lost records, e.g. {short[:2]}\n{w.logs()}"
+    rows_of = {
+        row[:3]: [g[3:] for g in got if g[:3] == row[:3]] for row in short
+    }  # what each short window got, every row of it (a split key shows as several)
+    assert not short, (
+        f"{len(short)} windows lost records: {[(row, rows_of[row[:3]]) for row in short]}\n"
+        f"{w.logs()}"
+    )
 
 
 def join_and_leave(w: Workers) -> subprocess.Popen[bytes]:
