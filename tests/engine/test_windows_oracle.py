@@ -219,3 +219,35 @@ def test_partitioned_watermark_matches_reference(kind: str, data: st.DataObject)
         query.wait()
         assert_frame_equal(query.result(), expected.emitted, check_exact=False, rel_tol=1e-9)
         assert_frame_equal(query.late(), df[expected.late], check_dtypes=False)
+
+
+@pytest.mark.parametrize("kind", ["tumbling", "hopping"])
+def test_many_small_batches_over_many_open_windows_match_the_reference(kind: str) -> None:
+    """Hundreds of batches of a few records while many windows stay open: the partials pass
+    through every stage of their frames (a batch's own, the merge of the newer ones, the
+    merge of all, windows closing out of each) and still equal the reference."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    n = 3_000
+    times = np.maximum(0, np.arange(n) * 7 + rng.integers(-60, 60, n))
+    df = pl.DataFrame(
+        {
+            "k": [f"k{x}" for x in rng.integers(0, 40, n)],
+            "t": times,
+            "v": rng.integers(-50, 50, n),
+        },
+        schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64},
+    )
+    size, every = (200, 200) if kind == "tumbling" else (300, 100)
+    spec = window_spec(kind, size, every, 0)
+    expected = reference(
+        df, time="t", kind=kind, size=size, every=every, gap=0, delay=400, grace=50,
+        by=["k"], aggs=AGGS,
+    )  # fmt: skip
+    for batch_size in (3, 11):
+        result, late = run_engine(
+            df, spec, by=["k"], delay=400, grace=50, emit="final", batch_size=batch_size
+        )
+        assert_frame_equal(result, expected.emitted, check_exact=False, rel_tol=1e-9)
+        assert_frame_equal(late, df[expected.late], check_dtypes=False)
