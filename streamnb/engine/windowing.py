@@ -353,8 +353,7 @@ class WindowOperator(WindowOperatorBase):
                 self._hold(rest[0], batch)
             elif rest:  # each frame still holds its groups once: combined when compacted
                 self.frames = rest
-                low = pl.concat([f.select(pl.col(WINDOW_START).min()) for f in rest]).min().item()
-                self.min_start = low if isinstance(low, int) else None
+                self.min_start = min(int(f.get_column(WINDOW_START).min()) for f in rest)  # type: ignore[arg-type]
         elif len(self.frames) > _COMPACT_AFTER:
             self._settle(batch)
         return Delta(pl.concat(out, how="vertical_relaxed") if out else self.schema.to_frame())

@@ -7,6 +7,7 @@ the plain-Python reference in ``tests/oracle.py``.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given
@@ -226,8 +227,6 @@ def test_many_small_batches_over_many_open_windows_match_the_reference(kind: str
     """Hundreds of batches of a few records while many windows stay open: the partials pass
     through every stage of their frames (a batch's own, the merge of the newer ones, the
     merge of all, windows closing out of each) and still equal the reference."""
-    import numpy as np
-
     rng = np.random.default_rng(7)
     n = 3_000
     times = np.maximum(0, np.arange(n) * 7 + rng.integers(-60, 60, n))
