@@ -33,10 +33,27 @@ def decode_ndjson(
     """
     frames: list[pl.DataFrame] = []
     kept: list[int] = []
-    _decode(docs, 0, len(docs), schema=schema, on_error=on_error, frames=frames, kept=kept)
+    # one buffer for the decoder and for the byte scans (no other copy: fresh pages of a
+    # batch-sized buffer cost as much as scanning it)
+    joined = b"\n".join(docs)
+    one_line = joined.count(b"\n") == len(docs) - 1
+    # no document can hold an object or an array: each has one ``{`` (its own), no ``[``
+    flat = b"[" not in joined and joined.count(b"{") == len(docs)
+    _decode(
+        docs,
+        0,
+        len(docs),
+        schema=schema,
+        on_error=on_error,
+        frames=frames,
+        kept=kept,
+        joined=joined if one_line else None,
+    )
     if not frames:
         return schema.to_frame(), []
     df = pl.concat(frames) if len(frames) > 1 else frames[0]
+    if flat:  # the common batch skips the column check (see _without_nested_strings)
+        return df, kept
     return _without_nested_strings(df, kept, docs, schema, on_error)
 
 
@@ -50,7 +67,7 @@ def _without_nested_strings(
     parsed again to tell a nested value from a string that looks like one.
     """
     strings = [c for c, t in schema.items() if t == pl.String]
-    if not strings or not df.height or _flat(docs):
+    if not strings or not df.height:
         return df, kept
     suspect = df.select(
         pl.any_horizontal(
@@ -75,14 +92,6 @@ def _without_nested_strings(
     return df.filter(good), [i for i, g in zip(kept, good.to_list(), strict=True) if g]
 
 
-def _flat(docs: list[bytes]) -> bool:
-    """Whether no document can hold an object or an array: each has one ``{`` (its own) and no
-    ``[`` at all. A byte scan, so that the common batch skips the column check (a string that
-    holds a brace or bracket only sends its batch to that check)."""
-    joined = b"".join(docs)
-    return b"[" not in joined and joined.count(b"{") == len(docs)
-
-
 def _decode(
     docs: list[bytes],
     lo: int,
@@ -92,14 +101,18 @@ def _decode(
     on_error: ErrorSink,
     frames: list[pl.DataFrame],
     kept: list[int],
+    joined: bytes | None = None,
 ) -> None:
+    """Decode ``docs[lo:hi]`` (``joined``: those documents already joined by newlines, none
+    of them holding one), bisecting to the bad documents when the batch does not decode."""
     if lo >= hi:
         return
-    chunk = docs[lo:hi]
-    joined = b"\n".join(chunk)
-    if joined.count(b"\n") != hi - lo - 1:
-        # a document spans lines (pretty-printed); newlines are only whitespace in JSON
-        joined = b"\n".join(d.replace(b"\n", b" ").replace(b"\r", b" ") for d in chunk)
+    if joined is None:
+        chunk = docs[lo:hi]
+        joined = b"\n".join(chunk)
+        if joined.count(b"\n") != hi - lo - 1:
+            # a document spans lines (pretty-printed); newlines are only whitespace in JSON
+            joined = b"\n".join(d.replace(b"\n", b" ").replace(b"\r", b" ") for d in chunk)
     try:
         df = pl.read_ndjson(joined, schema=schema)
         if df.height != hi - lo:

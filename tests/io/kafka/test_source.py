@@ -3,17 +3,20 @@ bad records, unreachable brokers and a broker restart in the middle of a stream.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import polars as pl
 import pytest
+from confluent_kafka import Producer
 
 import streamnb as sn
-from tests.io.kafka.broker import KafkaBroker
+from tests.io.kafka.broker import PRODUCER_DEFAULTS, KafkaBroker, KafkaRecord, client_config
 from tests.threads import wait_until as wait_for
 
 Produce = Callable[..., list[tuple[int, int]]]
@@ -46,6 +49,40 @@ def test_json_round_trip_over_partitions(
     query = run_until(stream.start(), 600)
     assert query.result().sort("id").to_dicts() == data
     assert query.status()["errors"] == 0
+
+
+def test_a_one_partition_read_keeps_every_offset_across_transaction_markers(
+    topic: str, produce: Produce, bootstrap: str, consume_all: Callable[..., list[KafkaRecord]]
+) -> None:
+    """A reader of one partition takes a fetch's offsets as a range when they have no gap;
+    transaction markers and aborted records leave gaps inside a fetch, where each offset is
+    read. Oracle: a plain read_committed consumer's offsets."""
+    produce(topic, rows(20))
+    producer = Producer(
+        client_config(bootstrap, PRODUCER_DEFAULTS, {"transactional.id": f"t-{uuid.uuid4()}"})
+    )
+    producer.init_transactions(15)
+    for start, count, commit in [(20, 10, True), (30, 10, False), (40, 5, True)]:
+        producer.begin_transaction()
+        for row in rows(start + count, start):
+            producer.produce(topic, json.dumps(row).encode())
+        if commit:
+            producer.commit_transaction(10)
+        else:
+            producer.flush(10)
+            producer.abort_transaction(10)
+    produce(topic, rows(60, 45))
+    expected = [(r["offset"], r["value"]) for r in consume_all(topic)]
+    # gaps: two commit markers, ten aborted records and an abort marker
+    assert len(expected) == 50 and expected[-1][0] == 62
+    stream = sn.from_kafka(topic, bootstrap_servers=bootstrap, format="raw", start="earliest")
+    query = stream.start()  # everything there already: the first fetches span the gaps
+    try:
+        wait_for(lambda: query.status()["records_in"] >= len(expected), 30)
+        wait_for(lambda: query.status()["lag"] == 0, 10)  # positions past the last offset
+    finally:
+        query.stop()
+    assert query.result().select("offset", "value").rows() == expected
 
 
 def test_kafka_timestamp_is_the_default_event_time(

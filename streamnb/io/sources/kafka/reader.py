@@ -144,6 +144,9 @@ class KafkaReader(Reader):
         self._bootstrapped = False
         self._fetched: dict[tuple[str, int], int] = {}  # positions after the last fetch taken
         self._mine = {int(p) for lut in self._lut.values() for p in lut}
+        # the partition number when it assigned itself just one: every message is of it, so a
+        # fetch needs no call per message to tell partitions apart
+        self._single: int | None = None
         if source.group_id is not None:
             topics = [t for s in self.sources for t in s.topics]
             self._consumer.subscribe(
@@ -152,9 +155,10 @@ class KafkaReader(Reader):
                 on_revoke=self._on_revoke,
             )
         else:
-            self._assign(
-                self._start_offsets([(t, p) for t, ps in source.partitions.items() for p in ps])
-            )
+            pairs = [(t, p) for t, ps in source.partitions.items() for p in ps]
+            self._assign(self._start_offsets(pairs))
+            if len(pairs) == 1:
+                self._single = pairs[0][1]
         if source.key_column is not None and source.group_id is None:
             self._ends = self._read_ends()  # a table reads up to where its topic stands now
         # one source on its own: fetched and decoded on a thread of its own, ahead of the
@@ -375,7 +379,10 @@ class KafkaReader(Reader):
                 extra = list(compress(messages, is_extra))
                 messages = list(compress(messages, (not e for e in is_extra)))
         n = len(messages)
-        numbers = np.fromiter(map(Message.partition, messages), dtype=np.int64, count=n)
+        if self._single is not None:  # every message is of the one partition it assigned
+            numbers = np.full(n, self._single, dtype=np.int64)
+        else:
+            numbers = np.fromiter(map(Message.partition, messages), dtype=np.int64, count=n)
         topics = cast(list[str], list(map(Message.topic, messages))) if len(self._lut) > 1 else None
         fetch = Fetch(
             time.monotonic(),
@@ -387,7 +394,7 @@ class KafkaReader(Reader):
         )
         self._consumer_side(fetch)
         if messages:
-            fetch.offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
+            fetch.offsets = _offsets(messages, one_partition=self._single is not None)
             fetch.messages = messages
             if self._owner is None:
                 for pid in _distinct(fetch.pids):
@@ -673,6 +680,20 @@ PREFETCH_RECORDS = 50_000
 """The prefetching thread's batch size until the query asks for one (each read says)."""
 
 _NO_PIDS = np.empty(0, dtype=np.int64)
+
+
+def _offsets(messages: list[Any], *, one_partition: bool) -> np.ndarray:
+    """The offsets of ``messages``. ``one_partition``: they are all of one, where
+    offsets rise in fetch order, so first and last ``n - 1`` apart means every offset between
+    (no call per message); a gap (a transaction marker, compaction) reads them all."""
+    from confluent_kafka import Message
+
+    n = len(messages)
+    if one_partition:
+        first, last = messages[0].offset(), messages[-1].offset()
+        if last - first == n - 1:
+            return np.arange(first, last + 1, dtype=np.int64)
+    return np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
 
 
 def _distinct(values: np.ndarray) -> list[int]:
