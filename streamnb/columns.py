@@ -151,10 +151,13 @@ def visible(df: pl.DataFrame) -> pl.DataFrame:
     drop = hidden(df)
     if not drop:
         return df
-    # the columns themselves, not df.drop: an eager polars call goes through the lazy engine
-    # (~0.1 ms, more while another thread decodes), which small batches would pay per batch
-    gone = set(drop)
-    return pl.DataFrame([s for s in df.get_columns() if s.name not in gone])
+    # not df.drop: an eager polars call goes through the lazy engine (~0.1 ms, more while
+    # another thread decodes), which small batches would pay per batch; a shallow copy and
+    # drop_in_place run no query (5 us on 15 rows, against 22 for a frame of the columns)
+    out = df.clone()
+    for name in drop:
+        out.drop_in_place(name)
+    return out
 
 
 def visible_schema(schema: pl.Schema) -> pl.Schema:
