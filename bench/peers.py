@@ -1358,10 +1358,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="engines of the latency mode (default: --engines)")  # fmt: skip
     p.add_argument("--latency-queries", default="q1,w1",
                    help="queries of the latency mode (default q1,w1)")  # fmt: skip
+    rates = DEFAULT_RATES.replace("%", "%%")  # argparse formats a help text with %
     p.add_argument("--rates", default=DEFAULT_RATES,
                    help="latency input rates: events/s, or %% of the engine's catch-up "
-                   f"events/s on the query (default {DEFAULT_RATES.replace('%', '%%')})"  # --help
-                   )  # fmt: skip
+                   f"events/s on the query (default {rates})")  # fmt: skip
     p.add_argument("--no-floor", action="store_true",
                    help="skip the harness floor (the plain loop on q0 at the absolute rates; "
                    "run when the plain loop is a latency engine)")  # fmt: skip

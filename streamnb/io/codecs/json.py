@@ -3,6 +3,8 @@
 A batch of JSON documents is decoded with one polars call. Only when that fails is the batch
 bisected to find the documents that do not decode (rare), so good data never pays for the
 error path, and a bad record is reported with a reason naming its column.
+Empty and blank documents are errors too (a record must be accounted for), and so is an
+object or array where the schema has a string: polars would turn it into its JSON text.
 
 ``pl.read_ndjson`` is the decoder whose result is the contract. It plans a lazy scan on every
 call, about 0.3-0.5 ms whatever the size, which is most of a small batch's cost (a batch of a
@@ -10,8 +12,6 @@ lightly loaded query holds tens to hundreds of records). A small batch of flat o
 instead as one JSON array by the eager ``pl.read_json``, but only where both give the same
 rows (see :func:`_small_flat`): 0.04 ms for 20 bids against 0.63 ms, 0.34 against 0.65 for
 150 (``bench/json_decode.py``).
-Empty and blank documents are errors too (a record must be accounted for), and so is an
-object or array where the schema has a string: polars would turn it into its JSON text.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def decode_ndjson(
     """
     frames: list[pl.DataFrame] = []
     kept: list[int] = []
-    # one buffer for the decoder and for the byte scans (no other copy: fresh pages of a
-    # batch-sized buffer cost as much as scanning it)
+    # one buffer for the decoder and for the byte scans (no other copy of a large batch:
+    # fresh pages of a batch-sized buffer cost as much as scanning it; the eager path of a
+    # small one joins it again, with the commas of a JSON array)
     joined = b"\n".join(docs)
     one_line = joined.count(b"\n") == len(docs) - 1
     # no document can hold an object or an array: each has one ``{`` (its own), no ``[``
