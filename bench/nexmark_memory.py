@@ -237,17 +237,24 @@ class StateSample:
     columns: str  # schema of one state row
 
 
-def _state_frames(op: object) -> tuple[list[pl.DataFrame], list[str], Aggregation] | None:
-    """State frames of a window or session operator, their (window, key) columns, aggregation."""
+def _state_frames(
+    op: object,
+) -> tuple[list[pl.DataFrame], list[str], Aggregation, int] | None:
+    """State frames of a window or session operator (with their windows), their (window, key)
+    columns, aggregation, and the bytes they are held in."""
     from streamnb.engine.sessions import S, SessionOperator
     from streamnb.engine.windowing import WindowOperator
 
     if isinstance(op, WindowOperator):
-        if op.stores is None:
-            return list(op.frames), list(op.groups), op.agg
-        return ([op.state] if op.state is not None else []), list(op.groups), op.agg
+        if op.stores is None:  # a window's frames are held without its start
+            held = [(start, f) for start, frames in op.partials.items() for f in frames]
+            size = sum(f.estimated_size() for _, f in held)
+            return [op._started(f, start) for start, f in held], list(op.groups), op.agg, size
+        whole = [op.state] if op.state is not None else []
+        return whole, list(op.groups), op.agg, sum(f.estimated_size() for f in whole)
     if isinstance(op, SessionOperator):
-        return ([op.state] if op.state is not None else []), [*op.by, S], op.agg
+        whole = [op.state] if op.state is not None else []
+        return whole, [*op.by, S], op.agg, sum(f.estimated_size() for f in whole)
     return None
 
 
@@ -289,13 +296,12 @@ def measure_state(
             continue
         found = _state_frames(ops[0])
         assert found is not None
-        state, groups, agg = found
+        state, groups, agg, held = found
         if not state:
             continue
         merged = pl.concat(state, how="diagonal")
         live = merged.select(groups).n_unique()
         compact = agg.combine(merged, groups) if len(state) > 1 else merged
-        held = sum(f.estimated_size() for f in state)
         columns = ", ".join(f"{c}: {t}" for c, t in compact.schema.items())
         samples.append((held, compact.estimated_size(), live, columns))
     runner.close()

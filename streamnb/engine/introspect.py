@@ -276,19 +276,14 @@ def _pending(marks: list[PartitionMark]) -> int | None:
 
 
 def _count_open(op: WindowOperatorBase) -> int:
-    """Open windows (sessions: open sessions); a keyed state knows, a small one (a short list
-    of frames, or one frame of sessions) counts."""
+    """Open windows (sessions: open sessions); a keyed state knows, and so do a small state's
+    frames per window; a small state of sessions (one frame) counts."""
     if isinstance(op, SessionOperator):
         if op.indexed:
             return len(op.sessions)
         return op.whole.height if op.whole is not None else 0
     assert isinstance(op, WindowOperator)
-    if op.stores is not None:
-        return len(op.stores)
-    if not op.frames:
-        return 0
-    starts = [f.get_column(WINDOW_START) for f in op.frames]
-    return pl.concat(starts).n_unique()
+    return len(op.stores if op.stores is not None else op.partials)
 
 
 def _holding(marks: list[PartitionMark], et: EventTime) -> list[dict[str, Any]]:

@@ -103,7 +103,7 @@ class SessionOperator(WindowOperatorBase):
             return result
         if stamped.height == 0:  # the watermark may still have moved (marker rows)
             closed = self._close(self.watermark)
-            return Delta(pl.concat(closed) if closed else self.schema.to_frame())
+            return Delta(pl.concat(closed) if closed else self.nothing())
         had_sessions = len(self.sessions) > 0
         mark = self.sessions.mark()
         self.replaced = []
@@ -126,12 +126,12 @@ class SessionOperator(WindowOperatorBase):
         self.replaced = []
         out.extend(self._close(self.watermark))
         self.sessions.compact()
-        return Delta(pl.concat(out) if out else self.schema.to_frame(), deletes)
+        return Delta(pl.concat(out) if out else self.nothing(), deletes)
 
     def finish(self) -> Delta | None:
         self.closing = None  # emitted after every record
         closed = self._close(POS_INF) if self.indexed else self._close_whole(POS_INF)
-        return Delta(pl.concat(closed) if closed else self.schema.to_frame())
+        return Delta(pl.concat(closed) if closed else self.nothing())
 
     def _merge(self, records: pl.DataFrame, *, suspect: bool, mark: int) -> None:
         """Add a run of records (or one suspect) to the sessions open before its first record.
@@ -264,7 +264,7 @@ class SessionOperator(WindowOperatorBase):
     def _process_whole(self, stamped: pl.DataFrame) -> Delta:
         if stamped.height == 0:  # the watermark may still have moved (marker rows)
             closed = self._close_whole(self.watermark)
-            return Delta(pl.concat(closed) if closed else self.schema.to_frame())
+            return Delta(pl.concat(closed) if closed else self.nothing())
         before = (
             self._keys(self.whole) if self.emit == "update" and self.whole is not None else None
         )
@@ -283,7 +283,7 @@ class SessionOperator(WindowOperatorBase):
                 )
                 deletes = self._key_output(gone)
         out.extend(self._close_whole(self.watermark))
-        return Delta(pl.concat(out) if out else self.schema.to_frame(), deletes)
+        return Delta(pl.concat(out) if out else self.nothing(), deletes)
 
     def _merge_whole(self, records: pl.DataFrame, *, suspect: bool) -> None:
         """:meth:`_merge` on the frame of open sessions (see there)."""

@@ -77,6 +77,7 @@ class WindowOperatorBase(Operator):
         self.emit = emit
         self.agg = agg
         self.schema = schema
+        self._none = schema.to_frame()  # what a batch emits when it emits nothing
         self.ctx = ctx
         self.tracker = WatermarkTracker(self.delay, ctx.partitions, scope)
         self.seq = 0
@@ -87,6 +88,10 @@ class WindowOperatorBase(Operator):
     @property
     def watermark(self) -> int:
         return self.tracker.current
+
+    def nothing(self) -> pl.DataFrame:
+        """No rows, with the output's columns (a copy: 1 us, where making one takes 50)."""
+        return self._none.clone()
 
     def _stamp(self, df: pl.DataFrame) -> pl.DataFrame:
         """Add event time, watermark-before and arrival number; advance the watermark."""
@@ -158,16 +163,18 @@ LATE_WINDOWS = 100
 class WindowOperator(WindowOperatorBase):
     """Tumbling (``every == size``) and hopping windows.
 
-    While the state is small, the partials of all open windows are a short list of frames,
-    each holding its groups once, merged by a group_by (every batch with ``emit="update"``;
-    with ``emit="final"``, the newer frames every :data:`_COMPACT_AFTER` batches and all of
-    them once the newer weigh a quarter of the first) and filtered when windows close (only
-    the closing rows are combined): the fastest while the state is small.
+    While the state is small, each open window holds a short list of frames of its partials
+    (by key; without keys, a row with the window's start), each frame holding its groups once.
+    A window's frames are merged by a group_by: with ``emit="update"`` at every batch that
+    touches the window; with ``emit="final"`` the newer frames every :data:`_COMPACT_AFTER`
+    batches, and all of them once the newer weigh a quarter of the first. A window closes by
+    merging its own frames, whatever the other windows hold: the fastest while the state is
+    small (one group_by of one window's keys, where filtering a list of frames of all windows
+    cost two polars calls per frame).
     Once it holds many more (window, key) groups than a batch brings
     (:func:`~streamnb.engine.state.worth_keying`), each open window gets a
     :class:`~streamnb.engine.state.KeyedState` of its keys: a batch looks up and updates only
-    its own groups, and a window closes by dropping its own state, whatever the other windows
-    hold.
+    its own groups, and a window closes by dropping its own state.
     """
 
     state_fields: ClassVar[tuple[str, ...]] = (*WindowOperatorBase.state_fields, "state")
@@ -179,7 +186,11 @@ class WindowOperator(WindowOperatorBase):
         self.per_record = -(-self.size // self.every)  # windows a record can belong to
         self.pane = math.gcd(self.size, self.every)  # windows are unions of whole panes
         self.groups = [WINDOW_START, *self.by]
-        self.frames: list[pl.DataFrame] = []  # while small: partials of all open windows
+        self.keys = self.by or [WINDOW_START]
+        """What one window's partials are grouped by: its keys (without keys: its start, so
+        that a window's partials are one row)."""
+        self.partials: dict[int, list[pl.DataFrame]] = {}
+        """While small: per open window (its start), its frames of partials (``keys``)."""
         self.stores: dict[int, KeyedState] | None = None  # once large: per window start
         self.min_start: int | None = None
         self.late_windows: dict[int, int] = {}
@@ -203,34 +214,49 @@ class WindowOperator(WindowOperatorBase):
         saves."""
         if self.stores is not None:
             frames = [self._rows(start, store) for start, store in self.stores.items()]
-            held = [f for f in frames if f is not None]
-            return pl.concat(held, how="vertical_relaxed") if held else None
-        return self._compact() if self.frames else None
+        else:
+            frames = [
+                self._started(self._combined(held), start)
+                for start, held in sorted(self.partials.items())
+            ]
+        held = [f for f in frames if f is not None and f.height]
+        return pl.concat(held, how="vertical_relaxed") if held else None
 
     @state.setter
     def state(self, frame: pl.DataFrame | None) -> None:
-        self.frames, self.stores, self.min_start = [], None, None
+        self.partials, self.stores, self.min_start = {}, None, None
         if frame is not None and frame.height:
-            self._hold(frame, 0)
+            self.partials = {start: [part] for start, part in self._split(frame).items()}
+            self.min_start = min(self.partials)
+            self._keying(0)
 
-    def _hold(self, frame: pl.DataFrame, batch: int) -> None:
-        """Hold ``frame`` (compacted partials of all open windows) as the whole state: one
-        frame, or a keyed state per window once that pays for batches of ``batch`` groups."""
-        self.frames = [frame] if frame.height else []
-        low = frame.get_column(WINDOW_START).min()
-        self.min_start = low if isinstance(low, int) else None
+    def _split(self, frame: pl.DataFrame) -> dict[int, pl.DataFrame]:
+        """Partials of several windows (``groups``) by window: ``keys`` each."""
+        windows = frame.partition_by(WINDOW_START, as_dict=True, include_key=not self.by)
+        return {start: part for (start,), part in windows.items()}
+
+    def _started(self, frame: pl.DataFrame, start: int) -> pl.DataFrame:
+        """One window's partials with its start as the first column (``groups``)."""
+        return started(frame, start) if self.by else frame
+
+    def _keying(self, batch: int) -> None:
+        """Move to a keyed state per window once that pays for batches of ``batch`` groups
+        (what the frames hold counts: a group held twice waits for its merge)."""
+        if not self.by:  # without keys: a row per window
+            return
         if self.emit == "update":
             # a small state costs two passes per batch here (the merge and the changed rows),
             # so keying pays from about the batch's size, a quarter of what a running
             # aggregate needs (bench/keyed_windows.py, 100 K keys in batches of 50 K: 2.3
             # CPU-s keyed, 4.0 small; with emit="final" the small state stays faster)
             batch //= 4
-        if self.by and worth_keying(frame.height, batch):  # without keys: a row per window
-            self._key(frame)
+        held = sum(f.height for frames in self.partials.values() for f in frames)
+        if worth_keying(held, batch):
+            self._key(self.state)
 
     def _key(self, frame: pl.DataFrame | None) -> None:
         """Move the partials ``frame`` of all open windows into a keyed state per window."""
-        self.frames, self.stores = [], {}
+        self.partials, self.stores = {}, {}
         if frame is not None and frame.height:
             windows = frame.partition_by(WINDOW_START, as_dict=True, include_key=False)
             for (start,), part in windows.items():
@@ -254,11 +280,18 @@ class WindowOperator(WindowOperatorBase):
         late = pl.Series(~on_time)
         self._late(stamped, late)
         kept = stamped if on_time.all() else stamped.filter(~late)
-        partial = None
+        windows: dict[int, pl.DataFrame] = {}  # the batch's partials, by window
         if kept.height and self.per_record == 1:
             starts = times[on_time] // self.size * self.size
-            assigned = with_series(kept, [pl.Series(WINDOW_START, starts, dtype=pl.Int64)])
-            partial = self.agg.partial(self.agg.prepare(assigned, self.groups), self.groups)
+            if self.by and (starts == starts[0]).all():
+                # one window (a small batch, as a rule): grouped by its keys alone, a quarter
+                # of the cost of grouping by the window too (15 records: 47 us against 180)
+                prepared = self.agg.prepare(kept, self.by)
+                windows = {int(starts[0]): self.agg.partial(prepared, self.by)}
+            else:
+                assigned = with_series(kept, [pl.Series(WINDOW_START, starts, dtype=pl.Int64)])
+                prepared = self.agg.prepare(assigned, self.groups)
+                windows = self._split(self.agg.partial(prepared, self.groups))
         elif kept.height:
             # Aggregate per pane first (records sharing a window set and the same number of
             # open windows), then spread the few pane rows over their windows.
@@ -269,35 +302,53 @@ class WindowOperator(WindowOperatorBase):
             spread = by_pane.with_columns(
                 (last_start - pl.int_ranges(0, pl.col(OPEN)) * self.every).alias(WINDOW_START)
             ).explode(WINDOW_START)
-            partial = self.agg.combine(spread.drop(PANE, OPEN), self.groups)
+            windows = self._split(self.agg.combine(spread.drop(PANE, OPEN), self.groups))
         current = None  # with emit="update": the changed groups' partials after the batch
-        if partial is not None:
-            low = partial.get_column(WINDOW_START).min()
-            assert isinstance(low, int)
+        groups = sum(part.height for part in windows.values())
+        if windows:
+            low = min(windows)
             self.min_start = low if self.min_start is None else min(self.min_start, low)
             if self.stores is not None:
-                current = self._fold(partial, self.stores)
+                current = self._fold(windows, self.stores)
             else:
-                self.frames.append(partial)
-                if self.emit == "update":
-                    whole = self._compact()
-                    current = whole.join(
-                        partial.select(self.groups), on=self.groups, how="semi", nulls_equal=True
-                    )
-                    self._hold(whole, partial.height)
-        return self._advance(self.watermark, current, partial.height if partial is not None else 0)
+                current = self._add(windows, groups)
+        return self._advance(self.watermark, current, groups)
 
-    def _fold(self, partial: pl.DataFrame, stores: dict[int, KeyedState]) -> pl.DataFrame | None:
+    def _add(self, windows: dict[int, pl.DataFrame], batch: int) -> pl.DataFrame | None:
+        """Add a batch's partials to their windows' frames; with ``emit="update"``, the
+        changed groups' partials after the batch."""
+        changed = []
+        merged = False  # a window's frames were merged into one: time to see about keying
+        for start, part in windows.items():
+            frames = self.partials.setdefault(start, [])
+            frames.append(part)
+            if self.emit == "update":
+                frames[:] = [whole := self._combined(frames)]
+                keys = part.select(self.keys)
+                rows = whole.join(keys, on=self.keys, how="semi", nulls_equal=True)
+                changed.append(self._started(rows, start))
+                merged = True
+            elif len(frames) > _COMPACT_AFTER:
+                merged = self._settle(frames) or merged
+        if self.emit == "final":
+            # the windows before the batch's: done with, as a rule (in-order input), so
+            # merged now rather than when they close, where it is latency (730 keys: 0.6 ms)
+            low = min(windows)
+            for start, frames in self.partials.items():
+                if start < low and len(frames) > 1:
+                    frames[:] = [self._combined(frames)]
+                    merged = True
+        if merged:  # after the loop: keying moves every window's frames
+            self._keying(batch)
+        return pl.concat(changed, how="vertical_relaxed") if changed else None
+
+    def _fold(
+        self, windows: dict[int, pl.DataFrame], stores: dict[int, KeyedState]
+    ) -> pl.DataFrame | None:
         """Fold a batch's partials into the keyed states of their windows; with
         ``emit="update"``, the changed groups' partials after the batch."""
-        if partial.get_column(WINDOW_START).n_unique() == 1:
-            start = partial.item(0, WINDOW_START)
-            windows = {(start,): partial.drop(WINDOW_START)}
-        else:
-            windows = partial.partition_by(WINDOW_START, as_dict=True, include_key=False)
         changed = []
-        for (start,), part in windows.items():
-            assert isinstance(start, int)
+        for start, part in windows.items():
             store = stores.get(start)
             if store is None:  # a new window
                 stores[start] = KeyedState.of(part, self.by)
@@ -333,53 +384,45 @@ class WindowOperator(WindowOperatorBase):
         out: list[pl.DataFrame] = []
         if current is not None and current.height:
             out.append(self._output(current, end))
-        closing = (
-            self.min_start is not None and self.min_start + self.size + self.grace <= watermark
-        )
-        if closing and self.stores is not None:
-            gone = sorted(s for s in self.stores if s + self.size + self.grace <= watermark)
-            closed = [self._rows(start, self.stores.pop(start)) for start in gone]
-            self.min_start = min(self.stores, default=None)
+        if self.min_start is not None and self.min_start + self.size + self.grace <= watermark:
+            held = self.stores if self.stores is not None else self.partials
+            gone = sorted(s for s in held if s + self.size + self.grace <= watermark)
+            if self.stores is not None:
+                closed = [self._rows(start, self.stores.pop(start)) for start in gone]
+            else:
+                closed = [self._closed(start) for start in gone]
+                self._keying(batch)  # what the open windows hold, at each close
+            self.min_start = min(
+                self.stores if self.stores is not None else self.partials, default=None
+            )
             if self.emit == "final":  # in closing order: by window, then by key
                 out += [self._output(f, end, self.by) for f in closed if f is not None]
-        elif closing:
-            closes = pl.col(WINDOW_START) + self.size + self.grace <= watermark
-            if self.emit == "final":
-                done = self._combined([f.filter(closes) for f in self.frames])
-                out.append(self._output(done, end))
-            rest = [kept for f in self.frames if (kept := f.filter(~closes)).height]
-            self.frames, self.min_start = [], None
-            if len(rest) == 1:
-                self._hold(rest[0], batch)
-            elif rest:  # each frame still holds its groups once: combined when compacted
-                self.frames = rest
-                self.min_start = min(int(f.get_column(WINDOW_START).min()) for f in rest)  # type: ignore[arg-type]
-        elif len(self.frames) > _COMPACT_AFTER:
-            self._settle(batch)
-        return Delta(pl.concat(out, how="vertical_relaxed") if out else self.schema.to_frame())
+        return Delta(pl.concat(out, how="vertical_relaxed") if out else self.nothing())
 
-    def _settle(self, batch: int) -> None:
-        """Merge the frames that came after the first (the batches' partials, and the merge
-        of earlier ones); into the first too once they weigh a quarter of it. A batch's groups
-        so are combined a few times over (a geometric series), never the whole state per
-        :data:`_COMPACT_AFTER` batches: at 50 000 records/s in batches of 150, 1 s tumbling
-        windows of 3 300 keys held 4 s, the whole merge took 3.5 ms."""
-        first, merged = self.frames[0], self._combined(self.frames[1:])
+    def _closed(self, start: int) -> pl.DataFrame | None:
+        """A closing window's partials, its frames merged (``None``: not needed)."""
+        frames = self.partials.pop(start)
+        return self._started(self._combined(frames), start) if self.emit == "final" else None
+
+    def _settle(self, frames: list[pl.DataFrame]) -> bool:
+        """Merge a window's frames that came after the first (the batches' partials, and the
+        merge of earlier ones); into the first too once they weigh a quarter of it (then
+        ``True``). A batch's groups so are combined a few times over (a geometric series),
+        never the whole window per :data:`_COMPACT_AFTER` batches."""
+        first, merged = frames[0], self._combined(frames[1:])
         if merged.height * 4 >= first.height:
-            self._hold(self._combined([first, merged]), batch)
-        else:
-            self.frames = [first, merged]
+            frames[:] = [self._combined([first, merged])]
+            return True
+        frames[:] = [first, merged]
+        return False
 
     def _combined(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
-        """One frame of the groups of ``frames``: each holds its groups once, so one frame
-        is its own combination."""
+        """One frame of the groups of ``frames`` (of one window): each holds its groups
+        once, so one frame is its own combination."""
         held = [f for f in frames if f.height] or frames[:1]
         if len(held) == 1:
             return held[0]
-        return self.agg.combine(pl.concat(held, how="vertical_relaxed"), self.groups)
-
-    def _compact(self) -> pl.DataFrame:
-        return self._combined(self.frames)
+        return self.agg.combine(pl.concat(held, how="vertical_relaxed"), self.keys)
 
     # -- incremental checkpoints (while keyed) -----------------------------------------------------
     def changes(self) -> Any:
@@ -417,5 +460,5 @@ class WindowOperator(WindowOperatorBase):
 
 
 def started(frame: pl.DataFrame, start: int) -> pl.DataFrame:
-    """A window's partials (by key) with its start as the first column, as in the frames."""
+    """A window's partials (by key) with its start as the first column, as in ``state``."""
     return frame.select(pl.lit(start, dtype=pl.Int64).alias(WINDOW_START), pl.all())

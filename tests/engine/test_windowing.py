@@ -177,3 +177,42 @@ def test_windows_without_keys_stay_one_frame(monkeypatch: pytest.MonkeyPatch) ->
     assert op.stores is None
     pipe.finish(pipe.sources[0])
     assert sum(f.height for f in out) > 1
+
+
+def test_a_small_state_closes_a_window_by_its_own_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While small, each open window holds its own frames (by key, without its start). The
+    windows before a batch's are merged at that batch, so a window that then closes takes
+    its one frame: no group_by, no pass over the other windows, at the close."""
+    never_keyed(monkeypatch)
+    df = pl.DataFrame({"t": np.arange(4_000) * 2, "k": (np.arange(4_000) % 97).astype(str)})
+    df = df.with_columns(v=pl.lit(1))
+    out: list[pl.DataFrame] = []
+    pipe, op = pipeline(windowed(sn.Tumbling("800ms"), "final", df), out)
+    merged: list[int] = []  # frames per merge, while the batch that closes a window runs
+    combined = op._combined
+
+    def spy(frames: list[pl.DataFrame]) -> pl.DataFrame:
+        merged.append(len(frames))
+        return combined(frames)
+
+    closes = 0
+    for start in range(0, df.height, 25):
+        before = set(op.partials)
+        merged.clear()
+        monkeypatch.setattr(op, "_combined", spy)
+        pipe.push(pipe.sources[0], df.slice(start, 25))
+        monkeypatch.setattr(op, "_combined", combined)
+        assert op.min_start == min(op.partials, default=None)
+        for window, frames in op.partials.items():
+            assert "window_start" not in frames[0].columns  # held once: the dict's key
+            if window < max(op.partials):
+                assert len(frames) == 1  # merged once a newer window took records
+        gone = before - set(op.partials)
+        if gone:
+            closes += 1
+            assert all(n == 1 for n in merged)  # the closing window's one frame, as it is
+    assert closes >= 8
+    emitted = pl.concat(out)
+    want = df.group_by((pl.col("t") // 800 * 800).alias("s"), "k").agg(pl.len().alias("n"))
+    got = emitted.select(pl.col("window_start").dt.epoch("ms").alias("s"), "k", "n")
+    assert_frame_equal(got.sort("s", "k"), want.filter(pl.col("s") < 7_200).sort("s", "k"))
