@@ -22,6 +22,7 @@ path, and per-window Python only for the few windows a batch touches or closes.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -191,6 +192,11 @@ class WindowOperator(WindowOperatorBase):
         that a window's partials are one row)."""
         self.partials: dict[int, list[pl.DataFrame]] = {}
         """While small: per open window (its start), its frames of partials (``keys``)."""
+        self.starts: list[int] = []
+        """The starts of ``partials``, a heap: a close pops the windows it closes, however
+        many are open."""
+        self.loose: set[int] = set()
+        """The windows of ``partials`` whose frames are not merged into one yet."""
         self.stores: dict[int, KeyedState] | None = None  # once large: per window start
         self.min_start: int | None = None
         self.late_windows: dict[int, int] = {}
@@ -224,10 +230,12 @@ class WindowOperator(WindowOperatorBase):
 
     @state.setter
     def state(self, frame: pl.DataFrame | None) -> None:
-        self.partials, self.stores, self.min_start = {}, None, None
+        self.partials, self.starts, self.loose = {}, [], set()
+        self.stores, self.min_start = None, None
         if frame is not None and frame.height:
             self.partials = {start: [part] for start, part in self._split(frame).items()}
-            self.min_start = min(self.partials)
+            self.starts = sorted(self.partials)  # a sorted list is a heap
+            self.min_start = self.starts[0]
             self._keying(0)
 
     def _split(self, frame: pl.DataFrame) -> dict[int, pl.DataFrame]:
@@ -256,7 +264,7 @@ class WindowOperator(WindowOperatorBase):
 
     def _key(self, frame: pl.DataFrame | None) -> None:
         """Move the partials ``frame`` of all open windows into a keyed state per window."""
-        self.partials, self.stores = {}, {}
+        self.partials, self.starts, self.loose, self.stores = {}, [], set(), {}
         if frame is not None and frame.height:
             windows = frame.partition_by(WINDOW_START, as_dict=True, include_key=False)
             for (start,), part in windows.items():
@@ -320,7 +328,10 @@ class WindowOperator(WindowOperatorBase):
         changed = []
         merged = False  # a window's frames were merged into one: time to see about keying
         for start, part in windows.items():
-            frames = self.partials.setdefault(start, [])
+            frames = self.partials.get(start)
+            if frames is None:  # a new window
+                frames = self.partials[start] = []
+                heapq.heappush(self.starts, start)
             frames.append(part)
             if self.emit == "update":
                 frames[:] = [whole := self._combined(frames)]
@@ -328,16 +339,18 @@ class WindowOperator(WindowOperatorBase):
                 rows = whole.join(keys, on=self.keys, how="semi", nulls_equal=True)
                 changed.append(self._started(rows, start))
                 merged = True
-            elif len(frames) > _COMPACT_AFTER:
-                merged = self._settle(frames) or merged
-        if self.emit == "final":
+            elif len(frames) > 1:
+                self.loose.add(start)
+                if len(frames) > _COMPACT_AFTER:
+                    merged = self._settle(start) or merged
+        if self.loose:
             # the windows before the batch's: done with, as a rule (in-order input), so
             # merged now rather than when they close, where it is latency (730 keys: 0.6 ms)
             low = min(windows)
-            for start, frames in self.partials.items():
-                if start < low and len(frames) > 1:
-                    frames[:] = [self._combined(frames)]
-                    merged = True
+            for start in [s for s in self.loose if s < low]:
+                self.partials[start][:] = [self._combined(self.partials[start])]
+                self.loose.discard(start)
+                merged = True
         if merged:  # after the loop: keying moves every window's frames
             self._keying(batch)
         return pl.concat(changed, how="vertical_relaxed") if changed else None
@@ -385,15 +398,18 @@ class WindowOperator(WindowOperatorBase):
         if current is not None and current.height:
             out.append(self._output(current, end))
         if self.min_start is not None and self.min_start + self.size + self.grace <= watermark:
-            held = self.stores if self.stores is not None else self.partials
-            gone = sorted(s for s in held if s + self.size + self.grace <= watermark)
             if self.stores is not None:
+                gone = sorted(s for s in self.stores if s + self.size + self.grace <= watermark)
                 closed = [self._rows(start, self.stores.pop(start)) for start in gone]
             else:
-                closed = [self._closed(start) for start in gone]
+                closed = []
+                while self.starts and self.starts[0] + self.size + self.grace <= watermark:
+                    closed.append(self._closed(heapq.heappop(self.starts)))
                 self._keying(batch)  # what the open windows hold, at each close
-            self.min_start = min(
-                self.stores if self.stores is not None else self.partials, default=None
+            self.min_start = (
+                min(self.stores, default=None)
+                if self.stores is not None
+                else (self.starts[0] if self.starts else None)
             )
             if self.emit == "final":  # in closing order: by window, then by key
                 out += [self._output(f, end, self.by) for f in closed if f is not None]
@@ -402,16 +418,19 @@ class WindowOperator(WindowOperatorBase):
     def _closed(self, start: int) -> pl.DataFrame | None:
         """A closing window's partials, its frames merged (``None``: not needed)."""
         frames = self.partials.pop(start)
+        self.loose.discard(start)
         return self._started(self._combined(frames), start) if self.emit == "final" else None
 
-    def _settle(self, frames: list[pl.DataFrame]) -> bool:
+    def _settle(self, start: int) -> bool:
         """Merge a window's frames that came after the first (the batches' partials, and the
         merge of earlier ones); into the first too once they weigh a quarter of it (then
         ``True``). A batch's groups so are combined a few times over (a geometric series),
         never the whole window per :data:`_COMPACT_AFTER` batches."""
+        frames = self.partials[start]
         first, merged = frames[0], self._combined(frames[1:])
         if merged.height * 4 >= first.height:
             frames[:] = [self._combined([first, merged])]
+            self.loose.discard(start)
             return True
         frames[:] = [first, merged]
         return False
