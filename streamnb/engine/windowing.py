@@ -197,6 +197,8 @@ class WindowOperator(WindowOperatorBase):
         many are open."""
         self.loose: set[int] = set()
         """The windows of ``partials`` whose frames are not merged into one yet."""
+        self.rows = 0
+        """The rows of all frames in ``partials`` (a group held twice counts twice)."""
         self.stores: dict[int, KeyedState] | None = None  # once large: per window start
         self.min_start: int | None = None
         self.late_windows: dict[int, int] = {}
@@ -230,10 +232,11 @@ class WindowOperator(WindowOperatorBase):
 
     @state.setter
     def state(self, frame: pl.DataFrame | None) -> None:
-        self.partials, self.starts, self.loose = {}, [], set()
+        self.partials, self.starts, self.loose, self.rows = {}, [], set(), 0
         self.stores, self.min_start = None, None
         if frame is not None and frame.height:
             self.partials = {start: [part] for start, part in self._split(frame).items()}
+            self.rows = frame.height
             self.starts = sorted(self.partials)  # a sorted list is a heap
             self.min_start = self.starts[0]
             self._keying(0)
@@ -249,7 +252,7 @@ class WindowOperator(WindowOperatorBase):
 
     def _keying(self, batch: int) -> None:
         """Move to a keyed state per window once that pays for batches of ``batch`` groups
-        (what the frames hold counts: a group held twice waits for its merge)."""
+        (:attr:`rows` counts: a group held twice waits for its merge)."""
         if not self.by:  # without keys: a row per window
             return
         if self.emit == "update":
@@ -258,13 +261,12 @@ class WindowOperator(WindowOperatorBase):
             # aggregate needs (bench/keyed_windows.py, 100 K keys in batches of 50 K: 2.3
             # CPU-s keyed, 4.0 small; with emit="final" the small state stays faster)
             batch //= 4
-        held = sum(f.height for frames in self.partials.values() for f in frames)
-        if worth_keying(held, batch):
+        if worth_keying(self.rows, batch):
             self._key(self.state)
 
     def _key(self, frame: pl.DataFrame | None) -> None:
         """Move the partials ``frame`` of all open windows into a keyed state per window."""
-        self.partials, self.starts, self.loose, self.stores = {}, [], set(), {}
+        self.partials, self.starts, self.loose, self.rows, self.stores = {}, [], set(), 0, {}
         if frame is not None and frame.height:
             windows = frame.partition_by(WINDOW_START, as_dict=True, include_key=False)
             for (start,), part in windows.items():
@@ -333,8 +335,9 @@ class WindowOperator(WindowOperatorBase):
                 frames = self.partials[start] = []
                 heapq.heappush(self.starts, start)
             frames.append(part)
+            self.rows += part.height
             if self.emit == "update":
-                frames[:] = [whole := self._combined(frames)]
+                self._replace(frames, [whole := self._combined(frames)])
                 keys = part.select(self.keys)
                 rows = whole.join(keys, on=self.keys, how="semi", nulls_equal=True)
                 changed.append(self._started(rows, start))
@@ -348,7 +351,8 @@ class WindowOperator(WindowOperatorBase):
             # merged now rather than when they close, where it is latency (730 keys: 0.6 ms)
             low = min(windows)
             for start in [s for s in self.loose if s < low]:
-                self.partials[start][:] = [self._combined(self.partials[start])]
+                frames = self.partials[start]
+                self._replace(frames, [self._combined(frames)])
                 self.loose.discard(start)
                 merged = True
         if merged:  # after the loop: keying moves every window's frames
@@ -419,6 +423,7 @@ class WindowOperator(WindowOperatorBase):
         """A closing window's partials, its frames merged (``None``: not needed)."""
         frames = self.partials.pop(start)
         self.loose.discard(start)
+        self.rows -= sum(f.height for f in frames)
         return self._started(self._combined(frames), start) if self.emit == "final" else None
 
     def _settle(self, start: int) -> bool:
@@ -429,11 +434,16 @@ class WindowOperator(WindowOperatorBase):
         frames = self.partials[start]
         first, merged = frames[0], self._combined(frames[1:])
         if merged.height * 4 >= first.height:
-            frames[:] = [self._combined([first, merged])]
+            self._replace(frames, [self._combined([first, merged])])
             self.loose.discard(start)
             return True
-        frames[:] = [first, merged]
+        self._replace(frames, [first, merged])
         return False
+
+    def _replace(self, frames: list[pl.DataFrame], merged: list[pl.DataFrame]) -> None:
+        """A window's ``frames`` become ``merged`` (their merge), counted in :attr:`rows`."""
+        self.rows += sum(f.height for f in merged) - sum(f.height for f in frames)
+        frames[:] = merged
 
     def _combined(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
         """One frame of the groups of ``frames`` (of one window): each holds its groups

@@ -182,7 +182,8 @@ def test_windows_without_keys_stay_one_frame(monkeypatch: pytest.MonkeyPatch) ->
 def test_a_small_state_closes_a_window_by_its_own_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     """While small, each open window holds its own frames (by key, without its start). The
     windows before a batch's are merged at that batch, so a window that then closes takes
-    its one frame: no group_by, no pass over the other windows, at the close."""
+    its one frame: no group_by, no pass over the other windows, at the close. The count of
+    rows held (what keying is decided on) follows every merge and close."""
     never_keyed(monkeypatch)
     df = pl.DataFrame({"t": np.arange(4_000) * 2, "k": (np.arange(4_000) % 97).astype(str)})
     df = df.with_columns(v=pl.lit(1))
@@ -203,6 +204,7 @@ def test_a_small_state_closes_a_window_by_its_own_frames(monkeypatch: pytest.Mon
         pipe.push(pipe.sources[0], df.slice(start, 25))
         monkeypatch.setattr(op, "_combined", combined)
         assert op.min_start == min(op.partials, default=None)
+        assert op.rows == sum(f.height for frames in op.partials.values() for f in frames)
         for window, frames in op.partials.items():
             assert "window_start" not in frames[0].columns  # held once: the dict's key
             if window < max(op.partials):
