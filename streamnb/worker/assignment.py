@@ -35,7 +35,7 @@ import polars as pl
 
 from streamnb.columns import OFFSET, PARTITION
 from streamnb.engine import checkpoint
-from streamnb.engine.core import NEG_INF, Context, Delta, Partitions
+from streamnb.engine.core import NEG_INF, Context, Delta, ListeningClock, Partitions
 from streamnb.engine.executor import Pipeline, Step
 from streamnb.engine.merge import DEFAULT_MAX_IDLE_MS, Merge
 from streamnb.exceptions import SourceError
@@ -89,7 +89,9 @@ class Task:
     chain: list[Snapshot] = field(default_factory=list)  # its base, then the deltas after it
     sizes: list[int] = field(default_factory=list)  # their bytes
     dirty: bool = False
-    last_input: float = field(default_factory=time.monotonic)  # when records last came
+    # the worker's listening clock, and its reading when records last came (idle timeouts)
+    clock: ListeningClock = field(default_factory=lambda: ListeningClock(time.monotonic()))
+    last_input: float = 0.0
     idle_sent: bool = False  # an idle marker went downstream since
 
     @property
@@ -128,7 +130,7 @@ class Task:
         else:
             self.merge.offer(self.pipeline.sources.index(step), rows)
         self.dirty = True
-        self.last_input, self.idle_sent = time.monotonic(), False
+        self.last_input, self.idle_sent = self.clock.now, False
 
     def send_idle(self) -> bool:
         """Tell the downstream tasks that this input task's partition is idle (once, until
@@ -223,6 +225,7 @@ class Tasks:
         self.suspended: dict[TP, Task] = {}  # revoked, kept in case they come back unchanged
         self.restores = 0
         self.restore_ms = 0.0  # the last restore of a task
+        self.listening = ListeningClock(time.monotonic())  # ticked by the worker at each read
 
     def key_of(self, tp: TP) -> TP:
         """The task that reads partition ``tp``."""
@@ -430,6 +433,8 @@ class Tasks:
             stage=stage,
             pid=own,
             as_one=stage is None and len(reads) > 1,
+            clock=self.listening,
+            last_input=self.listening.now,
         )
 
 

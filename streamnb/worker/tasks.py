@@ -322,6 +322,7 @@ class TaskWorker:
             last = time.monotonic()
             while not self._stop.is_set():
                 rows = reader.read(self.budget.records, 0.1 if not self.global_tables else 0.02)
+                self.tasks.listening.tick(time.monotonic())
                 started, records = time.perf_counter(), 0
                 for frame in (rows, *reader.member_frames):
                     if frame is not None and frame.height:
@@ -368,10 +369,11 @@ class TaskWorker:
 
     def _idle_inputs(self) -> None:
         """Input tasks without records for the inputs' idle timeout send an idle marker
-        downstream, so that their partition no longer holds the windows back."""
+        downstream, so that their partition no longer holds the windows back (on the
+        listening clock: a stall of this worker is not its partitions' silence)."""
         if self.split is None:
             return
-        now = time.monotonic()
+        now = self.tasks.listening.now
         for task in self.tasks.inputs():
             if now - task.last_input > self.idle_after and task.send_idle():
                 self.checkpoints.produced = True  # committed with the next checkpoint

@@ -195,6 +195,8 @@ def test_stop_returns_within_its_timeout_while_the_producer_queue_is_full() -> N
 def test_stop_returns_within_its_timeout_when_the_source_broker_is_down(
     kafka_broker: KafkaBroker, make_topic: Callable[..., str], produce: Produce, bootstrap: str
 ) -> None:
+    if kafka_broker.state_dir is None:  # skipped at stop() it would leave a query held 30 s
+        pytest.skip("stop/start need the self-started broker, not STREAMNB_TEST_BOOTSTRAP")
     topic = make_topic()
     produce(topic, [{"id": i} for i in range(100)])
     group = f"g-{topic}"

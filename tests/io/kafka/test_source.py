@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import Producer
 
 import streamnb as sn
+from streamnb.engine.core import Context
 from tests.io.kafka.broker import PRODUCER_DEFAULTS, KafkaBroker, KafkaRecord, client_config
 from tests.threads import wait_until as wait_for
 
@@ -177,6 +178,39 @@ def test_watermark_is_the_minimum_over_partitions_until_one_goes_idle(
         assert query.result()["n"].to_list() == [6, 1, 1, 1, 1, 1, 1, 1, 1]
     finally:
         query.stop()
+
+
+def test_a_reader_does_not_take_its_own_stall_for_idle_partitions(
+    make_topic: Callable[..., str], produce: Produce, bootstrap: str
+) -> None:
+    """A query that did not read for longer than ``idle_timeout`` (busy in a batch, its
+    process starved) heard nothing because it did not listen, while records waited: its first
+    read after the stall brings one partition's record, and the other partitions are not idle.
+    A partition it hears nothing from while it reads goes idle after the timeout."""
+    topic = make_topic(partitions=3)
+    source = sn.from_kafka(
+        topic, bootstrap_servers=bootstrap, start="earliest", timestamp="ts", idle_timeout="1s"
+    ).plan.sources()[0]
+    ctx = Context()
+    reader = source.open(ctx)  # type: ignore[attr-defined]
+    try:
+        deadline = time.monotonic() + 30
+        while not (reader._prefetch.inline and ctx.partitions.assigned):  # parked, quickly
+            assert reader.read(1_000, 0.0) is None and time.monotonic() < deadline
+        pids = [reader.partition_id(topic, p) for p in range(3)]
+        produce(topic, [{"id": 0, "ts": 0}], partition=0)
+        produce(topic, [{"id": 1, "ts": 0}], partition=1)
+        time.sleep(1.5)  # the stall: nothing read
+        first = reader.read(1, 1.0)  # one record, of partition 0 or 1
+        assert first is not None and first.height == 1
+        assert ctx.partitions.idle == set()
+        second = reader.read(1, 1.0)
+        assert second is not None and {first["id"][0], second["id"][0]} == {0, 1}
+        while time.monotonic() < deadline and not ctx.partitions.idle:
+            assert reader.read(1_000, 0.05) is None
+        assert ctx.partitions.idle == {pids[2]}  # heard nothing for 1 s of reading
+    finally:
+        reader.close()
 
 
 def test_each_window_waits_for_its_own_topics_partitions_only(

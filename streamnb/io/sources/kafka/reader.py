@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import polars as pl
 
-from streamnb.engine.core import Context, error_from_python
+from streamnb.engine.core import Context, ListeningClock, error_from_python
 from streamnb.engine.source import PartOwner, PartView, Reader
 from streamnb.exceptions import ConfigError, SourceError
 from streamnb.io.kafka.client import client_config, consume_available, kafka_reason
@@ -125,8 +125,8 @@ class KafkaReader(Reader):
         self._parts = {
             int(pid): (t, p) for t, lut in self._lut.items() for p, pid in enumerate(lut.tolist())
         }
-        self._opened = time.monotonic()
-        self._last_seen: dict[int, float] = {}
+        self._listening = ListeningClock(time.monotonic())
+        self._last_seen: dict[int, float] = {}  # on the listening clock
         self._positions: dict[tuple[str, int], int] = {}  # next offset to read, when known
         self._started: set[tuple[str, int]] = set()  # partitions given their start position
         # without an owner: the next offset after the last message fetched, per partition (on
@@ -500,13 +500,14 @@ class KafkaReader(Reader):
                 reports.append(partial(self.ctx.error, row))
         return good
 
-    def _mark_idle(self, now: float, pids: np.ndarray) -> None:
+    def _mark_idle(self, wall: float, pids: np.ndarray) -> None:
         parts = self.ctx.partitions
+        now = self._listening.tick(wall)  # a stall of the reader is not its partitions' silence
         for pid in _distinct(pids):
             self._last_seen[pid] = now
         idle_after = self.source.idle_ms / 1000
         mine = self._mine & parts.assigned
-        quiet = {p for p in mine if now - self._last_seen.get(p, self._opened) > idle_after}
+        quiet = {p for p in mine if now - self._last_seen.get(p, 0.0) > idle_after}
         parts.idle = (parts.idle - mine) | quiet  # other sources judge their own partitions
 
     def _partition_ids(self, numbers: np.ndarray, topics: list[str] | None) -> np.ndarray:
