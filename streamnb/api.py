@@ -165,6 +165,8 @@ def from_kafka(
         Extra confluent-kafka settings (SASL, TLS, ...); secrets never appear in output.
     idle_timeout
         A partition without records for this long (wall clock) stops holding the watermark.
+        The clock runs while the query reads: a stall of its own (a long batch, a starved
+        process) counts as at most 0.25 s a read.
     connect_timeout
         How long to wait for the broker before raising ``SourceError``.
     max_idle
