@@ -149,12 +149,15 @@ class WindowOperatorBase(Operator):
 
     def _closed_by(self, due: pl.Series) -> pl.Series:
         """The ``ORDER`` of the record whose arrival closed each window (``due``: its end +
-        grace): the first whose watermark after it reaches ``due`` (watermarks never go
-        back)."""
+        grace)."""
+        return pl.Series(ORDER, self._closers(due.to_numpy()), dtype=pl.Int64)
+
+    def _closers(self, due: np.ndarray) -> np.ndarray:
+        """:meth:`_closed_by` on numbers: the first record whose watermark after it reaches
+        ``due`` (watermarks never go back)."""
         assert self.closing is not None
         after, orders = self.closing
-        at = np.minimum(np.searchsorted(after, due.to_numpy()), after.size - 1)
-        return pl.Series(ORDER, orders[at], dtype=pl.Int64)
+        return orders[np.minimum(np.searchsorted(after, due), after.size - 1)]
 
 
 LATE_WINDOWS = 100
@@ -404,11 +407,12 @@ class WindowOperator(WindowOperatorBase):
         if self.min_start is not None and self.min_start + self.size + self.grace <= watermark:
             if self.stores is not None:
                 gone = sorted(s for s in self.stores if s + self.size + self.grace <= watermark)
-                closed = [self._rows(start, self.stores.pop(start)) for start in gone]
+                closed = [(start, self.stores.pop(start).frame()) for start in gone]
             else:
                 closed = []
                 while self.starts and self.starts[0] + self.size + self.grace <= watermark:
-                    closed.append(self._closed(heapq.heappop(self.starts)))
+                    start = heapq.heappop(self.starts)
+                    closed.append((start, self._closed(start)))
                 self._keying(batch)  # what the open windows hold, at each close
             self.min_start = (
                 min(self.stores, default=None)
@@ -416,7 +420,7 @@ class WindowOperator(WindowOperatorBase):
                 else (self.starts[0] if self.starts else None)
             )
             if self.emit == "final":  # in closing order: by window, then by key
-                out += [self._output(f, end, self.by) for f in closed if f is not None]
+                out += [self._final(start, f) for start, f in closed if f is not None]
         return Delta(pl.concat(out, how="vertical_relaxed") if out else self.nothing())
 
     def _closed(self, start: int) -> pl.DataFrame | None:
@@ -424,7 +428,25 @@ class WindowOperator(WindowOperatorBase):
         frames = self.partials.pop(start)
         self.loose.discard(start)
         self.rows -= sum(f.height for f in frames)
-        return self._started(self._combined(frames), start) if self.emit == "final" else None
+        return self._combined(frames) if self.emit == "final" else None
+
+    def _final(self, start: int, partials: pl.DataFrame) -> pl.DataFrame:
+        """A closed window's final rows, by key, from its partials (by key, without the
+        start): its start, end and closing record are one value each, so one ``select``
+        makes them, where :meth:`_output` would add the start, then compute the end and the
+        closing record per row (a close of 730 keys: two polars calls instead of five)."""
+        end = start + self.size
+        columns = [
+            self.et.to_dtype(pl.lit(start, pl.Int64)).alias("window_start"),
+            self.et.to_dtype(pl.lit(end, pl.Int64)).alias("window_end"),
+            *self.by,
+            *self.agg.final_exprs(),
+        ]
+        if self.closing is not None:
+            closer = int(self._closers(np.array([end + self.grace]))[0])
+            columns.append(pl.lit(closer, pl.Int64).alias(ORDER))
+        out = partials.select(columns)
+        return out.sort(self.by) if self.by and out.height > 1 else out
 
     def _settle(self, start: int) -> bool:
         """Merge a window's frames that came after the first (the batches' partials, and the
