@@ -159,8 +159,8 @@ def from_kafka(
         ``"earliest"``, ``"latest"``, ``"committed"`` (needs ``group_id``), a ``datetime``, or
         ``{partition: offset}``.
     group_id
-        Join this consumer group: partitions are shared with its other members and offsets
-        are committed after each processed batch.
+        Join this consumer group: partitions are shared with its other members and the
+        processed batches' offsets are committed every 0.1 s (and at stop).
     config
         Extra confluent-kafka settings (SASL, TLS, ...); secrets never appear in output.
     idle_timeout

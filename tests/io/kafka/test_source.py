@@ -13,10 +13,11 @@ from typing import Any
 
 import polars as pl
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 import streamnb as sn
 from streamnb.engine.core import Context
+from streamnb.io.sources.kafka.commits import COMMIT_INTERVAL, GroupCommits
 from tests.io.kafka.broker import PRODUCER_DEFAULTS, KafkaBroker, KafkaRecord, client_config
 from tests.threads import wait_until as wait_for
 
@@ -151,6 +152,61 @@ def test_committed_offsets_resume_a_consumer_group(
         topic, bootstrap_servers=bootstrap, start="committed", group_id=group, timestamp="ts"
     )
     assert sorted(run_until(second.start(), 5).result()["id"].to_list()) == list(range(10, 15))
+
+
+class _CountedCommits:
+    """A consumer whose ``commit`` calls are counted (everything else is the real one's)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer, self.commits = consumer, 0
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        self.commits += 1
+        return self.consumer.commit(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.consumer, name)
+
+
+def test_a_group_commits_what_was_processed_at_most_every_interval(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    """A batch processed every 5 ms for a second, each sending its offsets: a commit per
+    batch would be one per round trip to the coordinator (about a hundred here); at most one
+    per ``COMMIT_INTERVAL`` goes out, and the group's offset still reaches the last batch's."""
+    produce(topic, rows(300))
+    group = f"g-{topic}"
+    commits = GroupCommits("s", group, Context())
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "on_commit": commits.answered,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        # the group's coordinator ready first (a fresh broker makes __consumer_offsets now)
+        consumer.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+        counted = commits.consumer = _CountedCommits(consumer)
+        offset, started = 0, time.monotonic()
+        while time.monotonic() - started < 1.0:
+            offset += 1
+            commits.note(topic, 0, offset)  # the batch up to offset, processed
+            commits.release()
+            commits.send()
+            consumer.consume(1, 0.005)  # serves the commits' answers
+        assert 5 <= counted.commits <= 1.0 / COMMIT_INTERVAL + 2, counted.commits
+        deadline = time.monotonic() + 10
+        while commits.processed or commits.in_flight:  # the last batches' offsets follow
+            assert time.monotonic() < deadline
+            commits.send()
+            consumer.consume(1, 0.02)
+        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        assert tp.offset == offset
+    finally:
+        consumer.close()
 
 
 def test_watermark_is_the_minimum_over_partitions_until_one_goes_idle(

@@ -1,8 +1,9 @@
 """The offsets a :class:`~.reader.KafkaReader` without an owner commits for its group.
 
-Each batch's next offsets are committed asynchronously once the batch is processed, one
-commit in flight at a time: librdkafka answers every commit (``on_commit``), and an answer
-that is an error puts its offsets back to be committed with the next ones. Closing makes a
+The processed batches' next offsets are committed asynchronously, at most every
+:data:`COMMIT_INTERVAL` seconds and one commit in flight at a time: librdkafka answers every
+commit (``on_commit``), and an answer that is an error puts its offsets back to be committed
+with the next ones. Closing makes a
 last commit bounded in time (the query's stop deadline, ``ctx.deadline``): a commit sent
 while the group coordinator is unreachable would otherwise wait up to ``session.timeout.ms``
 and hold ``Consumer.close()`` that long. What cannot be committed by then is reported in
@@ -21,6 +22,12 @@ from typing import Any
 from streamnb.engine.core import Context, error_from_python
 from streamnb.io.kafka.client import kafka_reason
 
+COMMIT_INTERVAL = 0.1
+"""Seconds between two commits of a running reader (Kafka Streams' exactly-once default).
+A commit per batch, as soon as the one before was answered, was one commit per round trip
+to the coordinator (hundreds a second under a light load of small batches), each an append
+to ``__consumer_offsets`` and an answer served under the GIL; a restart reads at most this
+much again."""
 COMMIT_SECONDS = 10.0
 """How long closing waits for the last commit when no stop deadline says otherwise."""
 MIN_COMMIT_SECONDS = 0.05
@@ -54,6 +61,7 @@ class GroupCommits:
         self.processed: dict[tuple[str, int], int] = {}  # next offsets, not sent yet
         self.in_flight: dict[tuple[str, int], int] = {}  # sent, not answered yet
         self._last_error = ""
+        self._sent_at = -COMMIT_INTERVAL  # ``time.monotonic()`` of the last commit sent
         self._lock = threading.RLock()  # a synchronous commit may serve on_commit itself
 
     @_locked
@@ -70,11 +78,16 @@ class GroupCommits:
     @_locked
     def send(self) -> None:
         """Commit what was processed, asynchronously, unless a commit is still unanswered
-        (its answer is served by the next fetch)."""
+        (its answer is served by the next fetch) or the last was sent less than
+        :data:`COMMIT_INTERVAL` ago."""
         if self.in_flight or not self.processed:
+            return
+        now = time.monotonic()
+        if now - self._sent_at < COMMIT_INTERVAL:
             return
         from confluent_kafka import KafkaException
 
+        self._sent_at = now
         self.in_flight, self.processed = self.processed, {}
         try:
             self.consumer.commit(offsets=self._partitions(self.in_flight), asynchronous=True)

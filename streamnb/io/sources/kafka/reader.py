@@ -37,9 +37,10 @@ class KafkaReader(Reader):
     """One read of a :class:`KafkaSource` (``source.open(ctx, ...)`` makes it).
 
     **On its own** (no ``owner``) it reads every partition of the topics, or, with the source's
-    ``group_id``, the group's share of them; it commits the offsets of each batch once the next
-    is asked for, and marks partitions that stay quiet for ``idle_timeout`` idle so that windows
-    do not wait for them.
+    ``group_id``, the group's share of them; it commits the offsets of processed batches (every
+    :data:`~.commits.COMMIT_INTERVAL`, once the next batch is asked for), and marks
+    partitions that stay quiet for ``idle_timeout`` idle so that windows do not wait for
+    them.
 
     **With an owner** (a :class:`~streamnb.engine.source.PartOwner`: the worker's runtime, one
     task per partition) it is a member of the source's consumer group that leaves the offsets
