@@ -3,11 +3,11 @@
 The processed batches' next offsets are committed asynchronously, at most every
 :data:`COMMIT_INTERVAL` seconds and one commit in flight at a time: librdkafka answers every
 commit (``on_commit``), and an answer that is an error puts its offsets back to be committed
-with the next ones. Closing makes a
-last commit bounded in time (the query's stop deadline, ``ctx.deadline``): a commit sent
-while the group coordinator is unreachable would otherwise wait up to ``session.timeout.ms``
-and hold ``Consumer.close()`` that long. What cannot be committed by then is reported in
-``errors()``, never dropped silently: those records are read again (at least once).
+with the next ones. Closing makes a last commit bounded in time (the query's stop deadline,
+``ctx.deadline``): a commit sent while the group coordinator is unreachable would otherwise
+wait up to ``session.timeout.ms`` and hold ``Consumer.close()`` that long. What cannot be
+committed by then is reported in ``errors()``, never dropped silently: those records are read
+again (at least once).
 """
 
 from __future__ import annotations
