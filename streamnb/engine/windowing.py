@@ -196,14 +196,13 @@ class WindowOperator(WindowOperatorBase):
         self.partials: dict[int, list[pl.DataFrame]] = {}
         """While small: per open window (its start), its frames of partials (``keys``)."""
         self.starts: list[int] = []
-        """The starts of ``partials``, a heap: a close pops the windows it closes, however
-        many are open."""
+        """The starts of the open windows (of ``partials``, or of ``stores`` once keyed), a
+        heap: a close pops the windows it closes, however many are open."""
         self.loose: set[int] = set()
         """The windows of ``partials`` whose frames are not merged into one yet."""
         self.rows = 0
         """The rows of all frames in ``partials`` (a group held twice counts twice)."""
         self.stores: dict[int, KeyedState] | None = None  # once large: per window start
-        self.min_start: int | None = None
         self.late_windows: dict[int, int] = {}
         """Late records per window start (the newest window each would have been in), for
         the newest :data:`LATE_WINDOWS` such windows: what ``lifecycle()`` shows."""
@@ -218,6 +217,11 @@ class WindowOperator(WindowOperatorBase):
             self.late_windows[start] = self.late_windows.get(start, 0) + count
         for start in sorted(self.late_windows)[:-LATE_WINDOWS]:
             del self.late_windows[start]
+
+    @property
+    def min_start(self) -> int | None:
+        """The oldest open window's start (``None``: none is open)."""
+        return self.starts[0] if self.starts else None
 
     @property
     def state(self) -> pl.DataFrame | None:
@@ -236,12 +240,11 @@ class WindowOperator(WindowOperatorBase):
     @state.setter
     def state(self, frame: pl.DataFrame | None) -> None:
         self.partials, self.starts, self.loose, self.rows = {}, [], set(), 0
-        self.stores, self.min_start = None, None
+        self.stores = None
         if frame is not None and frame.height:
             self.partials = {start: [part] for start, part in self._split(frame).items()}
             self.rows = frame.height
             self.starts = sorted(self.partials)  # a sorted list is a heap
-            self.min_start = self.starts[0]
             self._keying(0)
 
     def _split(self, frame: pl.DataFrame) -> dict[int, pl.DataFrame]:
@@ -275,6 +278,7 @@ class WindowOperator(WindowOperatorBase):
             for (start,), part in windows.items():
                 assert isinstance(start, int)
                 self.stores[start] = KeyedState.of(part, self.by)
+        self.starts = sorted(self.stores)
 
     @staticmethod
     def _rows(start: int, store: KeyedState) -> pl.DataFrame | None:
@@ -319,8 +323,6 @@ class WindowOperator(WindowOperatorBase):
         current = None  # with emit="update": the changed groups' partials after the batch
         groups = sum(part.height for part in windows.values())
         if windows:
-            low = min(windows)
-            self.min_start = low if self.min_start is None else min(self.min_start, low)
             if self.stores is not None:
                 current = self._fold(windows, self.stores)
             else:
@@ -372,6 +374,7 @@ class WindowOperator(WindowOperatorBase):
             store = stores.get(start)
             if store is None:  # a new window
                 stores[start] = KeyedState.of(part, self.by)
+                heapq.heappush(self.starts, start)
                 rows = part
             else:
                 rows, _ = fold(store, part, self.by, self.agg)
@@ -404,21 +407,16 @@ class WindowOperator(WindowOperatorBase):
         out: list[pl.DataFrame] = []
         if current is not None and current.height:
             out.append(self._output(current, end))
-        if self.min_start is not None and self.min_start + self.size + self.grace <= watermark:
-            if self.stores is not None:
-                gone = sorted(s for s in self.stores if s + self.size + self.grace <= watermark)
-                closed = [(start, self.stores.pop(start).frame()) for start in gone]
-            else:
-                closed = []
-                while self.starts and self.starts[0] + self.size + self.grace <= watermark:
-                    start = heapq.heappop(self.starts)
+        if self.starts and self.starts[0] + self.size + self.grace <= watermark:
+            closed = []
+            while self.starts and self.starts[0] + self.size + self.grace <= watermark:
+                start = heapq.heappop(self.starts)
+                if self.stores is not None:
+                    closed.append((start, self.stores.pop(start).frame()))
+                else:
                     closed.append((start, self._closed(start)))
+            if self.stores is None:
                 self._keying(batch)  # what the open windows hold, at each close
-            self.min_start = (
-                min(self.stores, default=None)
-                if self.stores is not None
-                else (self.starts[0] if self.starts else None)
-            )
             if self.emit == "final":  # in closing order: by window, then by key
                 out += [self._final(start, f) for start, f in closed if f is not None]
         return Delta(pl.concat(out, how="vertical_relaxed") if out else self.nothing())
@@ -503,7 +501,7 @@ class WindowOperator(WindowOperatorBase):
                 self.stores[start] = KeyedState.of(rows, self.by)
             else:
                 store.upsert(rows, key_hashes(rows, self.by))
-        self.min_start = min(self.stores, default=None)
+        self.starts = sorted(self.stores)
 
     def settle(self) -> None:
         for store in (self.stores or {}).values():

@@ -77,6 +77,7 @@ class Task:
     ctx: Context
     sources: dict[str, Step]
     tables: list[tuple[GlobalTable, Step]]
+    clock: ListeningClock  # the worker's listening clock (idle timeouts)
     changelog: Changelog | None = None  # where its snapshots go
     merge: Merge | None = None
     stage: int | None = None  # the stage after a repartition it runs; None: an input task
@@ -89,9 +90,7 @@ class Task:
     chain: list[Snapshot] = field(default_factory=list)  # its base, then the deltas after it
     sizes: list[int] = field(default_factory=list)  # their bytes
     dirty: bool = False
-    # the worker's listening clock, and its reading when records last came (idle timeouts)
-    clock: ListeningClock = field(default_factory=lambda: ListeningClock(time.monotonic()))
-    last_input: float = 0.0
+    last_input: float = 0.0  # the clock's reading when records last came
     idle_sent: bool = False  # an idle marker went downstream since
 
     @property
@@ -428,12 +427,12 @@ class Tasks:
             ctx,
             sources,
             tables,
+            self.listening,
             changelog=self.changelogs(topic),
             merge=merge,
             stage=stage,
             pid=own,
             as_one=stage is None and len(reads) > 1,
-            clock=self.listening,
             last_input=self.listening.now,
         )
 

@@ -152,6 +152,7 @@ def test_closing_a_window_leaves_the_other_windows_state_untouched() -> None:
     # a record at 2.1 s (watermark 1.6 s) closes window [0 s, 1 s) only, and opens [2 s, 3 s)
     pipe.push(pipe.sources[0], pl.DataFrame({"t": [2_100], "k": [7], "v": [7]}))
     assert sorted(op.stores) == [1_000, 2_000]
+    assert sorted(op.starts) == [1_000, 2_000] and op.min_start == 1_000  # the heap of starts
     assert op.stores[1_000] is later
     assert_frame_equal(later.frame(), held)
     rows, deleted = later.changes()
