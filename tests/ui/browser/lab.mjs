@@ -120,6 +120,27 @@ export async function runCell(page, run, index, timeoutMs = 30000) {
   return state;
 }
 
+// a screenshot of one element of a live page. locator.screenshot waits for the element to keep
+// its box for two animation frames, which a cell among charts that redraw many times a second
+// may never do on a loaded machine; this scrolls the element into view and cuts the page to
+// its box (within the viewport) at that moment
+export async function snapshot(page, locator, path) {
+  await locator.evaluate((el) => el.scrollIntoView({ block: "nearest" }));
+  const box = await locator.boundingBox();
+  const view = page.viewportSize();
+  if (!box || !view) {
+    throw new Error(`no box to screenshot for ${path}`);
+  }
+  const x = Math.max(0, box.x);
+  const y = Math.max(0, box.y);
+  const width = Math.min(box.x + box.width, view.width) - x;
+  const height = Math.min(box.y + box.height, view.height) - y;
+  if (width < 1 || height < 1) {
+    throw new Error(`the element for ${path} is out of view: ${JSON.stringify(box)}`);
+  }
+  await page.screenshot({ path, clip: { x, y, width, height } });
+}
+
 // a failed run: its error in the result, and a screenshot of the page when there is one
 export async function failed(err, result, page, screenshotPath) {
   result.error = String(err && err.stack ? err.stack : err);

@@ -11,7 +11,7 @@
 // SNB_DEADLINE_MS.
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { failed, launch, openNotebook, runCell, session, sleep } from "./lab.mjs";
+import { failed, launch, openNotebook, runCell, session, sleep, snapshot } from "./lab.mjs";
 
 const base = process.env.SNB_LAB_URL;
 const token = process.env.SNB_TOKEN;
@@ -81,7 +81,7 @@ try {
   result.namesPartition2 = later.sentences.some((s) => behind.test(s));
   result.holding = later.holding;
   await sleep(300);
-  await section.screenshot({ path: screenshot });
+  await snapshot(page, section, screenshot);
   result.screenshot = screenshot;
   await runCell(page, run, cells.stop);
   log("stopped");

@@ -9,7 +9,15 @@
 // SNB_DEADLINE_MS (total budget, default 100000).
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { failed, launch, openNotebook, runCell as runCellIn, session, sleep } from "./lab.mjs";
+import {
+  failed,
+  launch,
+  openNotebook,
+  runCell as runCellIn,
+  session,
+  sleep,
+  snapshot,
+} from "./lab.mjs";
 
 const base = process.env.SNB_LAB_URL;
 const token = process.env.SNB_TOKEN;
@@ -59,7 +67,7 @@ try {
     const path = join(artifacts, `${name}.png`);
     const out = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".streamnb-chart").first();
     if ((await out.count()) > 0) {
-      await out.screenshot({ path });
+      await snapshot(page, out, path);
     } else {
       await page.screenshot({ path });
     }
@@ -186,7 +194,7 @@ try {
     result.showOutputs = state.outputs.map((o) => Object.keys(o.data || {}));
     log(`show cell ran: ${JSON.stringify(result.showOutputs)}`);
     const cellNode = page.locator(".jp-Notebook .jp-Cell").nth(cells.show);
-    await cellNode.screenshot({ path: join(artifacts, "live_table.png") });
+    await snapshot(page, cellNode, join(artifacts, "live_table.png"));
     result.showWidget = views.length > 0;
   }
 

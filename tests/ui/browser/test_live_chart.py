@@ -244,15 +244,19 @@ def _drive(script: str, lab: Lab, notebook: str, budget: float, **env: str) -> d
         SNB_DEADLINE_MS=str(int(budget * 1000) - 20_000),
         **env,
     )
-    proc = subprocess.run(
-        [node, str(HERE / script)],
-        check=False,
-        cwd=HERE,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=budget,
-    )
+    try:
+        proc = subprocess.run(
+            [node, str(HERE / script)],
+            check=False,
+            cwd=HERE,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=budget,
+        )
+    except subprocess.TimeoutExpired as timed_out:
+        steps = timed_out.stderr.decode() if isinstance(timed_out.stderr, bytes) else ""
+        pytest.fail(f"{script} ran past its {budget:.0f} s budget; its steps:\n{steps[-4000:]}")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     report: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :]) if lines else {}
     name = Path(script).stem
