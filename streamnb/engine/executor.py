@@ -11,6 +11,7 @@ any other source is read, as Kafka Streams reads a GlobalKTable before its tasks
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -310,17 +311,40 @@ class BatchBudget:
         self.fixed = 0.0
         """Seconds per batch whatever its size, as measured."""
         self._samples: deque[tuple[int, float]] = deque(maxlen=self.SAMPLES)
+        # the samples' running sums (a batch's fit costs the same whatever SAMPLES): records
+        # and their squares exact (ints); the float sums are summed afresh every SAMPLES
+        # batches, so their rounding never drifts
+        self._r = self._rr = 0
+        self._t = self._rt = 0.0
+        self._since_exact = 0
 
     def took(self, records: int, seconds: float) -> None:
         """A batch of ``records`` took ``seconds`` to process."""
         if records <= 0:
             return
-        self._samples.append((records, seconds))
-        n = len(self._samples)
-        mean_n = sum(r for r, _ in self._samples) / n
-        mean_t = sum(t for _, t in self._samples) / n
-        var = sum((r - mean_n) ** 2 for r, _ in self._samples) / n
-        cov = sum((r - mean_n) * (t - mean_t) for r, t in self._samples) / n
+        samples = self._samples
+        if len(samples) == samples.maxlen:
+            r0, t0 = samples[0]
+            self._r -= r0
+            self._rr -= r0 * r0
+            self._t -= t0
+            self._rt -= r0 * t0
+        samples.append((records, seconds))
+        self._r += records
+        self._rr += records * records
+        self._since_exact += 1
+        if self._since_exact >= self.SAMPLES:
+            self._since_exact = 0
+            self._t = math.fsum(t for _, t in samples)
+            self._rt = math.fsum(r * t for r, t in samples)
+        else:
+            self._t += seconds
+            self._rt += records * seconds
+        n = len(samples)
+        mean_n = self._r / n
+        mean_t = self._t / n
+        var = (self._rr * n - self._r * self._r) / (n * n)  # exact: ints
+        cov = self._rt / n - mean_n * mean_t
         if var > (0.05 * mean_n) ** 2 and cov > 0:
             self.per_record = cov / var
             self.fixed = max(mean_t - self.per_record * mean_n, 0.0)

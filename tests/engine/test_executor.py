@@ -6,7 +6,9 @@ from __future__ import annotations
 import gc
 import random
 
+import numpy as np
 import polars as pl
+import pytest
 
 import streamnb as sn
 from streamnb.engine import heap
@@ -37,6 +39,23 @@ def test_full_batches_do_not_shrink_the_budget_by_their_fixed_cost() -> None:
     for _ in range(200):
         budget.took(budget.records, cost(budget.records))
     assert budget.records >= 15_000
+
+
+def test_the_fit_is_the_least_squares_line_through_the_last_samples() -> None:
+    """The running sums give the line a fresh fit through the last ``SAMPLES`` batches
+    would, however many batches went before (numpy's least squares is the oracle)."""
+    random.seed(3)
+    budget = BatchBudget(0.02, 50_000)
+    seen: list[tuple[int, float]] = []
+    for i in range(1, 1_000):
+        size = random.randint(1, 50_000) if i % 7 else random.randint(1, 30)
+        seen.append((size, cost(size, fixed=random.uniform(0.0005, 0.002))))
+        budget.took(*seen[-1])
+        if i % 97 == 0 or i in (2, 31, 32, 33):
+            last = np.array(seen[-BatchBudget.SAMPLES :], dtype=float)
+            per_record, fixed = np.polyfit(last[:, 0], last[:, 1], 1)
+            assert budget.per_record == pytest.approx(per_record, rel=1e-9)
+            assert budget.fixed == pytest.approx(max(fixed, 0.0), rel=1e-9, abs=1e-12)
 
 
 def test_the_budget_stays_within_its_bounds() -> None:
