@@ -1,7 +1,8 @@
 """The Kafka source's pipelined read against a real broker: it takes what has arrived without
 waiting for a full batch, fetches ahead without moving positions or commits until the query
 takes a batch, grows its batches with a backlog, parks its threads under a light load (the
-query's thread reads itself) and wakes them for a backlog, and leaves no thread behind."""
+query's thread reads itself) and wakes them for a backlog (not for a burst), and leaves no
+thread behind."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import streamnb as sn
 from streamnb.engine.core import Context
 from streamnb.io.kafka.client import consume_available
 from streamnb.io.sources.kafka import KafkaReader
-from streamnb.io.sources.kafka.prefetch import LIGHT_TAKES, Fetch
+from streamnb.io.sources.kafka.prefetch import FULL_TAKES, LIGHT_TAKES, Fetch
 from tests.io.kafka.test_source import run_until
 
 Produce = Callable[..., list[tuple[int, int]]]
@@ -208,6 +209,30 @@ def test_a_backlog_wakes_the_parked_threads(topic: str, produce: Produce, bootst
         assert woken
         assert got == list(range(light + 20_000))
         assert dict(reader.positions) == {(topic, 0): light + 20_000}
+    finally:
+        reader.close()
+
+
+def test_a_burst_leaves_the_threads_parked(topic: str, produce: Produce, bootstrap: str) -> None:
+    """One read that fills its batch is a burst, not a backlog: the query's thread goes on
+    reading for itself (waking the threads would slow every stage until they park again)."""
+    reader = open_reader(topic, bootstrap)
+    try:
+        got = read_light(reader, topic, produce)
+        light = len(got)
+        assert FULL_TAKES > 1
+        for burst in range(FULL_TAKES - 1):  # bursts apart, each a full read
+            start = light + burst * 1_002
+            produce(topic, records(1_000, start))
+            time.sleep(1)  # all of it arrived: the read fills its batch of 1 000
+            rows = reader.read(1_000, 10.0)
+            assert rows is not None and rows["id"].to_list() == list(range(start, start + 1_000))
+            produce(topic, records(2, start + 1_000))  # then the load is light again
+            rows = reader.read(1_000, 10.0)
+            assert rows is not None and rows["id"].to_list() == [start + 1_000, start + 1_001]
+            assert reader._prefetch is not None and reader._prefetch.inline
+        end = light + (FULL_TAKES - 1) * 1_002
+        assert dict(reader.positions) == {(topic, 0): end}
     finally:
         reader.close()
 
