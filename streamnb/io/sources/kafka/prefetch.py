@@ -22,9 +22,11 @@ append to sink: p99 24 ms through the threads, 11 ms on the query's thread alone
 the threads park and the query's thread fetches and decodes for itself; :data:`FULL_TAKES`
 fetches in a row that fill a batch (a backlog) wake them again. One full fetch is no backlog:
 a query near its capacity (q1 at 50 000 records/s, whose batch budget is a few thousand
-records) fills one after any stall of a few tens of ms, and waking the threads for it slowed
-every stage until the threads parked again (p99 129 and 855 ms in two runs, against 96 and
-79 ms with the threads kept parked).
+records) fills one after any stall of a few tens of ms, and the threads it woke ran until 20
+light takes parked them again (in a traced run, 10 s of threads, batches of 1 000-2 000
+records taking 20-40 ms to process). In two runs with the threads kept parked its p99 was 96
+and 79 ms against 129 and 855 ms; a later A/B of three settings on one broker spread from 110
+to 1 225 ms within each setting, so the machine's noise hides the size of the gain.
 """
 
 from __future__ import annotations
