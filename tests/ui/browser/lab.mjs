@@ -120,25 +120,40 @@ export async function runCell(page, run, index, timeoutMs = 30000) {
   return state;
 }
 
-// a screenshot of one element of a live page. locator.screenshot waits for the element to keep
-// its box for two animation frames, which a cell among charts that redraw many times a second
-// may never do on a loaded machine; this scrolls the element into view and cuts the page to
-// its box (within the viewport) at that moment
-export async function snapshot(page, locator, path) {
-  await locator.evaluate((el) => el.scrollIntoView({ block: "nearest" }));
-  const box = await locator.boundingBox();
-  const view = page.viewportSize();
-  if (!box || !view) {
-    throw new Error(`no box to screenshot for ${path}`);
+// a screenshot of one element of a live page, kept as a test artifact; true once taken.
+// locator.screenshot waits for the element to keep its box for two animation frames, which a
+// cell among charts that redraw many times a second may never do on a loaded machine; this
+// scrolls the element into view and cuts the page to its box (within the viewport) at that
+// moment. A busy renderer can still keep a screenshot from being taken at all: after
+// SNAPSHOT_MS the artifact is given up and logged (result.missedScreenshots), and the run goes
+// on, since no assertion rests on a picture.
+export const SNAPSHOT_MS = 10000;
+
+export async function snapshot(page, locator, path, result, log) {
+  try {
+    await locator.evaluate((el) => el.scrollIntoView({ block: "nearest" }), null, {
+      timeout: SNAPSHOT_MS,
+    });
+    const box = await locator.boundingBox({ timeout: SNAPSHOT_MS });
+    const view = page.viewportSize();
+    if (!box || !view) {
+      throw new Error("no box");
+    }
+    const x = Math.max(0, box.x);
+    const y = Math.max(0, box.y);
+    const width = Math.min(box.x + box.width, view.width) - x;
+    const height = Math.min(box.y + box.height, view.height) - y;
+    if (width < 1 || height < 1) {
+      throw new Error(`out of view: ${JSON.stringify(box)}`);
+    }
+    await page.screenshot({ path, clip: { x, y, width, height }, timeout: SNAPSHOT_MS });
+    return true;
+  } catch (err) {
+    const why = String(err && err.message ? err.message : err).split("\n")[0];
+    (result.missedScreenshots ||= []).push(`${path}: ${why}`);
+    log(`screenshot ${path} not taken: ${why}`);
+    return false;
   }
-  const x = Math.max(0, box.x);
-  const y = Math.max(0, box.y);
-  const width = Math.min(box.x + box.width, view.width) - x;
-  const height = Math.min(box.y + box.height, view.height) - y;
-  if (width < 1 || height < 1) {
-    throw new Error(`the element for ${path} is out of view: ${JSON.stringify(box)}`);
-  }
-  await page.screenshot({ path, clip: { x, y, width, height } });
 }
 
 // a failed run: its error in the result, and a screenshot of the page when there is one
@@ -147,7 +162,7 @@ export async function failed(err, result, page, screenshotPath) {
   console.error(`FAILED: ${result.error}`);
   if (page) {
     try {
-      await page.screenshot({ path: screenshotPath, fullPage: true });
+      await page.screenshot({ path: screenshotPath, fullPage: true, timeout: SNAPSHOT_MS });
     } catch {
       // the page is gone: nothing to keep
     }

@@ -81,8 +81,9 @@ try {
   result.namesPartition2 = later.sentences.some((s) => behind.test(s));
   result.holding = later.holding;
   await sleep(300);
-  await snapshot(page, section, screenshot);
-  result.screenshot = screenshot;
+  if (await snapshot(page, section, screenshot, result, log)) {
+    result.screenshot = screenshot;
+  }
   await runCell(page, run, cells.stop);
   log("stopped");
 } catch (err) {

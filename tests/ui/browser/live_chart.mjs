@@ -16,6 +16,7 @@ import {
   runCell as runCellIn,
   session,
   sleep,
+  SNAPSHOT_MS,
   snapshot,
 } from "./lab.mjs";
 
@@ -66,12 +67,9 @@ try {
   const shot = async (name, index = cells.chart) => {
     const path = join(artifacts, `${name}.png`);
     const out = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".streamnb-chart").first();
-    if ((await out.count()) > 0) {
-      await snapshot(page, out, path);
-    } else {
-      await page.screenshot({ path });
+    if ((await out.count()) > 0 && (await snapshot(page, out, path, result, log))) {
+      result[`screenshot_${name}`] = path;
     }
-    result[`screenshot_${name}`] = path;
   };
 
   // -- setup, then the chart cell: time to the first marks -----------------------------------
@@ -194,13 +192,16 @@ try {
     result.showOutputs = state.outputs.map((o) => Object.keys(o.data || {}));
     log(`show cell ran: ${JSON.stringify(result.showOutputs)}`);
     const cellNode = page.locator(".jp-Notebook .jp-Cell").nth(cells.show);
-    await snapshot(page, cellNode, join(artifacts, "live_table.png"));
+    await snapshot(page, cellNode, join(artifacts, "live_table.png"), result, log);
     result.showWidget = views.length > 0;
   }
 
   await runCell(cells.stop);
   log("stopped");
-  await page.screenshot({ path: join(artifacts, "notebook.png"), fullPage: true });
+  const whole = join(artifacts, "notebook.png");
+  await page
+    .screenshot({ path: whole, fullPage: true, timeout: SNAPSHOT_MS })
+    .catch((err) => log(`screenshot ${whole} not taken: ${String(err.message).split("\n")[0]}`));
 } catch (err) {
   exitCode = 1;
   await failed(err, result, page, join(artifacts, "failure.png"));
