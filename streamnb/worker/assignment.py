@@ -24,7 +24,6 @@ released): its held rows go into its snapshot instead, and it commits where it h
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -268,7 +267,10 @@ class Tasks:
                 self.suspended[key] = task
 
     def rewind(self, reader: KafkaReader) -> None:
-        """Every task back to its last committed checkpoint, input included."""
+        """Every task back to its last committed checkpoint, input included: each partition
+        to its committed offset, or, never committed, to where its reading began (what was
+        read since is read again). A seek that does not happen fails the worker (a restart
+        resumes from the checkpoint): going on would skip records."""
         keys = list(self.running)
         self.running.clear()
         committed = self._committed([tp for key in keys for tp in self.partitions_of(key)])
@@ -276,9 +278,9 @@ class Tasks:
             offsets, pointer = self._checkpoint_of(key, committed)
             self.running[key] = self._restore(key, offsets, pointer, reader)
             for tp, offset in offsets.items():
-                if offset is not None:
-                    with contextlib.suppress(Exception):
-                        reader.seek(*tp, offset)
+                back = offset if offset is not None else reader.origin(*tp)
+                if back is not None:  # else nothing of it was read: nothing to read again
+                    reader.seek(*tp, back)
 
     def _checkpoint_of(
         self, key: TP, committed: dict[TP, tuple[int | None, str]]

@@ -129,6 +129,9 @@ class KafkaReader(Reader):
         self._listening = ListeningClock(time.monotonic())
         self._last_seen: dict[int, float] = {}  # on the listening clock
         self._positions: dict[tuple[str, int], int] = {}  # next offset to read, when known
+        # where reading began, per partition read without a known position (the group's
+        # auto.offset.reset chose it): the first offset read; what a rewind goes back to
+        self._origins: dict[tuple[str, int], int] = {}
         self._started: set[tuple[str, int]] = set()  # partitions given their start position
         # without an owner: the next offset after the last message fetched, per partition (on
         # the consumer's thread), where a partition given back to this reader resumes
@@ -185,16 +188,41 @@ class KafkaReader(Reader):
     def set_position(self, topic: str, partition: int, offset: int | None) -> None:
         """Record where ``partition`` resumes (``None``: not known) without seeking, for an
         owner that knows better than the reader (the group's commit it restored from)."""
+        self._origins.pop((topic, partition), None)
         if offset is None:
             self._positions.pop((topic, partition), None)
         else:
             self._positions[(topic, partition)] = offset
 
-    def seek(self, topic: str, partition: int, offset: int) -> None:
-        """Read ``partition`` from ``offset`` next (an owner rewinding to its checkpoint)."""
-        from confluent_kafka import TopicPartition
+    def origin(self, topic: str, partition: int) -> int | None:
+        """Where reading ``partition`` began, when it began without a known position (since
+        :meth:`set_position` said ``None``, or since the assignment): the first offset read
+        then, ``None`` if nothing was read since. Where an owner rewinds a partition that has
+        no commit yet."""
+        return self._origins.get((topic, partition))
 
-        self._consumer.seek(TopicPartition(topic, partition, offset))
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read ``partition`` from ``offset`` next (an owner rewinding to its checkpoint).
+
+        A consumer refuses a seek while the partition's fetcher is not ready (just after a
+        broker restart: "Local: Erroneous state"); such refusals are retried for up to
+        :data:`SEEK_SECONDS`. Raises :class:`SourceError` if the seek does not happen: going
+        on from where the consumer stands would skip the records since ``offset``."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        deadline, pause = time.monotonic() + SEEK_SECONDS, 0.05
+        while True:
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+                break
+            except KafkaException as exc:
+                if time.monotonic() + pause > deadline:
+                    raise SourceError(
+                        f"{self.source.name}: cannot go back to offset {offset} of {topic} "
+                        f"partition {partition}: {kafka_reason(exc)}"
+                    ) from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
         self._positions[(topic, partition)] = offset
 
     def partition_id(self, topic: str, partition: int) -> int:
@@ -464,8 +492,12 @@ class KafkaReader(Reader):
         for report in fetch.reports:
             report()
         self.extra_messages = fetch.extra_messages
+        positions, origins = self._positions, self._origins
         for m in fetch.extra_messages:
-            self._positions[(m.topic(), m.partition())] = m.offset() + 1
+            key = (m.topic(), m.partition())
+            if key not in positions:
+                origins[key] = m.offset()
+            positions[key] = m.offset() + 1
         self.member_frames = fetch.member_frames or [None] * (len(self.sources) - 1)
         if self._owner is None:  # an owner's tasks read one partition each: none to wait for
             self._mark_idle(fetch.at, fetch.pids)
@@ -525,9 +557,12 @@ class KafkaReader(Reader):
         the lag, and to commit once processed. Within a partition offsets rise in fetch
         order, so its last message holds the largest."""
         for pid in _distinct(pids):
-            topic, partition = self._parts[pid]
-            offset = int(offsets[np.flatnonzero(pids == pid)[-1]]) + 1
-            self._positions[(topic, partition)] = offset
+            key = topic, partition = self._parts[pid]
+            mine = np.flatnonzero(pids == pid)
+            if key not in self._positions:  # reading began where the group's reset chose
+                self._origins[key] = int(offsets[mine[0]])
+            offset = int(offsets[mine[-1]]) + 1
+            self._positions[key] = offset
             if self._commits is not None:
                 self._commits.note(topic, partition, offset)
 
@@ -680,6 +715,11 @@ plain consume -> produce loop uses the same."""
 
 PREFETCH_RECORDS = 50_000
 """The prefetching thread's batch size until the query asks for one (each read says)."""
+
+SEEK_SECONDS = 30.0
+"""How long :meth:`KafkaReader.seek` asks again a consumer that refuses a seek (a partition
+whose fetcher a restarted broker left not ready), as reading the group's commits retries a
+coordinator that is moving."""
 
 _NO_PIDS = np.empty(0, dtype=np.int64)
 
