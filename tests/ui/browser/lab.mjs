@@ -130,7 +130,7 @@ export async function runCell(page, run, index, timeoutMs = 30000) {
 export const SNAPSHOT_MS = 10000;
 
 export async function snapshot(page, locator, path, result, log) {
-  try {
+  return keep(path, result, log, async () => {
     await locator.evaluate((el) => el.scrollIntoView({ block: "nearest" }), null, {
       timeout: SNAPSHOT_MS,
     });
@@ -147,14 +147,34 @@ export async function snapshot(page, locator, path, result, log) {
       throw new Error(`out of view: ${JSON.stringify(box)}`);
     }
     await page.screenshot({ path, clip: { x, y, width, height }, timeout: SNAPSHOT_MS });
+  });
+}
+
+// the whole page as a test artifact, best-effort as snapshot is; true once taken
+export async function snapshotPage(page, path, result, log) {
+  return keep(path, result, log, () =>
+    page.screenshot({ path, fullPage: true, timeout: SNAPSHOT_MS }),
+  );
+}
+
+// take a screenshot with `take`; one not taken is logged in result.missedScreenshots
+async function keep(path, result, log, take) {
+  try {
+    await take();
     return true;
   } catch (err) {
-    const why = String(err && err.message ? err.message : err).split("\n")[0];
-    (result.missedScreenshots ||= []).push(`${path}: ${why}`);
-    log(`screenshot ${path} not taken: ${why}`);
+    missed(path, String(err && err.message ? err.message : err).split("\n")[0], result, log);
     return false;
   }
 }
+
+function missed(path, why, result, log) {
+  (result.missedScreenshots ||= []).push(`${path}: ${why}`);
+  log(`screenshot ${path} not taken: ${why}`);
+}
+
+// a screenshot that could not even be tried (nothing to take): logged as one not taken
+export const notTaken = missed;
 
 // a failed run: its error in the result, and a screenshot of the page when there is one
 export async function failed(err, result, page, screenshotPath) {

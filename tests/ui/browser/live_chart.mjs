@@ -12,12 +12,13 @@ import { join } from "node:path";
 import {
   failed,
   launch,
+  notTaken,
   openNotebook,
   runCell as runCellIn,
   session,
   sleep,
-  SNAPSHOT_MS,
   snapshot,
+  snapshotPage,
 } from "./lab.mjs";
 
 const base = process.env.SNB_LAB_URL;
@@ -67,7 +68,9 @@ try {
   const shot = async (name, index = cells.chart) => {
     const path = join(artifacts, `${name}.png`);
     const out = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".streamnb-chart").first();
-    if ((await out.count()) > 0 && (await snapshot(page, out, path, result, log))) {
+    if ((await out.count()) === 0) {
+      notTaken(path, `cell ${index} has no chart output`, result, log);
+    } else if (await snapshot(page, out, path, result, log)) {
       result[`screenshot_${name}`] = path;
     }
   };
@@ -198,10 +201,7 @@ try {
 
   await runCell(cells.stop);
   log("stopped");
-  const whole = join(artifacts, "notebook.png");
-  await page
-    .screenshot({ path: whole, fullPage: true, timeout: SNAPSHOT_MS })
-    .catch((err) => log(`screenshot ${whole} not taken: ${String(err.message).split("\n")[0]}`));
+  await snapshotPage(page, join(artifacts, "notebook.png"), result, log);
 } catch (err) {
   exitCode = 1;
   await failed(err, result, page, join(artifacts, "failure.png"));
