@@ -56,7 +56,7 @@ from streamnb.engine.executor import (
 )
 from streamnb.engine.result import ResultTable
 from streamnb.engine.source import Part
-from streamnb.exceptions import ConfigError, QueryFailed
+from streamnb.exceptions import ConfigError, QueryFailed, SinkError
 from streamnb.io.kafka.client import client_config
 from streamnb.io.sinks.kafka import KafkaSink
 from streamnb.io.sinks.parquet import ParquetSink
@@ -176,6 +176,7 @@ class TaskWorker:
         self.rates = RateMeter()
         self.reader: KafkaReader | None = None
         self._bootstrapped = False
+        self._checkpointed = 0.0  # time.monotonic() at the last checkpoint
         self._thread = threading.Thread(target=self._run, name=f"streamnb:{name}", daemon=True)
 
     # -- Query API -----------------------------------------------------------------------------
@@ -319,30 +320,15 @@ class TaskWorker:
             self.reader = reader = self.source.open(
                 self.ctx, owner=self, extra_topics=self.repartitions, members=self.members
             )
-            last = time.monotonic()
+            self._checkpointed = time.monotonic()
             while not self._stop.is_set():
-                rows = reader.read(self.budget.records, 0.1 if not self.global_tables else 0.02)
-                self.tasks.listening.tick(time.monotonic())
-                started, records = time.perf_counter(), 0
-                for frame in (rows, *reader.member_frames):
-                    if frame is not None and frame.height:
-                        self._process(frame)
-                        records += frame.height
-                self.budget.took(records, time.perf_counter() - started)
-                for table in self.global_tables.values():
-                    if (changes := table.read(self.max_batch)) is not None:
-                        self._offer_table(table, changes)
-                if reader.extra_messages:
-                    for topic, rows in topology.decode(reader.extra_messages).items():
-                        self._process_repartitioned(topic, rows)
-                for task in self.tasks.running.values():
-                    task.release(functools.partial(self._unread, task))
-                self._idle_inputs()
-                self.rates.note(self.records_in + self.ctx.rejected)
-                self.partition_lag = self._lag_by_partition()
-                if time.monotonic() - last >= self.interval:
-                    self.checkpoint()
-                    last = time.monotonic()
+                try:
+                    self._step(reader)
+                except SinkError as exc:
+                    # a write the transaction refused: back to the last checkpoint
+                    if not self.checkpoints.abandon(exc):
+                        raise
+                    self.tasks.rewind(reader)
             self.checkpoint()
             self._state = "stopped"
         except BaseException as exc:  # reported by status()/exception, never silent
@@ -353,6 +339,32 @@ class TaskWorker:
             self._close()
             heap.thaw()
             self._done.set()
+
+    def _step(self, reader: KafkaReader) -> None:
+        """One batch: read, process, let the tasks release what their merges hold; then a
+        checkpoint if one is due."""
+        rows = reader.read(self.budget.records, 0.1 if not self.global_tables else 0.02)
+        self.tasks.listening.tick(time.monotonic())
+        started, records = time.perf_counter(), 0
+        for frame in (rows, *reader.member_frames):
+            if frame is not None and frame.height:
+                self._process(frame)
+                records += frame.height
+        self.budget.took(records, time.perf_counter() - started)
+        for table in self.global_tables.values():
+            if (changes := table.read(self.max_batch)) is not None:
+                self._offer_table(table, changes)
+        if reader.extra_messages:
+            for topic, repartitioned in topology.decode(reader.extra_messages).items():
+                self._process_repartitioned(topic, repartitioned)
+        for task in self.tasks.running.values():
+            task.release(functools.partial(self._unread, task))
+        self._idle_inputs()
+        self.rates.note(self.records_in + self.ctx.rejected)
+        self.partition_lag = self._lag_by_partition()
+        if time.monotonic() - self._checkpointed >= self.interval:
+            self.checkpoint()
+            self._checkpointed = time.monotonic()
 
     def _bootstrap(self) -> None:
         """Read every global table up to the end offsets it had at the start (Kafka Streams

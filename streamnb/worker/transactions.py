@@ -11,7 +11,9 @@ snapshot starts (:mod:`.changelog`).
   transaction is aborted and :meth:`Checkpoints.checkpoint` returns False: the caller rewinds
   its tasks to the last checkpoint. Transactional calls run with hard deadlines
   (:func:`_bounded`): a producer stuck on a vanished coordinator is replaced by a new one with
-  the same id, which fences it.
+  the same id, which fences it. A write that the transaction refuses before its commit (it
+  failed in between: librdkafka then answers every ``produce`` "Erroneous state") aborts it
+  the same way (:meth:`Checkpoints.abandon`), and the caller rewinds.
 * ``at_least_once``: the producer retries until delivered; a checkpoint flushes it, then
   commits the offsets. A record that cannot be delivered fails the query with
   :class:`SinkError` before any offset moves past it.
@@ -205,14 +207,41 @@ class Checkpoints:
             # fenced (the partitions moved) or the transaction failed: nothing of it is
             # visible; go back to the last checkpoint and redo the work
             log.warning("%s: transaction aborted (%s); rewinding", self.name, error.str())
-            try:
-                _bounded(lambda: self.producer.abort_transaction(30), 45)
-                self.producer.begin_transaction()
-            except (_Stuck, KafkaException):
-                self._replace_producer()
+            self._abort()
             return False
         self.producer.begin_transaction()
         return True
+
+    def abandon(self, failure: BaseException) -> bool:
+        """A write failed with ``failure``: if the open transaction refused it (it failed
+        since it began: an abortable error, such as a sequence gap after the abort before,
+        leaves the producer refusing every record with "Erroneous state"), abort it and
+        begin the next; True, and the caller rewinds its tasks to the last checkpoint, as
+        after a commit that failed. False for any other failure (the caller raises it)."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        cause = failure if isinstance(failure, KafkaException) else failure.__cause__
+        if not self.exactly_once or not isinstance(cause, KafkaException):
+            return False
+        error = cause.args[0] if cause.args else None
+        if not isinstance(error, KafkaError) or not (
+            error.txn_requires_abort() or error.code() == KafkaError._STATE
+        ):
+            return False
+        log.warning("%s: transaction refused a write (%s); rewinding", self.name, error.str())
+        self._abort()
+        return True
+
+    def _abort(self) -> None:
+        """Abort the open transaction and begin the next; a producer that cannot is replaced
+        (its successor, same id, fences it and aborts what it left open)."""
+        from confluent_kafka import KafkaException
+
+        try:
+            _bounded(lambda: self.producer.abort_transaction(30), 45)
+            self.producer.begin_transaction()
+        except (_Stuck, KafkaException):
+            self._replace_producer()
 
     def _replace_producer(self) -> None:
         """A new transactional producer in place of this one (same id: the old is fenced)."""
