@@ -266,11 +266,14 @@ class Tasks:
             if task is not None:
                 self.suspended[key] = task
 
-    def rewind(self, reader: KafkaReader) -> None:
+    def rewind(self, reader: KafkaReader, *, leaving: Sequence[TP] = ()) -> None:
         """Every task back to its last committed checkpoint, input included: each partition
         to its committed offset, or, never committed, to where its reading began (what was
         read since is read again). A seek that does not happen fails the worker (a restart
-        resumes from the checkpoint): going on would skip records."""
+        resumes from the checkpoint): going on would skip records. Partitions ``leaving``
+        (being revoked: a consumer may refuse their seeks then) are not sought: wherever
+        they are assigned next, reading resumes from the commit."""
+        gone = set(leaving)
         keys = list(self.running)
         self.running.clear()
         committed = self._committed([tp for key in keys for tp in self.partitions_of(key)])
@@ -279,7 +282,7 @@ class Tasks:
             self.running[key] = self._restore(key, offsets, pointer, reader)
             for tp, offset in offsets.items():
                 back = offset if offset is not None else reader.origin(*tp)
-                if back is not None:  # else nothing of it was read: nothing to read again
+                if back is not None and tp not in gone:  # None: nothing read, none to redo
                     reader.seek(*tp, back)
 
     def _checkpoint_of(

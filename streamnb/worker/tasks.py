@@ -291,15 +291,17 @@ class TaskWorker:
 
     def revoked(self, parts: Sequence[Part]) -> None:
         """``parts`` leave us: checkpoint them before they go."""
-        self.checkpoint()
+        self.checkpoint(leaving=cast(Sequence[TP], parts))
         self.tasks.suspend(cast(Sequence[TP], parts))
 
-    def checkpoint(self) -> None:
-        """Checkpoint every task; after an aborted transaction, rewind them to the last one."""
+    def checkpoint(self, leaving: Sequence[TP] = ()) -> None:
+        """Checkpoint every task; after an aborted transaction, rewind them to the last one
+        (the input of those ``leaving`` stays where it is: their next owner, this worker
+        included, reads from the commit)."""
         assert self.reader is not None
         self._positions()
         if not self.checkpoints.checkpoint(self.tasks.running, self.reader):
-            self.tasks.rewind(self.reader)
+            self.tasks.rewind(self.reader, leaving=leaving)
         else:
             for purger in self.purgers:
                 purger.purge(
