@@ -722,6 +722,10 @@ def test_an_idle_input_partition_does_not_hold_the_windows_back(
     assert_exact(got, want, w.logs())
 
 
+# serial: the worker's reads after each stall must come faster than its 1 s idle timeout;
+# on two cores shared with three xdist workers they did not once (CI on 3 Dec: 7 windows of
+# 528 closed early), which is the machine's load, not the stall this test is about
+@pytest.mark.serial
 def test_a_stalled_worker_does_not_take_its_own_stall_for_idle_partitions(
     tmp_path: Path, bootstrap: str, make_topic: Callable[..., str]
 ) -> None:
