@@ -295,13 +295,18 @@ class TaskWorker:
         self.tasks.suspend(cast(Sequence[TP], parts))
 
     def checkpoint(self, leaving: Sequence[TP] = ()) -> None:
-        """Checkpoint every task; after an aborted transaction, rewind them to the last one
-        (the input of those ``leaving`` stays where it is: their next owner, this worker
-        included, reads from the commit)."""
+        """Checkpoint every task. If the transaction aborts instead (its commit failed, or it
+        refused a write of the checkpoint), the tasks go back to the last one
+        (:meth:`_back_to_checkpoint`)."""
         assert self.reader is not None
         self._positions()
-        if not self.checkpoints.checkpoint(self.tasks.running, self.reader):
-            self.tasks.rewind(self.reader, leaving=leaving)
+        try:
+            committed = self.checkpoints.checkpoint(self.tasks.running, self.reader)
+        except SinkError as exc:  # in a revocation too: the partitions leaving are spared
+            self._abandon(exc, leaving)
+            return
+        if not committed:
+            self._back_to_checkpoint(leaving)
         else:
             for purger in self.purgers:
                 purger.purge(
@@ -312,6 +317,20 @@ class TaskWorker:
                         if t == purger.topic and offset is not None
                     }
                 )
+
+    def _abandon(self, failure: SinkError, leaving: Sequence[TP] = ()) -> None:
+        """A write failed: if the open transaction refused it, the transaction is aborted and
+        the tasks go back to the last checkpoint; any other failure is raised."""
+        if not self.checkpoints.abandon(failure):
+            raise failure
+        self._back_to_checkpoint(leaving)
+
+    def _back_to_checkpoint(self, leaving: Sequence[TP] = ()) -> None:
+        """After an aborted transaction: every task restored from its last checkpoint and its
+        input sought back to it. The input of the partitions ``leaving`` stays where it is:
+        their next owner, this worker included, reads from the commit."""
+        assert self.reader is not None
+        self.tasks.rewind(self.reader, leaving=leaving)
 
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -327,10 +346,7 @@ class TaskWorker:
                 try:
                     self._step(reader)
                 except SinkError as exc:
-                    # a write the transaction refused: back to the last checkpoint
-                    if not self.checkpoints.abandon(exc):
-                        raise
-                    self.tasks.rewind(reader)
+                    self._abandon(exc)
             self.checkpoint()
             self._state = "stopped"
         except BaseException as exc:  # reported by status()/exception, never silent

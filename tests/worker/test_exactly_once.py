@@ -504,7 +504,8 @@ def test_a_rewind_reads_again_what_the_aborted_transaction_held(
     data = records(6_000)
     Feeder(bootstrap, topic, data, rate=50_000).start().wait()
     commit = transactions.Checkpoints._commit
-    aborted: list[bool] = []
+    aborted: list[bool] = []  # commits aborted on purpose
+    writes: list[None] = []  # writes to the repartition topic (the third is refused)
 
     def abort_the_first(self: Any, offsets: list[Any], reader: Any) -> bool:
         if aborted:
@@ -522,8 +523,8 @@ def test_a_rewind_reads_again_what_the_aborted_transaction_held(
         write = topology.produce
 
         def refuse_the_third(*args: Any, **kwargs: Any) -> None:
-            aborted.append(False)
-            if len(aborted) == 3:
+            writes.append(None)
+            if len(writes) == 3:
                 try:
                     raise KafkaException(KafkaError(KafkaError._STATE))
                 except KafkaException as exc:  # as client.produce reports it
@@ -567,9 +568,101 @@ def test_a_rewind_reads_again_what_the_aborted_transaction_held(
         got = committed_output(bootstrap, out, sum(want.values()), timeout=60)
     finally:
         worker.stop()
-    assert len(aborted) >= (3 if fault == "write_refused" else 1), "no fault: nothing tested"
+    assert (len(writes) >= 3) if fault == "write_refused" else aborted, "no fault: nothing tested"
     assert fault != "seek_refused" or refused, "no seek was refused"
     assert worker.status()["state"] == "stopped", worker.exception
+    assert_exact(got, want, "")
+
+
+def test_a_checkpoint_write_refused_while_partitions_leave_rewinds_the_rest(
+    tmp_path: Path,
+    bootstrap: str,
+    make_topic: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second worker joins the group, so the first checkpoints the partitions it gives up
+    (in the consumer's revocation callback); the open transaction refuses a changelog write
+    of that checkpoint. The transaction is aborted and the tasks go back to their last
+    checkpoint as after any refused write, but the partitions leaving are not sought (a
+    consumer refuses seeks on partitions it is giving up: such a seek used to be retried
+    until the worker failed), and they still leave. The two workers' output is exact.
+
+    The refusal is simulated (librdkafka refuses so once the transaction has failed, which
+    depends on the broker's timing); the rebalance, the abort and the rewind are real."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    import streamnb as sn
+    from streamnb.exceptions import SinkError
+    from streamnb.worker import changelog
+    from streamnb.worker.run import start
+    from streamnb.worker.tasks import TaskWorker
+
+    topic, out = make_topic(PARTITIONS), make_topic(1)
+    data = records(9_000)
+    feeder = Feeder(bootstrap, topic, data, rate=1_500).start()
+    revoking = threading.local()
+    revoked, write = TaskWorker.revoked, changelog.produce
+    refused: list[None] = []
+
+    def revoked_marked(self: TaskWorker, parts: Any) -> None:
+        revoking.now = True
+        try:
+            revoked(self, parts)
+        finally:
+            revoking.now = False
+
+    def refuse_once_in_a_revocation(*args: Any, **kwargs: Any) -> None:
+        if getattr(revoking, "now", False) and not refused:
+            refused.append(None)
+            try:
+                raise KafkaException(KafkaError(KafkaError._STATE))
+            except KafkaException as exc:  # as client.produce reports it
+                raise SinkError("cannot write to the changelog") from exc
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(TaskWorker, "revoked", revoked_marked)
+    monkeypatch.setattr(changelog, "produce", refuse_once_in_a_revocation)
+    stream = (
+        sn.from_kafka(
+            topic,
+            bootstrap_servers=bootstrap,
+            timestamp="t",
+            start="earliest",
+            schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64},
+        )
+        .window(sn.Tumbling("10s"), by="k")
+        .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
+        .to_kafka(out, bootstrap_servers=bootstrap)
+    )
+    group = f"leave-{time.monotonic_ns()}"
+
+    def worker(name: str) -> Any:
+        return start(
+            stream,
+            name=name,
+            guarantee="exactly_once",
+            group_id=group,
+            checkpoint_interval="300ms",
+            state_dir=tmp_path / name,
+        )
+
+    first = worker("first")
+    second = None
+    try:
+        deadline = time.monotonic() + 60
+        while first.status()["records_in"] < 1_500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = worker("second")  # the first gives up partitions while records flow
+        feeder.wait()
+        want = reference(data)
+        got = committed_output(bootstrap, out, sum(want.values()), timeout=90)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert refused, "no changelog write in a revocation: nothing tested"
+    assert first.status()["state"] == "stopped", first.exception
+    assert second.status()["state"] == "stopped", second.exception
     assert_exact(got, want, "")
 
 
