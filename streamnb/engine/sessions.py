@@ -9,8 +9,10 @@ processing builds exactly the connected components of "less than ``gap`` apart" 
 sessions and the new records, which one sort and one cumulative max compute for the whole
 run. A suspect (rare: out of order by more than delay + grace) that can neither open a
 session nor reach one within ``gap`` is late whatever comes before it: all such are set aside
-in one vectorised pass (a clock far behind makes many). Each other suspect is handled alone
-against the sessions open at its moment. Sessions close at the end of the batch.
+in one vectorised pass (a clock far behind makes many). Each other suspect is a run of its
+own, taken against the sessions of its key open at its moment. Keys never share a session,
+so the runs are taken in *steps*, each holding every key's next run: a batch costs as many
+steps as its busiest key has runs. Sessions close at the end of the batch.
 """
 
 from __future__ import annotations
@@ -128,8 +130,8 @@ class SessionOperator(WindowOperatorBase):
         had_sessions = len(self.sessions) > 0
         mark = self.sessions.mark()
         self.replaced = []
-        for part, lone in self._runs(stamped):
-            self._merge(part, suspect=lone, mark=mark)
+        for part in self._steps(stamped):
+            self._merge(part, mark=mark)
         out: list[pl.DataFrame] = []
         deletes = None
         if self.emit == "update" and len(self.sessions):
@@ -154,24 +156,23 @@ class SessionOperator(WindowOperatorBase):
         closed = self._close(POS_INF) if self.indexed else self._close_whole(POS_INF)
         return Delta(pl.concat(closed) if closed else self.nothing())
 
-    def _merge(self, records: pl.DataFrame, *, suspect: bool, mark: int) -> None:
-        """Add a run of records (or one suspect) to the sessions open before its first record.
+    def _merge(self, records: pl.DataFrame, *, mark: int) -> None:
+        """Add a step (per key, a run of records or one suspect) to the sessions open before
+        each key's run.
 
-        Sessions that closed before the run are left alone: nothing in the run can link to
+        Sessions that closed before a run are left alone: nothing in the run can link to
         them, but they may lie within ``gap`` of sessions opened since (closing is deferred
         to the end of the batch), and must not be chained to those.
         """
         groups = self.by
-        watermark = records[WATERMARK][0]
         affected, hits = None, None
         if len(self.sessions):
-            keys = records.select(groups).unique() if groups else records.head(1)
-            hits = self.sessions.find(self._hashes(keys))
+            starts = self._run_watermarks(records)
+            hits = self.sessions.find(self._hashes(starts))
             affected = hits.rows.with_row_index(HIT)
-            if groups:  # the keys themselves, not only their hash
-                affected = affected.join(keys, on=groups, how="semi", nulls_equal=True)
-            affected = affected.filter(pl.col(SESSION_END) + self.gap + self.grace > watermark)
-        components = self._link(records, affected, suspect=suspect, watermark=watermark)
+            # open at the run's start (null: another key under the same hash)
+            affected = affected.filter(self._open_at(affected, starts).fill_null(False))
+        components = self._link(records, affected)
         if components is None:
             return
         links, record_comp, parts = components
@@ -267,32 +268,51 @@ class SessionOperator(WindowOperatorBase):
         self._late(stamped, mask)
         return stamped.filter(~mask)
 
-    def _runs(self, stamped: pl.DataFrame) -> Iterator[tuple[pl.DataFrame, bool]]:
-        """A batch cut into runs of ordinary records, each suspect a run of its own, in
-        arrival order; with whether the run is a lone suspect."""
+    def _steps(self, stamped: pl.DataFrame) -> Iterator[pl.DataFrame]:
+        """A batch cut into steps. Per key, its records are cut into runs of ordinary records,
+        each suspect a run of its own, in arrival order; step ``i`` holds every key's ``i``-th
+        run. Keys never meet in a session, so a step takes all its keys' runs at once, and a
+        batch takes as many steps as its busiest key has runs, not as many as it has suspects.
+        A step with suspects marks them (column ``SUSPECT``)."""
         suspect = (pl.col(TIME) + self.grace < pl.col(WATERMARK)).alias(SUSPECT)
         flags = stamped.select(suspect).to_series()
         if not flags.any():
-            yield stamped, False
+            yield stamped
             return
-        run = (flags | flags.shift(1, fill_value=False)).cum_sum()
-        for part in stamped.with_columns(run.alias(RUN)).partition_by(
-            RUN, maintain_order=True, include_key=False
-        ):
-            yield part, part.height == 1 and part[TIME][0] + self.grace < part[WATERMARK][0]
+        starts = pl.col(SUSPECT) | pl.col(SUSPECT).shift(1, fill_value=False)
+        run = starts.cum_sum().over(self.by) if self.by else starts.cum_sum()
+        steps = stamped.with_columns(flags).with_columns(run.alias(RUN))
+        parts = steps.partition_by(RUN, as_dict=True, maintain_order=True, include_key=False)
+        for _, part in sorted(parts.items()):  # a key's runs in its order
+            yield part if part.get_column(SUSPECT).any() else part.drop(SUSPECT)
+
+    def _run_watermarks(self, records: pl.DataFrame) -> pl.DataFrame:
+        """Each key of a step with the watermark before its run (``WATERMARK``)."""
+        if not self.by:
+            return records.select(pl.col(WATERMARK).first())
+        return records.group_by(self.by, maintain_order=True).agg(pl.col(WATERMARK).first())
+
+    def _open_at(self, sessions: pl.DataFrame, starts: pl.DataFrame) -> pl.Series:
+        """Whether each of ``sessions`` (of a step's keys) is open when its key's run begins
+        (``starts``: :meth:`_run_watermarks`): as column ``WATERMARK``, null for the sessions
+        of keys not in the step."""
+        if self.by:
+            at = sessions.join(
+                starts, on=self.by, how="left", nulls_equal=True, maintain_order="left"
+            ).get_column(WATERMARK)
+        else:
+            at = pl.repeat(starts.item(), sessions.height, dtype=pl.Int64, eager=True)
+        ends = sessions.get_column(SESSION_END)
+        return (ends + (self.gap + self.grace) > at).alias(WATERMARK)
 
     def _link(
-        self,
-        records: pl.DataFrame,
-        affected: pl.DataFrame | None,
-        *,
-        suspect: bool,
-        watermark: int,
+        self, records: pl.DataFrame, affected: pl.DataFrame | None
     ) -> tuple[pl.DataFrame, pl.DataFrame, list[pl.DataFrame]] | None:
-        """The connected components of a run of records and the open sessions ``affected``
+        """The connected components of a step's records and the open sessions ``affected``
         (less than ``gap`` apart, per key): the links (records and sessions, each with its
         ``COMPONENT``), each record's component, and the records' partials per component.
-        ``None`` when the run is one late suspect (set aside as late)."""
+        A suspect that would open a session already closed is set aside as late; ``None``
+        when no record is left."""
         groups = self.by
         intervals = [
             records.select(
@@ -319,12 +339,20 @@ class SessionOperator(WindowOperatorBase):
             pl.col(ROW).alias(SEQ), COMPONENT
         )
         records = records.join(record_comp, on=SEQ, how="left")
-        if suspect:
-            lone = links.group_by(COMPONENT).agg(pl.col(ROW).is_null().any().not_().alias("lone"))
-            starts_new = lone.join(record_comp, on=COMPONENT).get_column("lone")[0]
-            if starts_new and records.get_column(TIME)[0] + self.gap + self.grace <= watermark:
-                self._late(records.drop(COMPONENT), pl.Series([True]))
-                return None
+        if SUSPECT in records.columns:
+            # a suspect is a run of its own: its component holds a session, or only itself
+            linked = links.filter(pl.col(ROW).is_null()).get_column(COMPONENT).unique()
+            late = records.select(
+                pl.col(SUSPECT)
+                & ~pl.col(COMPONENT).is_in(linked.implode())
+                & (pl.col(TIME) + (self.gap + self.grace) <= pl.col(WATERMARK))
+            ).to_series()
+            records = records.drop(SUSPECT)
+            if late.any():
+                self._late(records.drop(COMPONENT), late)
+                records = records.filter(~late)
+                if not records.height:
+                    return None
         parts = [
             self.agg.partial(
                 self.agg.prepare(records, [COMPONENT, *groups]), [COMPONENT, *groups]
@@ -355,8 +383,8 @@ class SessionOperator(WindowOperatorBase):
         )
         if self.whole is not None and self.emit == "update":
             self.whole = self.whole.with_columns(pl.lit(False).alias(TOUCHED))
-        for part, lone in self._runs(stamped):
-            self._merge_whole(part, suspect=lone)
+        for part in self._steps(stamped):
+            self._merge_whole(part)
         out: list[pl.DataFrame] = []
         deletes = None
         if self.emit == "update" and self.whole is not None:
@@ -370,25 +398,16 @@ class SessionOperator(WindowOperatorBase):
         out.extend(self._close_whole(self.watermark))
         return Delta(pl.concat(out) if out else self.nothing(), deletes)
 
-    def _merge_whole(self, records: pl.DataFrame, *, suspect: bool) -> None:
+    def _merge_whole(self, records: pl.DataFrame) -> None:
         """:meth:`_merge` on the frame of open sessions (see there)."""
         groups = self.by
-        watermark = records[WATERMARK][0]
-        keys = records.select(groups).unique() if groups else None
         state = self.whole
         if state is None:
             affected, rest = None, None
-        elif keys is not None:
-            affected = state.join(keys, on=groups, how="semi", nulls_equal=True)
-            rest = state.join(keys, on=groups, how="anti", nulls_equal=True)
         else:
-            affected, rest = state, None
-        if affected is not None:
-            is_open = pl.col(SESSION_END) + self.gap + self.grace > watermark
-            closed = affected.filter(~is_open)
-            affected = affected.filter(is_open)
-            rest = closed if rest is None else pl.concat([rest, closed])
-        components = self._link(records, affected, suspect=suspect, watermark=watermark)
+            is_open = self._open_at(state, self._run_watermarks(records)).fill_null(False)
+            affected, rest = state.filter(is_open), state.filter(~is_open)
+        components = self._link(records, affected)
         if components is None:
             return
         links, record_comp, parts = components
