@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import polars as pl
 import pytest
@@ -471,6 +471,37 @@ def test_broker_restart_exactly_once(workers: Any, bootstrap: str, kafka_broker:
     assert_exact(got, want, w.logs())
 
 
+def windows_to_kafka(bootstrap: str, topic: str, out: str) -> Any:
+    """JOB's query, in this process, with its output to ``out``."""
+    import streamnb as sn
+
+    return (
+        sn.from_kafka(
+            topic,
+            bootstrap_servers=bootstrap,
+            timestamp="t",
+            start="earliest",
+            schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64},
+        )
+        .window(sn.Tumbling("10s"), by="k")
+        .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
+        .to_kafka(out, bootstrap_servers=bootstrap)
+    )
+
+
+def refuse_a_write(to: str) -> NoReturn:
+    """Fail a write as ``streamnb.io.kafka.client.produce`` reports a refusal of an open
+    transaction that has failed: a SinkError caused by librdkafka's "Erroneous state"."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from streamnb.exceptions import SinkError
+
+    try:
+        raise KafkaException(KafkaError(KafkaError._STATE))
+    except KafkaException as exc:
+        raise SinkError(f"cannot write to {to}") from exc
+
+
 @pytest.mark.parametrize("fault", ["first_commit_aborted", "seek_refused", "write_refused"])
 def test_a_rewind_reads_again_what_the_aborted_transaction_held(
     tmp_path: Path,
@@ -495,8 +526,6 @@ def test_a_rewind_reads_again_what_the_aborted_transaction_held(
     from confluent_kafka import Consumer as RealConsumer
     from confluent_kafka import KafkaError, KafkaException
 
-    import streamnb as sn
-    from streamnb.exceptions import SinkError
     from streamnb.worker import transactions
     from streamnb.worker.run import start
 
@@ -525,10 +554,7 @@ def test_a_rewind_reads_again_what_the_aborted_transaction_held(
         def refuse_the_third(*args: Any, **kwargs: Any) -> None:
             writes.append(None)
             if len(writes) == 3:
-                try:
-                    raise KafkaException(KafkaError(KafkaError._STATE))
-                except KafkaException as exc:  # as client.produce reports it
-                    raise SinkError("cannot write to the repartition topic") from exc
+                refuse_a_write("the repartition topic")
             write(*args, **kwargs)
 
         monkeypatch.setattr(topology, "produce", refuse_the_third)
@@ -543,18 +569,7 @@ def test_a_rewind_reads_again_what_the_aborted_transaction_held(
                 super().seek(partition)
 
         monkeypatch.setattr("confluent_kafka.Consumer", RefusingSeeks)
-    stream = (
-        sn.from_kafka(
-            topic,
-            bootstrap_servers=bootstrap,
-            timestamp="t",
-            start="earliest",
-            schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64},
-        )
-        .window(sn.Tumbling("10s"), by="k")
-        .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
-        .to_kafka(out, bootstrap_servers=bootstrap)
-    )
+    stream = windows_to_kafka(bootstrap, topic, out)
     worker = start(
         stream,
         name="rewind",
@@ -589,10 +604,7 @@ def test_a_checkpoint_write_refused_while_partitions_leave_rewinds_the_rest(
 
     The refusal is simulated (librdkafka refuses so once the transaction has failed, which
     depends on the broker's timing); the rebalance, the abort and the rewind are real."""
-    from confluent_kafka import KafkaError, KafkaException
 
-    import streamnb as sn
-    from streamnb.exceptions import SinkError
     from streamnb.worker import changelog
     from streamnb.worker.run import start
     from streamnb.worker.tasks import TaskWorker
@@ -618,26 +630,12 @@ def test_a_checkpoint_write_refused_while_partitions_leave_rewinds_the_rest(
     def refuse_once_in_a_revocation(*args: Any, **kwargs: Any) -> None:
         if getattr(revoking, "now", False) and not refused:
             refused.append(None)
-            try:
-                raise KafkaException(KafkaError(KafkaError._STATE))
-            except KafkaException as exc:  # as client.produce reports it
-                raise SinkError("cannot write to the changelog") from exc
+            refuse_a_write("the changelog")
         write(*args, **kwargs)
 
     monkeypatch.setattr(TaskWorker, "revoked", revoked_marked)
     monkeypatch.setattr(changelog, "produce", refuse_once_in_a_revocation)
-    stream = (
-        sn.from_kafka(
-            topic,
-            bootstrap_servers=bootstrap,
-            timestamp="t",
-            start="earliest",
-            schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64},
-        )
-        .window(sn.Tumbling("10s"), by="k")
-        .agg(pl.len().alias("n"), pl.col("v").sum().alias("total"))
-        .to_kafka(out, bootstrap_servers=bootstrap)
-    )
+    stream = windows_to_kafka(bootstrap, topic, out)
     group = f"leave-{time.monotonic_ns()}"
 
     def worker(name: str) -> Any:
