@@ -215,7 +215,7 @@ class SessionOperator(WindowOperatorBase):
         key within ``gap`` of ``t``. Without one, the suspect is late whatever the batch does
         before it, and changes nothing: all of them are found in one vectorised pass, where
         the runs would take each alone (about 18 polars queries each). The others stay
-        suspects, taken alone as before. Keys are compared by hash (a collision only keeps a
+        suspects (:meth:`_steps`). Keys are compared by hash (a collision only keeps a
         suspect)."""
         if not stamped.height:
             return stamped
@@ -294,8 +294,7 @@ class SessionOperator(WindowOperatorBase):
 
     def _open_at(self, sessions: pl.DataFrame, starts: pl.DataFrame) -> pl.Series:
         """Whether each of ``sessions`` (of a step's keys) is open when its key's run begins
-        (``starts``: :meth:`_run_watermarks`): as column ``WATERMARK``, null for the sessions
-        of keys not in the step."""
+        (``starts``: :meth:`_run_watermarks`); null for the sessions of keys not in the step."""
         if self.by:
             at = sessions.join(
                 starts, on=self.by, how="left", nulls_equal=True, maintain_order="left"
@@ -303,7 +302,7 @@ class SessionOperator(WindowOperatorBase):
         else:
             at = pl.repeat(starts.item(), sessions.height, dtype=pl.Int64, eager=True)
         ends = sessions.get_column(SESSION_END)
-        return (ends + (self.gap + self.grace) > at).alias(WATERMARK)
+        return ends + (self.gap + self.grace) > at
 
     def _link(
         self, records: pl.DataFrame, affected: pl.DataFrame | None
