@@ -1,10 +1,12 @@
-"""The runner's batch budget and the frozen heap: units of ``streamnb.engine.executor`` and
-``streamnb.engine.heap`` (the runner itself is exercised by every query test)."""
+"""The runner's batch budget, the frozen heap and held collections: units of
+``streamnb.engine.executor`` and ``streamnb.engine.heap`` (the runner itself is exercised by
+every query test)."""
 
 from __future__ import annotations
 
 import gc
 import random
+import weakref
 
 import numpy as np
 import polars as pl
@@ -81,6 +83,67 @@ def test_the_heap_is_frozen_while_a_query_runs_and_thawed_after() -> None:
     assert gc.get_freeze_count() == 0
     sn.from_records([{"a": 1}]).collect()  # a query freezes and thaws it
     assert gc.get_freeze_count() == 0
+
+
+def test_collections_are_off_while_a_hold_is_held_and_on_after_the_last() -> None:
+    holds = heap._Holds()
+    assert gc.isenabled()
+    first, second = holds.hold(), holds.hold()
+    assert not gc.isenabled() and holds.holds == 2
+    first.release()
+    first.release()  # released once only
+    assert not gc.isenabled() and holds.holds == 1
+    second.release()
+    assert gc.isenabled() and holds.holds == 0
+
+
+def test_a_dropped_hold_is_released() -> None:
+    holds = heap._Holds()
+    hold = holds.hold()
+    assert not gc.isenabled()
+    del hold
+    assert gc.isenabled() and holds.holds == 0
+
+
+def test_a_collector_disabled_before_stays_disabled() -> None:
+    holds = heap._Holds()
+    gc.disable()
+    try:
+        hold = holds.hold()
+        hold.release()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a cycle: only the collector frees it
+
+
+def test_holds_held_for_long_still_collect_cycles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catch-up always has a fetch in flight: releasing one of its holds once
+    ``COLLECT_SECONDS`` have passed collects the young generations, and every ``FULL_EVERY``-th
+    time the whole heap."""
+    holds = heap._Holds()
+    pipeline = holds.hold()  # never released meanwhile
+    try:
+        node = Node()
+        dead = weakref.ref(node)
+        del node
+        holds.hold().release()  # before COLLECT_SECONDS: nothing collected
+        assert dead() is not None
+        monkeypatch.setattr(heap, "COLLECT_SECONDS", 0.0)
+        full = gc.get_stats()[2]["collections"]
+        holds.hold().release()
+        assert dead() is None
+        for _ in range(2 * heap.FULL_EVERY - 1):
+            holds.hold().release()
+        assert gc.get_stats()[2]["collections"] - full == 2
+        assert not gc.isenabled()
+    finally:
+        pipeline.release()
+    assert gc.isenabled()
 
 
 def test_a_latency_budget_keeps_results_exact() -> None:

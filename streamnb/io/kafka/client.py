@@ -36,6 +36,8 @@ __all__ = [
     "client_config",
     "connect",
     "consume_available",
+    "consume_first",
+    "consume_more",
     "peek",
     "produce",
     "resolve_bootstrap",
@@ -154,13 +156,23 @@ def consume_available(consumer: Any, max_records: int, timeout: float) -> list[A
     the whole timeout, and that time becomes latency. This takes what is there at once, and
     waits only when nothing is.
     """
+    return consume_more(consumer, consume_first(consumer, max_records, timeout), max_records)
+
+
+def consume_first(consumer: Any, max_records: int, timeout: float) -> list[Any]:
+    """What :func:`consume_available` takes first: a chunk of what has arrived, or else the
+    first message to arrive within ``timeout`` seconds (none if none did)."""
     messages: list[Any] = consumer.consume(num_messages=min(max_records, CHUNK), timeout=0)
-    if not messages:
-        if timeout <= 0:
-            return messages
+    if not messages and timeout > 0:
         messages = consumer.consume(num_messages=1, timeout=timeout)
-        if not messages:
-            return messages
+    return messages
+
+
+def consume_more(consumer: Any, messages: list[Any], max_records: int) -> list[Any]:
+    """``messages`` (from :func:`consume_first`) and what else has arrived, up to
+    ``max_records`` in all, without waiting."""
+    if not messages:
+        return messages
     while len(messages) < max_records:
         more = consumer.consume(num_messages=min(max_records - len(messages), CHUNK), timeout=0)
         if not more:

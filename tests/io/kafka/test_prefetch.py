@@ -6,6 +6,7 @@ thread behind."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 import streamnb as sn
+from streamnb.engine import heap
 from streamnb.engine.core import Context
 from streamnb.io.kafka.client import consume_available
 from streamnb.io.sources.kafka import KafkaReader
@@ -266,3 +268,27 @@ def test_stopping_leaves_no_thread(
     reader.close()
     after = {t for t in threading.enumerate() if t.name.startswith("streamnb")}
     assert after - before == set()
+    # what was fetched and not decoded holds collections off no longer
+    assert heap._holds.holds == 0 and gc.isenabled()
+
+
+def test_collections_are_held_off_only_while_fetched_messages_wait(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    produce(topic, records(20_000))
+    reader = open_reader(topic, bootstrap)
+    try:
+        got: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(got) < 20_000 and time.monotonic() < deadline:
+            rows = reader.read(5_000, 10.0)
+            if rows is not None:
+                got += rows["id"].to_list()
+        assert got == list(range(20_000))
+        deadline = time.monotonic() + 30  # nothing more to fetch: the threads idle or park
+        while heap._holds.holds and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert heap._holds.holds == 0 and gc.isenabled()
+    finally:
+        reader.close()
+    assert heap._holds.holds == 0 and gc.isenabled()

@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from streamnb.engine import heap
+
 JOIN_SECONDS = 5.0
 """How long stopping waits for the thread (it waits at most ``WAIT_SECONDS`` in a fetch, then
 finishes decoding that batch)."""
@@ -87,6 +89,14 @@ class Fetch:
     """The fetched messages, until they are decoded."""
     member_frames: list[pl.DataFrame | None] = field(default_factory=list)
     extra_messages: list[Any] = field(default_factory=list)
+    holds: list[heap.Hold] = field(default_factory=list)
+    """Collections held off while ``messages`` are alive (:func:`streamnb.engine.heap.hold`)."""
+
+    def release(self) -> None:
+        """The messages were decoded and freed: collections may run again."""
+        holds, self.holds = self.holds, []
+        for hold in holds:
+            hold.release()
 
     @property
     def rows(self) -> int:
@@ -107,12 +117,15 @@ class Fetch:
             positions=next((f.positions for f in reversed(fetches) if f.positions), None),
             messages=[m for f in with_records for m in f.messages],
             extra_messages=[m for f in fetches for m in f.extra_messages],
+            holds=[h for f in fetches for h in f.holds],
         )
         if with_records:
             out.numbers = np.concatenate([f.numbers for f in with_records])
             out.offsets = np.concatenate([f.offsets for f in with_records])
             if with_records[0].topics is not None:
                 out.topics = [t for f in with_records for t in f.topics or ()]
+        for f in fetches:  # moved to ``out``: freed, and released, with it
+            f.messages, f.holds = [], []
         return out
 
 
@@ -305,3 +318,6 @@ class Prefetcher:
         for thread in self._threads:
             if threading.current_thread() is not thread:
                 thread.join(JOIN_SECONDS)
+        with self._cond:
+            for fetch in (*self._raw, *self._items):
+                fetch.release()

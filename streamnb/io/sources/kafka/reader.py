@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import polars as pl
 
+from streamnb.engine import heap
 from streamnb.engine.core import Context, ListeningClock, error_from_python
 from streamnb.engine.source import PartOwner, PartView, Reader
 from streamnb.exceptions import ConfigError, SourceError
-from streamnb.io.kafka.client import client_config, consume_available, kafka_reason
+from streamnb.io.kafka.client import client_config, consume_first, consume_more, kafka_reason
 from streamnb.io.sources.kafka.commits import GroupCommits
 from streamnb.io.sources.kafka.decode import MessageDecoder
 from streamnb.io.sources.kafka.prefetch import Fetch, Prefetcher
@@ -393,11 +394,27 @@ class KafkaReader(Reader):
         """Fetch the next messages. It touches nothing the query's thread reads: a
         :class:`Prefetcher` runs it on a thread of its own, the only one that calls the
         consumer."""
-        from confluent_kafka import Message
-
         if self._commits is not None:
             self._commits.send()  # what the query has processed (released) so far
-        messages = consume_available(self._consumer, max_records, timeout)
+        messages = consume_first(self._consumer, max_records, timeout)
+        if not messages:  # waited for nothing: collections were never held off
+            return self._fetch_of(messages)
+        hold = heap.hold()  # from the first chunk until its messages are freed
+        try:
+            fetch = self._fetch_of(consume_more(self._consumer, messages, max_records))
+        except BaseException:
+            hold.release()
+            raise
+        if fetch.messages:
+            fetch.holds.append(hold)
+        else:
+            hold.release()
+        return fetch
+
+    def _fetch_of(self, messages: list[Any]) -> Fetch:
+        """A :class:`Fetch` of what ``Consumer.consume`` returned (see :meth:`_consume`)."""
+        from confluent_kafka import Message
+
         reports: list[Callable[[], None]] = []
         if any(map(Message.error, messages)):
             messages = self._without_errors(messages, reports)
@@ -435,13 +452,21 @@ class KafkaReader(Reader):
         """Decode what :meth:`_consume` fetched (a :class:`Prefetcher` runs it on a thread of
         its own, while the next fetch is made)."""
         messages, fetch.messages = fetch.messages, []
-        if not messages:
-            return fetch
+        try:
+            if messages:
+                self._decode_messages(fetch, messages)
+        finally:
+            del messages
+            fetch.release()
+        return fetch
+
+    def _decode_messages(self, fetch: Fetch, messages: list[Any]) -> None:
+        """Decode ``messages``, the messages of ``fetch``, into its frames."""
         assert fetch.numbers is not None and fetch.offsets is not None
         numbers, topics, n = fetch.numbers, fetch.topics, len(messages)
         if len(self.sources) == 1:
             fetch.frame = self._decode(self._decoder, messages, fetch, fetch.pids, topics)
-            return fetch
+            return
         assert topics is not None  # several sources: several topics
         which = np.fromiter(map(self._source_of.__getitem__, topics), dtype=np.int64, count=n)
         frames: list[pl.DataFrame | None] = []
@@ -462,7 +487,6 @@ class KafkaReader(Reader):
             )
             fetch.failure = fetch.failure if fetch.failure is not None else part.failure
         fetch.frame, fetch.member_frames = frames[0], frames[1:]
-        return fetch
 
     def _decode(
         self,
