@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 import streamnb as sn
 from streamnb.engine import heap
 from streamnb.engine.core import Context
-from streamnb.io.kafka.client import consume_available
+from streamnb.io.kafka.client import CHUNK, consume_available
 from streamnb.io.sources.kafka import KafkaReader
 from streamnb.io.sources.kafka.prefetch import FULL_TAKES, LIGHT_TAKES, Fetch
 from tests.io.kafka.test_source import run_until
@@ -270,6 +270,38 @@ def test_stopping_leaves_no_thread(
     assert after - before == set()
     # what was fetched and not decoded holds collections off no longer
     assert heap._holds.holds == 0 and gc.isenabled()
+
+
+def test_a_backlog_holds_collections_off_until_its_messages_are_decoded(
+    topic: str, produce: Produce, bootstrap: str
+) -> None:
+    """Fetched on the calling thread (no prefetching): a fetch whose first chunk is full (a
+    backlog) holds collections off until it is decoded; a fetch of what trickles in does not."""
+    produce(topic, records(20_000))
+    source = sn.from_kafka(topic, bootstrap_servers=bootstrap, start="earliest").plan.sources()[0]
+    reader = KafkaReader(source, Context(), prefetch=False)  # type: ignore[arg-type]
+    try:
+        got: list[int] = []
+        backlogs = 0
+        deadline = time.monotonic() + 60
+        while len(got) < 20_000 and time.monotonic() < deadline:
+            fetch = reader._consume(10_000, 10.0)
+            if heap._holds.holds:  # its first chunk came full: a backlog
+                assert heap._holds.holds == 1 and len(fetch.messages) >= CHUNK
+                assert not gc.isenabled()
+                backlogs += 1
+            else:
+                assert gc.isenabled()
+            reader._decode_fetch(fetch)
+            assert heap._holds.holds == 0 and gc.isenabled()
+            if fetch.frame is not None:
+                got += fetch.frame["id"].to_list()
+        assert got == list(range(20_000)) and backlogs > 0
+        produce(topic, records(3, 20_000))
+        fetch = reader._consume(10_000, 10.0)
+        assert len(fetch.messages) == 3 and heap._holds.holds == 0 and gc.isenabled()
+    finally:
+        reader.close()
 
 
 def test_collections_are_held_off_only_while_fetched_messages_wait(

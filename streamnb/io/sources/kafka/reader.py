@@ -25,7 +25,13 @@ from streamnb.engine import heap
 from streamnb.engine.core import Context, ListeningClock, error_from_python
 from streamnb.engine.source import PartOwner, PartView, Reader
 from streamnb.exceptions import ConfigError, SourceError
-from streamnb.io.kafka.client import client_config, consume_first, consume_more, kafka_reason
+from streamnb.io.kafka.client import (
+    CHUNK,
+    client_config,
+    consume_first,
+    consume_more,
+    kafka_reason,
+)
 from streamnb.io.sources.kafka.commits import GroupCommits
 from streamnb.io.sources.kafka.decode import MessageDecoder
 from streamnb.io.sources.kafka.prefetch import Fetch, Prefetcher
@@ -397,9 +403,9 @@ class KafkaReader(Reader):
         if self._commits is not None:
             self._commits.send()  # what the query has processed (released) so far
         messages = consume_first(self._consumer, max_records, timeout)
-        if not messages:  # waited for nothing: collections were never held off
-            return self._fetch_of(messages)
-        hold = heap.hold()  # from the first chunk until its messages are freed
+        if len(messages) < min(max_records, CHUNK):  # no backlog: a young collection is cheap
+            return self._fetch_of(consume_more(self._consumer, messages, max_records))
+        hold = heap.hold()  # from the first chunk of a backlog until its messages are freed
         try:
             fetch = self._fetch_of(consume_more(self._consumer, messages, max_records))
         except BaseException:
