@@ -403,18 +403,19 @@ class KafkaReader(Reader):
         if self._commits is not None:
             self._commits.send()  # what the query has processed (released) so far
         messages = consume_first(self._consumer, max_records, timeout)
-        if len(messages) < min(max_records, CHUNK):  # no backlog: a young collection is cheap
-            return self._fetch_of(consume_more(self._consumer, messages, max_records))
-        hold = heap.hold()  # from the first chunk of a backlog until its messages are freed
+        # a backlog (its first chunk came full) holds collections off until its messages are
+        # freed; a live stream's small fetches leave the collector be (heap's docstring)
+        hold = heap.hold() if len(messages) >= min(max_records, CHUNK) else None
         try:
             fetch = self._fetch_of(consume_more(self._consumer, messages, max_records))
         except BaseException:
-            hold.release()
+            if hold is not None:
+                hold.release()
             raise
-        if fetch.messages:
+        if hold is not None:
             fetch.holds.append(hold)
-        else:
-            hold.release()
+            if not fetch.messages:  # nothing of its own to decode (errors, extra topics)
+                fetch.release()
         return fetch
 
     def _fetch_of(self, messages: list[Any]) -> Fetch:
