@@ -1308,8 +1308,11 @@ def markdown(
 ) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = benchutil.machine_info()
+    title = "Peers — Nexmark side by side (catch-up from Kafka, open-loop latency)"
+    if args.section != SECTION:
+        title = f"Peers, a run of {', '.join(ENGINES[e].label for e in engines)} (`{args.section}`)"
     lines = [
-        "## Peers — Nexmark side by side (catch-up from Kafka, open-loop latency)",
+        f"## {title}",
         "",
         f"_Written by `bench/peers.py` on {stamp}; "
         f"`{' '.join(['bench/peers.py', *sys.argv[1:]])}`._",
@@ -1484,6 +1487,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="seconds to wait for extra rows after the last expected one")  # fmt: skip
     p.add_argument("--bootstrap", default=None)
     p.add_argument("--out", type=Path, default=benchutil.BENCHMARKS_MD)
+    p.add_argument("--section", default=SECTION,
+                   help="the section of --out to write: a run of a few engines (say streamnb "
+                        "and the plain loop, many repeats) into a section of its own leaves the "
+                        f"whole peer table in '{SECTION}' as it is")  # fmt: skip
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--results-json", type=Path, default=PEERS / "results.json")
     a = p.parse_args(argv)
@@ -1633,7 +1640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = markdown(shown, engines, queries, args, broker, versions, loads)
     print()
     print(text)
-    benchutil.write_section(SECTION, text, args.out)
+    benchutil.write_section(args.section, text, args.out)
     bad = [r for r in results if r.status in ("mismatch", "crash")]
     return 1 if bad else 0
 
