@@ -1491,9 +1491,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the section of --out to write: a run of a few engines (say streamnb "
                         "and the plain loop, many repeats) into a section of its own leaves the "
                         f"whole peer table in '{SECTION}' as it is")  # fmt: skip
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--results-json", type=Path, default=PEERS / "results.json")
+    p.add_argument("--no-plots", action="store_true",
+                   help="leave the plots as they are (a --section run never draws them: they "
+                        "show the whole peer table)")  # fmt: skip
+    p.add_argument("--results-json", type=Path, default=None,
+                   help="every run's figures (default: bench/peers/results.json, or "
+                        "results-SECTION.json for another --section)")  # fmt: skip
     a = p.parse_args(argv)
+    if a.results_json is None:
+        name = "results.json" if a.section == SECTION else f"results-{a.section}.json"
+        a.results_json = PEERS / name
+    a.no_plots = a.no_plots or a.section != SECTION
     if a.repeats < 1:
         p.error(f"--repeats must be at least 1, not {a.repeats}")
     if a.broker_warmup < 0:
