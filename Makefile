@@ -74,6 +74,11 @@ bench: setup system-deps kafka schema-registry
 	if [ "$$(id -u)" = 0 ]; then $(PY) bench/disk_state.py --write; \
 	else echo "bench: disk_state.py skipped (needs root: sudo $(PY) bench/disk_state.py --write)"; fi
 	$(PY) bench/peers.py $(PEERS_ARGS)
+	$(PY) bench/peers.py $(LATENCY_FLOOR_ARGS)
+
+# streamnb against the plain loop alone, five runs a cell: the latency-floor section
+LATENCY_FLOOR_ARGS = --modes latency --engines streamnb,plain --latency-queries q1,w1 \
+	--rates 10000,50000 --latency-seconds 20 --repeats 5 --section latency-floor
 
 # streamnb next to Kafka Streams, Spark, Quix Streams, Bytewax, Faust and a plain consumer
 peers: setup system-deps kafka
