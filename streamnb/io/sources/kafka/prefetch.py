@@ -72,6 +72,9 @@ class Fetch:
     """When it was fetched (``time.monotonic()``)."""
     pids: np.ndarray
     """Each message's hidden partition id (for idle partitions)."""
+    parts: list[int] = field(default_factory=list)
+    """The distinct values of ``pids`` (usually one): what the bookkeeping of a fetch loops
+    over, found once per fetch (see :func:`distinct`)."""
     frame: pl.DataFrame | None = None
     """The decoded rows (``None``: no records)."""
     topics: list[str] | None = None
@@ -113,6 +116,7 @@ class Fetch:
         out = Fetch(
             last.at,
             np.concatenate([f.pids for f in fetches]),
+            list(dict.fromkeys(p for f in fetches for p in f.parts)),
             reports=[r for f in fetches for r in f.reports],
             positions=next((f.positions for f in reversed(fetches) if f.positions), None),
             messages=[m for f in with_records for m in f.messages],
@@ -127,6 +131,16 @@ class Fetch:
         for f in fetches:  # moved to ``out``: freed, and released, with it
             f.messages, f.holds = [], []
         return out
+
+
+def distinct(values: np.ndarray) -> list[int]:
+    """The distinct values of ``values`` (a fetch's partitions: usually one, never many)."""
+    if not len(values):
+        return []
+    first = values[0]
+    if (values == first).all():
+        return [int(first)]
+    return [int(v) for v in np.unique(values)]
 
 
 class Prefetcher:

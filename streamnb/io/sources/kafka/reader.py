@@ -27,6 +27,7 @@ from streamnb.engine.source import PartOwner, PartView, Reader
 from streamnb.exceptions import ConfigError, SourceError
 from streamnb.io.kafka.client import (
     CHUNK,
+    CLIENT_SETTINGS,
     client_config,
     consume_first,
     consume_more,
@@ -34,7 +35,7 @@ from streamnb.io.kafka.client import (
 )
 from streamnb.io.sources.kafka.commits import GroupCommits
 from streamnb.io.sources.kafka.decode import MessageDecoder
-from streamnb.io.sources.kafka.prefetch import Fetch, Prefetcher
+from streamnb.io.sources.kafka.prefetch import Fetch, Prefetcher, distinct
 
 if TYPE_CHECKING:
     from streamnb.io.sources.kafka.source import KafkaSource
@@ -437,9 +438,11 @@ class KafkaReader(Reader):
         else:
             numbers = np.fromiter(map(Message.partition, messages), dtype=np.int64, count=n)
         topics = cast(list[str], list(map(Message.topic, messages))) if len(self._lut) > 1 else None
+        pids = self._partition_ids(numbers, topics)
         fetch = Fetch(
             time.monotonic(),
-            self._partition_ids(numbers, topics),
+            pids,
+            distinct(pids),
             topics=topics,
             numbers=numbers,
             reports=reports,
@@ -450,9 +453,8 @@ class KafkaReader(Reader):
             fetch.offsets = _offsets(messages, one_partition=self._single is not None)
             fetch.messages = messages
             if self._owner is None:
-                for pid in _distinct(fetch.pids):
-                    last = int(fetch.offsets[np.flatnonzero(fetch.pids == pid)[-1]]) + 1
-                    self._consumed[self._parts[pid]] = last
+                for pid, (_, last) in _spans(fetch.parts, fetch.pids, fetch.offsets):
+                    self._consumed[self._parts[pid]] = last + 1
         return fetch
 
     def _decode_fetch(self, fetch: Fetch) -> Fetch:
@@ -515,6 +517,7 @@ class KafkaReader(Reader):
             cut = decoder.cut
             fetch.failure, decoder.failure = decoder.failure, None
             fetch.pids, fetch.offsets = fetch.pids[:cut], fetch.offsets[:cut]
+            fetch.parts = distinct(fetch.pids)
         return frame
 
     def _apply(self, fetch: Fetch) -> pl.DataFrame | None:
@@ -531,13 +534,13 @@ class KafkaReader(Reader):
             positions[key] = m.offset() + 1
         self.member_frames = fetch.member_frames or [None] * (len(self.sources) - 1)
         if self._owner is None:  # an owner's tasks read one partition each: none to wait for
-            self._mark_idle(fetch.at, fetch.pids)
+            self._mark_idle(fetch.at, fetch.parts)
         if fetch.positions is not None:
             self._fetched = fetch.positions
         self._measure_lag()
         if fetch.offsets is not None:
             self._last_records = fetch.at
-            self._remember(fetch.pids, fetch.offsets)
+            self._remember(fetch.parts, fetch.pids, fetch.offsets)
         self._failure = fetch.failure
         return fetch.frame
 
@@ -564,10 +567,12 @@ class KafkaReader(Reader):
                 reports.append(partial(self.ctx.error, row))
         return good
 
-    def _mark_idle(self, wall: float, pids: np.ndarray) -> None:
+    def _mark_idle(self, wall: float, fetched: list[int]) -> None:
+        """Partitions quiet for ``idle_ms`` are idle; ``fetched``: the hidden partition ids a
+        fetch at ``wall`` brought records of."""
         parts = self.ctx.partitions
         now = self._listening.tick(wall)  # a stall of the reader is not its partitions' silence
-        for pid in _distinct(pids):
+        for pid in fetched:
             self._last_seen[pid] = now
         idle_after = self.source.idle_ms / 1000
         mine = self._mine & parts.assigned
@@ -583,16 +588,14 @@ class KafkaReader(Reader):
         )
 
     # -- offsets -----------------------------------------------------------------------------
-    def _remember(self, pids: np.ndarray, offsets: np.ndarray) -> None:
-        """The next offset per partition (``pids``: each message's hidden partition id): for
-        the lag, and to commit once processed. Within a partition offsets rise in fetch
-        order, so its last message holds the largest."""
-        for pid in _distinct(pids):
+    def _remember(self, parts: list[int], pids: np.ndarray, offsets: np.ndarray) -> None:
+        """The next offset per partition (``pids``: each message's hidden partition id;
+        ``parts``: their distinct values): for the lag, and to commit once processed."""
+        for pid, (first, last) in _spans(parts, pids, offsets):
             key = topic, partition = self._parts[pid]
-            mine = np.flatnonzero(pids == pid)
             if key not in self._positions:  # reading began where the group's reset chose
-                self._origins[key] = int(offsets[mine[0]])
-            offset = int(offsets[mine[-1]]) + 1
+                self._origins[key] = first
+            offset = last + 1
             self._positions[key] = offset
             if self._commits is not None:
                 self._commits.note(topic, partition, offset)
@@ -729,6 +732,7 @@ class KafkaReader(Reader):
 
 CONSUMER_SETTINGS: Mapping[str, Any] = MappingProxyType(
     {
+        **CLIENT_SETTINGS,
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
         "enable.partition.eof": False,
@@ -742,7 +746,8 @@ CONSUMER_SETTINGS: Mapping[str, Any] = MappingProxyType(
     }
 )
 """The source's consumer settings (a user's ``config=`` overrides them); the benchmarks'
-plain consume -> produce loop uses the same."""
+plain consume -> produce loop uses the same (so they include what every client sets,
+:data:`~streamnb.io.kafka.client.CLIENT_SETTINGS`)."""
 
 PREFETCH_RECORDS = 50_000
 """The prefetching thread's batch size until the query asks for one (each read says)."""
@@ -769,14 +774,19 @@ def _offsets(messages: list[Any], *, one_partition: bool) -> np.ndarray:
     return np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
 
 
-def _distinct(values: np.ndarray) -> list[int]:
-    """The distinct values of ``values`` (a fetch's partitions: usually one, never many)."""
-    if not len(values):
-        return []
-    first = values[0]
-    if (values == first).all():
-        return [int(first)]
-    return [int(v) for v in np.unique(values)]
+def _spans(
+    parts: list[int], pids: np.ndarray, offsets: np.ndarray
+) -> list[tuple[int, tuple[int, int]]]:
+    """Each partition's first and last offset in a fetch (``parts``: the distinct values of
+    ``pids``, each message's partition). Within a partition offsets rise in fetch order, so
+    its first and last messages hold them; a fetch of one partition needs no search."""
+    if len(parts) == 1:
+        return [(parts[0], (int(offsets[0]), int(offsets[-1])))]
+    spans = []
+    for pid in parts:
+        mine = np.flatnonzero(pids == pid)
+        spans.append((pid, (int(offsets[mine[0]]), int(offsets[mine[-1]]))))
+    return spans
 
 
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
