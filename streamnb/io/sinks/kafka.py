@@ -29,7 +29,13 @@ from streamnb.exceptions import ConfigError, SinkError
 from streamnb.io.codecs import avro
 from streamnb.io.codecs.framed_write import FramedEncoder, FramedWriter
 from streamnb.io.codecs.json_write import json_lines
-from streamnb.io.kafka.client import client_config, produce, resolve_bootstrap, resolve_config
+from streamnb.io.kafka.client import (
+    CLIENT_SETTINGS,
+    client_config,
+    produce,
+    resolve_bootstrap,
+    resolve_config,
+)
 from streamnb.io.kafka.registry import REGISTRY_FORMATS, client, resolve_registry
 from streamnb.types import KafkaFormat
 
@@ -387,10 +393,11 @@ class KafkaWriter(Operator):
 
 
 PRODUCER_SETTINGS: Mapping[str, Any] = MappingProxyType(
-    {"enable.idempotence": True, "linger.ms": 5}
+    {**CLIENT_SETTINGS, "enable.idempotence": True, "linger.ms": 5}
 )
 """The sink's producer settings (a user's ``config=`` overrides them); the benchmarks' plain
-consume -> produce loop uses the same."""
+consume -> produce loop uses the same (so they include what every client sets,
+:data:`~streamnb.io.kafka.client.CLIENT_SETTINGS`)."""
 
 
 def _without(unfit: Mapping[int, str], *columns: Sequence[Any] | None) -> tuple[Any, ...]:
