@@ -13,6 +13,7 @@ from typing import Any, Literal, cast
 
 import polars as pl
 
+from streamnb import frames
 from streamnb.capture import capture
 from streamnb.columns import hidden, visible_schema
 from streamnb.definitions.aggregates import Aggregation, column_error
@@ -189,13 +190,15 @@ class Stream:
     def with_columns(self, *exprs: Any, **named: Any) -> Stream:
         """Add or replace columns (as ``pl.DataFrame.with_columns``)."""
         code = self._called("with_columns", *exprs, **named)
-        return self._map("with_columns", lambda f: f.with_columns(*exprs, **named), code=code)
+        return self._map(
+            "with_columns", lambda f: frames.with_columns(f, *exprs, **named), code=code
+        )
 
     def select(self, *exprs: Any, **named: Any) -> Stream:
         """Choose and compute columns (as ``pl.DataFrame.select``), record by record."""
 
         def run(frame: Any) -> Any:
-            return frame.select(*exprs, *_hidden(frame), **named)
+            return frames.select(frame, *exprs, *_hidden(frame), **named)
 
         return self._map("select", run, code=self._called("select", *exprs, **named))
 

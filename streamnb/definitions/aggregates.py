@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from streamnb import frames
 from streamnb.columns import ROW_INDEX, SEQ, aggregate_input, aggregate_partial
 from streamnb.exceptions import ConfigError
 
@@ -261,7 +262,7 @@ class Aggregation:
     def prepare(self, df: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
         """Evaluate the per-record inputs; keep only what the partials need."""
         extra = [SEQ] if self.needs_seq else []
-        return df.select(*keys, *extra, *(e.alias(n) for n, e in self._inputs))
+        return frames.select(df, *keys, *extra, *(e.alias(n) for n, e in self._inputs))
 
     def partial_exprs(self) -> list[pl.Expr]:
         inputs = iter(n for n, _ in self._inputs)
