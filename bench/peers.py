@@ -35,6 +35,7 @@ Finally a table per query, the ``peers`` section of ``BENCHMARKS.md`` and two PN
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -625,6 +626,7 @@ class OutputReader(threading.Thread):
                 "isolation.level": "read_committed",
                 "fetch.wait.max.ms": 10,
                 "enable.partition.eof": False,
+                "socket.nagle.disable": True,  # as Kafka's Java clients have it
             }
         )
         self.consumer.subscribe([topic])
@@ -939,8 +941,11 @@ def produce_main(argv: list[str]) -> None:
     stamps_file = os.environ.get("PEERS_STAMPS_FILE")
     stamps: list[int] = []  # every dateTime stamped, once each (in order)
     rows = [orjson.loads(x) for x in Path(templates).read_bytes().splitlines()]
+    gc.freeze()  # 100 000 template dicts the collector would walk in every full collection
+    # Nagle off, as Kafka's Java clients have it: the stamps would otherwise wait for delayed ACKs
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": 1,
-                  "queue.buffering.max.messages": 2_000_000})  # fmt: skip
+                  "queue.buffering.max.messages": 2_000_000,
+                  "socket.nagle.disable": True})  # fmt: skip
     dumps, n = orjson.dumps, 0
 
     def send(k: int) -> None:
@@ -1039,38 +1044,49 @@ def run_latency(
         templates.write_bytes(b"\n".join(encode(refs.data["bids"].head(100_000))))
     go = logdir / f"go-{tag}"
     stamps_file = logdir / f"stamps-{tag}.json"
-    reader = OutputReader(bootstrap, out_topic)
-    reader.start()
-    measure = args.latency_seconds
-    # after the measured phase, keep producing so that its last windows close
-    tail = WINDOW_MS[query] / 1000 + 6 if query in WINDOWED else 0.0
-    producer = subprocess.Popen(
-        [sys.executable, __file__, "--_produce", bootstrap, in_topic, str(rate),
-         str(measure + tail), str(templates)],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PEERS_GO_FILE": str(go), "PEERS_STAMPS_FILE": str(stamps_file)},
-    )  # fmt: skip
-    topics = {"bids": in_topic, "persons": in_topic, "auctions": in_topic}
-    peer = Peer(engine, peer_args(bootstrap, query, topics, out_topic, f"peers-{tag}"),
-                logdir / f"lat-{engine.name}-{query}.log", every=2.0)  # fmt: skip
-    ready = time.time() + args.timeout
-    while (
-        time.time() < ready
-        and peer.alive()
-        and peer.first_record is None
-        and not (query not in WINDOWED and reader.count > 0)
-    ):
-        time.sleep(0.05)
-    ok = peer.alive() and time.time() < ready
-    if ok:
-        time.sleep(args.warmup)
-    go.touch()
-    out, _ = producer.communicate(timeout=measure + tail + 120)
-    time.sleep(args.settle + 2)
-    peer.stop()
-    reader.stop_flag.set()
-    reader.join(10)
-    go.unlink(missing_ok=True)
+    # the harness's own cycle collector must not stamp arrivals late: a window's rows come
+    # as one burst of Message objects, which set off a full collection of the harness's heap
+    # (the reference data: 15-72 ms, measured with gc.callbacks) while the reader held the
+    # rows; frozen, the heap is not walked, and the reader's objects make no cycles
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        reader = OutputReader(bootstrap, out_topic)
+        reader.start()
+        measure = args.latency_seconds
+        # after the measured phase, keep producing so that its last windows close
+        tail = WINDOW_MS[query] / 1000 + 6 if query in WINDOWED else 0.0
+        producer = subprocess.Popen(
+            [sys.executable, __file__, "--_produce", bootstrap, in_topic, str(rate),
+             str(measure + tail), str(templates)],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PEERS_GO_FILE": str(go), "PEERS_STAMPS_FILE": str(stamps_file)},
+        )  # fmt: skip
+        topics = {"bids": in_topic, "persons": in_topic, "auctions": in_topic}
+        peer = Peer(engine, peer_args(bootstrap, query, topics, out_topic, f"peers-{tag}"),
+                    logdir / f"lat-{engine.name}-{query}.log", every=2.0)  # fmt: skip
+        ready = time.time() + args.timeout
+        while (
+            time.time() < ready
+            and peer.alive()
+            and peer.first_record is None
+            and not (query not in WINDOWED and reader.count > 0)
+        ):
+            time.sleep(0.05)
+        ok = peer.alive() and time.time() < ready
+        if ok:
+            time.sleep(args.warmup)
+        go.touch()
+        out, _ = producer.communicate(timeout=measure + tail + 120)
+        time.sleep(args.settle + 2)
+        peer.stop()
+        reader.stop_flag.set()
+        reader.join(10)
+        go.unlink(missing_ok=True)
+    finally:
+        gc.enable()
+        gc.unfreeze()
     res.rss = peer.meter.peak_rss
     res.rows = reader.count
     if peer.unsupported:
@@ -1367,15 +1383,19 @@ def markdown(
             "### Open-loop latency (the latency curve)",
             "",
             "- **Input:** one Python producer process (`peers.py --_produce`, confluent-kafka, "
-            "`linger.ms=1`, `acks=1`) writes bids at a fixed rate, each stamped `dateTime` = "
+            "`linger.ms=1`, `acks=1`, `socket.nagle.disable=true`) writes bids at a fixed "
+            "rate, each stamped `dateTime` = "
             "the wall clock (ms) when it is produced; a trickle of 20/s until the engine has "
             f"read its first record, then {args.warmup:.0f} s of warm-up at the rate, then "
             f"{args.latency_seconds:.0f} s measured (then, for windows, enough to close the "
             "last measured window). *achieved* is what the producer managed; a run short of "
             "95 % of the target says so.",
-            "- **Arrival:** a reader thread in the harness (read_committed) takes what has "
-            "arrived (`consume(n, 0)`, and only when nothing has, `consume(1, 50 ms)`) and "
-            "stamps each fetch with the wall clock when `consume` returns.",
+            "- **Arrival:** a reader thread in the harness (read_committed, "
+            "`socket.nagle.disable=true`: with Nagle's algorithm on, which librdkafka leaves "
+            "on and Kafka's Java clients turn off, requests wait for delayed ACKs, some 40 ms) "
+            "takes what has arrived (`consume(n, 0)`, and only when nothing has, "
+            "`consume(1, 50 ms)`) and stamps each fetch with the wall clock when `consume` "
+            "returns.",
             "- **Latency:** stateless: arrival − `dateTime`; windows: arrival − the `dateTime` "
             "of the first record stamped at or after `window_end` + 4 s, i.e. from the moment "
             "the watermark (max event time − 4 s) could pass the window's end (that is "
