@@ -140,11 +140,10 @@ CLIENT_SETTINGS: Mapping[str, Any] = MappingProxyType({"socket.nagle.disable": T
 """What every client of streamnb sets (a user's ``config=`` overrides it).
 
 ``socket.nagle.disable``: Kafka's Java clients set ``TCP_NODELAY`` on every connection;
-librdkafka leaves Nagle's algorithm on. A request whose last segment is small then waits, while
-earlier data is unacknowledged, for the broker's delayed ACK (about 40 ms on Linux). Measured in
-the latency harness (``bench/peers.py``, w1 at 50 000 events/s, 19 windows a run): with Nagle
-on, one window in about 20 had its first row arrive 14 ms after it closed and the other 3 340
-rows 65 ms after, though all were handed to the producer 8 ms after it closed."""
+librdkafka leaves Nagle's algorithm on, so a request whose last segment is small may wait,
+while earlier data is unacknowledged, for the broker's delayed ACK (about 40 ms on Linux).
+(The latency harness's window-emit outliers that first looked like this were its own
+collector's pauses: see ``bench/peers.py``.)"""
 
 
 def client_config(
