@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
+from streamnb import frames
 from streamnb.columns import (
     MARKER,
     OPEN,
@@ -443,8 +444,11 @@ class WindowOperator(WindowOperatorBase):
         if self.closing is not None:
             closer = int(self._closers(np.array([end + self.grace]))[0])
             columns.append(pl.lit(closer, pl.Int64).alias(ORDER))
-        out = partials.select(columns)
-        return out.sort(self.by) if self.by and out.height > 1 else out
+        out = frames.select(partials, columns)
+        if not self.by or out.height < 2:
+            return out
+        # a window's keys are unique: the sort has no ties, on the pool or off it
+        return out.sort(self.by, multithreaded=out.height > frames.SMALL_ROWS)
 
     def _settle(self, start: int) -> bool:
         """Merge a window's frames that came after the first (the batches' partials, and the
