@@ -22,7 +22,9 @@ fetch whose first chunk came full) are alive, the collector's automatic collecti
 the process once a second (:data:`COLLECT_SECONDS`). A live stream's fetches are small, and
 leave the collector as it is: there its collections are cheap, and holding them off
 lengthened the window-emit tail at 50 K events/s (``bench/peers.py``, w1: p95 39-108 ms
-over five runs, against 37-60 ms without holds and 50-73 ms with holds for a backlog only).
+over five runs, against 37-60 ms without holds and 50-73 ms with holds for a backlog only;
+measured before the harness kept its own collector off while measuring, whose pauses of
+15-72 ms then made most of those tails).
 """
 
 from __future__ import annotations
